@@ -1,0 +1,1 @@
+//! The liteorm integration suite: one binary, one module per area.
