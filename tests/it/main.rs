@@ -1,1 +1,5 @@
 //! The liteorm integration suite: one binary, one module per area.
+
+mod dialect;
+mod session;
+mod support;
