@@ -1,1 +1,68 @@
-//! SQLite changesets and patchsets for liteorm sessions.
+//! SQLite's session extension (changesets and patchsets) for liteorm sessions, in async Rust.
+//!
+//! A changeset is a compact binary description of the rows a set of statements changed. Capture
+//! one on a primary with [`capture`], ship its bytes, and [`apply`] it to a replica with a conflict
+//! policy; [`Changeset::invert`] gives the changeset that undoes it (an audit log's "revert") and
+//! [`Changeset::concat`] merges two. Every entry point takes a `&dyn liteorm_core::Session` and
+//! works only on the SQLite dialect: any other dialect gets [`Error::Unsupported`].
+//!
+//! ```
+//! use changeset::{ConflictAction, ConflictKind, apply, capture};
+//! use liteorm_core::Session;
+//! use liteorm_sqlite::SqliteSession;
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), changeset::Error> {
+//! let primary = SqliteSession::open_in_memory().await?;
+//! let replica = SqliteSession::open_in_memory().await?;
+//! for db in [&primary, &replica] {
+//!     db.execute_batch("CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)").await?;
+//! }
+//!
+//! // Record what the closure does, through the pinned session it is handed.
+//! let changes = capture(&primary, &["users"], |s| async move {
+//!     s.execute("INSERT INTO users VALUES (?, ?)", &[1.into(), "ada".into()]).await?;
+//!     Ok::<_, changeset::Error>(())
+//! })
+//! .await?;
+//!
+//! // Replay it elsewhere; a row that already exists is overwritten.
+//! replica.execute("INSERT INTO users VALUES (1, 'someone else')", &[]).await?;
+//! let report = apply(&replica, &changes)
+//!     .on_conflict(|c| match c.kind {
+//!         ConflictKind::Conflict => ConflictAction::Replace,
+//!         _ => ConflictAction::Abort,
+//!     })
+//!     .await?;
+//! assert_eq!(report.replaced, 1);
+//!
+//! // And undo it.
+//! apply(&replica, &changes.invert()?).await?;
+//! assert!(replica.query("SELECT * FROM users", &[]).await?.is_empty());
+//! # Ok(())
+//! # }
+//! ```
+
+mod apply;
+mod capture;
+mod changeset;
+mod error;
+mod ffi;
+mod gate;
+mod iter;
+
+pub use apply::{
+    Apply, ApplyReport, Conflict, ConflictAction, ConflictCounts, ConflictKind, SkipReason,
+    SkippedTable, apply,
+};
+pub use capture::{Capture, capture};
+pub use changeset::{Changeset, Patchset};
+pub use error::{Error, Result};
+pub use iter::{Change, ChangeOp};
+
+/// How many SQLite session objects (open captures) exist in this process right now. Every
+/// capture deletes its own, also when it fails or is cancelled, so this returns to 0 once no
+/// capture is running.
+pub fn live_session_objects() -> usize {
+    ffi::LIVE_SESSIONS.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -43,8 +43,9 @@ impl PinnedConnection {
         }
     }
 
-    /// A non-owning handle on the same connection.
-    pub(crate) fn shared_clone(&self) -> Self {
+    /// Another handle on the same connection that does not own it (releasing or dropping it
+    /// leaves the connection pinned).
+    pub fn share(&self) -> Self {
         Self::shared(Arc::clone(&self.slot), Arc::clone(&self.info))
     }
 

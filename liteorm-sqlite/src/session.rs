@@ -284,7 +284,7 @@ impl Drop for SqliteTransaction {
         }
         // A statement is still running on the connection (a clone of the session outlived the
         // transaction): roll back once it is done.
-        let pinned = PinnedConnection::shared_clone(&self.pinned);
+        let pinned = self.pinned.share();
         let depth = self.depth;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

@@ -1,0 +1,135 @@
+//! Owned changeset and patchset blobs: validation, iteration, invert and concat without a
+//! database connection.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::iter::{self, Change};
+use crate::{Error, ffi};
+
+/// The first byte of every table section: `T` in a changeset, `P` in a patchset.
+const CHANGESET_TABLE: u8 = b'T';
+const PATCHSET_TABLE: u8 = b'P';
+
+macro_rules! blob_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $marker:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, Default)]
+        pub struct $name(Arc<[u8]>);
+
+        impl $name {
+            /// Validates untrusted bytes: every change must decode. The error names the change
+            /// where decoding failed.
+            pub fn from_bytes(bytes: impl Into<Arc<[u8]>>) -> Result<Self, Error> {
+                let bytes = bytes.into();
+                Self::validate(&bytes)?;
+                Ok($name(bytes))
+            }
+
+            /// Checks that `bytes` is a well-formed
+            #[doc = $kind]
+            /// and returns how many changes it holds.
+            pub fn validate(bytes: &[u8]) -> Result<usize, Error> {
+                if let Some(&first) = bytes.first()
+                    && first != $marker
+                {
+                    return Err(Error::Invalid {
+                        kind: $kind,
+                        entry: 0,
+                        reason: format!("starts with byte {first:#04x}, not a {} table header", $kind),
+                    });
+                }
+                Ok(iter::decode(bytes, $kind)?.len())
+            }
+
+            /// Wraps bytes that SQLite itself produced for this process.
+            pub(crate) fn trusted(bytes: Arc<[u8]>) -> Self {
+                $name(bytes)
+            }
+
+            /// The serialized bytes, in SQLite's wire format.
+            pub fn as_bytes(&self) -> &[u8] {
+                &self.0
+            }
+
+            /// The size in bytes.
+            pub fn len(&self) -> usize {
+                self.0.len()
+            }
+
+            /// Whether it holds no change.
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+
+            /// Decodes every change, in stored order (grouped by table; the order of rows within
+            /// a table is not defined).
+            pub fn changes(&self) -> Result<Vec<Change>, Error> {
+                iter::decode(&self.0, $kind)
+            }
+
+            /// Concatenates `self` then `other` into one, as if both sets of changes had been
+            /// recorded by one session (a change and a later change to the same row merge).
+            pub fn concat(&self, other: &Self) -> Result<Self, Error> {
+                Ok($name(ffi::concat(&self.0, &other.0)?))
+            }
+        }
+
+        impl AsRef<[u8]> for $name {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+
+        impl TryFrom<Vec<u8>> for $name {
+            type Error = Error;
+            fn try_from(bytes: Vec<u8>) -> Result<Self, Error> {
+                Self::from_bytes(bytes)
+            }
+        }
+
+        impl TryFrom<&[u8]> for $name {
+            type Error = Error;
+            fn try_from(bytes: &[u8]) -> Result<Self, Error> {
+                Self::from_bytes(bytes)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({} bytes)", stringify!($name), self.0.len())
+            }
+        }
+
+        impl crate::apply::sealed::Changes for $name {
+            fn blob(&self) -> Arc<[u8]> {
+                Arc::clone(&self.0)
+            }
+            const KIND: &'static str = $kind;
+        }
+    };
+}
+
+blob_type!(
+    /// A changeset: every changed row with its old and new values, so it can be applied with
+    /// conflict detection and inverted. Owned, `Send + Sync`, cheap to clone.
+    Changeset,
+    "changeset",
+    CHANGESET_TABLE
+);
+
+blob_type!(
+    /// A patchset: like a changeset but without old values of non-key columns, so it is smaller
+    /// and cannot be inverted. Owned, `Send + Sync`, cheap to clone.
+    Patchset,
+    "patchset",
+    PATCHSET_TABLE
+);
+
+impl Changeset {
+    /// The changeset that undoes this one: inserts become deletes, deletes inserts, and updates
+    /// swap their old and new values.
+    pub fn invert(&self) -> Result<Changeset, Error> {
+        Ok(Changeset(ffi::invert(&self.0)?))
+    }
+}

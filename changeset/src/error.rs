@@ -1,0 +1,98 @@
+//! The changeset crate's error type.
+
+use liteorm_core::Dialect;
+
+use crate::apply::Conflict;
+
+/// Errors from capturing, inspecting, transforming or applying changesets.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The session is not SQLite (the capability gate), or the SQLite build lacks something.
+    #[error("{capability} is not supported by the {dialect} dialect")]
+    Unsupported {
+        /// What was asked for.
+        capability: &'static str,
+        /// The dialect of the session it was asked of.
+        dialect: Dialect,
+    },
+    /// A statement run through the session failed.
+    #[error(transparent)]
+    Session(#[from] liteorm_core::Error),
+    /// A session-extension call failed.
+    #[error("{context}: {message} (SQLite code {code})")]
+    Sqlite {
+        /// SQLite's (extended) result code.
+        code: i32,
+        /// SQLite's message.
+        message: String,
+        /// The call that failed.
+        context: &'static str,
+    },
+    /// The bytes are not a valid changeset (or patchset).
+    #[error("invalid {kind}: {reason} (at change #{entry})")]
+    Invalid {
+        /// `"changeset"` or `"patchset"`.
+        kind: &'static str,
+        /// The index of the change where decoding failed (0-based).
+        entry: usize,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The blob is larger than SQLite's in-memory API accepts (2 GiB).
+    #[error("a blob of {len} bytes is larger than SQLite's in-memory changeset API accepts")]
+    TooLarge {
+        /// The blob's length.
+        len: usize,
+    },
+    /// A table name contains a NUL byte.
+    #[error("invalid table name {0:?}")]
+    InvalidName(String),
+    /// A table to capture does not exist in the `main` database.
+    #[error("no table {0:?} in the main database")]
+    NoSuchTable(String),
+    /// A table to capture has no PRIMARY KEY, so the session extension cannot record it.
+    #[error(
+        "table {0:?} has no PRIMARY KEY; SQLite's session extension does not record such tables"
+    )]
+    NoPrimaryKey(String),
+    /// The capture closure committed or rolled back the capture's own transaction.
+    #[error("the capture closure ended the transaction that capture opened")]
+    TransactionEnded,
+    /// A conflict ended the apply with ABORT (the handler's verdict, or no handler); nothing was
+    /// applied.
+    #[error("apply aborted by a {} conflict{}; nothing was applied", .conflict.kind, on_table(.conflict))]
+    Aborted {
+        /// The conflict that aborted the apply.
+        conflict: Box<Conflict>,
+    },
+    /// The handler returned `Replace` for a conflict kind where SQLite forbids it; nothing was
+    /// applied.
+    #[error("conflict handler returned Replace for a {} conflict{} (only Data and Conflict allow it); nothing was applied", .conflict.kind, on_table(.conflict))]
+    IllegalReplace {
+        /// The conflict the handler answered.
+        conflict: Box<Conflict>,
+    },
+    /// A user callback panicked; the operation was rolled back.
+    #[error("the {callback} panicked: {message}; nothing was applied")]
+    CallbackPanicked {
+        /// Which callback.
+        callback: &'static str,
+        /// The panic message.
+        message: String,
+    },
+    /// An apply was cancelled before it finished; nothing was applied.
+    #[error("the apply was cancelled; nothing was applied")]
+    Cancelled,
+}
+
+fn on_table(conflict: &Conflict) -> String {
+    conflict
+        .change
+        .as_ref()
+        .map(|c| format!(" on table {:?} ({:?})", c.table, c.op))
+        .unwrap_or_default()
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
