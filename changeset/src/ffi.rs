@@ -82,13 +82,36 @@ unsafe fn take_buffer(len: c_int, buf: *mut c_void) -> Arc<[u8]> {
     bytes
 }
 
-/// How many `sqlite3_session` objects exist in this process (for tests and diagnostics).
-pub(crate) static LIVE_SESSIONS: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(0);
+/// How many `sqlite3_session` objects exist per database file (for tests and diagnostics).
+static LIVE_SESSIONS: std::sync::Mutex<std::collections::BTreeMap<String, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn count_session(file: &str, delta: isize) {
+    let mut live = LIVE_SESSIONS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let count = live.entry(file.to_owned()).or_default();
+    *count = count.saturating_add_signed(delta);
+    if *count == 0 {
+        live.remove(file);
+    }
+}
+
+/// How many session objects are alive on connections to `file`.
+pub(crate) fn live_sessions(file: &str) -> usize {
+    let live = LIVE_SESSIONS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    live.get(file).copied().unwrap_or(0)
+}
 
 /// A `sqlite3_session` object. It must be deleted (with [`RawSession::delete`]) while its
 /// connection is locked and before the connection is closed or goes back to the pool.
-pub(crate) struct RawSession(NonNull<ffi::sqlite3_session>);
+pub(crate) struct RawSession {
+    ptr: NonNull<ffi::sqlite3_session>,
+    /// The database file it records (`""` for in-memory databases).
+    file: String,
+}
 
 // SAFETY: the session is only touched while its connection is locked by the thread that holds
 // the lock, so moving the pointer between threads is fine.
@@ -107,12 +130,20 @@ impl RawSession {
             // SAFETY: as above.
             return Err(unsafe { db_error(db, rc, "sqlite3session_create") });
         }
-        NonNull::new(session)
-            .inspect(|_| {
-                LIVE_SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            })
-            .map(RawSession)
-            .ok_or_else(|| code_error(ffi::SQLITE_NOMEM, "sqlite3session_create"))
+        let ptr = NonNull::new(session)
+            .ok_or_else(|| code_error(ffi::SQLITE_NOMEM, "sqlite3session_create"))?;
+        // SAFETY: `db` is valid and locked; the returned name (NULL or NUL-terminated) is owned
+        // by the connection and copied at once.
+        let file = unsafe {
+            let name = ffi::sqlite3_db_filename(db.as_ptr(), c"main".as_ptr());
+            if name.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(name).to_string_lossy().into_owned()
+            }
+        };
+        count_session(&file, 1);
+        Ok(RawSession { ptr, file })
     }
 
     /// Attaches one table, or every table (`None`).
@@ -126,7 +157,7 @@ impl RawSession {
         let name_ptr = name.as_ref().map_or(ptr::null(), |n| n.as_ptr());
         // SAFETY: the session is live and its connection locked; `name_ptr` is NULL or a
         // NUL-terminated string that outlives the call.
-        let rc = unsafe { ffi::sqlite3session_attach(self.0.as_ptr(), name_ptr) };
+        let rc = unsafe { ffi::sqlite3session_attach(self.ptr.as_ptr(), name_ptr) };
         if rc == ffi::SQLITE_OK {
             Ok(())
         } else {
@@ -150,7 +181,7 @@ impl RawSession {
             ffi::sqlite3session_changeset
         };
         // SAFETY: the session is live and its connection locked; out-pointers are valid.
-        let rc = unsafe { generate(self.0.as_ptr(), &mut len, &mut buf) };
+        let rc = unsafe { generate(self.ptr.as_ptr(), &mut len, &mut buf) };
         if rc != ffi::SQLITE_OK {
             // SAFETY: on error SQLite sets `buf` to NULL or a buffer we must free; `db` is locked.
             unsafe { ffi::sqlite3_free(buf) };
@@ -167,7 +198,7 @@ impl RawSession {
     /// The session's connection is locked.
     pub(crate) unsafe fn memory_used(&self) -> i64 {
         // SAFETY: the session is live and its connection locked.
-        unsafe { ffi::sqlite3session_memory_used(self.0.as_ptr()) }
+        unsafe { ffi::sqlite3session_memory_used(self.ptr.as_ptr()) }
     }
 
     /// Deletes the session.
@@ -177,8 +208,8 @@ impl RawSession {
     pub(crate) unsafe fn delete(self) {
         // SAFETY: the session is live, its connection locked, and `self` is consumed so it is
         // never used again.
-        unsafe { ffi::sqlite3session_delete(self.0.as_ptr()) };
-        LIVE_SESSIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        unsafe { ffi::sqlite3session_delete(self.ptr.as_ptr()) };
+        count_session(&self.file, -1);
     }
 }
 

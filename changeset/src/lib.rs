@@ -60,9 +60,9 @@ pub use changeset::{Changeset, Patchset};
 pub use error::{Error, Result};
 pub use iter::{Change, ChangeOp};
 
-/// How many SQLite session objects (open captures) exist in this process right now. Every
-/// capture deletes its own, also when it fails or is cancelled, so this returns to 0 once no
-/// capture is running.
-pub fn live_session_objects() -> usize {
-    ffi::LIVE_SESSIONS.load(std::sync::atomic::Ordering::Relaxed)
+/// How many SQLite session objects (open captures) exist right now on connections to the
+/// database file at `path` (as SQLite names it: the absolute path). Every capture deletes its
+/// own, also when it fails or is cancelled, so this is 0 whenever no capture is running there.
+pub fn live_session_objects(path: &str) -> usize {
+    ffi::live_sessions(path)
 }

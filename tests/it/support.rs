@@ -23,3 +23,35 @@ pub(crate) async fn dump(db: &dyn Session, table: &str) -> Vec<Vec<Value>> {
         .map(|row| row.into_values())
         .collect()
 }
+
+/// Creates `t(id INTEGER PRIMARY KEY, name TEXT, score REAL, data BLOB)` with rows `1..=n`.
+pub(crate) async fn seed(db: &dyn Session, n: i64) {
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, score REAL, data BLOB)")
+        .await
+        .expect("create t");
+    for id in 1..=n {
+        db.execute(
+            "INSERT INTO t VALUES (?, ?, ?, ?)",
+            &[
+                id.into(),
+                format!("row-{id}").into(),
+                (id as f64 / 2.0).into(),
+                vec![id as u8; 4].into(),
+            ],
+        )
+        .await
+        .expect("seed row");
+    }
+}
+
+/// The file behind `db`, as SQLite names it.
+pub(crate) async fn db_path(db: &dyn Session) -> String {
+    let rows = db
+        .query(
+            "SELECT file FROM pragma_database_list WHERE name = 'main'",
+            &[],
+        )
+        .await
+        .expect("database_list");
+    rows[0].try_get(0).expect("file name")
+}

@@ -1,0 +1,314 @@
+//! Capture: what is recorded, what is not, and what happens on errors and cancellation.
+
+use std::time::Duration;
+
+use changeset::{Capture, ChangeOp, Error, capture, live_session_objects};
+use liteorm_core::{Session, Value};
+use liteorm_sqlite::SqliteSession;
+use sqlx::sqlite::SqlitePoolOptions;
+
+use crate::support::{db_path, dump, file_db, seed};
+
+#[tokio::test]
+async fn capture_records_inserts_updates_and_deletes() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 3).await;
+    let cs = capture(&db, &["t"], |s| async move {
+        s.execute("INSERT INTO t VALUES (10, 'new', 1.5, NULL)", &[])
+            .await?;
+        s.execute("UPDATE t SET name = 'renamed' WHERE id = 1", &[])
+            .await?;
+        s.execute("DELETE FROM t WHERE id = 2", &[]).await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let mut changes = cs.changes().unwrap();
+    changes.sort_by_key(|c| c.primary_key()[0].clone().to_string());
+    let ops: Vec<_> = changes.iter().map(|c| (c.op, c.primary_key())).collect();
+    assert_eq!(
+        ops,
+        [
+            (ChangeOp::Update, vec![Value::Integer(1)]),
+            (ChangeOp::Insert, vec![Value::Integer(10)]),
+            (ChangeOp::Delete, vec![Value::Integer(2)]),
+        ]
+    );
+    let update = &changes[0];
+    // An update records the key and the changed column; other columns are "not recorded".
+    assert_eq!(update.old[1], Some(Value::Text("row-1".into())));
+    assert_eq!(update.new[1], Some(Value::Text("renamed".into())));
+    assert_eq!(update.old[2], None);
+    assert_eq!(update.new[2], None);
+    // An insert records SQL NULL as a value, distinct from "not recorded".
+    assert_eq!(changes[1].new[3], Some(Value::Null));
+    assert!(changes[1].old.is_empty());
+    assert_eq!(live_session_objects(&db_path(&db).await), 0);
+}
+
+#[tokio::test]
+async fn capture_commits_the_closure_writes() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 1).await;
+    capture(&db, &[], |s| async move {
+        s.execute("INSERT INTO t VALUES (2, 'b', 0.0, NULL)", &[])
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(dump(&db, "t").await.len(), 2);
+}
+
+#[tokio::test]
+async fn capture_with_no_tables_records_every_table_with_a_primary_key() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 0).await;
+    db.execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY, v); CREATE TABLE nopk(x)")
+        .await
+        .unwrap();
+    let cs = capture(&db, &[], |s| async move {
+        s.execute_batch("INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('k', 1); INSERT INTO nopk VALUES (1)")
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let mut tables: Vec<String> = cs
+        .changes()
+        .unwrap()
+        .iter()
+        .map(|c| c.table.to_string())
+        .collect();
+    tables.sort();
+    assert_eq!(tables, ["t", "u"]);
+}
+
+#[tokio::test]
+async fn capture_of_listed_tables_ignores_the_others() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 0).await;
+    db.execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY, v)")
+        .await
+        .unwrap();
+    let cs = capture(&db, &["u"], |s| async move {
+        s.execute_batch("INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('k', 1)")
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let changes = cs.changes().unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(&*changes[0].table, "u");
+}
+
+#[tokio::test]
+async fn capture_does_not_record_writes_through_another_connection() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 0).await;
+    let outside = db.clone();
+    let cs = capture(&db, &["t"], move |s| async move {
+        // Another pool connection (autocommit), then the pinned session.
+        outside
+            .execute("INSERT INTO t VALUES (1, 'outside', 0.0, NULL)", &[])
+            .await?;
+        s.execute("INSERT INTO t VALUES (2, 'inside', 0.0, NULL)", &[])
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let changes = cs.changes().unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].primary_key(), [Value::Integer(2)]);
+    assert_eq!(
+        dump(&db, "t").await.len(),
+        2,
+        "both writes are in the database"
+    );
+}
+
+#[derive(Debug, PartialEq)]
+enum AppError {
+    Business(&'static str),
+    Capture(String),
+}
+
+impl From<Error> for AppError {
+    fn from(err: Error) -> Self {
+        AppError::Capture(err.to_string())
+    }
+}
+
+impl From<liteorm_core::Error> for AppError {
+    fn from(err: liteorm_core::Error) -> Self {
+        AppError::Capture(err.to_string())
+    }
+}
+
+#[tokio::test]
+async fn closure_error_is_returned_as_is_and_its_writes_rolled_back() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 1).await;
+    let err = capture(&db, &["t"], |s| async move {
+        s.execute("INSERT INTO t VALUES (2, 'b', 0.0, NULL)", &[])
+            .await?;
+        Err::<(), _>(AppError::Business("refused"))
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err, AppError::Business("refused"));
+    assert_eq!(dump(&db, "t").await.len(), 1);
+    assert_eq!(live_session_objects(&db_path(&db).await), 0);
+}
+
+#[tokio::test]
+async fn cancelled_capture_rolls_back_deletes_the_session_and_frees_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.db");
+    // One connection: if cancellation leaked it, the next capture would wait forever.
+    let db = SqliteSession::connect_with(
+        SqliteSession::options(path.to_str().unwrap()).unwrap(),
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    seed(&db, 0).await;
+    let (written_tx, written_rx) = tokio::sync::oneshot::channel();
+    let pending = capture(&db, &["t"], |s| async move {
+        s.execute("INSERT INTO t VALUES (1, 'lost', 0.0, NULL)", &[])
+            .await?;
+        let _ = written_tx.send(());
+        std::future::pending::<()>().await;
+        Ok::<_, Error>(())
+    });
+    tokio::select! {
+        _ = pending => panic!("the closure never finishes"),
+        _ = written_rx => {}
+    }
+    // The capture future is dropped here, at the closure's await point.
+    assert_eq!(
+        live_session_objects(&db_path(&db).await),
+        0,
+        "the session object is deleted on drop"
+    );
+    assert!(
+        dump(&db, "t").await.is_empty(),
+        "the cancelled write is rolled back"
+    );
+    let cs = capture(&db, &["t"], |s| async move {
+        s.execute("INSERT INTO t VALUES (2, 'kept', 0.0, NULL)", &[])
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let changes = cs.changes().unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].primary_key(), [Value::Integer(2)]);
+}
+
+#[tokio::test]
+async fn patchset_is_smaller_and_omits_old_values() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 5).await;
+    let work = |s: SqliteSession| async move {
+        s.execute("UPDATE t SET score = score + 1", &[]).await?;
+        s.execute("DELETE FROM t WHERE id = 1", &[]).await?;
+        Ok::<_, Error>(())
+    };
+    let ps = Capture::new(&db)
+        .tables(["t"])
+        .patchset(work)
+        .await
+        .unwrap();
+    let (copy, _dir2) = file_db().await;
+    seed(&copy, 5).await;
+    let cs = Capture::new(&copy)
+        .tables(["t"])
+        .changeset(work)
+        .await
+        .unwrap();
+    assert!(
+        ps.len() < cs.len(),
+        "patchset {} bytes, changeset {} bytes",
+        ps.len(),
+        cs.len()
+    );
+    let delete = ps
+        .changes()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.op == ChangeOp::Delete)
+        .unwrap();
+    assert_eq!(delete.old[0], Some(Value::Integer(1)));
+    assert_eq!(
+        delete.old[1], None,
+        "a patchset delete carries only the key"
+    );
+    assert!(changeset::Changeset::from_bytes(ps.as_bytes().to_vec()).is_err());
+}
+
+#[tokio::test]
+async fn capturing_a_missing_table_or_one_without_a_key_is_an_error() {
+    let (db, _dir) = file_db().await;
+    db.execute_batch("CREATE TABLE nopk(x)").await.unwrap();
+    let ok = |_s: SqliteSession| async { Ok::<_, Error>(()) };
+    let err = capture(&db, &["missing"], ok).await.unwrap_err();
+    assert!(
+        matches!(err, Error::NoSuchTable(ref t) if t == "missing"),
+        "{err}"
+    );
+    let err = capture(&db, &["nopk"], ok).await.unwrap_err();
+    assert!(
+        matches!(err, Error::NoPrimaryKey(ref t) if t == "nopk"),
+        "{err}"
+    );
+    assert_eq!(live_session_objects(&db_path(&db).await), 0);
+}
+
+#[tokio::test]
+async fn capture_inside_a_transaction_joins_it() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 0).await;
+    let tx = db.begin().await.unwrap();
+    let cs = capture(tx.as_session(), &["t"], |s| async move {
+        s.execute("INSERT INTO t VALUES (1, 'a', 0.0, NULL)", &[])
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(cs.changes().unwrap().len(), 1);
+    tx.rollback().await.unwrap();
+    assert!(
+        dump(&db, "t").await.is_empty(),
+        "the outer rollback undoes the captured write"
+    );
+}
+
+#[tokio::test]
+async fn closure_that_ends_capture_transaction_gets_a_clear_error() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 0).await;
+    let err = capture(&db, &["t"], |s| async move {
+        s.execute_batch("INSERT INTO t VALUES (1, 'a', 0.0, NULL); COMMIT")
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::TransactionEnded), "{err}");
+    assert_eq!(live_session_objects(&db_path(&db).await), 0);
+    // The connection is still usable afterwards.
+    capture(&db, &["t"], |s| async move {
+        s.execute("INSERT INTO t VALUES (2, 'b', 0.0, NULL)", &[])
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+}
