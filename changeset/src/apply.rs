@@ -298,8 +298,8 @@ impl Job {
             Err(err) => Some(err),
             Ok(_) if self.hooks.failure.is_some() => self.hooks.failure.take(),
             Ok(_) if self.hooks.cancel.load(Ordering::Relaxed) => Some(Error::Cancelled),
-            // SAFETY: as above.
             Ok(rc) if rc != sys::SQLITE_OK => {
+                // SAFETY: as above.
                 Some(unsafe { ffi::db_error(db, rc, "sqlite3changeset_apply") })
             }
             Ok(_) => None,

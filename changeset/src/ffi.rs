@@ -348,8 +348,8 @@ pub(crate) fn concat(a: &[u8], b: &[u8]) -> Result<Arc<[u8]>, Error> {
 /// # Safety
 /// `value` is a valid protected value that lives for the duration of the call.
 unsafe fn read_value(value: *mut ffi::sqlite3_value) -> Value {
-    // SAFETY (all calls below): `value` is valid; lengths come from sqlite3_value_bytes right
-    // after the text/blob pointer is fetched, as the SQLite docs prescribe.
+    // SAFETY: `value` is valid (the caller's promise); lengths come from sqlite3_value_bytes
+    // right after the text/blob pointer is fetched, as the SQLite docs prescribe.
     unsafe {
         match ffi::sqlite3_value_type(value) {
             ffi::SQLITE_INTEGER => Value::Integer(ffi::sqlite3_value_int64(value)),

@@ -1,7 +1,11 @@
 //! The liteorm integration suite: one binary, one module per area.
 
+// Test helpers (not only `#[test]` functions) panic on unexpected errors on purpose.
+#![allow(clippy::unwrap_used)]
+
 mod apply;
 mod capture;
+mod conflicts;
 mod dialect;
 mod session;
 mod support;

@@ -36,7 +36,7 @@ pub(crate) async fn seed(db: &dyn Session, n: i64) {
                 id.into(),
                 format!("row-{id}").into(),
                 (id as f64 / 2.0).into(),
-                vec![id as u8; 4].into(),
+                id.to_le_bytes().to_vec().into(),
             ],
         )
         .await

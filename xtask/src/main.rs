@@ -1,1 +1,535 @@
-fn main() {}
+//! Project automation: `cargo xtask test` runs the suite per SQLite build; `tidy` checks sources.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  test [--keep-going] [--cell NAME]...
+        install missing system deps (scripts/install-deps.sh), tidy, `cargo fmt --check`,
+        then per cell: clippy -D warnings, tests (nextest if available), doc tests.
+        --keep-going  run every step and cell even after a failure, then summarize
+        --cell NAME   only run the named cell (repeatable); cells: bundled, system
+  tidy  check that every .rs file starts with a `//!` line and has no ignored tests
+        or todo/unimplemented/dbg macros
+";
+
+/// The crate directories `tidy` checks, recursively (src, tests, examples, benches, ...).
+const TIDY_DIRS: &[&str] = &[
+    "liteorm-core",
+    "liteorm-sqlite",
+    "changeset",
+    "tests",
+    "xtask",
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = match workspace_root() {
+        Ok(root) => root,
+        Err(msg) => {
+            eprintln!("xtask: error: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.first().map(String::as_str) {
+        Some("test") => match TestOptions::parse(&args[1..]) {
+            Ok(opts) => test(&root, &opts),
+            Err(msg) => usage_error(&msg),
+        },
+        Some("tidy") if args.len() == 1 => {
+            if tidy(&root) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Some("tidy") => usage_error("`tidy` takes no options"),
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => usage_error(&format!("unknown command `{other}`")),
+        None => usage_error("no command given"),
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("xtask: error: {msg}\n\n{USAGE}");
+    ExitCode::from(2)
+}
+
+/// The workspace root is the parent of this crate's directory, whatever the current directory is.
+fn workspace_root() -> Result<PathBuf, String> {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("{} has no parent directory", manifest_dir.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// test
+
+/// One build of the workspace against one SQLite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cell {
+    /// Default features: libsqlite3-sys compiles its bundled SQLite with the session extension.
+    Bundled,
+    /// `system-sqlite`: links the system libsqlite3 found by pkg-config; bindings from bindgen.
+    System,
+}
+
+impl Cell {
+    const ALL: [Cell; 2] = [Cell::Bundled, Cell::System];
+
+    fn name(self) -> &'static str {
+        match self {
+            Cell::Bundled => "bundled",
+            Cell::System => "system",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Cell> {
+        Cell::ALL.into_iter().find(|cell| cell.name() == name)
+    }
+
+    /// Extra cargo arguments selecting the cell's features.
+    fn cargo_args(self) -> &'static [&'static str] {
+        match self {
+            Cell::Bundled => &[],
+            Cell::System => &["--features", "liteorm-sqlite/system-sqlite"],
+        }
+    }
+
+    /// Extra environment; the system cell has its own target dir so the two builds do not keep
+    /// invalidating each other's libsqlite3-sys.
+    fn env(self, root: &Path) -> Vec<(&'static str, String)> {
+        match self {
+            Cell::Bundled => Vec::new(),
+            Cell::System => vec![
+                ("LIBSQLITE3_SYS_USE_PKG_CONFIG", "1".to_owned()),
+                (
+                    "CARGO_TARGET_DIR",
+                    root.join("target").join("system").display().to_string(),
+                ),
+            ],
+        }
+    }
+
+    /// The SQLite version this cell builds against, or why it could not be determined.
+    fn sqlite_version(self, root: &Path) -> Result<String, String> {
+        match self {
+            Cell::Bundled => bundled_sqlite_version(root),
+            Cell::System => {
+                let out = capture(Command::new("pkg-config").args(["--modversion", "sqlite3"]))?;
+                Ok(out.trim().to_owned())
+            }
+        }
+    }
+}
+
+struct TestOptions {
+    keep_going: bool,
+    cells: Vec<Cell>,
+}
+
+impl TestOptions {
+    fn parse(args: &[String]) -> Result<TestOptions, String> {
+        let mut keep_going = false;
+        let mut cells = Vec::new();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--keep-going" => keep_going = true,
+                "--cell" => {
+                    let name = args.next().ok_or("`--cell` needs a cell name")?;
+                    let cell = Cell::from_name(name)
+                        .ok_or_else(|| format!("unknown cell `{name}` (cells: bundled, system)"))?;
+                    if !cells.contains(&cell) {
+                        cells.push(cell);
+                    }
+                }
+                other => return Err(format!("unknown option `{other}` for `test`")),
+            }
+        }
+        if cells.is_empty() {
+            cells = Cell::ALL.to_vec();
+        }
+        Ok(TestOptions { keep_going, cells })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Pass,
+    Fail,
+    NotRun,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "FAIL",
+            Outcome::NotRun => "-",
+        };
+        // `pad` so that width specifiers in the summary table apply.
+        f.pad(text)
+    }
+}
+
+const CELL_STEPS: [&str; 3] = ["clippy", "test", "doctest"];
+
+struct CellReport {
+    cell: Cell,
+    version: String,
+    steps: [Outcome; 3],
+    elapsed: Option<Duration>,
+}
+
+/// Runs the steps in order, recording outcomes; stops at the first failure unless `keep_going`.
+struct Runner {
+    keep_going: bool,
+    failed: bool,
+}
+
+impl Runner {
+    /// Whether steps should still run.
+    fn go(&self) -> bool {
+        self.keep_going || !self.failed
+    }
+
+    fn run(&mut self, cmd: &mut Command) -> Outcome {
+        if !self.go() {
+            return Outcome::NotRun;
+        }
+        let outcome = run(cmd);
+        if outcome == Outcome::Fail {
+            self.failed = true;
+        }
+        outcome
+    }
+}
+
+fn test(root: &Path, opts: &TestOptions) -> ExitCode {
+    let mut runner = Runner {
+        keep_going: opts.keep_going,
+        failed: false,
+    };
+
+    let deps = runner.run(Command::new("bash").arg(root.join("scripts").join("install-deps.sh")));
+    let tidy = if runner.go() {
+        println!("$ cargo xtask tidy");
+        if tidy(root) {
+            Outcome::Pass
+        } else {
+            runner.failed = true;
+            Outcome::Fail
+        }
+    } else {
+        Outcome::NotRun
+    };
+    let fmt = runner.run(cargo(root).args(["fmt", "--all", "--", "--check"]));
+    let checks = [("deps", deps), ("tidy", tidy), ("fmt", fmt)];
+
+    let nextest = runner.go()
+        && cargo(root)
+            .args(["nextest", "--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+
+    let mut reports = Vec::new();
+    for &cell in &opts.cells {
+        let mut report = CellReport {
+            cell,
+            version: "?".to_owned(),
+            steps: [Outcome::NotRun; 3],
+            elapsed: None,
+        };
+        if !runner.go() {
+            reports.push(report);
+            continue;
+        }
+        let start = Instant::now();
+        report.version = match cell.sqlite_version(root) {
+            Ok(version) => version,
+            Err(msg) => {
+                eprintln!(
+                    "xtask: warning: cannot tell the SQLite version of cell {}: {msg}",
+                    cell.name()
+                );
+                "unknown".to_owned()
+            }
+        };
+        println!("\n== cell {}: SQLite {} ==", cell.name(), report.version);
+
+        let env = cell.env(root);
+        let features = cell.cargo_args();
+        let cell_cmd = |args: &[&str], tail: &[&str]| {
+            let mut cmd = cargo(root);
+            cmd.args(args).args(features).args(tail);
+            cmd.env("INSTA_UPDATE", "no").env_remove("INSTA_FORCE_PASS");
+            for (key, value) in &env {
+                cmd.env(key, value);
+            }
+            cmd
+        };
+
+        report.steps[0] = runner.run(&mut cell_cmd(
+            &["clippy", "--workspace", "--all-targets"],
+            &["--", "-D", "warnings"],
+        ));
+        report.steps[1] = if nextest {
+            runner.run(&mut cell_cmd(
+                &["nextest", "run", "--workspace"],
+                &["--no-fail-fast"],
+            ))
+        } else {
+            runner.run(&mut cell_cmd(&["test", "--workspace"], &["--no-fail-fast"]))
+        };
+        report.steps[2] = runner.run(&mut cell_cmd(&["test", "--workspace", "--doc"], &[]));
+
+        let elapsed = start.elapsed();
+        report.elapsed = Some(elapsed);
+        println!(
+            "== cell {}: done in {} ==",
+            cell.name(),
+            format_duration(elapsed)
+        );
+        reports.push(report);
+    }
+
+    print_summary(&checks, &reports);
+    if runner.failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_summary(checks: &[(&str, Outcome)], reports: &[CellReport]) {
+    println!("\n== summary ==");
+    let checks: Vec<String> = checks
+        .iter()
+        .map(|(name, outcome)| format!("{name} {outcome}"))
+        .collect();
+    println!("checks: {}", checks.join(", "));
+    print!("{:<8}  {:<8}", "cell", "SQLite");
+    for step in CELL_STEPS {
+        print!("  {step:<7}");
+    }
+    println!("  time");
+    for report in reports {
+        print!("{:<8}  {:<8}", report.cell.name(), report.version);
+        for outcome in report.steps {
+            print!("  {outcome:<7}");
+        }
+        println!(
+            "  {}",
+            report
+                .elapsed
+                .map_or_else(|| "-".to_owned(), format_duration)
+        );
+    }
+}
+
+fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// `cargo`, the same one that runs this xtask, in the workspace root.
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+/// Runs a command with inherited stdio, echoing it first.
+fn run(cmd: &mut Command) -> Outcome {
+    println!("$ {}", describe(cmd));
+    match cmd.status() {
+        Ok(status) if status.success() => Outcome::Pass,
+        Ok(status) => {
+            eprintln!("xtask: `{}` failed ({status})", describe(cmd));
+            Outcome::Fail
+        }
+        Err(err) => {
+            eprintln!("xtask: cannot run `{}`: {err}", describe(cmd));
+            Outcome::Fail
+        }
+    }
+}
+
+/// Runs a command and returns its stdout; stderr is shown only on failure.
+fn capture(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|err| format!("cannot run `{}`: {err}", describe(cmd)))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{}` failed ({}): {}",
+            describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    String::from_utf8(out.stdout)
+        .map_err(|_| format!("`{}` printed non-UTF-8 output", describe(cmd)))
+}
+
+/// A shell-like rendering of a command with the environment it sets, for logs.
+fn describe(cmd: &Command) -> String {
+    let mut parts = Vec::new();
+    for (key, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            parts.push(format!(
+                "{}={}",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            ));
+        }
+    }
+    let program = cmd.get_program().to_string_lossy();
+    // Show `cargo`, not the absolute path of the toolchain's cargo.
+    let program = if Path::new(&*program)
+        .file_stem()
+        .is_some_and(|stem| stem == "cargo")
+    {
+        "cargo".into()
+    } else {
+        program
+    };
+    parts.push(program.into_owned());
+    parts.extend(cmd.get_args().map(|arg| arg.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// The version of the SQLite amalgamation that libsqlite3-sys bundles: found via `cargo metadata`
+/// (the manifest path of the libsqlite3-sys package) and `#define SQLITE_VERSION` in its copy of
+/// `sqlite3.h`. A plain string search keeps xtask free of JSON dependencies.
+fn bundled_sqlite_version(root: &Path) -> Result<String, String> {
+    let metadata = capture(cargo(root).args(["metadata", "--format-version", "1"]))?;
+    let key = "\"manifest_path\":\"";
+    let manifest = metadata
+        .split(key)
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(|path| PathBuf::from(path.replace("\\\\", "\\")))
+        .find(|path| {
+            path.parent()
+                .and_then(Path::file_name)
+                .is_some_and(|dir| dir.to_string_lossy().starts_with("libsqlite3-sys-"))
+        })
+        .ok_or("no libsqlite3-sys package in `cargo metadata`")?;
+    let header = manifest.with_file_name("sqlite3").join("sqlite3.h");
+    let text = fs::read_to_string(&header)
+        .map_err(|err| format!("cannot read {}: {err}", header.display()))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("#define SQLITE_VERSION "))
+        .and_then(|rest| rest.split('"').nth(1))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no `#define SQLITE_VERSION` in {}", header.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// tidy
+
+/// Patterns that must not appear in any source file; split so this file does not match itself.
+const FORBIDDEN: &[(&str, &str)] = &[
+    (
+        concat!("#[", "ignore"),
+        "ignored test: make it pass or delete it",
+    ),
+    (concat!("todo", "!("), "todo macro"),
+    (concat!("unimplemented", "!("), "unimplemented macro"),
+    (concat!("dbg", "!("), "dbg macro"),
+];
+
+/// Checks every `.rs` file under [`TIDY_DIRS`]; prints each problem, returns whether there were none.
+fn tidy(root: &Path) -> bool {
+    let mut files = Vec::new();
+    for dir in TIDY_DIRS {
+        let dir = root.join(dir);
+        if dir.is_dir()
+            && let Err(err) = rust_files(&dir, &mut files)
+        {
+            eprintln!("tidy: cannot walk {}: {err}", dir.display());
+            return false;
+        }
+    }
+    files.sort();
+
+    let mut problems = 0;
+    for file in &files {
+        let shown = file.strip_prefix(root).unwrap_or(file).display();
+        let text = match fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(err) => {
+                eprintln!("{shown}: cannot read: {err}");
+                problems += 1;
+                continue;
+            }
+        };
+        let first = text
+            .lines()
+            .enumerate()
+            .find(|(_, line)| !line.trim().is_empty());
+        if !first.is_some_and(|(_, line)| line.trim_start().starts_with("//!")) {
+            let number = first.map_or(1, |(index, _)| index + 1);
+            eprintln!(
+                "{shown}:{number}: does not start with a `//!` line saying what the module is for"
+            );
+            problems += 1;
+        }
+        for (number, line) in text.lines().enumerate() {
+            for (pattern, what) in FORBIDDEN {
+                if line.contains(pattern) {
+                    eprintln!("{shown}:{}: {what}: {}", number + 1, line.trim());
+                    problems += 1;
+                }
+            }
+        }
+    }
+    if problems == 0 {
+        println!("tidy: {} files ok", files.len());
+        true
+    } else {
+        eprintln!(
+            "tidy: {problems} problem(s) in {} files checked",
+            files.len()
+        );
+        false
+    }
+}
+
+/// Collects `.rs` files below `dir`, skipping build output and hidden directories.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if entry.file_type()?.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                rust_files(&path, out)?;
+            }
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
