@@ -174,6 +174,7 @@ type Filter = Box<dyn FnMut(&str) -> bool + Send>;
 pub struct Apply<'a> {
     session: &'a dyn Session,
     blob: Arc<[u8]>,
+    kind: &'static str,
     handler: Option<Handler>,
     filter: Option<Filter>,
     log: bool,
@@ -190,6 +191,7 @@ pub fn apply<'a, C: sealed::Changes>(session: &'a dyn Session, changes: &C) -> A
     Apply {
         session,
         blob: changes.blob(),
+        kind: C::KIND,
         handler: None,
         filter: None,
         log: false,
@@ -227,6 +229,7 @@ impl<'a> Apply<'a> {
         let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
         let mut job = Job {
             blob: self.blob,
+            kind: self.kind,
             hooks: Hooks::new(self.handler, self.filter, self.log, Arc::clone(&cancel.0)),
         };
         if job.blob.len() <= INLINE_APPLY_MAX {
@@ -272,6 +275,7 @@ impl Drop for CancelOnDrop {
 /// One apply's inputs, movable to a blocking thread.
 struct Job {
     blob: Arc<[u8]>,
+    kind: &'static str,
     hooks: Hooks,
 }
 
@@ -329,9 +333,11 @@ impl Job {
         let mut entry = 0;
         // Changes come grouped by table: count a run, and look the table up when it ends.
         let mut run: Option<(String, TableInfo)> = None;
-        while iter.advance().map_err(|e| invalid(entry, &e))? {
+        while iter.advance().map_err(|e| invalid(self.kind, entry, &e))? {
             let current = iter.current();
-            let (table, n_col, pk) = current.header().map_err(|e| invalid(entry, &e))?;
+            let (table, n_col, pk) = current
+                .header()
+                .map_err(|e| invalid(self.kind, entry, &e))?;
             match run.as_mut() {
                 Some((name, info)) if name.as_bytes() == table.to_bytes() => info.changes += 1,
                 _ => {
@@ -363,10 +369,11 @@ fn merge(tables: &mut HashMap<String, TableInfo>, name: String, run: TableInfo) 
         .or_insert(run);
 }
 
-fn invalid(entry: usize, err: &Error) -> Error {
+fn invalid(kind: &'static str, entry: usize, err: &Error) -> Error {
     Error::Invalid {
-        kind: "changeset",
+        kind,
         entry,
+        offset: None,
         reason: err.to_string(),
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::iter::{self, Change};
-use crate::{Error, ffi};
+use crate::{Error, ffi, format};
 
 /// The first byte of every table section: `T` in a changeset, `P` in a patchset.
 const CHANGESET_TABLE: u8 = b'T';
@@ -30,15 +30,13 @@ macro_rules! blob_type {
             #[doc = $kind]
             /// and returns how many changes it holds.
             pub fn validate(bytes: &[u8]) -> Result<usize, Error> {
-                if let Some(&first) = bytes.first()
-                    && first != $marker
-                {
-                    return Err(Error::Invalid {
-                        kind: $kind,
-                        entry: 0,
-                        reason: format!("starts with byte {first:#04x}, not a {} table header", $kind),
-                    });
-                }
+                // Structure first: SQLite's iterator must never see a malformed blob.
+                format::check(bytes, $marker).map_err(|m| Error::Invalid {
+                    kind: $kind,
+                    entry: m.entry,
+                    offset: Some(m.offset),
+                    reason: m.reason,
+                })?;
                 Ok(iter::decode(bytes, $kind)?.len())
             }
 

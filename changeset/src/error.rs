@@ -30,12 +30,14 @@ pub enum Error {
         context: &'static str,
     },
     /// The bytes are not a valid changeset (or patchset).
-    #[error("invalid {kind}: {reason} (at change #{entry})")]
+    #[error("invalid {kind}: {reason} (at change #{entry}{})", offset.map(|o| format!(", byte {o}")).unwrap_or_default())]
     Invalid {
         /// `"changeset"` or `"patchset"`.
         kind: &'static str,
         /// The index of the change where decoding failed (0-based).
         entry: usize,
+        /// The byte offset of the problem, when the structural check found it.
+        offset: Option<usize>,
         /// What was wrong.
         reason: String,
     },

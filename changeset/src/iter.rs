@@ -69,6 +69,7 @@ pub(crate) fn decode(blob: &[u8], kind: &'static str) -> Result<Vec<Change>, Err
     let invalid = |entry: usize, err: Error| Error::Invalid {
         kind,
         entry,
+        offset: None,
         reason: err.to_string(),
     };
     let mut iter = ChangesetIter::start(blob).map_err(|e| invalid(0, e))?;

@@ -48,6 +48,7 @@ mod capture;
 mod changeset;
 mod error;
 mod ffi;
+mod format;
 mod gate;
 mod iter;
 

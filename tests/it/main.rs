@@ -4,8 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod apply;
+mod blobs;
 mod capture;
 mod conflicts;
+mod crosscheck;
 mod dialect;
+mod gate;
 mod session;
 mod support;
