@@ -261,15 +261,15 @@ impl Drop for Recording {
     }
 }
 
-/// Deletes the session object and rolls back capture's transaction level.
+/// Rolls back capture's transaction level (and anything the closure left open above it), then
+/// deletes the session object.
 fn undo(guard: &mut PinnedGuard, session: Option<RawSession>, depth: Option<usize>) {
+    if let Some(depth) = depth {
+        // Failing here means the connection is broken; sqlx will not hand it out again.
+        let _ = guard.rollback_levels_blocking(depth);
+    }
     if let Some(session) = session {
         // SAFETY: `db` comes from `with_raw_blocking`: valid and locked; the session lives on it.
         let _ = guard.with_raw_blocking(|_db| unsafe { session.delete() });
-    }
-    if let Some(depth) = depth
-        && guard.transaction_depth() == depth
-    {
-        guard.start_rollback();
     }
 }

@@ -154,8 +154,21 @@ impl PinnedGuard {
 
     /// Begins a transaction, or a savepoint inside the current one. Returns the new depth.
     pub async fn begin(&mut self) -> Result<usize> {
+        self.begin_with(None).await
+    }
+
+    /// Begins a transaction with `BEGIN IMMEDIATE` (takes the write lock at once, so a
+    /// read-then-write transaction cannot fail with `SQLITE_BUSY_SNAPSHOT` in WAL mode), or a
+    /// savepoint when a transaction is already open. Returns the new depth.
+    pub async fn begin_immediate(&mut self) -> Result<usize> {
+        let depth = self.transaction_depth();
+        self.begin_with((depth == 0).then_some("BEGIN IMMEDIATE"))
+            .await
+    }
+
+    async fn begin_with(&mut self, statement: Option<&'static str>) -> Result<usize> {
         let conn = self.conn();
-        SqliteTransactionManager::begin(conn, None)
+        SqliteTransactionManager::begin(conn, statement.map(sqlx::SqlStr::from_static))
             .await
             .map_err(convert::error)?;
         Ok(SqliteTransactionManager::get_transaction_depth(conn))
@@ -175,9 +188,26 @@ impl PinnedGuard {
             .map_err(convert::error)
     }
 
-    /// Queues a rollback of the innermost transaction level without waiting (for `Drop`).
-    pub fn start_rollback(&mut self) {
-        SqliteTransactionManager::start_rollback(self.conn());
+    /// Rolls back every transaction level at or above `level` (1: the whole transaction) and
+    /// waits until sqlx's worker has done it, without an executor (for `Drop`). Levels below
+    /// `level` stay open.
+    ///
+    /// Waiting matters: sqlx counts transaction depth when its worker *processes* a rollback,
+    /// so a rollback that was only queued would make the next reader of the depth (an outer
+    /// transaction's `Drop`, say) see a level that no longer exists.
+    pub fn rollback_levels_blocking(&mut self, level: usize) -> Result<()> {
+        while level > 0 && self.transaction_depth() >= level {
+            let before = self.transaction_depth();
+            SqliteTransactionManager::start_rollback(self.conn());
+            // The worker hands over the handle only after every command queued before it.
+            self.with_raw_blocking(|_| ())?;
+            if self.transaction_depth() >= before {
+                return Err(Error::Transaction(format!(
+                    "rollback of transaction level {before} failed"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// How many transaction levels are open on the connection (0: autocommit).

@@ -128,6 +128,20 @@ impl SqliteSession {
         }
     }
 
+    /// Starts a transaction with `BEGIN IMMEDIATE`: it holds the write lock from the start, so
+    /// it waits (up to the busy timeout) for other writers instead of failing when it first
+    /// writes after reading. Nested in a transaction, it is a savepoint like [`Session::begin`].
+    pub async fn begin_immediate(&self) -> Result<SqliteTransaction> {
+        let pinned = self.pin().await?;
+        let depth = pinned.lock().await?.begin_immediate().await?;
+        Ok(SqliteTransaction {
+            session: pinned.session(),
+            pinned,
+            depth,
+            finished: false,
+        })
+    }
+
     /// Runs `op` on a connection: any pool connection, or the pinned one.
     async fn run<R>(
         &self,
@@ -274,24 +288,26 @@ impl Drop for SqliteTransaction {
         if self.finished {
             return;
         }
-        // Queue the rollback on the connection's worker; it runs before anything that is sent to
-        // the connection later, including the pool's check when the connection is returned.
+        let depth = self.depth;
         if let Some(mut guard) = self.pinned.try_lock() {
-            if guard.transaction_depth() == self.depth {
-                guard.start_rollback();
+            // Usually nothing else runs on the connection: roll back now, so the connection goes
+            // back to the pool (or to an outer transaction) at the right level.
+            if let Err(err) = guard.rollback_levels_blocking(depth) {
+                tracing::warn!(%err, "rolling back a dropped transaction failed");
             }
             return;
         }
         // A statement is still running on the connection (a clone of the session outlived the
         // transaction): roll back once it is done.
         let pinned = self.pinned.share();
-        let depth = self.depth;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Ok(mut guard) = pinned.lock().await
-                    && guard.transaction_depth() == depth
-                {
-                    guard.start_rollback();
+                if let Ok(mut guard) = pinned.lock().await {
+                    let undone =
+                        tokio::task::spawn_blocking(move || guard.rollback_levels_blocking(depth));
+                    if let Ok(Err(err)) = undone.await {
+                        tracing::warn!(%err, "rolling back a dropped transaction failed");
+                    }
                 }
             });
         }

@@ -10,5 +10,6 @@ mod conflicts;
 mod crosscheck;
 mod dialect;
 mod gate;
+mod replication;
 mod session;
 mod support;

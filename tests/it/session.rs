@@ -1,6 +1,6 @@
 //! The SQLite dialect through the `Session` trait: values, transactions, pinning, build checks.
 
-use liteorm_core::{Error, Session, Value, transaction};
+use liteorm_core::{Error, Session, Transaction, Value, transaction};
 use liteorm_sqlite::SqliteSession;
 
 use crate::support::{dump, file_db};
@@ -249,4 +249,34 @@ async fn database_errors_carry_sqlite_code_and_message() {
         Error::Database { message, .. } => assert!(message.contains("no such table"), "{message}"),
         other => panic!("expected a database error, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn dropping_a_savepoint_then_its_transaction_releases_the_write_lock() {
+    // Regression: the outer transaction's drop used to read sqlx's depth before the inner
+    // rollback was processed, skip its own rollback, and leave the connection holding the lock.
+    let (db, _dir) = file_db().await;
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+        .await
+        .unwrap();
+    let outer = db.begin().await.unwrap();
+    outer
+        .execute("INSERT INTO t VALUES (1)", &[])
+        .await
+        .unwrap();
+    let inner = outer.begin().await.unwrap();
+    inner
+        .execute("INSERT INTO t VALUES (2)", &[])
+        .await
+        .unwrap();
+    drop(inner);
+    drop(outer);
+    let writer = db.begin_immediate().await.unwrap();
+    writer
+        .session()
+        .execute("INSERT INTO t VALUES (3)", &[])
+        .await
+        .unwrap();
+    Box::new(writer).commit().await.unwrap();
+    assert_eq!(dump(&db, "t").await, [[Value::Integer(3)]]);
 }

@@ -1,0 +1,64 @@
+//! Errors of the audit and replication layer.
+
+/// Errors from recording, auditing and replicating.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A statement failed.
+    #[error(transparent)]
+    Session(#[from] liteorm_core::Error),
+    /// Capturing or applying a changeset failed.
+    #[error(transparent)]
+    Changeset(#[from] changeset::Error),
+    /// No log entry has this seq.
+    #[error("no change log entry with seq {0}")]
+    NoSuchEntry(u64),
+    /// The next entry a replica received is not the one after its last applied seq.
+    #[error("replication gap: expected seq {expected}, got {got}")]
+    Gap {
+        /// The seq the replica needs next.
+        expected: u64,
+        /// The seq it was given.
+        got: u64,
+    },
+    /// Applying an entry failed (a conflict under the policy, or a schema problem); the replica
+    /// stopped before it, with everything earlier committed.
+    #[error("replica stopped at seq {seq}: {source}")]
+    Stopped {
+        /// The entry that could not be applied.
+        seq: u64,
+        /// Why.
+        source: Box<changeset::Error>,
+    },
+    /// An entry touches tables the replica does not have in a compatible form (missing, fewer
+    /// columns, another primary key); the replica stopped before it.
+    #[error("replica stopped at seq {seq}: incompatible tables {}", describe(.tables))]
+    SchemaMismatch {
+        /// The entry that could not be applied.
+        seq: u64,
+        /// The tables and why each is incompatible.
+        tables: Vec<changeset::SkippedTable>,
+    },
+    /// A stored log entry is malformed.
+    #[error("corrupt change log entry {seq}: {reason}")]
+    CorruptEntry {
+        /// The entry.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The change source failed or went away.
+    #[error("change source: {0}")]
+    Source(String),
+}
+
+fn describe(tables: &[changeset::SkippedTable]) -> String {
+    let each: Vec<String> = tables
+        .iter()
+        .map(|t| format!("{} ({:?})", t.table, t.reason))
+        .collect();
+    each.join(", ")
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,459 @@
+//! The change log: recording units of work with their changesets, querying them, reverting.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use changeset::{ApplyReport, Capture, Changeset, apply};
+use liteorm_core::{Row, Session, Value};
+use liteorm_sqlite::SqliteSession;
+use tokio::sync::mpsc;
+
+use crate::{ConflictPolicy, Error, Result};
+
+/// The log table. It is written after each capture ends, so it is never recorded itself.
+const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS liteorm_changes(
+    seq INTEGER PRIMARY KEY,      -- 1, 2, 3, ... without gaps (entries are never deleted)
+    committed_at INTEGER NOT NULL, -- Unix time in milliseconds
+    actor TEXT,
+    reason TEXT,
+    tables TEXT NOT NULL,         -- ',a,b,': the tables the changeset touches
+    kind TEXT NOT NULL,           -- 'change' | 'revert' | 'rollback'
+    ref_seq INTEGER,              -- the entry a revert undoes / the seq a rollback returns to
+    blob BLOB NOT NULL
+)";
+
+pub(crate) const SELECT_ENTRY: &str =
+    "SELECT seq, committed_at, actor, reason, tables, kind, ref_seq, blob FROM liteorm_changes";
+
+/// Who made a change and why; stored with the log entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// The user or service that made the change.
+    pub actor: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+impl Meta {
+    /// Metadata naming the actor.
+    pub fn actor(actor: impl Into<String>) -> Self {
+        Meta {
+            actor: Some(actor.into()),
+            reason: None,
+        }
+    }
+
+    /// Adds a reason.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+/// What produced a log entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A unit of work run through [`ChangeLog::record`].
+    Change,
+    /// [`ChangeLog::revert`] of the entry with this seq.
+    Revert(u64),
+    /// [`ChangeLog::rollback_to`] this seq.
+    Rollback(u64),
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    /// Its position in the log: 1, 2, 3, ... without gaps.
+    pub seq: u64,
+    /// When it was committed, in milliseconds since the Unix epoch.
+    pub committed_at_ms: i64,
+    /// Who made it.
+    pub actor: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+    /// What produced it.
+    pub kind: EntryKind,
+    /// The tables its changeset touches.
+    pub tables: Vec<String>,
+    /// The changes.
+    pub changeset: Changeset,
+}
+
+impl LogEntry {
+    pub(crate) fn from_row(row: &Row) -> Result<Self> {
+        let seq = seq_of(row.try_get::<i64>("seq")?);
+        let corrupt = |reason: String| Error::CorruptEntry { seq, reason };
+        let ref_seq = row.try_get::<Option<i64>>("ref_seq")?.map(seq_of);
+        let kind = match (row.try_get::<String>("kind")?.as_str(), ref_seq) {
+            ("change", _) => EntryKind::Change,
+            ("revert", Some(of)) => EntryKind::Revert(of),
+            ("rollback", Some(to)) => EntryKind::Rollback(to),
+            (other, _) => return Err(corrupt(format!("unknown kind {other:?}"))),
+        };
+        let blob: Vec<u8> = row.try_get("blob")?;
+        let changeset = Changeset::from_bytes(blob).map_err(|e| corrupt(e.to_string()))?;
+        let tables: String = row.try_get("tables")?;
+        Ok(LogEntry {
+            seq,
+            committed_at_ms: row.try_get("committed_at")?,
+            actor: row.try_get("actor")?,
+            reason: row.try_get("reason")?,
+            kind,
+            tables: tables
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            changeset,
+        })
+    }
+}
+
+/// Seqs are stored as SQLite integers and are always positive.
+fn seq_of(stored: i64) -> u64 {
+    u64::try_from(stored).unwrap_or(0)
+}
+
+fn stored(seq: u64) -> Value {
+    Value::Integer(i64::try_from(seq).unwrap_or(i64::MAX))
+}
+
+/// Which entries [`ChangeLog::entries`] returns; all conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    seq_from: Option<u64>,
+    seq_to: Option<u64>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    table: Option<String>,
+    actor: Option<String>,
+}
+
+impl LogFilter {
+    /// Every entry.
+    pub fn all() -> Self {
+        Self::default()
+    }
+    /// Entries with `from <= seq <= to`.
+    pub fn seqs(mut self, from: u64, to: u64) -> Self {
+        (self.seq_from, self.seq_to) = (Some(from), Some(to));
+        self
+    }
+    /// Entries committed at or after `ms` (Unix milliseconds).
+    pub fn since_ms(mut self, ms: i64) -> Self {
+        self.since_ms = Some(ms);
+        self
+    }
+    /// Entries committed at or before `ms` (Unix milliseconds).
+    pub fn until_ms(mut self, ms: i64) -> Self {
+        self.until_ms = Some(ms);
+        self
+    }
+    /// Entries that touch `table`.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = Some(table.into());
+        self
+    }
+    /// Entries made by `actor`.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    fn to_sql(&self) -> (String, Vec<Value>) {
+        let mut sql = format!("{SELECT_ENTRY} WHERE 1");
+        let mut params = Vec::new();
+        let mut cond = |clause: &str, value: Value| {
+            sql.push_str(clause);
+            params.push(value);
+        };
+        if let Some(from) = self.seq_from {
+            cond(" AND seq >= ?", stored(from));
+        }
+        if let Some(to) = self.seq_to {
+            cond(" AND seq <= ?", stored(to));
+        }
+        if let Some(ms) = self.since_ms {
+            cond(" AND committed_at >= ?", ms.into());
+        }
+        if let Some(ms) = self.until_ms {
+            cond(" AND committed_at <= ?", ms.into());
+        }
+        if let Some(table) = &self.table {
+            cond(" AND instr(tables, ?) > 0", format!(",{table},").into());
+        }
+        if let Some(actor) = &self.actor {
+            cond(" AND actor = ?", actor.clone().into());
+        }
+        sql.push_str(" ORDER BY seq");
+        (sql, params)
+    }
+}
+
+/// What a revert or rollback did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RevertOutcome {
+    /// The log entry that records the revert (`None` if it changed nothing).
+    pub logged_as: Option<u64>,
+    /// What applying the inverse(s) did, entry by entry (newest first for a rollback).
+    pub reports: Vec<(u64, ApplyReport)>,
+}
+
+/// The change log of one SQLite database: the primary side of the audit log and of replication.
+#[derive(Clone)]
+pub struct ChangeLog {
+    db: SqliteSession,
+    tables: Option<Vec<String>>,
+    publish: Option<mpsc::Sender<LogEntry>>,
+}
+
+impl ChangeLog {
+    /// Opens the log of `session`'s database, creating the log table if needed.
+    pub async fn open(session: &dyn Session) -> Result<Self> {
+        let db = sqlite(session)?;
+        db.execute_batch(CREATE_LOG).await?;
+        Ok(ChangeLog {
+            db,
+            tables: None,
+            publish: None,
+        })
+    }
+
+    /// Records only these tables (default: every table with a primary key). Writes to other
+    /// tables still commit with the unit of work; they are just not in its changeset.
+    pub fn tables<I, T>(mut self, tables: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.tables = Some(tables.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Also sends every committed entry to `sender` (e.g. for a [`ChannelSource`]
+    /// (crate::ChannelSource) replica in the same process). The log table stays the record of
+    /// truth: if the receiver is gone, entries are only logged.
+    pub fn publish_to(mut self, sender: mpsc::Sender<LogEntry>) -> Self {
+        self.publish = Some(sender);
+        self
+    }
+
+    /// Runs `f` as one unit of work: in one transaction, captures its changes and appends them
+    /// to the log. Returns the new entry's seq, or `None` if nothing recorded changed (nothing
+    /// is logged then). If `f` fails, nothing is written, data or log.
+    pub async fn record<F, Fut, E>(&self, meta: Meta, f: F) -> Result<Option<u64>, E>
+    where
+        F: FnOnce(SqliteSession) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: From<Error> + From<changeset::Error>,
+    {
+        self.record_as(meta, EntryKind::Change, f).await
+    }
+
+    async fn record_as<F, Fut, E>(
+        &self,
+        meta: Meta,
+        kind: EntryKind,
+        f: F,
+    ) -> Result<Option<u64>, E>
+    where
+        F: FnOnce(SqliteSession) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: From<Error> + From<changeset::Error>,
+    {
+        let tx = self.db.begin_immediate().await.map_err(Error::from)?;
+        let mut capture = Capture::new(tx.session());
+        if let Some(tables) = &self.tables {
+            capture = capture.tables(tables.iter().cloned());
+        }
+        let changes = capture.changeset(f).await?;
+        if changes.is_empty() {
+            liteorm_core::Transaction::commit(Box::new(tx))
+                .await
+                .map_err(Error::from)?;
+            return Ok(None);
+        }
+        let entry = self.append(&tx, meta, kind, changes).await?;
+        liteorm_core::Transaction::commit(Box::new(tx))
+            .await
+            .map_err(Error::from)?;
+        let seq = entry.seq;
+        if let Some(sender) = &self.publish
+            && sender.send(entry).await.is_err()
+        {
+            tracing::warn!(
+                seq,
+                "change log subscriber is gone; the entry is only in the log table"
+            );
+        }
+        Ok(Some(seq))
+    }
+
+    async fn append(
+        &self,
+        tx: &liteorm_sqlite::SqliteTransaction,
+        meta: Meta,
+        kind: EntryKind,
+        changeset: Changeset,
+    ) -> Result<LogEntry> {
+        let mut tables: Vec<String> = Vec::new();
+        for change in changeset.changes()? {
+            if tables.last().map(String::as_str) != Some(&*change.table) {
+                tables.push(change.table.to_string());
+            }
+        }
+        tables.dedup();
+        let (kind_name, ref_seq) = match kind {
+            EntryKind::Change => ("change", Value::Null),
+            EntryKind::Revert(of) => ("revert", stored(of)),
+            EntryKind::Rollback(to) => ("rollback", stored(to)),
+        };
+        let committed_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let rows = tx
+            .session()
+            .query(
+                "INSERT INTO liteorm_changes(committed_at, actor, reason, tables, kind, ref_seq, blob) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                &[
+                    committed_at_ms.into(),
+                    meta.actor.clone().into(),
+                    meta.reason.clone().into(),
+                    format!(",{},", tables.join(",")).into(),
+                    kind_name.into(),
+                    ref_seq,
+                    changeset.as_bytes().into(),
+                ],
+            )
+            .await?;
+        let seq = seq_of(
+            rows.first()
+                .map(|r| r.try_get::<i64>(0))
+                .transpose()?
+                .unwrap_or(0),
+        );
+        Ok(LogEntry {
+            seq,
+            committed_at_ms,
+            actor: meta.actor,
+            reason: meta.reason,
+            kind,
+            tables,
+            changeset,
+        })
+    }
+
+    /// The entries that match `filter`, in seq order.
+    pub async fn entries(&self, filter: &LogFilter) -> Result<Vec<LogEntry>> {
+        let (sql, params) = filter.to_sql();
+        self.db
+            .query(&sql, &params)
+            .await?
+            .iter()
+            .map(LogEntry::from_row)
+            .collect()
+    }
+
+    /// The entry with `seq`.
+    pub async fn entry(&self, seq: u64) -> Result<LogEntry> {
+        let rows = self
+            .db
+            .query(&format!("{SELECT_ENTRY} WHERE seq = ?"), &[stored(seq)])
+            .await?;
+        rows.first()
+            .map(LogEntry::from_row)
+            .ok_or(Error::NoSuchEntry(seq))?
+    }
+
+    /// The newest seq (0 when the log is empty).
+    pub async fn last_seq(&self) -> Result<u64> {
+        let rows = self
+            .db
+            .query("SELECT coalesce(max(seq), 0) FROM liteorm_changes", &[])
+            .await?;
+        Ok(seq_of(
+            rows.first()
+                .map(|r| r.try_get::<i64>(0))
+                .transpose()?
+                .unwrap_or(0),
+        ))
+    }
+
+    /// Undoes entry `seq` by applying its inverse under `policy`, as a new logged unit of work.
+    /// A row that a later entry changed again conflicts (with the default policy the revert fails
+    /// and changes nothing).
+    pub async fn revert(
+        &self,
+        seq: u64,
+        policy: ConflictPolicy,
+        meta: Meta,
+    ) -> Result<RevertOutcome> {
+        let entry = self.entry(seq).await?;
+        self.undo(vec![entry], policy, meta, EntryKind::Revert(seq))
+            .await
+    }
+
+    /// Returns the database to its state right after entry `seq` (0: before the first entry) by
+    /// applying the inverses of every later entry, newest first, as one logged unit of work.
+    pub async fn rollback_to(
+        &self,
+        seq: u64,
+        policy: ConflictPolicy,
+        meta: Meta,
+    ) -> Result<RevertOutcome> {
+        let mut later = self
+            .entries(&LogFilter::all().seqs(seq.saturating_add(1), u64::MAX))
+            .await?;
+        later.reverse();
+        self.undo(later, policy, meta, EntryKind::Rollback(seq))
+            .await
+    }
+
+    async fn undo(
+        &self,
+        entries: Vec<LogEntry>,
+        policy: ConflictPolicy,
+        meta: Meta,
+        kind: EntryKind,
+    ) -> Result<RevertOutcome> {
+        let inverses = entries
+            .into_iter()
+            .map(|e| Ok((e.seq, e.changeset.invert()?)))
+            .collect::<Result<Vec<_>>>()?;
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let logged_as = self
+            .record_as(meta, kind, {
+                let reports = Arc::clone(&reports);
+                move |s| async move {
+                    for (seq, inverse) in inverses {
+                        let report = apply(&s, &inverse).on_conflict(policy.handler()).await?;
+                        reports
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((seq, report));
+                    }
+                    Ok::<_, Error>(())
+                }
+            })
+            .await?;
+        let reports = std::mem::take(&mut *reports.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(RevertOutcome { logged_as, reports })
+    }
+}
+
+/// The SQLite session behind `session`, or the typed capability error.
+pub(crate) fn sqlite(session: &dyn Session) -> Result<SqliteSession> {
+    session
+        .as_any()
+        .downcast_ref::<SqliteSession>()
+        .cloned()
+        .ok_or_else(|| {
+            Error::Changeset(changeset::Error::Unsupported {
+                capability: "change logs and replication",
+                dialect: session.dialect(),
+            })
+        })
+}

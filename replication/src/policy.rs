@@ -1,0 +1,53 @@
+//! A conflict policy per conflict kind, for reverts and replicas.
+
+use changeset::{Conflict, ConflictAction, ConflictKind};
+
+/// What to do for each kind of conflict. The default aborts on every kind, which stops a replica
+/// (or fails a revert) with an error naming the entry and changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConflictPolicy {
+    actions: [ConflictAction; 5],
+}
+
+impl Default for ConflictPolicy {
+    fn default() -> Self {
+        ConflictPolicy {
+            actions: [ConflictAction::Abort; 5],
+        }
+    }
+}
+
+fn index(kind: ConflictKind) -> usize {
+    match kind {
+        ConflictKind::Data => 0,
+        ConflictKind::NotFound => 1,
+        ConflictKind::Conflict => 2,
+        ConflictKind::Constraint => 3,
+        ConflictKind::ForeignKey => 4,
+    }
+}
+
+impl ConflictPolicy {
+    /// Aborts on every conflict.
+    pub fn abort() -> Self {
+        Self::default()
+    }
+
+    /// Sets the action for one kind. `Replace` for a kind that does not allow it
+    /// ([`ConflictKind::allows_replace`]) makes the apply fail with `IllegalReplace` when such a
+    /// conflict happens.
+    pub fn on(mut self, kind: ConflictKind, action: ConflictAction) -> Self {
+        self.actions[index(kind)] = action;
+        self
+    }
+
+    /// The action for `kind`.
+    pub fn action(&self, kind: ConflictKind) -> ConflictAction {
+        self.actions[index(kind)]
+    }
+
+    /// The policy as a conflict handler.
+    pub(crate) fn handler(self) -> impl FnMut(&Conflict) -> ConflictAction + Send + 'static {
+        move |conflict| self.action(conflict.kind)
+    }
+}

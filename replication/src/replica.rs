@@ -1,0 +1,198 @@
+//! The replica side: applying log entries in seq order, exactly once.
+
+use changeset::apply;
+use liteorm_core::{Session, Transaction, Value};
+use liteorm_sqlite::{SqliteSession, SqliteTransaction};
+
+use crate::log::sqlite;
+use crate::{ChangeSource, ConflictPolicy, Error, LogEntry, Result};
+
+const CREATE_STATE: &str = "CREATE TABLE IF NOT EXISTS liteorm_replica(
+    name TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+)";
+
+/// How far a [`Replica::catch_up`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Entries applied by this call.
+    pub applied: u64,
+    /// The last applied seq afterwards.
+    pub last_seq: u64,
+}
+
+/// A database that follows a primary's change log.
+///
+/// The last applied seq is stored in the replica database (table `liteorm_replica`) and updated
+/// in the same transaction as the entries it covers: after a crash at any point, the replica
+/// resumes right after the last committed entry, so no entry is lost or applied twice.
+#[derive(Clone)]
+pub struct Replica {
+    db: SqliteSession,
+    name: String,
+    policy: ConflictPolicy,
+    batch: usize,
+}
+
+impl Replica {
+    /// Opens the replica state of `session`'s database (creating it at seq 0).
+    pub async fn open(session: &dyn Session) -> Result<Self> {
+        Self::open_named(session, "default").await
+    }
+
+    /// Like [`Replica::open`], for a database that follows several primaries (one state row each).
+    pub async fn open_named(session: &dyn Session, name: &str) -> Result<Self> {
+        let db = sqlite(session)?;
+        db.execute_batch(CREATE_STATE).await?;
+        db.execute(
+            "INSERT INTO liteorm_replica(name, last_seq) VALUES (?, 0) ON CONFLICT(name) DO NOTHING",
+            &[name.into()],
+        )
+        .await?;
+        Ok(Replica {
+            db,
+            name: name.to_owned(),
+            policy: ConflictPolicy::default(),
+            batch: 256,
+        })
+    }
+
+    /// The conflict policy (default: abort, which stops the replica with [`Error::Stopped`]).
+    pub fn policy(mut self, policy: ConflictPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How many entries to apply per transaction (default 256; at least 1).
+    pub fn batch_size(mut self, entries: usize) -> Self {
+        self.batch = entries.max(1);
+        self
+    }
+
+    /// The last applied seq.
+    pub async fn last_applied(&self) -> Result<u64> {
+        read_cursor(&self.db, &self.name).await
+    }
+
+    /// Applies `entries` (in seq order) in one transaction together with the cursor. Entries at
+    /// or below the cursor are skipped (already applied); an entry beyond `cursor + 1` is a gap.
+    /// On failure, the entries before the failing one are committed and the error names it.
+    /// Returns the last applied seq.
+    pub async fn apply_entries(&self, entries: &[LogEntry]) -> Result<u64> {
+        let tx = self.db.begin_immediate().await?;
+        match self.apply_in(&tx, entries).await {
+            Ok(last) => {
+                Box::new(tx).commit().await?;
+                Ok(last)
+            }
+            Err((failed_at, err)) => {
+                // Undo the whole batch, then redo the part that went through, so that the
+                // failing entry leaves no trace however far it got.
+                Box::new(tx).rollback().await?;
+                if failed_at > 0 {
+                    Box::pin(self.apply_entries(&entries[..failed_at])).await?;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Applies what it can; on error, returns the index of the failing entry.
+    async fn apply_in(
+        &self,
+        tx: &SqliteTransaction,
+        entries: &[LogEntry],
+    ) -> Result<u64, (usize, Error)> {
+        let session = tx.session();
+        let mut last = read_cursor(session, &self.name).await.map_err(|e| (0, e))?;
+        for (i, entry) in entries.iter().enumerate() {
+            if entry.seq <= last {
+                continue;
+            }
+            if entry.seq != last + 1 {
+                return Err((
+                    i,
+                    Error::Gap {
+                        expected: last + 1,
+                        got: entry.seq,
+                    },
+                ));
+            }
+            let stopped = |source: changeset::Error| {
+                (
+                    i,
+                    Error::Stopped {
+                        seq: entry.seq,
+                        source: Box::new(source),
+                    },
+                )
+            };
+            let report = apply(session, &entry.changeset)
+                .on_conflict(self.policy.handler())
+                .await
+                .map_err(stopped)?;
+            if !report.skipped_tables.is_empty() {
+                // SQLite skips incompatible tables silently; a replica must not diverge silently.
+                return Err((
+                    i,
+                    Error::SchemaMismatch {
+                        seq: entry.seq,
+                        tables: report.skipped_tables,
+                    },
+                ));
+            }
+            last = entry.seq;
+        }
+        session
+            .execute(
+                "UPDATE liteorm_replica SET last_seq = ? WHERE name = ?",
+                &[
+                    Value::Integer(i64::try_from(last).unwrap_or(i64::MAX)),
+                    self.name.as_str().into(),
+                ],
+            )
+            .await
+            .map_err(|e| (entries.len(), e.into()))?;
+        Ok(last)
+    }
+
+    /// Applies every entry `source` has after the cursor, batch by batch, reporting progress as
+    /// tracing events. Returns when the source has nothing more.
+    pub async fn catch_up(&self, source: &mut dyn ChangeSource) -> Result<CatchUp> {
+        let mut applied = 0;
+        let mut last = self.last_applied().await?;
+        loop {
+            let batch = source.fetch(last, self.batch).await?;
+            if batch.is_empty() {
+                return Ok(CatchUp {
+                    applied,
+                    last_seq: last,
+                });
+            }
+            let now = self.apply_entries(&batch).await?;
+            applied += now - last;
+            last = now;
+            tracing::info!(replica = %self.name, last_seq = last, applied, "replica catch-up progress");
+        }
+    }
+
+    /// Follows `source` for ever: catches up, then waits for more. Cancel it by dropping the
+    /// future; every committed batch stays, an interrupted one rolls back.
+    pub async fn follow(&self, source: &mut dyn ChangeSource) -> Result<std::convert::Infallible> {
+        loop {
+            let done = self.catch_up(source).await?;
+            source.wait(done.last_seq).await?;
+        }
+    }
+}
+
+async fn read_cursor(session: &dyn Session, name: &str) -> Result<u64> {
+    let rows = session
+        .query(
+            "SELECT last_seq FROM liteorm_replica WHERE name = ?",
+            &[name.into()],
+        )
+        .await?;
+    let last: i64 = rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
+    Ok(u64::try_from(last).unwrap_or(0))
+}

@@ -1,0 +1,475 @@
+//! The audit log and one-way replication: recording in the same transaction, audit queries,
+//! reverts, and replicas that apply every entry exactly once, also across SIGKILL.
+
+use std::process::Command;
+use std::time::Duration;
+
+use changeset::{ConflictAction, ConflictKind};
+use liteorm_core::{Session, Value};
+use liteorm_replication::{
+    ChangeLog, ChannelSource, ConflictPolicy, EntryKind, Error, LogEntry, LogFilter,
+    LogTableSource, Meta, Replica,
+};
+use liteorm_sqlite::SqliteSession;
+
+use crate::support::{dump, file_db};
+
+const SCHEMA: &str = "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER); \
+    CREATE TABLE counter(id INTEGER PRIMARY KEY, n INTEGER NOT NULL); \
+    INSERT INTO counter VALUES (1, 0), (2, 0)";
+
+async fn db_with_schema() -> (SqliteSession, tempfile::TempDir) {
+    let (db, dir) = file_db().await;
+    db.execute_batch(SCHEMA).await.unwrap();
+    (db, dir)
+}
+
+/// Records `sql` as one unit of work by `actor`.
+async fn record(log: &ChangeLog, actor: &str, sql: &'static str) -> Option<u64> {
+    log.record(Meta::actor(actor).reason(sql), move |s| async move {
+        s.execute_batch(sql).await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn record_appends_the_changeset_and_metadata_in_the_same_transaction() {
+    let (db, _dir) = db_with_schema().await;
+    let log = ChangeLog::open(&db).await.unwrap();
+    let seq = record(
+        &log,
+        "ada",
+        "INSERT INTO item VALUES (1, 'pen', 3); UPDATE counter SET n = 1 WHERE id = 1",
+    )
+    .await;
+    assert_eq!(seq, Some(1));
+    let entry = log.entry(1).await.unwrap();
+    assert_eq!(entry.actor.as_deref(), Some("ada"));
+    assert_eq!(entry.kind, EntryKind::Change);
+    let mut tables = entry.tables.clone();
+    tables.sort();
+    assert_eq!(tables, ["counter", "item"]);
+    assert_eq!(entry.changeset.changes().unwrap().len(), 2);
+    assert!(
+        !entry.tables.iter().any(|t| t == "liteorm_changes"),
+        "the log table is never recorded"
+    );
+    // The next unit of work's changeset does not contain the first one's log row either.
+    record(&log, "ada", "UPDATE item SET qty = 4 WHERE id = 1").await;
+    let second = log.entry(2).await.unwrap();
+    assert_eq!(second.tables, ["item"]);
+}
+
+#[tokio::test]
+async fn a_failed_unit_of_work_writes_neither_data_nor_log() {
+    let (db, _dir) = db_with_schema().await;
+    let log = ChangeLog::open(&db).await.unwrap();
+    let err = log
+        .record(Meta::actor("ada"), |s| async move {
+            s.execute("INSERT INTO item VALUES (1, 'pen', 3)", &[])
+                .await?;
+            s.execute("INSERT INTO item VALUES (1, 'dup', 3)", &[])
+                .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    assert!(dump(&db, "item").await.is_empty());
+    assert_eq!(log.last_seq().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_unit_of_work_that_changes_nothing_is_not_logged() {
+    let (db, _dir) = db_with_schema().await;
+    let log = ChangeLog::open(&db).await.unwrap();
+    assert_eq!(
+        record(&log, "ada", "UPDATE counter SET n = n WHERE id = 1").await,
+        None
+    );
+    assert_eq!(log.last_seq().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn entries_can_be_queried_by_seq_time_table_and_actor() {
+    let (db, _dir) = db_with_schema().await;
+    let log = ChangeLog::open(&db).await.unwrap();
+    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 3)").await;
+    record(&log, "bob", "UPDATE counter SET n = 5 WHERE id = 2").await;
+    record(&log, "ada", "UPDATE item SET qty = 1 WHERE id = 1").await;
+    let seqs = |entries: Vec<LogEntry>| entries.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(log.entries(&LogFilter::all()).await.unwrap()),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        seqs(log.entries(&LogFilter::all().actor("ada")).await.unwrap()),
+        [1, 3]
+    );
+    assert_eq!(
+        seqs(
+            log.entries(&LogFilter::all().table("counter"))
+                .await
+                .unwrap()
+        ),
+        [2]
+    );
+    assert_eq!(
+        seqs(log.entries(&LogFilter::all().seqs(2, 3)).await.unwrap()),
+        [2, 3]
+    );
+    let first = log.entry(1).await.unwrap().committed_at_ms;
+    assert_eq!(
+        seqs(
+            log.entries(&LogFilter::all().since_ms(first).until_ms(i64::MAX))
+                .await
+                .unwrap()
+        ),
+        [1, 2, 3]
+    );
+    assert!(
+        log.entries(&LogFilter::all().until_ms(first - 1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(log.entry(9).await, Err(Error::NoSuchEntry(9))));
+}
+
+#[tokio::test]
+async fn revert_undoes_one_entry_and_is_itself_logged() {
+    let (db, _dir) = db_with_schema().await;
+    let log = ChangeLog::open(&db).await.unwrap();
+    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 3)").await;
+    record(&log, "bob", "UPDATE counter SET n = 7 WHERE id = 2").await;
+    let outcome = log
+        .revert(2, ConflictPolicy::abort(), Meta::actor("auditor"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.logged_as, Some(3));
+    assert_eq!(outcome.reports[0].1.applied, 1);
+    assert_eq!(
+        dump(&db, "counter").await[1],
+        [Value::Integer(2), Value::Integer(0)]
+    );
+    assert_eq!(dump(&db, "item").await.len(), 1, "entry 1 is untouched");
+    let entry = log.entry(3).await.unwrap();
+    assert_eq!(entry.kind, EntryKind::Revert(2));
+    assert_eq!(entry.actor.as_deref(), Some("auditor"));
+}
+
+#[tokio::test]
+async fn revert_of_a_row_changed_later_is_a_conflict_not_an_overwrite() {
+    let (db, _dir) = db_with_schema().await;
+    let log = ChangeLog::open(&db).await.unwrap();
+    record(&log, "ada", "UPDATE counter SET n = 1 WHERE id = 1").await;
+    record(&log, "bob", "UPDATE counter SET n = 2 WHERE id = 1").await;
+    let err = log
+        .revert(1, ConflictPolicy::abort(), Meta::actor("auditor"))
+        .await
+        .unwrap_err();
+    let Error::Changeset(changeset::Error::Aborted { conflict }) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(conflict.kind, ConflictKind::Data);
+    assert_eq!(
+        conflict.conflicting_row.as_ref().unwrap()[1],
+        Value::Integer(2)
+    );
+    assert_eq!(
+        dump(&db, "counter").await[0][1],
+        Value::Integer(2),
+        "nothing changed"
+    );
+    assert_eq!(
+        log.last_seq().await.unwrap(),
+        2,
+        "a failed revert is not logged"
+    );
+    // With a policy that forces it, the revert wins.
+    let forced = ConflictPolicy::abort().on(ConflictKind::Data, ConflictAction::Replace);
+    let outcome = log.revert(1, forced, Meta::actor("auditor")).await.unwrap();
+    assert_eq!(outcome.reports[0].1.replaced, 1);
+    assert_eq!(dump(&db, "counter").await[0][1], Value::Integer(0));
+}
+
+#[tokio::test]
+async fn rollback_to_a_seq_restores_the_state_after_it() {
+    let (db, _dir) = db_with_schema().await;
+    let log = ChangeLog::open(&db).await.unwrap();
+    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 3)").await;
+    let after_first = (dump(&db, "item").await, dump(&db, "counter").await);
+    record(
+        &log,
+        "ada",
+        "UPDATE item SET qty = 9 WHERE id = 1; INSERT INTO item VALUES (2, 'ink', 1)",
+    )
+    .await;
+    record(
+        &log,
+        "bob",
+        "DELETE FROM item WHERE id = 1; UPDATE counter SET n = n + 1",
+    )
+    .await;
+    let outcome = log
+        .rollback_to(1, ConflictPolicy::abort(), Meta::actor("ops"))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome
+            .reports
+            .iter()
+            .map(|(seq, _)| *seq)
+            .collect::<Vec<_>>(),
+        [3, 2]
+    );
+    assert_eq!(
+        (dump(&db, "item").await, dump(&db, "counter").await),
+        after_first
+    );
+    assert_eq!(log.entry(4).await.unwrap().kind, EntryKind::Rollback(1));
+}
+
+#[tokio::test]
+async fn replica_catches_up_from_the_log_table_exactly_once() {
+    let (primary, _d1) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    for _ in 0..20 {
+        record(&log, "ada", "UPDATE counter SET n = n + 1 WHERE id = 1; INSERT INTO item(name, qty) VALUES ('x', 1)").await;
+    }
+    let (replica_db, _d2) = db_with_schema().await;
+    let replica = Replica::open(&replica_db).await.unwrap().batch_size(7);
+    let mut source = LogTableSource::new(&primary);
+    let done = replica.catch_up(&mut source).await.unwrap();
+    assert_eq!((done.applied, done.last_seq), (20, 20));
+    assert_eq!(
+        dump(&replica_db, "counter").await,
+        dump(&primary, "counter").await
+    );
+    assert_eq!(
+        dump(&replica_db, "item").await,
+        dump(&primary, "item").await
+    );
+    // Redelivery of entries it already has is skipped, not applied twice.
+    let again = log.entries(&LogFilter::all()).await.unwrap();
+    assert_eq!(replica.apply_entries(&again).await.unwrap(), 20);
+    assert_eq!(replica.catch_up(&mut source).await.unwrap().applied, 0);
+    assert_eq!(
+        dump(&replica_db, "counter").await,
+        dump(&primary, "counter").await
+    );
+}
+
+#[tokio::test]
+async fn replica_refuses_a_gap() {
+    let (primary, _d1) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    for _ in 0..3 {
+        record(&log, "ada", "UPDATE counter SET n = n + 1 WHERE id = 1").await;
+    }
+    let entries = log.entries(&LogFilter::all()).await.unwrap();
+    let (replica_db, _d2) = db_with_schema().await;
+    let replica = Replica::open(&replica_db).await.unwrap();
+    let err = replica
+        .apply_entries(&[entries[0].clone(), entries[2].clone()])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Gap {
+                expected: 2,
+                got: 3
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        replica.last_applied().await.unwrap(),
+        1,
+        "the entry before the gap is committed"
+    );
+}
+
+#[tokio::test]
+async fn replica_stops_at_a_conflicting_entry_naming_its_seq() {
+    let (primary, _d1) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 1)").await;
+    record(&log, "ada", "INSERT INTO item VALUES (2, 'ink', 1)").await;
+    record(&log, "ada", "INSERT INTO item VALUES (3, 'cap', 1)").await;
+    let (replica_db, _d2) = db_with_schema().await;
+    replica_db
+        .execute("INSERT INTO item VALUES (2, 'local', 0)", &[])
+        .await
+        .unwrap();
+    let replica = Replica::open(&replica_db).await.unwrap();
+    let err = replica
+        .catch_up(&mut LogTableSource::new(&primary))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Stopped { seq: 2, .. }), "{err}");
+    assert!(err.to_string().contains("seq 2"), "{err}");
+    assert_eq!(replica.last_applied().await.unwrap(), 1);
+    let names: Vec<Value> = dump(&replica_db, "item")
+        .await
+        .into_iter()
+        .map(|r| r[1].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [Value::Text("pen".into()), Value::Text("local".into())]
+    );
+    // A policy that lets the primary win resolves it and the replica carries on.
+    let replica =
+        replica.policy(ConflictPolicy::abort().on(ConflictKind::Conflict, ConflictAction::Replace));
+    assert_eq!(
+        replica
+            .catch_up(&mut LogTableSource::new(&primary))
+            .await
+            .unwrap()
+            .last_seq,
+        3
+    );
+    assert_eq!(
+        dump(&replica_db, "item").await,
+        dump(&primary, "item").await
+    );
+}
+
+#[tokio::test]
+async fn replica_with_an_incompatible_schema_stops_instead_of_diverging() {
+    let (primary, _d1) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 1)").await;
+    let (replica_db, _d2) = file_db().await;
+    replica_db
+        .execute_batch("CREATE TABLE counter(id INTEGER PRIMARY KEY, n INTEGER)")
+        .await
+        .unwrap();
+    let replica = Replica::open(&replica_db).await.unwrap();
+    let err = replica
+        .catch_up(&mut LogTableSource::new(&primary))
+        .await
+        .unwrap_err();
+    let Error::SchemaMismatch { seq: 1, tables } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(tables[0].table, "item");
+    assert_eq!(replica.last_applied().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn replica_follows_an_in_process_channel_and_can_be_cancelled() {
+    let (primary, _d1) = db_with_schema().await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    let log = ChangeLog::open(&primary).await.unwrap().publish_to(sender);
+    let (replica_db, _d2) = db_with_schema().await;
+    let replica = Replica::open(&replica_db).await.unwrap();
+    let follower = tokio::spawn({
+        let replica = replica.clone();
+        async move { replica.follow(&mut ChannelSource::new(receiver)).await }
+    });
+    for _ in 0..5 {
+        record(&log, "ada", "UPDATE counter SET n = n + 1 WHERE id = 2").await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while replica.last_applied().await.unwrap() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the follower did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    follower.abort();
+    assert!(follower.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        dump(&replica_db, "counter").await,
+        dump(&primary, "counter").await
+    );
+}
+
+#[tokio::test]
+async fn log_and_replica_need_the_sqlite_dialect() {
+    let other = liteorm_tests::MemSession::new();
+    let err = ChangeLog::open(&other).await.err().unwrap();
+    assert!(
+        matches!(err, Error::Changeset(changeset::Error::Unsupported { .. })),
+        "{err}"
+    );
+    assert!(Replica::open(&other).await.is_err());
+}
+
+/// Kills a replica process with SIGKILL at random moments of a long catch-up, restarts it each
+/// time, and checks that the replica ends up identical to the primary. Every entry increments a
+/// counter, so an entry applied twice would conflict (and stop the worker) and a lost one would
+/// leave the counters different.
+#[tokio::test]
+async fn replica_killed_at_random_points_resumes_exactly_once() {
+    let (primary, dir) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    for i in 0..400 {
+        let sql = if i % 3 == 0 {
+            "UPDATE counter SET n = n + 1 WHERE id = 1; INSERT INTO item(name, qty) VALUES ('a', 1)"
+        } else {
+            "UPDATE counter SET n = n + 1 WHERE id = 2; UPDATE item SET qty = qty + 1 WHERE id = (SELECT max(id) FROM item)"
+        };
+        record(&log, "writer", sql).await;
+    }
+    let (replica_db, rdir) = db_with_schema().await;
+    drop(replica_db);
+    let primary_path = dir.path().join("test.db");
+    let replica_path = rdir.path().join("test.db");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    println!("kill schedule seed: {seed}");
+    let mut rng = seed | 1;
+    let mut kills = 0;
+    for attempt in 0.. {
+        assert!(attempt < 500, "the worker never finished");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_replica_worker"))
+            .args([&primary_path, &replica_path])
+            .arg("4")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // xorshift: a kill delay between 0 and 40 ms.
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        std::thread::sleep(Duration::from_micros(u64::from(rng % 40_000)));
+        if child.try_wait().unwrap().is_none() {
+            // SAFETY: `child.id()` is the pid of a child we have not reaped yet.
+            unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGKILL) };
+            kills += 1;
+        }
+        let status = child.wait().unwrap();
+        if status.success() {
+            break;
+        }
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "the worker failed by itself: {status:?}"
+        );
+    }
+    println!("worker killed {kills} times");
+    assert!(kills > 0, "the worker was never killed mid-way");
+    let replica_db = SqliteSession::open(replica_path.to_str().unwrap())
+        .await
+        .unwrap();
+    let replica = Replica::open(&replica_db).await.unwrap();
+    assert_eq!(replica.last_applied().await.unwrap(), 400);
+    assert_eq!(
+        dump(&replica_db, "counter").await,
+        dump(&primary, "counter").await
+    );
+    assert_eq!(
+        dump(&replica_db, "item").await,
+        dump(&primary, "item").await
+    );
+}
