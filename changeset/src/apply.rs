@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_int;
 use std::fmt;
 use std::future::{Future, IntoFuture};
+use std::io::Read;
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -12,21 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::ffi as sys;
 
-use crate::ffi::{self, ApplyHooks, ChangesetIter, IterRef};
-use crate::iter::Change;
-use crate::{Error, gate};
+use crate::ffi::{self, ApplyHooks, ApplyInput, ChangesetIter, Input, IterRef};
+use crate::iter::{Change, invalid};
+use crate::stream::Checked;
+use crate::{Capability, Error, RebaseBuffer, format, gate};
 
-pub(crate) mod sealed {
-    use std::sync::Arc;
-
-    /// Implemented by [`Changeset`](crate::Changeset) and [`Patchset`](crate::Patchset).
-    pub trait Changes {
-        /// The blob, shared.
-        fn blob(&self) -> Arc<[u8]>;
-        /// `"changeset"` or `"patchset"`.
-        const KIND: &'static str;
-    }
-}
+use crate::changeset::sealed;
 
 /// Blobs up to this size are applied on the calling task; larger ones on a blocking thread so
 /// that the executor keeps running other tasks.
@@ -131,6 +123,21 @@ pub enum SkipReason {
     PrimaryKeyMismatch,
 }
 
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::Missing => f.write_str("the target database has no such table"),
+            SkipReason::TooFewColumns { expected, found } => write!(
+                f,
+                "the changes record {expected} columns but the target table has {found}"
+            ),
+            SkipReason::PrimaryKeyMismatch => {
+                f.write_str("the target table's primary key is on other columns")
+            }
+        }
+    }
+}
+
 /// A table whose changes were not applied because the target schema is not compatible (SQLite
 /// skips such tables without an error; liteorm reports them).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,20 +171,105 @@ pub struct ApplyReport {
     pub skipped_tables: Vec<SkippedTable>,
     /// Every conflict with its verdict, in order, when [`Apply::log_conflicts`] was set.
     pub conflict_log: Vec<(Conflict, ConflictAction)>,
+    /// How the conflicts were resolved, for a [`Rebaser`](crate::Rebaser) of local changes
+    /// (empty when none was resolved with `Omit` or `Replace`, and for patchsets).
+    pub rebase: RebaseBuffer,
 }
 
 type Handler = Box<dyn FnMut(&Conflict) -> ConflictAction + Send>;
 type Filter = Box<dyn FnMut(&str) -> bool + Send>;
 
-/// An apply being configured; `.await` it to run. Made by [`apply`].
+/// An apply being configured; `.await` it to run. Made by [`apply`] (or
+/// [`stream::apply`](crate::stream::apply) for a changeset read from a stream).
+///
+/// Besides the conflict handler, table filter and log, the builder sets SQLite's
+/// `sqlite3changeset_apply_v2` flags: [`Apply::no_savepoint`], [`Apply::invert`],
+/// [`Apply::ignore_noop`] and [`Apply::fk_no_action`]. Every apply returns the rebase buffer of
+/// its conflict resolutions in [`ApplyReport::rebase`].
+///
+/// ```
+/// use changeset::{ConflictAction, apply, capture};
+/// use liteorm_core::Session;
+/// use liteorm_sqlite::SqliteSession;
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), changeset::Error> {
+/// let db = SqliteSession::open_in_memory().await?;
+/// db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a')")
+///     .await?;
+/// let delete = capture(&db, &["t"], |s| async move {
+///     s.execute("DELETE FROM t WHERE id = 1", &[]).await?;
+///     Ok::<_, changeset::Error>(())
+/// })
+/// .await?;
+///
+/// // Undo it by applying it inverted (no inverted copy needed).
+/// apply(&db, &delete).invert().await?;
+/// assert_eq!(db.query("SELECT * FROM t", &[]).await?.len(), 1);
+///
+/// // Deleting again conflicts (the row is gone); omitting it leaves a rebase buffer.
+/// apply(&db, &delete).await?;
+/// let report = apply(&db, &delete).on_conflict(|_| ConflictAction::Omit).await?;
+/// assert_eq!(report.omitted, 1);
+/// assert!(!report.rebase.is_empty());
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "an Apply does nothing until it is awaited"]
 pub struct Apply<'a> {
     session: &'a dyn Session,
-    blob: Arc<[u8]>,
+    source: Source,
     kind: &'static str,
     handler: Option<Handler>,
     filter: Option<Filter>,
     log: bool,
+    flags: Flags,
+}
+
+/// What an apply reads.
+enum Source {
+    Blob(Arc<[u8]>),
+    Stream(Box<dyn Read + Send>),
+}
+
+/// The `sqlite3changeset_apply_v2` flags asked for.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags {
+    no_savepoint: bool,
+    invert: bool,
+    ignore_noop: bool,
+    fk_no_action: bool,
+}
+
+impl Flags {
+    /// The C flags, or why this SQLite cannot honour them.
+    fn bits(self, kind: &'static str) -> Result<c_int, Error> {
+        let mut bits = 0;
+        if self.no_savepoint {
+            bits |= sys::SQLITE_CHANGESETAPPLY_NOSAVEPOINT;
+        }
+        if self.invert {
+            if kind == "patchset" {
+                return Err(Error::Misuse("a patchset cannot be inverted"));
+            }
+            bits |= sys::SQLITE_CHANGESETAPPLY_INVERT;
+        }
+        if self.ignore_noop {
+            Capability::IgnoreNoop.require()?;
+            #[cfg(sqlite_has_ignorenoop)]
+            {
+                bits |= sys::SQLITE_CHANGESETAPPLY_IGNORENOOP;
+            }
+        }
+        if self.fk_no_action {
+            Capability::FkNoAction.require()?;
+            #[cfg(sqlite_has_fknoaction)]
+            {
+                bits |= sys::SQLITE_CHANGESETAPPLY_FKNOACTION;
+            }
+        }
+        Ok(bits)
+    }
 }
 
 /// Applies `changes` (a [`Changeset`](crate::Changeset) or [`Patchset`](crate::Patchset)) to the
@@ -188,17 +280,63 @@ pub struct Apply<'a> {
 /// joins it. Large blobs are applied on a blocking thread with the connection moved there, so the
 /// executor keeps running; dropping the future interrupts the apply, which then rolls back.
 pub fn apply<'a, C: sealed::Changes>(session: &'a dyn Session, changes: &C) -> Apply<'a> {
-    Apply {
-        session,
-        blob: changes.blob(),
-        kind: C::KIND,
-        handler: None,
-        filter: None,
-        log: false,
-    }
+    Apply::new(session, Source::Blob(changes.blob()), C::KIND)
 }
 
 impl<'a> Apply<'a> {
+    fn new(session: &'a dyn Session, source: Source, kind: &'static str) -> Self {
+        Apply {
+            session,
+            source,
+            kind,
+            handler: None,
+            filter: None,
+            log: false,
+            flags: Flags::default(),
+        }
+    }
+
+    /// An apply of the changeset or patchset `input` reads, checked as SQLite pulls from it.
+    pub(crate) fn from_stream(session: &'a dyn Session, input: Box<dyn Read + Send>) -> Self {
+        Apply::new(session, Source::Stream(input), "changeset stream")
+    }
+
+    /// Asks SQLite not to wrap the apply in its own savepoint
+    /// (`SQLITE_CHANGESETAPPLY_NOSAVEPOINT`), which saves a little work per apply. The apply
+    /// stays atomic: liteorm's own savepoint still undoes everything when it fails.
+    pub fn no_savepoint(mut self) -> Self {
+        self.flags.no_savepoint = true;
+        self
+    }
+
+    /// Applies the inverse of the changeset, as [`Changeset::invert`](crate::Changeset::invert)
+    /// would give it, without building it (`SQLITE_CHANGESETAPPLY_INVERT`). The conflict handler
+    /// sees the inverted changes. A patchset cannot be inverted ([`Error::Misuse`]).
+    pub fn invert(mut self) -> Self {
+        self.flags.invert = true;
+        self
+    }
+
+    /// Applies changes that would change nothing without calling the conflict handler
+    /// (`SQLITE_CHANGESETAPPLY_IGNORENOOP`): deleting a row that is already gone, an update whose
+    /// new values are already there, an insert of a row that exists with the same values.
+    /// Needs SQLite 3.42 ([`Capability::IgnoreNoop`]); older ones fail the apply with
+    /// [`Error::Unsupported`].
+    pub fn ignore_noop(mut self) -> Self {
+        self.flags.ignore_noop = true;
+        self
+    }
+
+    /// Makes every foreign key of the target behave as `ON UPDATE NO ACTION ON DELETE NO
+    /// ACTION` during the apply (`SQLITE_CHANGESETAPPLY_FKNOACTION`): a cascade that already
+    /// happened where the changes were captured is in the changeset itself and must not happen
+    /// twice. Needs SQLite 3.44 ([`Capability::FkNoAction`]); older ones fail the apply with
+    /// [`Error::Unsupported`].
+    pub fn fk_no_action(mut self) -> Self {
+        self.flags.fk_no_action = true;
+        self
+    }
+
     /// Resolves each conflict. The handler is a plain (synchronous) closure that runs on the
     /// thread applying the changeset, between SQLite's own steps: keep it quick and do not block
     /// on async work in it. A panic in it aborts the apply ([`Error::CallbackPanicked`]).
@@ -224,15 +362,18 @@ impl<'a> Apply<'a> {
 
     async fn run(self) -> Result<ApplyReport, Error> {
         let sqlite = gate::sqlite(self.session, "applying a changeset")?;
+        let flags = self.flags.bits(self.kind)?;
         let pinned = sqlite.pin().await?;
         let mut guard = pinned.lock().await?;
         let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let inline = matches!(&self.source, Source::Blob(blob) if blob.len() <= INLINE_APPLY_MAX);
         let mut job = Job {
-            blob: self.blob,
+            source: Some(self.source),
             kind: self.kind,
+            flags,
             hooks: Hooks::new(self.handler, self.filter, self.log, Arc::clone(&cancel.0)),
         };
-        if job.blob.len() <= INLINE_APPLY_MAX {
+        if inline {
             return guard.with_raw(|db| job.run(db)).await?;
         }
         let task = tokio::task::spawn_blocking(move || {
@@ -274,34 +415,65 @@ impl Drop for CancelOnDrop {
 
 /// One apply's inputs, movable to a blocking thread.
 struct Job {
-    blob: Arc<[u8]>,
+    /// Taken by `run`.
+    source: Option<Source>,
     kind: &'static str,
+    flags: c_int,
     hooks: Hooks,
 }
 
 /// Per table of the blob: its header and how many changes it has.
-struct TableInfo {
-    n_col: usize,
-    pk: Vec<u8>,
-    changes: usize,
+pub(crate) struct TableInfo {
+    pub(crate) n_col: usize,
+    pub(crate) pk: Vec<u8>,
+    pub(crate) changes: usize,
 }
 
 impl Job {
     fn run(&mut self, db: NonNull<sys::sqlite3>) -> Result<ApplyReport, Error> {
-        let tables = self.survey()?;
-        // SAFETY: `db` comes from `with_raw*`, so it is valid and locked for this call.
-        let compat = unsafe { compatibility(db, &tables)? };
-        self.hooks.tables = compat;
+        let (blob, mut stream) = match self.source.take() {
+            Some(Source::Blob(blob)) => (Some(blob), None),
+            Some(Source::Stream(reader)) => (None, Some(Input::new(Checked::surveying(reader)))),
+            None => return Err(Error::Misuse("an apply runs once")),
+        };
+        let mut tables = HashMap::new();
+        if let Some(blob) = &blob {
+            tables = survey(blob, self.kind)?;
+            // SAFETY: `db` comes from `with_raw*`, so it is valid and locked for this call.
+            self.hooks.tables = unsafe { compatibility(db, &tables)? };
+        }
+        // A stream is surveyed as SQLite reads it; its tables are checked afterwards.
+        self.hooks.streaming = stream.is_some();
         // An outer savepoint lets us undo everything when a callback fails after SQLite has
         // already committed its own savepoint (a filter panic, say).
         // SAFETY: as above.
         unsafe { ffi::exec(db, c"SAVEPOINT liteorm_apply", "starting the apply")? };
+        let input = match (&blob, stream.as_mut()) {
+            (Some(blob), _) => ApplyInput::Blob(blob),
+            (None, Some(stream)) => ApplyInput::Stream(stream),
+            // The source was one or the other.
+            (None, None) => ApplyInput::Blob(&[]),
+        };
         // SAFETY: as above.
-        let rc = unsafe { ffi::apply(db, &self.blob, 0, &mut self.hooks) };
+        let applied = unsafe { ffi::apply(db, input, self.flags, &mut self.hooks, true) };
+        let (rc, rebase) = match applied {
+            Ok((rc, rebase)) => (Ok(rc), rebase),
+            Err(err) => (Err(err), Arc::from(&[][..])),
+        };
+        let stream_error = stream.as_mut().and_then(|s| s.error.take());
         let failure = match rc {
             Err(err) => Some(err),
+            Ok(_) if stream_error.is_some() => stream_error.map(ffi::StreamError::into_error),
             Ok(_) if self.hooks.failure.is_some() => self.hooks.failure.take(),
             Ok(_) if self.hooks.cancel.load(Ordering::Relaxed) => Some(Error::Cancelled),
+            Ok(rc)
+                if rc != sys::SQLITE_OK
+                    && self.flags & sys::SQLITE_CHANGESETAPPLY_INVERT != 0
+                    && stream.as_ref().and_then(|s| s.reader.checker().marker())
+                        == Some(format::PATCHSET) =>
+            {
+                Some(Error::Misuse("a patchset cannot be inverted"))
+            }
             Ok(rc) if rc != sys::SQLITE_OK => {
                 // SAFETY: as above.
                 Some(unsafe { ffi::db_error(db, rc, "sqlite3changeset_apply") })
@@ -319,47 +491,66 @@ impl Job {
             return Err(failure);
         }
         ended?;
+        if let Some(stream) = &stream {
+            tables = stream_tables(stream.reader.checker().sections());
+            // SAFETY: as above.
+            let compat = unsafe { compatibility(db, &tables)? };
+            self.hooks.account_streamed(&compat);
+        }
         let mut report = std::mem::take(&mut self.hooks.report);
         report.changes = tables.values().map(|t| t.changes).sum();
         report.applied = report.attempted - report.omitted.min(report.attempted);
+        report.rebase = RebaseBuffer::trusted(rebase);
         Ok(report)
     }
+}
 
-    /// Walks the blob once for its tables, their headers and change counts; a corrupt blob fails
-    /// here, before anything is written.
-    fn survey(&self) -> Result<HashMap<String, TableInfo>, Error> {
-        let mut tables: HashMap<String, TableInfo> = HashMap::new();
-        let mut iter = ChangesetIter::start(&self.blob)?;
-        let mut entry = 0;
-        // Changes come grouped by table: count a run, and look the table up when it ends.
-        let mut run: Option<(String, TableInfo)> = None;
-        while iter.advance().map_err(|e| invalid(self.kind, entry, &e))? {
-            let current = iter.current();
-            let (table, n_col, pk) = current
-                .header()
-                .map_err(|e| invalid(self.kind, entry, &e))?;
-            match run.as_mut() {
-                Some((name, info)) if name.as_bytes() == table.to_bytes() => info.changes += 1,
-                _ => {
-                    let info = TableInfo {
-                        n_col,
-                        pk: pk.to_vec(),
-                        changes: 1,
-                    };
-                    if let Some((name, done)) =
-                        run.replace((table.to_string_lossy().into_owned(), info))
-                    {
-                        merge(&mut tables, name, done);
-                    }
+/// The tables of a streamed changeset, from the sections its checker saw.
+fn stream_tables(sections: &[format::Section]) -> HashMap<String, TableInfo> {
+    let mut tables = HashMap::new();
+    for section in sections {
+        let info = TableInfo {
+            n_col: section.pk.len(),
+            pk: section.pk.clone(),
+            changes: section.changes,
+        };
+        merge(&mut tables, section.table.clone(), info);
+    }
+    tables
+}
+
+/// Walks a validated blob once for its tables, their headers and change counts; a corrupt blob
+/// fails here, before anything is written.
+pub(crate) fn survey(blob: &[u8], kind: &'static str) -> Result<HashMap<String, TableInfo>, Error> {
+    let mut tables: HashMap<String, TableInfo> = HashMap::new();
+    let mut iter = ChangesetIter::start(blob)?;
+    let mut entry = 0;
+    // Changes come grouped by table: count a run, and look the table up when it ends.
+    let mut run: Option<(String, TableInfo)> = None;
+    while iter.advance().map_err(|e| invalid(kind, entry, &e))? {
+        let current = iter.current();
+        let (table, n_col, pk) = current.header().map_err(|e| invalid(kind, entry, &e))?;
+        match run.as_mut() {
+            Some((name, info)) if name.as_bytes() == table.to_bytes() => info.changes += 1,
+            _ => {
+                let info = TableInfo {
+                    n_col,
+                    pk: pk.to_vec(),
+                    changes: 1,
+                };
+                if let Some((name, done)) =
+                    run.replace((table.to_string_lossy().into_owned(), info))
+                {
+                    merge(&mut tables, name, done);
                 }
             }
-            entry += 1;
         }
-        if let Some((name, done)) = run {
-            merge(&mut tables, name, done);
-        }
-        Ok(tables)
+        entry += 1;
     }
+    if let Some((name, done)) = run {
+        merge(&mut tables, name, done);
+    }
+    Ok(tables)
 }
 
 fn merge(tables: &mut HashMap<String, TableInfo>, name: String, run: TableInfo) {
@@ -369,39 +560,52 @@ fn merge(tables: &mut HashMap<String, TableInfo>, name: String, run: TableInfo) 
         .or_insert(run);
 }
 
-fn invalid(kind: &'static str, entry: usize, err: &Error) -> Error {
-    Error::Invalid {
-        kind,
-        entry,
-        offset: None,
-        reason: err.to_string(),
-    }
-}
-
 /// Checks each table against the target schema as SQLite does (same name, at least as many
 /// columns, same primary key columns), so skipped tables can be reported.
 ///
 /// # Safety
 /// `db` is valid and locked.
-unsafe fn compatibility(
+pub(crate) unsafe fn compatibility(
     db: NonNull<sys::sqlite3>,
     tables: &HashMap<String, TableInfo>,
 ) -> Result<HashMap<String, (usize, Option<SkipReason>)>, Error> {
     let mut out = HashMap::with_capacity(tables.len());
     for (name, info) in tables {
         // SAFETY: `db` is valid and locked (the caller's promise).
-        let reason = match unsafe { ffi::table_pk(db, name)? } {
-            None => Some(SkipReason::Missing),
-            Some(pk) if pk.len() < info.n_col => Some(SkipReason::TooFewColumns {
-                expected: info.n_col,
-                found: pk.len(),
-            }),
-            Some(pk) if pk[..info.n_col] != info.pk[..] => Some(SkipReason::PrimaryKeyMismatch),
-            Some(_) => None,
-        };
+        let reason = unsafe { table_compatibility(db, name, info)? };
         out.insert(name.clone(), (info.changes, reason));
     }
     Ok(out)
+}
+
+/// Why changes recorded with `info`'s header cannot apply to `main.<name>`, if they cannot.
+///
+/// # Safety
+/// `db` is valid and locked.
+pub(crate) unsafe fn table_compatibility(
+    db: NonNull<sys::sqlite3>,
+    name: &str,
+    info: &TableInfo,
+) -> Result<Option<SkipReason>, Error> {
+    // SAFETY: `db` is valid and locked (the caller's promise).
+    let Some(mut pk) = (unsafe { ffi::table_pk(db, name)? }) else {
+        return Ok(Some(SkipReason::Missing));
+    };
+    // SQLite 3.42+ keys a table without a PRIMARY KEY by an implicit leading `_rowid_` column,
+    // in recording and in applying alike.
+    if pk.iter().all(|&p| p == 0) && Capability::ImplicitPrimaryKey.is_available() {
+        pk.insert(0, 1);
+    }
+    Ok(if pk.len() < info.n_col {
+        Some(SkipReason::TooFewColumns {
+            expected: info.n_col,
+            found: pk.len(),
+        })
+    } else if pk[..info.n_col] != info.pk[..] {
+        Some(SkipReason::PrimaryKeyMismatch)
+    } else {
+        None
+    })
 }
 
 /// The callbacks of one apply and what they have counted.
@@ -415,6 +619,10 @@ struct Hooks {
     report: ApplyReport,
     failure: Option<Error>,
     table_cache: Option<Arc<str>>,
+    /// Whether the input is a stream, whose tables are only known as SQLite reads them.
+    streaming: bool,
+    /// For a stream: the tables the filter let through, in order.
+    streamed: Vec<String>,
 }
 
 impl Hooks {
@@ -433,6 +641,24 @@ impl Hooks {
             report: ApplyReport::default(),
             failure: None,
             table_cache: None,
+            streaming: false,
+            streamed: Vec::new(),
+        }
+    }
+
+    /// After a streamed apply: counts the changes of the tables the filter let through, now that
+    /// the stream's tables and their compatibility are known.
+    fn account_streamed(&mut self, compat: &HashMap<String, (usize, Option<SkipReason>)>) {
+        for table in std::mem::take(&mut self.streamed) {
+            match compat.get(&table) {
+                Some((changes, None)) => self.report.attempted += changes,
+                Some((changes, Some(reason))) => self.report.skipped_tables.push(SkippedTable {
+                    table,
+                    reason: reason.clone(),
+                    changes: *changes,
+                }),
+                None => {}
+            }
         }
     }
 
@@ -486,6 +712,13 @@ impl ApplyHooks for Hooks {
                     changes: *changes,
                 });
                 false
+            }
+            // A stream: SQLite skips an incompatible table itself; `account_streamed` reports it.
+            None if self.streaming => {
+                if !self.streamed.iter().any(|t| t == table) {
+                    self.streamed.push(table.to_owned());
+                }
+                true
             }
             // The survey saw every table of the blob; SQLite cannot name another.
             None => false,
@@ -541,11 +774,7 @@ impl ApplyHooks for Hooks {
     }
 
     fn panicked(&mut self, callback: &'static str, payload: Box<dyn std::any::Any + Send>) {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        let message = ffi::panic_message(payload.as_ref());
         self.failure
             .get_or_insert(Error::CallbackPanicked { callback, message });
     }

@@ -1,14 +1,15 @@
 //! Capturing the changes a closure makes, on one pinned connection, inside one transaction.
 
+use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::executor::block_on as futures_lite_block_on;
 use liteorm_core::Session;
 use liteorm_sqlite::{PinnedConnection, PinnedGuard, SqliteSession};
 
-use crate::ffi::{self, RawSession};
-use crate::{Changeset, Error, Patchset, gate};
+use crate::ffi::{self, RawSession, TableFilter, TableFilterFn};
+use crate::{Capability, Changeset, Error, Patchset, gate};
 
 /// Sessions whose recorded data is larger than this generate their changeset on a blocking
 /// thread instead of the calling task.
@@ -50,10 +51,68 @@ where
 ///
 /// The closure may nest transactions with `begin()` (savepoints) but must not end capture's own
 /// transaction with a raw `COMMIT`/`ROLLBACK` ([`Error::TransactionEnded`]).
+///
+/// Options: [`Capture::indirect`] marks the changes as indirect, [`Capture::table_filter`] picks
+/// tables by name when recording every table, [`Capture::implicit_primary_key`] records tables
+/// without a PRIMARY KEY and [`Capture::track_size`] keeps a running changeset size. With
+/// [`Capture::changeset_with`] (or [`Capture::patchset_with`]) the closure also gets a
+/// [`Recorder`] to pause and resume recording, switch the indirect flag, and look at what has
+/// been recorded so far.
+///
+/// ```
+/// use changeset::Capture;
+/// use liteorm_core::Session;
+/// use liteorm_sqlite::SqliteSession;
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), changeset::Error> {
+/// let db = SqliteSession::open_in_memory().await?;
+/// db.execute_batch(
+///     "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT);
+///      CREATE TABLE audit(id INTEGER PRIMARY KEY, what TEXT);
+///      CREATE TABLE cache(id INTEGER PRIMARY KEY, blob BLOB)",
+/// )
+/// .await?;
+/// let changes = Capture::new(&db)
+///     // Every table but the cache.
+///     .table_filter(|table| table != "cache")
+///     .changeset_with(|s, recorder| async move {
+///         s.execute("INSERT INTO users VALUES (1, 'ada')", &[]).await?;
+///         s.execute("INSERT INTO cache VALUES (1, x'00')", &[]).await?;
+///         // Bookkeeping that replicas do themselves: not recorded.
+///         recorder.set_enabled(false).await?;
+///         s.execute("INSERT INTO audit VALUES (1, 'created ada')", &[]).await?;
+///         recorder.set_enabled(true).await?;
+///         // Recorded, but marked as a side effect.
+///         recorder.set_indirect(true).await?;
+///         s.execute("INSERT INTO users VALUES (2, 'bob')", &[]).await?;
+///         assert!(!recorder.is_empty().await?);
+///         Ok::<_, changeset::Error>(())
+///     })
+///     .await?;
+/// let mut recorded: Vec<_> = changes
+///     .iter()
+///     .map(|c| c.map(|c| (c.table.to_string(), c.indirect)))
+///     .collect::<Result<_, _>>()?;
+/// recorded.sort();
+/// assert_eq!(recorded, [("users".into(), false), ("users".into(), true)]);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a Capture does nothing until `changeset` or `patchset` is awaited"]
 pub struct Capture<'s> {
     session: &'s dyn Session,
     tables: Option<Vec<String>>,
+    options: Options,
+}
+
+/// How the session object is set up.
+#[derive(Default)]
+struct Options {
+    indirect: bool,
+    implicit_pk: bool,
+    track_size: bool,
+    filter: Option<TableFilterFn>,
 }
 
 impl<'s> Capture<'s> {
@@ -62,7 +121,47 @@ impl<'s> Capture<'s> {
         Capture {
             session,
             tables: None,
+            options: Options::default(),
         }
+    }
+
+    /// Records the changes as indirect (`sqlite3session_indirect`) from the start; a
+    /// [`Recorder`] can switch it during the capture. Changes made by triggers and foreign key
+    /// actions are always indirect. Conflict handlers see the flag in
+    /// [`Change::indirect`](crate::Change::indirect).
+    pub fn indirect(mut self, indirect: bool) -> Self {
+        self.options.indirect = indirect;
+        self
+    }
+
+    /// When recording every table (no [`Capture::tables`]), records only the tables for which
+    /// `filter` returns `true` (`sqlite3session_table_filter`). SQLite asks when a statement
+    /// changes a table it does not record yet (once for a table the filter accepts; for each
+    /// change to one it refuses), on the thread running that statement: keep it quick. A panic
+    /// in it fails the capture with [`Error::CallbackPanicked`] (and rolls it back). Listed
+    /// tables are always recorded and never passed to the filter.
+    pub fn table_filter(mut self, filter: impl FnMut(&str) -> bool + Send + 'static) -> Self {
+        self.options.filter = Some(Box::new(filter));
+        self
+    }
+
+    /// Also records tables that have no PRIMARY KEY, as if each had a leading
+    /// `_rowid_ INTEGER PRIMARY KEY` column (`SQLITE_SESSION_OBJCONFIG_ROWID`); their changes
+    /// then carry one column more than the table, and apply to a table without a PRIMARY KEY
+    /// by rowid. Needs SQLite 3.42
+    /// ([`Capability::ImplicitPrimaryKey`]); older ones fail the capture with
+    /// [`Error::Unsupported`] before the closure runs.
+    pub fn implicit_primary_key(mut self, enabled: bool) -> Self {
+        self.options.implicit_pk = enabled;
+        self
+    }
+
+    /// Keeps a running estimate of the changeset size, for [`Recorder::changeset_size`]
+    /// (`SQLITE_SESSION_OBJCONFIG_SIZE`, which costs a little per recorded change). Needs SQLite
+    /// 3.36 ([`Capability::ChangesetSize`]).
+    pub fn track_size(mut self, enabled: bool) -> Self {
+        self.options.track_size = enabled;
+        self
     }
 
     /// Records only the given tables (adds to earlier calls). An empty list keeps "every table".
@@ -85,7 +184,7 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        self.run(false, f).await.map(Changeset::trusted)
+        self.run(false, |s, _| f(s)).await.map(Changeset::trusted)
     }
 
     /// Runs `f` and returns its changes as a patchset.
@@ -95,39 +194,81 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
+        self.run(true, |s, _| f(s)).await.map(Patchset::trusted)
+    }
+
+    /// Runs `f`, which also gets a [`Recorder`] for the session object, and returns its changes
+    /// as a changeset.
+    pub async fn changeset_with<F, Fut, E>(self, f: F) -> Result<Changeset, E>
+    where
+        F: FnOnce(SqliteSession, Recorder) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: From<Error>,
+    {
+        self.run(false, f).await.map(Changeset::trusted)
+    }
+
+    /// Runs `f`, which also gets a [`Recorder`] for the session object, and returns its changes
+    /// as a patchset.
+    pub async fn patchset_with<F, Fut, E>(self, f: F) -> Result<Patchset, E>
+    where
+        F: FnOnce(SqliteSession, Recorder) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: From<Error>,
+    {
         self.run(true, f).await.map(Patchset::trusted)
     }
 
     async fn run<F, Fut, E>(self, patchset: bool, f: F) -> Result<Arc<[u8]>, E>
     where
-        F: FnOnce(SqliteSession) -> Fut,
+        F: FnOnce(SqliteSession, Recorder) -> Fut,
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
         let sqlite = gate::sqlite(self.session, "capturing a changeset")?;
+        if self.options.track_size {
+            Capability::ChangesetSize.require()?;
+        }
+        if self.options.implicit_pk {
+            Capability::ImplicitPrimaryKey.require()?;
+        }
         let pinned = sqlite.pin().await.map_err(Error::from)?;
         // Declared before the closure's future so that, on cancellation, it is dropped after it
         // (and so after any statement future that still holds the connection).
-        let recording = Recording::start(pinned, self.tables.as_deref()).await?;
-        f(recording.pinned.session()).await?;
+        let recording = Recording::start(pinned, self.tables.as_deref(), self.options).await?;
+        f(recording.pinned.session(), recording.recorder()).await?;
         Ok(recording.finish(patchset).await?)
     }
+}
+
+/// The session object of a capture, shared with its [`Recorder`]s; `None` once it is deleted.
+type SharedSession = Arc<Mutex<Option<RawSession>>>;
+
+fn lock(session: &SharedSession) -> MutexGuard<'_, Option<RawSession>> {
+    // Nothing panics while holding the lock (SQLite calls do not unwind), so poison is harmless.
+    session.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// A live recording: the session object and capture's transaction on the pinned connection.
 /// Dropping it before [`Recording::finish`] undoes both.
 struct Recording {
     pinned: PinnedConnection,
-    session: Option<RawSession>,
+    session: SharedSession,
     depth: Option<usize>,
+    track_size: bool,
 }
 
 impl Recording {
-    async fn start(pinned: PinnedConnection, tables: Option<&[String]>) -> Result<Self, Error> {
+    async fn start(
+        pinned: PinnedConnection,
+        tables: Option<&[String]>,
+        options: Options,
+    ) -> Result<Self, Error> {
         let mut recording = Recording {
             pinned,
-            session: None,
+            session: Arc::new(Mutex::new(None)),
             depth: None,
+            track_size: options.track_size,
         };
         let mut guard = recording.pinned.lock().await?;
         let session = guard
@@ -137,17 +278,17 @@ impl Recording {
                     for table in tables.unwrap_or_default() {
                         match ffi::table_pk(db, table)? {
                             None => return Err(Error::NoSuchTable(table.clone())),
-                            Some(pk) if pk.iter().all(|&p| p == 0) => {
+                            Some(pk) if pk.iter().all(|&p| p == 0) && !options.implicit_pk => {
                                 return Err(Error::NoPrimaryKey(table.clone()));
                             }
                             Some(_) => {}
                         }
                     }
-                    let session = RawSession::create(db)?;
-                    let attached = match tables {
+                    let mut session = RawSession::create(db)?;
+                    let attached = configure(&mut session, options).and_then(|()| match tables {
                         None => session.attach(None),
                         Some(tables) => tables.iter().try_for_each(|t| session.attach(Some(t))),
-                    };
+                    });
                     if let Err(err) = attached {
                         session.delete();
                         return Err(err);
@@ -156,9 +297,17 @@ impl Recording {
                 }
             })
             .await??;
-        recording.session = Some(session);
+        *lock(&recording.session) = Some(session);
         recording.depth = Some(guard.begin().await?);
         Ok(recording)
+    }
+
+    fn recorder(&self) -> Recorder {
+        Recorder {
+            pinned: self.pinned.share(),
+            session: Arc::clone(&self.session),
+            track_size: self.track_size,
+        }
     }
 
     /// Produces the blob, commits capture's transaction and deletes the session object. On any
@@ -169,9 +318,17 @@ impl Recording {
         if guard.transaction_depth() != depth {
             return Err(Error::TransactionEnded);
         }
-        let Some(session) = self.session.take() else {
+        let Some(session) = lock(&self.session).take() else {
             return Err(Error::TransactionEnded);
         };
+        if let Some(message) = session.filter_panic() {
+            // `Drop` deletes the session and rolls back.
+            *lock(&self.session) = Some(session);
+            return Err(Error::CallbackPanicked {
+                callback: "table filter",
+                message,
+            });
+        }
         // SAFETY: `db` comes from `with_raw`: valid and locked for this closure.
         let small = guard.with_raw(|_db| unsafe { session.memory_used() }).await;
         let (blob, mut guard) = match small {
@@ -194,7 +351,7 @@ impl Recording {
                 })?
             }
             Err(err) => {
-                self.session = Some(session);
+                *lock(&self.session) = Some(session);
                 return Err(err.into());
             }
         };
@@ -224,9 +381,149 @@ fn generate_and_delete(
     }
 }
 
+/// Sets up a new session object as `options` say, before any table is attached.
+///
+/// # Safety
+/// The session's connection is locked.
+unsafe fn configure(session: &mut RawSession, options: Options) -> Result<(), Error> {
+    if options.track_size {
+        Capability::ChangesetSize.require()?;
+        #[cfg(sqlite_has_changeset_size)]
+        // SAFETY: the caller's promise.
+        unsafe {
+            session.track_size()?;
+        }
+    }
+    if options.implicit_pk {
+        Capability::ImplicitPrimaryKey.require()?;
+        #[cfg(sqlite_has_implicit_pk)]
+        // SAFETY: the caller's promise.
+        unsafe {
+            session.implicit_pk()?;
+        }
+    }
+    // SAFETY: the caller's promise.
+    unsafe {
+        if options.indirect {
+            session.indirect(true);
+        }
+        if let Some(filter) = options.filter {
+            session.set_table_filter(TableFilter {
+                filter,
+                panicked: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A handle on the session object of a running capture, handed to the closure of
+/// [`Capture::changeset_with`] and [`Capture::patchset_with`]: pause and resume recording,
+/// switch the indirect flag, and look at what has been recorded so far.
+///
+/// Each call waits for the statement running on the capture's connection (if any) to finish,
+/// so it takes effect between statements. Once the capture is over, calls fail with
+/// [`Error::Misuse`]. Clones share the capture.
+pub struct Recorder {
+    pinned: PinnedConnection,
+    session: SharedSession,
+    track_size: bool,
+}
+
+impl Recorder {
+    /// Runs `f` on the session object while the connection is locked.
+    async fn with_session<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&RawSession) -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        const OVER: Error = Error::Misuse("the capture this Recorder belongs to is over");
+        if lock(&self.session).is_none() {
+            return Err(OVER);
+        }
+        let mut guard = self.pinned.lock().await?;
+        let session = Arc::clone(&self.session);
+        guard
+            .with_raw(move |_db| lock(&session).as_ref().map(f))
+            .await?
+            .ok_or(OVER)
+    }
+
+    /// Stops (`false`) or resumes (`true`) recording (`sqlite3session_enable`). While stopped,
+    /// statements change the database without being recorded; but a row that was recorded
+    /// earlier still appears with its final values, because a changeset pairs the recorded old
+    /// values with the row as it is when the capture ends.
+    pub async fn set_enabled(&self, enabled: bool) -> Result<(), Error> {
+        // SAFETY: `with_session` runs this while the session's connection is locked.
+        self.with_session(move |s| unsafe { s.enable(enabled) })
+            .await
+    }
+
+    /// Marks the changes recorded from now on as indirect (`true`) or direct
+    /// (`sqlite3session_indirect`).
+    pub async fn set_indirect(&self, indirect: bool) -> Result<(), Error> {
+        // SAFETY: `with_session` runs this while the session's connection is locked.
+        self.with_session(move |s| unsafe { s.indirect(indirect) })
+            .await
+    }
+
+    /// Whether nothing has been recorded yet (`sqlite3session_isempty`).
+    pub async fn is_empty(&self) -> Result<bool, Error> {
+        // SAFETY: `with_session` runs this while the session's connection is locked.
+        self.with_session(|s| unsafe { s.is_empty() }).await
+    }
+
+    /// Bytes of heap the session object uses (`sqlite3session_memory_used`).
+    pub async fn memory_used(&self) -> Result<u64, Error> {
+        // SAFETY: `with_session` runs this while the session's connection is locked.
+        let used = self.with_session(|s| unsafe { s.memory_used() }).await?;
+        Ok(u64::try_from(used).unwrap_or(0))
+    }
+
+    /// The size in bytes of the changeset the capture would produce now
+    /// (`sqlite3session_changeset_size`). Needs [`Capture::track_size`] ([`Error::Misuse`]
+    /// otherwise) and SQLite 3.36 ([`Capability::ChangesetSize`]).
+    pub async fn changeset_size(&self) -> Result<u64, Error> {
+        Capability::ChangesetSize.require()?;
+        if !self.track_size {
+            return Err(Error::Misuse(
+                "Recorder::changeset_size needs Capture::track_size(true)",
+            ));
+        }
+        #[cfg(sqlite_has_changeset_size)]
+        {
+            // SAFETY: `with_session` runs this while the session's connection is locked.
+            let size = self.with_session(|s| unsafe { s.changeset_size() }).await?;
+            Ok(u64::try_from(size).unwrap_or(0))
+        }
+        #[cfg(not(sqlite_has_changeset_size))]
+        Err(Error::Misuse(
+            "the changeset size estimate is not compiled in",
+        ))
+    }
+}
+
+impl Clone for Recorder {
+    fn clone(&self) -> Self {
+        Recorder {
+            pinned: self.pinned.share(),
+            session: Arc::clone(&self.session),
+            track_size: self.track_size,
+        }
+    }
+}
+
+impl fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recorder")
+            .field("live", &lock(&self.session).is_some())
+            .field("track_size", &self.track_size)
+            .finish()
+    }
+}
+
 impl Drop for Recording {
     fn drop(&mut self) {
-        let session = self.session.take();
+        let session = lock(&self.session).take();
         let depth = self.depth.take();
         if session.is_none() && depth.is_none() {
             return;

@@ -4,12 +4,29 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::iter::{self, Change};
+use crate::inspect::{self, ColumnNames};
+use crate::iter::{self, Change, ChangeIter};
 use crate::{Error, ffi, format};
 
 /// The first byte of every table section: `T` in a changeset, `P` in a patchset.
-const CHANGESET_TABLE: u8 = b'T';
-const PATCHSET_TABLE: u8 = b'P';
+const CHANGESET_TABLE: u8 = format::CHANGESET;
+const PATCHSET_TABLE: u8 = format::PATCHSET;
+
+pub(crate) mod sealed {
+    use std::sync::Arc;
+
+    /// Implemented by [`Changeset`](crate::Changeset) and [`Patchset`](crate::Patchset).
+    pub trait Changes: Sized {
+        /// The blob, shared.
+        fn blob(&self) -> Arc<[u8]>;
+        /// Wraps bytes SQLite produced for this process.
+        fn from_trusted(bytes: Arc<[u8]>) -> Self;
+        /// `"changeset"` or `"patchset"`.
+        const KIND: &'static str;
+        /// The table header marker, `T` or `P`.
+        const MARKER: u8;
+    }
+}
 
 macro_rules! blob_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $marker:expr) => {
@@ -66,6 +83,23 @@ macro_rules! blob_type {
                 iter::decode(&self.0, $kind)
             }
 
+            /// Iterates the changes, decoding one at a time, in stored order.
+            pub fn iter(&self) -> ChangeIter<'_> {
+                ChangeIter::new(&self.0, $kind)
+            }
+
+            /// Renders every change in the stable JSON format of [`crate::inspect`]: an array
+            /// with one object per change and line.
+            pub fn to_json(&self) -> Result<String, Error> {
+                inspect::to_json(self.iter())
+            }
+
+            /// Renders every change as an SQL statement, one per line (see [`crate::inspect`]),
+            /// with the column names `names` knows.
+            pub fn to_sql(&self, names: &ColumnNames) -> Result<String, Error> {
+                inspect::to_sql(self.iter(), names)
+            }
+
             /// Concatenates `self` then `other` into one, as if both sets of changes had been
             /// recorded by one session (a change and a later change to the same row merge).
             pub fn concat(&self, other: &Self) -> Result<Self, Error> {
@@ -99,11 +133,23 @@ macro_rules! blob_type {
             }
         }
 
-        impl crate::apply::sealed::Changes for $name {
+        impl<'a> IntoIterator for &'a $name {
+            type Item = Result<Change, Error>;
+            type IntoIter = ChangeIter<'a>;
+            fn into_iter(self) -> ChangeIter<'a> {
+                self.iter()
+            }
+        }
+
+        impl sealed::Changes for $name {
             fn blob(&self) -> Arc<[u8]> {
                 Arc::clone(&self.0)
             }
+            fn from_trusted(bytes: Arc<[u8]>) -> Self {
+                $name(bytes)
+            }
             const KIND: &'static str = $kind;
+            const MARKER: u8 = $marker;
         }
     };
 }

@@ -86,6 +86,23 @@ pub enum Error {
     /// An apply was cancelled before it finished; nothing was applied.
     #[error("the apply was cancelled; nothing was applied")]
     Cancelled,
+    /// Reading or writing a changeset stream failed.
+    #[error("changeset stream I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// A table's schema differs between the databases (or changesets) an operation compares.
+    #[error("table {table:?} does not match: {detail}")]
+    SchemaMismatch {
+        /// The table.
+        table: String,
+        /// What differs.
+        detail: String,
+    },
+    /// No database of that name is attached to the connection.
+    #[error("no database named {0:?} is attached to the connection")]
+    NoSuchSchema(String),
+    /// An API was used in a way it does not allow; the message says which.
+    #[error("{0}")]
+    Misuse(&'static str),
 }
 
 fn on_table(conflict: &Conflict) -> String {

@@ -1,18 +1,31 @@
 //! A bounds-checked walk over the changeset/patchset wire format, run on untrusted bytes before
 //! any of them reach SQLite.
 //!
-//! SQLite's own iterator is not safe on arbitrary input: for in-memory blobs, a table header
-//! whose name has no NUL terminator makes `sessionChangesetBufferTblhdr` loop forever (seen with
-//! SQLite 3.51.3). This walk checks every length against the buffer, so SQLite only ever iterates
-//! blobs whose structure is sound; it leaves semantic checks (e.g. no undefined field in an
-//! insert) to SQLite, which reports those as errors.
+//! SQLite's own iterator is not safe on arbitrary input: a table header whose name has no NUL
+//! terminator makes `sessionChangesetBufferTblhdr` loop forever (seen with SQLite 3.51.3), for
+//! in-memory blobs at once and for streams once the input ends. This walk checks every length
+//! against the input, so SQLite only ever iterates blobs whose structure is sound; it leaves
+//! semantic checks (e.g. no undefined field in an insert) to SQLite, which reports those as
+//! errors.
+//!
+//! The walk is incremental ([`Checker::feed`] takes the input in chunks of any size) so that a
+//! stream can be checked as it passes through to SQLite: a stream reader hands SQLite only bytes
+//! that extend a well-formed prefix, and reports an error instead of the end of input while a
+//! change or table header is incomplete, so SQLite never sees a truncated one either.
+
+use std::fmt;
 
 /// Op bytes (SQLITE_INSERT, SQLITE_UPDATE, SQLITE_DELETE).
 const INSERT: u8 = 0x12;
 const UPDATE: u8 = 0x17;
 const DELETE: u8 = 0x09;
+/// The table header marker of a changeset and of a patchset.
+pub(crate) const CHANGESET: u8 = b'T';
+pub(crate) const PATCHSET: u8 = b'P';
 /// The most columns a table header may claim (SQLite treats more as corrupt).
 const MAX_COLUMNS: u64 = 65_536;
+/// The longest text or blob value SQLite's reader handles (it reads lengths into an `int`).
+const MAX_VALUE_LEN: u64 = i32::MAX as u64;
 
 /// Where and why a blob is malformed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,127 +38,390 @@ pub(crate) struct Malformed {
     pub(crate) reason: String,
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    entry: usize,
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (at change #{}, byte {})",
+            self.reason, self.entry, self.offset
+        )
+    }
 }
 
-impl Reader<'_> {
-    fn fail<T>(&self, reason: impl Into<String>) -> Result<T, Malformed> {
+impl std::error::Error for Malformed {}
+
+/// One table section of the input: its header, and how many changes followed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Section {
+    /// The table name (lossily decoded).
+    pub(crate) table: String,
+    /// Per column: its primary-key position, or 0.
+    pub(crate) pk: Vec<u8>,
+    /// The changes in this section.
+    pub(crate) changes: usize,
+}
+
+/// Where the walk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before a table header (at the start), or between two changes: a marker, an op or the end.
+    Boundary,
+    /// In a table header's column count varint.
+    ColumnCount { value: u64, read: u8 },
+    /// In a table header's primary-key flags.
+    PkFlags { left: usize },
+    /// In a table header's NUL-terminated name.
+    Name { len: usize },
+    /// After an op byte, expecting the indirect flag.
+    Indirect { op: u8 },
+    /// Expecting a field's type byte.
+    FieldType,
+    /// In an 8-byte integer or real.
+    Number { left: u8 },
+    /// In a text or blob length varint.
+    Length { value: u64, read: u8 },
+    /// In a text or blob value.
+    Payload { left: u64 },
+}
+
+/// An incremental structure check of a changeset or patchset.
+#[derive(Debug, Clone)]
+pub(crate) struct Checker {
+    /// `T` or `P`; `None` until the first byte decides (for streams of either kind).
+    marker: Option<u8>,
+    state: State,
+    /// Offset of the next byte.
+    offset: usize,
+    /// Changes completed.
+    entry: usize,
+    /// Whether a table header has been read (so an op byte may follow).
+    in_table: bool,
+    /// Columns and primary-key columns of the current table.
+    n_col: usize,
+    n_pk: usize,
+    /// Fields left in the current record, and records left in the change after it.
+    fields_left: usize,
+    records_left: u8,
+    /// The first error; the checker stays failed.
+    failed: Option<Malformed>,
+    /// Table sections seen, when surveying.
+    survey: Option<Vec<Section>>,
+    /// The header being read, when surveying.
+    pk: Vec<u8>,
+    name: Vec<u8>,
+}
+
+impl Checker {
+    /// A checker for a changeset (`Some(b'T')`), a patchset (`Some(b'P')`), or either (`None`:
+    /// the first byte decides, and every later header must agree).
+    pub(crate) fn new(marker: Option<u8>) -> Self {
+        Checker {
+            marker,
+            state: State::Boundary,
+            offset: 0,
+            entry: 0,
+            in_table: false,
+            n_col: 0,
+            n_pk: 0,
+            fields_left: 0,
+            records_left: 0,
+            failed: None,
+            survey: None,
+            pk: Vec::new(),
+            name: Vec::new(),
+        }
+    }
+
+    /// Also records each table section (name, key, change count), for [`Self::sections`].
+    pub(crate) fn surveying(mut self) -> Self {
+        self.survey = Some(Vec::new());
+        self
+    }
+
+    /// `T` or `P`, once known.
+    pub(crate) fn marker(&self) -> Option<u8> {
+        self.marker
+    }
+
+    /// The table sections seen so far (empty unless [`Self::surveying`]).
+    pub(crate) fn sections(&self) -> &[Section] {
+        self.survey.as_deref().unwrap_or_default()
+    }
+
+    fn fail(&mut self, offset: usize, reason: impl Into<String>) -> Result<(), Malformed> {
+        let malformed = Malformed {
+            entry: self.entry,
+            offset,
+            reason: reason.into(),
+        };
+        self.failed = Some(malformed.clone());
+        Err(malformed)
+    }
+
+    /// Checks the next `bytes` of the input. After an error every call returns it again.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<(), Malformed> {
+        if let Some(failed) = &self.failed {
+            return Err(failed.clone());
+        }
+        let mut i = 0;
+        while i < bytes.len() {
+            let at = self.offset + i;
+            match self.state {
+                // Runs of bytes whose values do not matter are skipped in one step.
+                State::PkFlags { left } => {
+                    let take = left.min(bytes.len() - i);
+                    let flags = &bytes[i..i + take];
+                    self.n_pk += flags.iter().filter(|&&f| f != 0).count();
+                    if self.survey.is_some() {
+                        self.pk.extend_from_slice(flags);
+                    }
+                    i += take;
+                    self.state = if take == left {
+                        State::Name { len: 0 }
+                    } else {
+                        State::PkFlags { left: left - take }
+                    };
+                }
+                State::Name { len } => {
+                    let rest = &bytes[i..];
+                    match rest.iter().position(|&b| b == 0) {
+                        Some(0) if len == 0 => return self.fail(at, "empty table name"),
+                        Some(end) => {
+                            if self.survey.is_some() {
+                                self.name.extend_from_slice(&rest[..end]);
+                                self.start_section();
+                            }
+                            i += end + 1;
+                            self.in_table = true;
+                            self.state = State::Boundary;
+                        }
+                        None => {
+                            if self.survey.is_some() {
+                                self.name.extend_from_slice(rest);
+                            }
+                            i = bytes.len();
+                            self.state = State::Name {
+                                len: len + rest.len(),
+                            };
+                        }
+                    }
+                }
+                State::Number { left } => {
+                    let take = usize::from(left).min(bytes.len() - i);
+                    i += take;
+                    // `take <= left`, which is at most 8.
+                    let left = left - u8::try_from(take).unwrap_or(left);
+                    if left == 0 {
+                        self.end_field();
+                    } else {
+                        self.state = State::Number { left };
+                    }
+                }
+                State::Payload { left } => {
+                    let available = (bytes.len() - i) as u64;
+                    let take = left.min(available);
+                    // `take <= available`, a usize.
+                    i += usize::try_from(take).unwrap_or(usize::MAX);
+                    if take == left {
+                        self.end_field();
+                    } else {
+                        self.state = State::Payload { left: left - take };
+                    }
+                }
+                _ => {
+                    self.byte(at, bytes[i])?;
+                    i += 1;
+                }
+            }
+        }
+        self.offset += bytes.len();
+        Ok(())
+    }
+
+    /// One byte in a state that looks at every byte.
+    fn byte(&mut self, at: usize, b: u8) -> Result<(), Malformed> {
+        match self.state {
+            State::Boundary => {
+                let marker = match self.marker {
+                    Some(marker) => marker,
+                    None if b == CHANGESET || b == PATCHSET => {
+                        self.marker = Some(b);
+                        b
+                    }
+                    None => {
+                        return self.fail(
+                            at,
+                            format!("expected a table header ('T' or 'P'), found byte {b:#04x}"),
+                        );
+                    }
+                };
+                if b == marker {
+                    self.state = State::ColumnCount { value: 0, read: 0 };
+                    self.n_pk = 0;
+                    self.pk.clear();
+                    self.name.clear();
+                } else if !self.in_table {
+                    return self.fail(
+                        at,
+                        format!(
+                            "expected a table header ({:?}), found byte {b:#04x}",
+                            char::from(marker)
+                        ),
+                    );
+                } else if matches!(b, INSERT | UPDATE | DELETE) {
+                    self.state = State::Indirect { op: b };
+                } else {
+                    return self.fail(at, format!("unknown op byte {b:#04x}"));
+                }
+            }
+            State::ColumnCount { value, read } => match varint_step(value, read, b) {
+                Varint::More(value) => {
+                    self.state = State::ColumnCount {
+                        value,
+                        read: read + 1,
+                    }
+                }
+                Varint::Done(n_col) => {
+                    if n_col == 0 || n_col > MAX_COLUMNS {
+                        return self.fail(at + 1, format!("table header claims {n_col} columns"));
+                    }
+                    // At most MAX_COLUMNS.
+                    self.n_col = usize::try_from(n_col).unwrap_or(usize::MAX);
+                    self.state = State::PkFlags { left: self.n_col };
+                }
+            },
+            State::Indirect { op } => {
+                let patchset = self.marker == Some(PATCHSET);
+                let (records, fields) = match (op, patchset) {
+                    (UPDATE, false) => (2, self.n_col),
+                    (DELETE, true) => (1, self.n_pk),
+                    _ => (1, self.n_col),
+                };
+                self.records_left = records - 1;
+                self.fields_left = fields;
+                self.state = State::FieldType;
+                if fields == 0 {
+                    self.end_change();
+                }
+            }
+            State::FieldType => match b {
+                0x00 | 0x05 => self.end_field(),
+                0x01 | 0x02 => self.state = State::Number { left: 8 },
+                0x03 | 0x04 => self.state = State::Length { value: 0, read: 0 },
+                other => return self.fail(at, format!("unknown field type {other:#04x}")),
+            },
+            State::Length { value, read } => match varint_step(value, read, b) {
+                Varint::More(value) => {
+                    self.state = State::Length {
+                        value,
+                        read: read + 1,
+                    }
+                }
+                Varint::Done(len) if len > MAX_VALUE_LEN => {
+                    return self.fail(
+                        at + 1,
+                        format!("a text/blob length of {len} bytes is more than SQLite reads"),
+                    );
+                }
+                Varint::Done(0) => self.end_field(),
+                Varint::Done(len) => self.state = State::Payload { left: len },
+            },
+            State::PkFlags { .. }
+            | State::Name { .. }
+            | State::Number { .. }
+            | State::Payload { .. } => {
+                unreachable!("`feed` consumes these states in bulk")
+            }
+        }
+        Ok(())
+    }
+
+    fn start_section(&mut self) {
+        if let Some(survey) = self.survey.as_mut() {
+            survey.push(Section {
+                table: String::from_utf8_lossy(&self.name).into_owned(),
+                pk: std::mem::take(&mut self.pk),
+                changes: 0,
+            });
+        }
+    }
+
+    fn end_field(&mut self) {
+        self.state = State::FieldType;
+        self.fields_left -= 1;
+        if self.fields_left > 0 {
+            return;
+        }
+        if self.records_left > 0 {
+            self.records_left -= 1;
+            self.fields_left = self.n_col;
+            return;
+        }
+        self.end_change();
+    }
+
+    fn end_change(&mut self) {
+        self.state = State::Boundary;
+        self.entry += 1;
+        if let Some(section) = self.survey.as_mut().and_then(|s| s.last_mut()) {
+            section.changes += 1;
+        }
+    }
+
+    /// The input ended: `Ok` with the number of changes if it ended between two changes.
+    pub(crate) fn finish(&self) -> Result<usize, Malformed> {
+        if let Some(failed) = &self.failed {
+            return Err(failed.clone());
+        }
+        let truncated = match self.state {
+            State::Boundary => return Ok(self.entry),
+            State::ColumnCount { .. } => "truncated: expected the column count".to_owned(),
+            State::PkFlags { left } => format!(
+                "truncated: the primary-key flags need {} bytes, {} left",
+                self.n_col,
+                self.n_col - left
+            ),
+            State::Name { .. } => "table name is not NUL-terminated".to_owned(),
+            State::Indirect { .. } => "truncated: expected the indirect flag".to_owned(),
+            State::FieldType => "truncated: expected a field type".to_owned(),
+            State::Number { left } => format!("truncated: a number needs {left} more bytes"),
+            State::Length { .. } => "truncated: expected a text/blob length".to_owned(),
+            State::Payload { left } => {
+                format!("truncated: a text/blob value needs {left} more bytes")
+            }
+        };
         Err(Malformed {
             entry: self.entry,
-            offset: self.pos,
-            reason: reason.into(),
+            offset: self.offset,
+            reason: truncated,
         })
     }
+}
 
-    fn byte(&mut self, what: &str) -> Result<u8, Malformed> {
-        let Some(&b) = self.bytes.get(self.pos) else {
-            return self.fail(format!("truncated: expected {what}"));
-        };
-        self.pos += 1;
-        Ok(b)
+enum Varint {
+    More(u64),
+    Done(u64),
+}
+
+/// One byte of an SQLite varint: up to 8 bytes of 7 bits (high bit: more follow), then one of 8.
+fn varint_step(value: u64, read: u8, b: u8) -> Varint {
+    if read == 8 {
+        return Varint::Done((value << 8) | u64::from(b));
     }
-
-    fn skip(&mut self, n: u64, what: &str) -> Result<(), Malformed> {
-        let left = (self.bytes.len() - self.pos) as u64;
-        if n > left {
-            return self.fail(format!("truncated: {what} needs {n} bytes, {left} left"));
-        }
-        // `n <= left`, which fits in usize.
-        self.pos += usize::try_from(n).unwrap_or(usize::MAX);
-        Ok(())
-    }
-
-    /// An SQLite varint: up to 8 bytes of 7 bits (high bit: more follow), then one of 8 bits.
-    fn varint(&mut self, what: &str) -> Result<u64, Malformed> {
-        let mut value: u64 = 0;
-        for i in 0..9 {
-            let b = self.byte(what)?;
-            if i == 8 {
-                return Ok((value << 8) | u64::from(b));
-            }
-            value = (value << 7) | u64::from(b & 0x7f);
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        unreachable!("the loop returns by its ninth byte")
-    }
-
-    /// One record: `fields` values, each a type byte and its payload.
-    fn record(&mut self, fields: usize) -> Result<(), Malformed> {
-        for _ in 0..fields {
-            match self.byte("a field type")? {
-                0x00 | 0x05 => {}
-                0x01 | 0x02 => self.skip(8, "a number")?,
-                0x03 | 0x04 => {
-                    let len = self.varint("a text/blob length")?;
-                    self.skip(len, "a text/blob value")?;
-                }
-                other => return self.fail(format!("unknown field type {other:#04x}")),
-            }
-        }
-        Ok(())
+    let value = (value << 7) | u64::from(b & 0x7f);
+    if b & 0x80 == 0 {
+        Varint::Done(value)
+    } else {
+        Varint::More(value)
     }
 }
 
 /// Checks the structure of `bytes` as a changeset (`marker` `b'T'`) or patchset (`b'P'`) and
 /// returns the number of changes.
 pub(crate) fn check(bytes: &[u8], marker: u8) -> Result<usize, Malformed> {
-    let mut r = Reader {
-        bytes,
-        pos: 0,
-        entry: 0,
-    };
-    let patchset = marker == b'P';
-    while r.pos < bytes.len() {
-        let found = r.byte("a table header")?;
-        if found != marker {
-            r.pos -= 1;
-            return r.fail(format!(
-                "expected a table header ({:?}), found byte {found:#04x}",
-                char::from(marker)
-            ));
-        }
-        let n_col = r.varint("the column count")?;
-        if n_col == 0 || n_col > MAX_COLUMNS {
-            return r.fail(format!("table header claims {n_col} columns"));
-        }
-        let n_col = usize::try_from(n_col).unwrap_or(usize::MAX);
-        let pk_start = r.pos;
-        r.skip(n_col as u64, "the primary-key flags")?;
-        let n_pk = bytes[pk_start..r.pos].iter().filter(|&&f| f != 0).count();
-        let name_len = bytes[r.pos..].iter().position(|&b| b == 0);
-        let Some(name_len) = name_len else {
-            return r.fail("table name is not NUL-terminated");
-        };
-        if name_len == 0 {
-            return r.fail("empty table name");
-        }
-        r.pos += name_len + 1;
-        while r.pos < bytes.len() && bytes[r.pos] != marker {
-            let op = r.byte("an op")?;
-            r.byte("the indirect flag")?;
-            match (op, patchset) {
-                (INSERT, _) => r.record(n_col)?,
-                (UPDATE, false) => {
-                    r.record(n_col)?;
-                    r.record(n_col)?;
-                }
-                (UPDATE, true) => r.record(n_col)?,
-                (DELETE, false) => r.record(n_col)?,
-                (DELETE, true) => r.record(n_pk)?,
-                _ => {
-                    r.pos -= 2;
-                    return r.fail(format!("unknown op byte {op:#04x}"));
-                }
-            }
-            r.entry += 1;
-        }
-    }
-    Ok(r.entry)
+    let mut checker = Checker::new(Some(marker));
+    checker.feed(bytes)?;
+    checker.finish()
 }
 
 #[cfg(test)]
@@ -202,9 +478,70 @@ mod tests {
     }
 
     #[test]
+    fn feeding_in_chunks_of_any_size_agrees_with_one_slice() {
+        let mut two = INSERT_ONE.to_vec();
+        two.extend_from_slice(&INSERT_ONE[6..]);
+        for input in [INSERT_ONE, &two[..], &two[..two.len() - 3], b"T\x01\x01abc"] {
+            let whole = check(input, b'T');
+            for chunk in 1..=input.len() {
+                let mut checker = Checker::new(Some(b'T'));
+                let fed = input.chunks(chunk).try_for_each(|c| checker.feed(c));
+                let result = fed.and_then(|()| checker.finish());
+                assert_eq!(result, whole, "chunks of {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn either_kind_is_detected_from_the_first_byte_and_must_not_change() {
+        let mut checker = Checker::new(None);
+        checker.feed(INSERT_ONE).unwrap();
+        assert_eq!(checker.marker(), Some(b'T'));
+        let mut patch = INSERT_ONE.to_vec();
+        patch[0] = b'P';
+        let err = checker.feed(&patch).unwrap_err();
+        assert_eq!(err.reason, "unknown op byte 0x50");
+        assert!(Checker::new(None).feed(b"X").is_err());
+        let mut checker = Checker::new(None);
+        checker.feed(&patch).unwrap();
+        assert_eq!((checker.marker(), checker.finish()), (Some(b'P'), Ok(1)));
+    }
+
+    #[test]
+    fn a_survey_lists_each_table_section_with_its_changes() {
+        let mut input = INSERT_ONE.to_vec();
+        input.extend_from_slice(&INSERT_ONE[6..]);
+        input.extend_from_slice(b"T\x01\x01u\x00\x09\x00\x05");
+        let mut checker = Checker::new(Some(b'T')).surveying();
+        for byte in &input {
+            checker.feed(std::slice::from_ref(byte)).unwrap();
+        }
+        assert_eq!(checker.finish(), Ok(3));
+        let sections: Vec<_> = checker
+            .sections()
+            .iter()
+            .map(|s| (s.table.as_str(), s.pk.clone(), s.changes))
+            .collect();
+        assert_eq!(sections, [("t", vec![1, 0], 2), ("u", vec![1], 1)]);
+    }
+
+    #[test]
+    fn a_patchset_delete_records_only_the_key() {
+        // Two columns, key on the first; the delete carries one field.
+        assert_eq!(check(b"P\x02\x01\x00t\x00\x09\x00\x05", b'P'), Ok(1));
+        assert!(check(b"T\x02\x01\x00t\x00\x09\x00\x05", b'T').is_err());
+    }
+
+    #[test]
     fn huge_lengths_do_not_overflow() {
         let mut huge = b"T\x01\x01t\x00\x12\x00\x03".to_vec();
         huge.extend_from_slice(&[0xff; 9]);
+        // Longer than SQLite's `int` lengths: rejected without waiting for the bytes.
+        let reason = check(&huge, b'T').unwrap_err().reason;
+        assert!(reason.contains("more than SQLite reads"), "{reason}");
+        // Within them (2^21 - 1) but past the end of the input: truncated.
+        huge.truncate(huge.len() - 7);
+        huge.push(0x7f);
         assert!(check(&huge, b'T').unwrap_err().reason.contains("truncated"));
         assert!(check(b"T\xff\xff\xff\xff\xff\xff\xff\xff\xff", b'T').is_err());
     }

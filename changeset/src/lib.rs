@@ -6,6 +6,23 @@
 //! [`Changeset::concat`] merges two. Every entry point takes a `&dyn liteorm_core::Session` and
 //! works only on the SQLite dialect: any other dialect gets [`Error::Unsupported`].
 //!
+//! Beyond that, the whole session extension:
+//!
+//! - **Inspect**: [`Changeset::iter`] decodes [`Change`]s one at a time; [`inspect`] renders them
+//!   as stable JSON ([`Changeset::to_json`]) or SQL ([`Changeset::to_sql`]); untrusted bytes are
+//!   validated by [`Changeset::from_bytes`], with errors naming the change and byte.
+//! - **Capture options** on [`Capture`]: indirect changes, a table filter, tables without a
+//!   primary key, and a [`Recorder`] to pause recording or look at its size mid-capture.
+//! - [`Diff`]: the changeset between a table of another database and the one in `main`.
+//! - [`Changegroup`]: many changesets merged into one, optionally conformed to a schema.
+//! - [`Apply`] flags (invert, no savepoint, ignore no-ops, FK no action) and a [`Rebaser`] fed
+//!   by the [`RebaseBuffer`] every apply returns.
+//! - [`stream`]: apply, invert, concat, merge and iterate changesets over `Read`/`Write` in
+//!   bounded memory.
+//!
+//! Features that need a newer SQLite than the one linked (see [`Capability`]) return
+//! [`Error::Unsupported`] naming the version they need.
+//!
 //! ```
 //! use changeset::{ConflictAction, ConflictKind, apply, capture};
 //! use liteorm_core::Session;
@@ -44,22 +61,33 @@
 //! ```
 
 mod apply;
+mod capability;
 mod capture;
 mod changeset;
+mod diff;
 mod error;
 mod ffi;
 mod format;
 mod gate;
+mod group;
+pub mod inspect;
 mod iter;
+mod rebase;
+pub mod stream;
 
 pub use apply::{
     Apply, ApplyReport, Conflict, ConflictAction, ConflictCounts, ConflictKind, SkipReason,
     SkippedTable, apply,
 };
-pub use capture::{Capture, capture};
+pub use capability::{Capability, SQLITE_BUILD_VERSION};
+pub use capture::{Capture, Recorder, capture};
 pub use changeset::{Changeset, Patchset};
+pub use diff::Diff;
 pub use error::{Error, Result};
-pub use iter::{Change, ChangeOp};
+pub use group::Changegroup;
+pub use inspect::ColumnNames;
+pub use iter::{Change, ChangeIter, ChangeOp};
+pub use rebase::{RebaseBuffer, Rebaser};
 
 /// How many SQLite session objects (open captures) exist right now on connections to the
 /// database file at `path` (as SQLite names it: the absolute path). Every capture deletes its

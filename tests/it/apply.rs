@@ -10,7 +10,7 @@ use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
 use sqlx::sqlite::SqlitePoolOptions;
 
-use crate::support::{dump, file_db, seed};
+use crate::support::{captured, dump, file_db, seed};
 
 /// A changeset over `t` (seeded with 3 rows): update 1, delete 2, insert 4.
 async fn three_changes() -> changeset::Changeset {
@@ -124,13 +124,12 @@ async fn filter_restricts_the_tables_applied() {
     src.execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY)")
         .await
         .unwrap();
-    let cs = capture(&src, &[], |s| async move {
-        s.execute_batch("INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('x')")
-            .await?;
-        Ok::<_, Error>(())
-    })
-    .await
-    .unwrap();
+    let cs = captured(
+        &src,
+        &[],
+        "INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('x')",
+    )
+    .await;
     let (target, _d2) = file_db().await;
     seed(&target, 0).await;
     target
@@ -185,13 +184,12 @@ async fn panicking_filter_rolls_back_everything_already_applied() {
     src.execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY)")
         .await
         .unwrap();
-    let cs = capture(&src, &["t", "u"], |s| async move {
-        s.execute_batch("INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('x')")
-            .await?;
-        Ok::<_, Error>(())
-    })
-    .await
-    .unwrap();
+    let cs = captured(
+        &src,
+        &["t", "u"],
+        "INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('x')",
+    )
+    .await;
     let (target, _d2) = file_db().await;
     seed(&target, 0).await;
     target

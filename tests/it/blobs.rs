@@ -1,27 +1,16 @@
 //! Invert and concat: pure functions over the blob, no connection needed.
 
-use changeset::{ChangeOp, Changeset, Error, Patchset, apply, capture};
-use liteorm_core::{Session, Value};
+use changeset::{ChangeOp, Changeset, Error, Patchset, apply};
+use liteorm_core::Value;
 
-use crate::support::{dump, file_db, seed};
-
-async fn captured(db: &dyn Session, sql: &'static str) -> Changeset {
-    capture(db, &["t"], move |s| async move {
-        s.execute_batch(sql).await?;
-        Ok::<_, Error>(())
-    })
-    .await
-    .unwrap()
-}
+use crate::support::{captured, dump, file_db, seed};
 
 #[tokio::test]
 async fn invert_swaps_ops_and_applying_it_restores_the_original() {
     let (db, _dir) = file_db().await;
     seed(&db, 3).await;
     let original = dump(&db, "t").await;
-    let cs = captured(
-        &db,
-        "INSERT INTO t VALUES (4, 'd', 0.0, NULL); UPDATE t SET name = 'x' WHERE id = 1; DELETE FROM t WHERE id = 2",
+    let cs = captured(&db, &["t"], "INSERT INTO t VALUES (4, 'd', 0.0, NULL); UPDATE t SET name = 'x' WHERE id = 1; DELETE FROM t WHERE id = 2",
     )
     .await;
     let inverse = cs.invert().unwrap();
@@ -57,10 +46,11 @@ async fn concat_applied_equals_applying_both_in_order() {
     seed(&copy, 3).await;
     let a = captured(
         &db,
+        &["t"],
         "UPDATE t SET name = 'a' WHERE id = 1; INSERT INTO t VALUES (9, 'nine', 0.0, NULL)",
     )
     .await;
-    let b = captured(&db, "UPDATE t SET name = 'b' WHERE id = 1; DELETE FROM t WHERE id = 9; DELETE FROM t WHERE id = 3").await;
+    let b = captured(&db, &["t"], "UPDATE t SET name = 'b' WHERE id = 1; DELETE FROM t WHERE id = 9; DELETE FROM t WHERE id = 3").await;
     let both = a.concat(&b).unwrap();
     // Insert-then-delete of row 9 cancels out; the two updates of row 1 merge into one.
     assert_eq!(both.changes().unwrap().len(), 2);
@@ -75,7 +65,7 @@ async fn changesets_are_owned_send_sync_and_cheap_to_clone() {
     assert_send_sync::<Patchset>();
     let (db, _dir) = file_db().await;
     seed(&db, 1).await;
-    let cs = captured(&db, "DELETE FROM t").await;
+    let cs = captured(&db, &["t"], "DELETE FROM t").await;
     let clone = cs.clone();
     assert_eq!(
         clone.as_bytes().as_ptr(),

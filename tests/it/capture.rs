@@ -7,7 +7,7 @@ use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
 use sqlx::sqlite::SqlitePoolOptions;
 
-use crate::support::{db_path, dump, file_db, seed};
+use crate::support::{captured, db_path, dump, file_db, seed};
 
 #[tokio::test]
 async fn capture_records_inserts_updates_and_deletes() {
@@ -67,13 +67,7 @@ async fn capture_with_no_tables_records_every_table_with_a_primary_key() {
     db.execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY, v); CREATE TABLE nopk(x)")
         .await
         .unwrap();
-    let cs = capture(&db, &[], |s| async move {
-        s.execute_batch("INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('k', 1); INSERT INTO nopk VALUES (1)")
-            .await?;
-        Ok::<_, Error>(())
-    })
-    .await
-    .unwrap();
+    let cs = captured(&db, &[], "INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('k', 1); INSERT INTO nopk VALUES (1)").await;
     let mut tables: Vec<String> = cs
         .changes()
         .unwrap()
@@ -91,13 +85,12 @@ async fn capture_of_listed_tables_ignores_the_others() {
     db.execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY, v)")
         .await
         .unwrap();
-    let cs = capture(&db, &["u"], |s| async move {
-        s.execute_batch("INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('k', 1)")
-            .await?;
-        Ok::<_, Error>(())
-    })
-    .await
-    .unwrap();
+    let cs = captured(
+        &db,
+        &["u"],
+        "INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('k', 1)",
+    )
+    .await;
     let changes = cs.changes().unwrap();
     assert_eq!(changes.len(), 1);
     assert_eq!(&*changes[0].table, "u");

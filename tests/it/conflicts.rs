@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use changeset::{ApplyReport, Conflict, ConflictAction, ConflictKind, Error, apply, capture};
+use changeset::{ApplyReport, Conflict, ConflictAction, ConflictKind, apply};
 use liteorm_core::{Session, Value};
 use serde::Serialize;
 
-use crate::support::{dump, file_db};
+use crate::support::{captured, dump, file_db};
 
 const SCHEMA: &str = "CREATE TABLE parent(id INTEGER PRIMARY KEY); \
     CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT UNIQUE, parent INTEGER REFERENCES parent(id)); \
@@ -147,12 +147,7 @@ async fn run(kind: ConflictKind, action: ConflictAction) -> Outcome {
     let Scenario { change, diverge } = scenario(kind);
     let (source, _d1) = file_db().await;
     source.execute_batch(SCHEMA).await.unwrap();
-    let cs = capture(&source, &["t"], move |s| async move {
-        s.execute_batch(change).await?;
-        Ok::<_, Error>(())
-    })
-    .await
-    .unwrap();
+    let cs = captured(&source, &["t"], change).await;
     let (target, _d2) = file_db().await;
     target.execute_batch(SCHEMA).await.unwrap();
     if !diverge.is_empty() {

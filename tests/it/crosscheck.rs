@@ -5,10 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use changeset::{Changeset, Error, apply, capture};
-use liteorm_core::Session;
+use changeset::{Changeset, apply};
 
-use crate::support::{dump, file_db, seed};
+use crate::support::{captured, dump, file_db, seed};
 
 const MIX: &str = "UPDATE t SET score = score + 1 WHERE id % 2 = 0; DELETE FROM t WHERE id = 3; \
     INSERT INTO t VALUES (100, 'hundred', NULL, X'00FF'); UPDATE t SET name = NULL WHERE id = 1";
@@ -44,12 +43,7 @@ print(apsw.Changeset.invert(blob).hex())
 async fn apsw_applies_and_inverts_a_changeset_liteorm_captured() {
     let (primary, dir) = file_db().await;
     seed(&primary, 6).await;
-    let cs = capture(&primary, &["t"], |s| async move {
-        s.execute_batch(MIX).await?;
-        Ok::<_, Error>(())
-    })
-    .await
-    .unwrap();
+    let cs = captured(&primary, &["t"], MIX).await;
     let blob = dir.path().join("cs.bin");
     std::fs::write(&blob, cs.as_bytes()).unwrap();
     let (replica, rdir) = file_db().await;
@@ -138,12 +132,7 @@ async fn liteorm_applies_a_changeset_the_sqlite3_shell_recorded() {
     // And liteorm records the same changes as the shell did: same table, ops and values.
     let (again, _adir) = file_db().await;
     seed(&again, 6).await;
-    let ours = capture(&again, &["t"], |s| async move {
-        s.execute_batch(MIX).await?;
-        Ok::<_, Error>(())
-    })
-    .await
-    .unwrap();
+    let ours = captured(&again, &["t"], MIX).await;
     let key = |c: &changeset::Change| {
         (
             c.primary_key()[0].to_string(),

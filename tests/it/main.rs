@@ -4,12 +4,19 @@
 #![allow(clippy::unwrap_used)]
 
 mod apply;
+mod apply_flags;
 mod blobs;
 mod capture;
+mod capture_options;
 mod conflicts;
 mod crosscheck;
 mod dialect;
+mod diff;
 mod gate;
+mod group;
+mod inspect;
+mod rebase;
 mod replication;
 mod session;
+mod stream;
 mod support;

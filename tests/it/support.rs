@@ -55,3 +55,17 @@ pub(crate) async fn db_path(db: &dyn Session) -> String {
         .expect("database_list");
     rows[0].try_get(0).expect("file name")
 }
+
+/// The changeset of running `sql` (one batch) through a capture of `tables` on `db`.
+pub(crate) async fn captured(
+    db: &dyn Session,
+    tables: &[&str],
+    sql: &'static str,
+) -> changeset::Changeset {
+    changeset::capture(db, tables, move |s| async move {
+        s.execute_batch(sql).await?;
+        Ok::<_, changeset::Error>(())
+    })
+    .await
+    .expect("capture")
+}

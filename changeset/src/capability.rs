@@ -1,0 +1,162 @@
+//! Which session-extension features the linked SQLite has: decided at build time by `build.rs`
+//! (`cfg(sqlite_has_*)`) and checked again against the library loaded at run time.
+
+use liteorm_sqlite::DIALECT;
+
+use crate::{Error, ffi};
+
+/// The SQLite version this crate was compiled against (its `sqlite3.h`), e.g. `"3.51.3"`.
+pub const SQLITE_BUILD_VERSION: &str = env!("LITEORM_CHANGESET_SQLITE_VERSION");
+
+/// A session-extension feature that only newer SQLite versions have.
+///
+/// Every API that needs one returns [`Error::Unsupported`] (naming the version it needs) when the
+/// SQLite this crate is built against, or the library loaded at run time, is older; check
+/// [`Capability::is_available`] first to pick another path instead.
+///
+/// ```
+/// use changeset::Capability;
+///
+/// for capability in Capability::ALL {
+///     println!(
+///         "{capability:?}: needs SQLite {}, available: {}",
+///         capability.min_version(),
+///         capability.is_available(),
+///     );
+/// }
+/// // The size estimate has been in SQLite since 3.36, older than anything liteorm links.
+/// assert!(Capability::ChangesetSize.is_available());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Capability {
+    /// [`Capture::track_size`](crate::Capture::track_size) and
+    /// [`Recorder::changeset_size`](crate::Recorder::changeset_size) (SQLite 3.36).
+    ChangesetSize,
+    /// [`Apply::ignore_noop`](crate::Apply::ignore_noop) (SQLite 3.42).
+    IgnoreNoop,
+    /// [`Capture::implicit_primary_key`](crate::Capture::implicit_primary_key): record tables
+    /// without a PRIMARY KEY, keyed by rowid (SQLite 3.42).
+    ImplicitPrimaryKey,
+    /// [`Apply::fk_no_action`](crate::Apply::fk_no_action) (SQLite 3.44).
+    FkNoAction,
+    /// [`Changegroup::merge_with_schema`](crate::Changegroup::merge_with_schema) (SQLite 3.44).
+    ChangegroupSchema,
+    /// [`Changegroup::add_filtered`](crate::Changegroup::add_filtered) (SQLite 3.46).
+    ChangegroupAddChange,
+}
+
+impl Capability {
+    /// Every capability, oldest first.
+    pub const ALL: [Capability; 6] = [
+        Capability::ChangesetSize,
+        Capability::IgnoreNoop,
+        Capability::ImplicitPrimaryKey,
+        Capability::FkNoAction,
+        Capability::ChangegroupSchema,
+        Capability::ChangegroupAddChange,
+    ];
+
+    /// The first SQLite release that has it.
+    pub fn min_version(self) -> &'static str {
+        match self {
+            Capability::ChangesetSize => "3.36.0",
+            Capability::IgnoreNoop | Capability::ImplicitPrimaryKey => "3.42.0",
+            Capability::FkNoAction | Capability::ChangegroupSchema => "3.44.0",
+            Capability::ChangegroupAddChange => "3.46.0",
+        }
+    }
+
+    fn min_version_number(self) -> i32 {
+        match self {
+            Capability::ChangesetSize => 3_036_000,
+            Capability::IgnoreNoop | Capability::ImplicitPrimaryKey => 3_042_000,
+            Capability::FkNoAction | Capability::ChangegroupSchema => 3_044_000,
+            Capability::ChangegroupAddChange => 3_046_000,
+        }
+    }
+
+    /// Whether this build has it: compiled in (the headers declare it) and the SQLite library
+    /// loaded at run time is recent enough (a dynamically linked one can be older than its
+    /// headers, and would silently ignore an unknown flag).
+    pub fn is_available(self) -> bool {
+        let compiled = match self {
+            Capability::ChangesetSize => cfg!(sqlite_has_changeset_size),
+            Capability::IgnoreNoop => cfg!(sqlite_has_ignorenoop),
+            Capability::ImplicitPrimaryKey => cfg!(sqlite_has_implicit_pk),
+            Capability::FkNoAction => cfg!(sqlite_has_fknoaction),
+            Capability::ChangegroupSchema => cfg!(sqlite_has_changegroup_schema),
+            Capability::ChangegroupAddChange => cfg!(sqlite_has_changegroup_add_change),
+        };
+        compiled && ffi::libversion_number() >= self.min_version_number()
+    }
+
+    /// What [`Error::Unsupported`] says is missing.
+    fn description(self) -> &'static str {
+        macro_rules! needs {
+            ($what:literal, $version:literal) => {
+                concat!(
+                    $what,
+                    " (needs SQLite >= ",
+                    $version,
+                    "; this build has ",
+                    env!("LITEORM_CHANGESET_SQLITE_VERSION"),
+                    ")"
+                )
+            };
+        }
+        match self {
+            Capability::ChangesetSize => needs!("the changeset size estimate", "3.36.0"),
+            Capability::IgnoreNoop => needs!("the IGNORENOOP apply flag", "3.42.0"),
+            Capability::ImplicitPrimaryKey => {
+                needs!("recording tables without a PRIMARY KEY", "3.42.0")
+            }
+            Capability::FkNoAction => needs!("the FKNOACTION apply flag", "3.44.0"),
+            Capability::ChangegroupSchema => needs!("changegroup schemas", "3.44.0"),
+            Capability::ChangegroupAddChange => {
+                needs!("adding single changes to a changegroup", "3.46.0")
+            }
+        }
+    }
+
+    /// `Ok` if available, else the typed error.
+    pub(crate) fn require(self) -> Result<(), Error> {
+        if self.is_available() {
+            Ok(())
+        } else {
+            Err(Error::Unsupported {
+                capability: self.description(),
+                dialect: DIALECT,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_names_the_version_needed_and_the_one_built_against() {
+        let text = Capability::FkNoAction.description();
+        assert!(text.contains(">= 3.44.0"), "{text}");
+        assert!(text.contains(SQLITE_BUILD_VERSION), "{text}");
+    }
+
+    #[test]
+    fn availability_follows_the_build_version() {
+        let build: Vec<i32> = SQLITE_BUILD_VERSION
+            .split('.')
+            .map(|p| p.parse().unwrap_or(0))
+            .collect();
+        let build = build[0] * 1_000_000 + build[1] * 1_000 + build.get(2).copied().unwrap_or(0);
+        for capability in Capability::ALL {
+            assert_eq!(
+                capability.is_available(),
+                build >= capability.min_version_number(),
+                "{capability:?} in a build against {SQLITE_BUILD_VERSION}"
+            );
+            assert_eq!(capability.require().is_ok(), capability.is_available());
+        }
+    }
+}

@@ -1,0 +1,625 @@
+//! Property tests of changeset round trips on random schemas (composite and WITHOUT ROWID keys,
+//! every affinity) and random writes of every value type: capture → apply reproduces the source,
+//! invert ∘ invert is the identity, applying the inverse restores the original, concat applies
+//! like both halves in order, and a patchset applies like the changeset.
+
+use changeset::{ApplyReport, Capture, Changeset, Patchset, apply};
+use liteorm_core::{Session, Value};
+use liteorm_sqlite::SqliteSession;
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+/// Cases per property: the whole file runs in well under a minute in debug on 2 cores.
+const CASES: u32 = 64;
+
+/// Declared column types: every affinity (INTEGER, REAL, TEXT, BLOB/none, NUMERIC).
+const DECLARED: &[&str] = &["", "INTEGER", "REAL", "TEXT", "BLOB", "NUMERIC"];
+
+/// The most columns a generated table has; ops carry this many values and use a prefix.
+const MAX_COLUMNS: usize = 5;
+
+#[derive(Debug, Clone)]
+struct Table {
+    name: String,
+    /// Declared type per column; columns are named `c0`, `c1`, ...
+    columns: Vec<&'static str>,
+    /// Key columns, in key order (not necessarily column order).
+    pk: Vec<usize>,
+    without_rowid: bool,
+}
+
+impl Table {
+    /// `PRIMARY KEY(x)` on a column declared `INTEGER` of a rowid table aliases the rowid, which
+    /// only takes integers.
+    fn rowid_alias(&self) -> bool {
+        !self.without_rowid && self.pk.len() == 1 && self.columns[self.pk[0]] == "INTEGER"
+    }
+
+    fn create(&self) -> String {
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, declared)| format!("c{i} {declared}"))
+            .collect();
+        let pk: Vec<String> = self.pk.iter().map(|i| format!("c{i}")).collect();
+        format!(
+            "CREATE TABLE {}({}, PRIMARY KEY({})){}",
+            self.name,
+            columns.join(", "),
+            pk.join(", "),
+            if self.without_rowid {
+                " WITHOUT ROWID"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn non_key_columns(&self) -> Vec<usize> {
+        (0..self.columns.len())
+            .filter(|c| !self.pk.contains(c))
+            .collect()
+    }
+
+    /// `c2 = ? AND c0 = ?` for the key, with its parameters.
+    fn key_condition(&self, key: &[Value]) -> (String, Vec<Value>) {
+        let sql: Vec<String> = self.pk.iter().map(|c| format!("c{c} = ?")).collect();
+        (sql.join(" AND "), key.to_vec())
+    }
+}
+
+/// A table with its pool of primary keys (ops pick keys from it, so they hit the same rows).
+#[derive(Debug, Clone)]
+struct KeyedTable {
+    table: Table,
+    keys: Vec<Vec<Value>>,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Insert {
+        table: Index,
+        key: Index,
+        values: Vec<Value>,
+        replace: bool,
+    },
+    Update {
+        table: Index,
+        key: Index,
+        values: Vec<Option<Value>>,
+    },
+    UpdateKey {
+        table: Index,
+        key: Index,
+        to: Index,
+    },
+    UpdateAll {
+        table: Index,
+        column: Index,
+        value: Value,
+    },
+    Delete {
+        table: Index,
+        key: Index,
+    },
+    DeleteAll {
+        table: Index,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    tables: Vec<KeyedTable>,
+    /// Rows every database starts with (not captured).
+    initial: Vec<Op>,
+    /// The captured writes, in two halves (captured separately for concat).
+    first: Vec<Op>,
+    second: Vec<Op>,
+}
+
+type Statement = (String, Vec<Value>);
+
+impl Case {
+    fn schema(&self) -> String {
+        let tables: Vec<String> = self.tables.iter().map(|t| t.table.create()).collect();
+        tables.join("; ")
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tables.iter().map(|t| t.table.name.clone()).collect()
+    }
+
+    /// The SQL of `ops`. Every statement succeeds whatever the rows are (`OR IGNORE`), so the
+    /// same ops do the same thing on every copy of the same database.
+    fn statements(&self, ops: &[Op]) -> Vec<Statement> {
+        ops.iter().filter_map(|op| self.statement(op)).collect()
+    }
+
+    fn statement(&self, op: &Op) -> Option<Statement> {
+        let pick = |table: &Index| &self.tables[table.index(self.tables.len())];
+        match op {
+            Op::Insert {
+                table,
+                key,
+                values,
+                replace,
+            } => {
+                let KeyedTable { table, keys } = pick(table);
+                let key = &keys[key.index(keys.len())];
+                let row: Vec<Value> = (0..table.columns.len())
+                    .map(|c| match table.pk.iter().position(|&k| k == c) {
+                        Some(position) => key[position].clone(),
+                        None => values[c].clone(),
+                    })
+                    .collect();
+                let marks = vec!["?"; row.len()].join(", ");
+                let verb = if *replace { "REPLACE" } else { "IGNORE" };
+                Some((
+                    format!("INSERT OR {verb} INTO {} VALUES ({marks})", table.name),
+                    row,
+                ))
+            }
+            Op::Update { table, key, values } => {
+                let KeyedTable { table, keys } = pick(table);
+                let set: Vec<(usize, Value)> = table
+                    .non_key_columns()
+                    .into_iter()
+                    .filter_map(|c| values[c].clone().map(|v| (c, v)))
+                    .collect();
+                if set.is_empty() {
+                    return None;
+                }
+                let (condition, key) = table.key_condition(&keys[key.index(keys.len())]);
+                let assignments: Vec<String> =
+                    set.iter().map(|(c, _)| format!("c{c} = ?")).collect();
+                let mut params: Vec<Value> = set.into_iter().map(|(_, v)| v).collect();
+                params.extend(key);
+                Some((
+                    format!(
+                        "UPDATE {} SET {} WHERE {condition}",
+                        table.name,
+                        assignments.join(", ")
+                    ),
+                    params,
+                ))
+            }
+            Op::UpdateKey { table, key, to } => {
+                let KeyedTable { table, keys } = pick(table);
+                let (condition, key) = table.key_condition(&keys[key.index(keys.len())]);
+                let to = &keys[to.index(keys.len())];
+                let assignments: Vec<String> =
+                    table.pk.iter().map(|c| format!("c{c} = ?")).collect();
+                let mut params = to.clone();
+                params.extend(key);
+                Some((
+                    format!(
+                        "UPDATE OR IGNORE {} SET {} WHERE {condition}",
+                        table.name,
+                        assignments.join(", ")
+                    ),
+                    params,
+                ))
+            }
+            Op::UpdateAll {
+                table,
+                column,
+                value,
+            } => {
+                let KeyedTable { table, .. } = pick(table);
+                let columns = table.non_key_columns();
+                if columns.is_empty() {
+                    return None;
+                }
+                let column = columns[column.index(columns.len())];
+                Some((
+                    format!("UPDATE {} SET c{column} = ?", table.name),
+                    vec![value.clone()],
+                ))
+            }
+            Op::Delete { table, key } => {
+                let KeyedTable { table, keys } = pick(table);
+                let (condition, key) = table.key_condition(&keys[key.index(keys.len())]);
+                Some((format!("DELETE FROM {} WHERE {condition}", table.name), key))
+            }
+            Op::DeleteAll { table } => {
+                let KeyedTable { table, .. } = pick(table);
+                Some((format!("DELETE FROM {}", table.name), Vec::new()))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// strategies
+
+fn real() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        // SQLite stores NaN as NULL, so a NaN never round-trips as a real.
+        any::<f64>().prop_filter("NaN is NULL in SQLite", |x| !x.is_nan()),
+        prop::sample::select(vec![
+            0.0,
+            -0.0,
+            1.5,
+            -2.25,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::MAX,
+            f64::MIN,
+        ]),
+    ]
+}
+
+/// Any value but NULL.
+fn non_null() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<i64>().prop_map(Value::Integer),
+        prop::sample::select(vec![i64::MIN, i64::MAX, 0, -1, 1]).prop_map(Value::Integer),
+        real().prop_map(Value::Real),
+        Just(Value::Text(String::new())),
+        "(?s).{0,8}".prop_map(Value::Text),
+        "[a-c]{1,2}".prop_map(Value::Text),
+        Just(Value::Blob(Vec::new())),
+        prop::collection::vec(any::<u8>(), 0..8).prop_map(Value::Blob),
+    ]
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    prop_oneof![1 => Just(Value::Null), 6 => non_null()]
+}
+
+/// What a key column may hold: never NULL (rowid tables allow a NULL key, and the session
+/// extension does not record such rows).
+///
+/// SQLite's session extension identifies a row by the storage class and bits of its key values,
+/// SQLite itself by SQL equality. A key that changes representation but not value within one
+/// capture (integer 0 and real 0.0, or 0.0 and -0.0, in a column without affinity, via INSERT OR
+/// REPLACE or an UPDATE of the key) is recorded as two rows, and the changeset then inserts the
+/// row twice (SQLite 3.51.3; found by these properties, see issue 9). So keys here are never
+/// integral reals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    /// The rowid alias: integers only.
+    RowidAlias,
+    /// A REAL-affinity key column: no value that SQLite stores as an integer (integers, integral
+    /// reals, numeric text). SQLite 3.51.3's `sqlite3_preupdate_new` reports such a value of an
+    /// INSERT as an INTEGER while `sqlite3_preupdate_old` (UPDATE, DELETE) reports the same
+    /// row's key as a REAL, so an insert and a later update or delete of that row in one capture
+    /// are recorded as changes to two different rows, and the changeset does not apply.
+    Real,
+    /// Any other column: anything but NULL and integral reals.
+    Any,
+}
+
+/// Reals with a fractional part, and the infinities.
+fn non_integral_real() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        (-3_i32..3).prop_map(|i| f64::from(i) + 0.5),
+        any::<f64>().prop_filter("integral or NaN", |x| x.fract() != 0.0 && !x.is_nan()),
+        prop::sample::select(vec![
+            1e-300,
+            -2.75,
+            5e-324,
+            f64::MIN_POSITIVE,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ]),
+    ]
+}
+
+fn key_value(kind: KeyKind) -> BoxedStrategy<Value> {
+    match kind {
+        KeyKind::RowidAlias => prop_oneof![
+            (-3_i64..3).prop_map(Value::Integer),
+            prop::sample::select(vec![i64::MIN, i64::MAX]).prop_map(Value::Integer),
+        ]
+        .boxed(),
+        KeyKind::Real => prop_oneof![
+            non_integral_real().prop_map(Value::Real),
+            "[a-d]{0,3}".prop_map(Value::Text),
+            prop::collection::vec(any::<u8>(), 0..4).prop_map(Value::Blob),
+        ]
+        .boxed(),
+        KeyKind::Any => prop_oneof![
+            // Small values collide often, so ops hit rows that exist.
+            (-2_i64..2).prop_map(Value::Integer),
+            any::<i64>().prop_map(Value::Integer),
+            prop::sample::select(vec![i64::MIN, i64::MAX]).prop_map(Value::Integer),
+            non_integral_real().prop_map(Value::Real),
+            Just(Value::Text(String::new())),
+            "(?s).{0,8}".prop_map(Value::Text),
+            "[a-c]{1,2}".prop_map(Value::Text),
+            prop::collection::vec(any::<u8>(), 0..8).prop_map(Value::Blob),
+        ]
+        .boxed(),
+    }
+}
+
+fn table(index: usize) -> impl Strategy<Value = KeyedTable> {
+    (
+        prop::collection::vec(prop::sample::select(DECLARED), 1..=MAX_COLUMNS),
+        any::<bool>(),
+    )
+        .prop_flat_map(move |(columns, without_rowid)| {
+            let n = columns.len();
+            (
+                Just(columns),
+                Just(without_rowid),
+                Just((0..n).collect::<Vec<_>>()).prop_shuffle(),
+                1..=n.min(3),
+            )
+        })
+        .prop_flat_map(move |(columns, without_rowid, order, key_len)| {
+            let table = Table {
+                name: format!("t{index}"),
+                columns,
+                pk: order[..key_len].to_vec(),
+                without_rowid,
+            };
+            let key: Vec<BoxedStrategy<Value>> = table
+                .pk
+                .iter()
+                .map(|&c| {
+                    key_value(if table.rowid_alias() {
+                        KeyKind::RowidAlias
+                    } else if table.columns[c] == "REAL" {
+                        KeyKind::Real
+                    } else {
+                        KeyKind::Any
+                    })
+                })
+                .collect();
+            (Just(table), prop::collection::vec(key, 1..6))
+        })
+        .prop_map(|(table, keys)| KeyedTable { table, keys })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let values = prop::collection::vec(value(), MAX_COLUMNS);
+    let changes = prop::collection::vec(prop::option::of(value()), MAX_COLUMNS);
+    prop_oneof![
+        6 => (any::<Index>(), any::<Index>(), values, any::<bool>()).prop_map(
+            |(table, key, values, replace)| Op::Insert { table, key, values, replace }
+        ),
+        6 => (any::<Index>(), any::<Index>(), changes)
+            .prop_map(|(table, key, values)| Op::Update { table, key, values }),
+        2 => (any::<Index>(), any::<Index>(), any::<Index>())
+            .prop_map(|(table, key, to)| Op::UpdateKey { table, key, to }),
+        1 => (any::<Index>(), any::<Index>(), value())
+            .prop_map(|(table, column, value)| Op::UpdateAll { table, column, value }),
+        3 => (any::<Index>(), any::<Index>()).prop_map(|(table, key)| Op::Delete { table, key }),
+        1 => any::<Index>().prop_map(|table| Op::DeleteAll { table }),
+    ]
+}
+
+fn insert() -> impl Strategy<Value = Op> {
+    (
+        any::<Index>(),
+        any::<Index>(),
+        prop::collection::vec(value(), MAX_COLUMNS),
+    )
+        .prop_map(|(table, key, values)| Op::Insert {
+            table,
+            key,
+            values,
+            replace: false,
+        })
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1..=3_usize)
+        .prop_flat_map(|n| (0..n).map(table).collect::<Vec<_>>())
+        .prop_flat_map(|tables| {
+            (
+                Just(tables),
+                prop::collection::vec(insert(), 0..8),
+                prop::collection::vec(op(), 0..12),
+                prop::collection::vec(op(), 0..12),
+            )
+        })
+        .prop_map(|(tables, initial, first, second)| Case {
+            tables,
+            initial,
+            first,
+            second,
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// databases
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A new in-memory database with the case's tables and initial rows.
+async fn fresh(case: &Case) -> SqliteSession {
+    let db = SqliteSession::open_in_memory().await.unwrap();
+    db.execute_batch(&case.schema()).await.unwrap();
+    run(&db, &case.statements(&case.initial)).await;
+    db
+}
+
+async fn run(db: &dyn Session, statements: &[Statement]) {
+    for (sql, params) in statements {
+        db.execute(sql, params)
+            .await
+            .unwrap_or_else(|e| panic!("{sql} {params:?}: {e}"));
+    }
+}
+
+fn writes(
+    statements: Vec<Statement>,
+) -> impl FnOnce(SqliteSession) -> futures::future::BoxFuture<'static, Result<(), changeset::Error>>
+{
+    move |s| {
+        Box::pin(async move {
+            for (sql, params) in &statements {
+                s.execute(sql, params).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+async fn capture_changeset(db: &SqliteSession, case: &Case, ops: &[Op]) -> Changeset {
+    Capture::new(db)
+        .tables(case.names())
+        .changeset(writes(case.statements(ops)))
+        .await
+        .unwrap()
+}
+
+async fn capture_patchset(db: &SqliteSession, case: &Case, ops: &[Op]) -> Patchset {
+    Capture::new(db)
+        .tables(case.names())
+        .patchset(writes(case.statements(ops)))
+        .await
+        .unwrap()
+}
+
+/// Every row of every table, ordered by all columns, so that equal databases compare equal.
+async fn snapshot(db: &dyn Session, case: &Case) -> Vec<Vec<Vec<Value>>> {
+    let mut tables = Vec::new();
+    for KeyedTable { table, .. } in &case.tables {
+        let order: Vec<String> = (1..=table.columns.len()).map(|i| i.to_string()).collect();
+        let sql = format!("SELECT * FROM {} ORDER BY {}", table.name, order.join(", "));
+        let rows = db.query(&sql, &[]).await.unwrap();
+        tables.push(rows.into_iter().map(|r| r.into_values()).collect());
+    }
+    tables
+}
+
+/// A clean apply: every change went in, no conflict.
+fn assert_clean(report: &ApplyReport) {
+    assert!(report.conflicts.is_empty(), "{report:?}");
+    assert!(report.skipped_tables.is_empty(), "{report:?}");
+    assert_eq!(report.applied, report.changes, "{report:?}");
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: CASES,
+        max_shrink_iters: 512,
+        ..ProptestConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// properties
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn capture_then_apply_on_a_copy_equals_the_source(case in case()) {
+        runtime().block_on(async {
+            let source = fresh(&case).await;
+            let ops = [case.first.clone(), case.second.clone()].concat();
+            let cs = capture_changeset(&source, &case, &ops).await;
+            assert_eq!(Changeset::from_bytes(cs.as_bytes()).unwrap(), cs, "SQLite's bytes validate");
+            let copy = fresh(&case).await;
+            let report = apply(&copy, &cs).await.unwrap();
+            assert_clean(&report);
+            assert_eq!(report.changes, cs.changes().unwrap().len());
+            assert_eq!(snapshot(&copy, &case).await, snapshot(&source, &case).await);
+        });
+    }
+
+    #[test]
+    fn invert_twice_is_the_identity(case in case()) {
+        runtime().block_on(async {
+            let source = fresh(&case).await;
+            let ops = [case.first.clone(), case.second.clone()].concat();
+            let cs = capture_changeset(&source, &case, &ops).await;
+            let inverse = cs.invert().unwrap();
+            assert_eq!(inverse.changes().unwrap().len(), cs.changes().unwrap().len());
+            assert_eq!(inverse.invert().unwrap().as_bytes(), cs.as_bytes());
+        });
+    }
+
+    #[test]
+    fn applying_the_inverse_restores_the_original(case in case()) {
+        runtime().block_on(async {
+            let source = fresh(&case).await;
+            let before = snapshot(&source, &case).await;
+            let ops = [case.first.clone(), case.second.clone()].concat();
+            let cs = capture_changeset(&source, &case, &ops).await;
+            let after = snapshot(&source, &case).await;
+            let inverse = cs.invert().unwrap();
+
+            // On the database it was captured on...
+            assert_clean(&apply(&source, &inverse).await.unwrap());
+            assert_eq!(snapshot(&source, &case).await, before);
+
+            // ...and on a copy that the changeset was applied to.
+            let copy = fresh(&case).await;
+            assert_clean(&apply(&copy, &cs).await.unwrap());
+            assert_eq!(snapshot(&copy, &case).await, after);
+            assert_clean(&apply(&copy, &inverse).await.unwrap());
+            assert_eq!(snapshot(&copy, &case).await, before);
+        });
+    }
+
+    #[test]
+    fn concat_applied_equals_both_applied_in_order(case in case()) {
+        runtime().block_on(async {
+            let source = fresh(&case).await;
+            let a = capture_changeset(&source, &case, &case.first).await;
+            let b = capture_changeset(&source, &case, &case.second).await;
+            let expected = snapshot(&source, &case).await;
+
+            let in_order = fresh(&case).await;
+            assert_clean(&apply(&in_order, &a).await.unwrap());
+            assert_clean(&apply(&in_order, &b).await.unwrap());
+            assert_eq!(snapshot(&in_order, &case).await, expected);
+
+            let both = a.concat(&b).unwrap();
+            assert!(both.changes().unwrap().len() <= a.changes().unwrap().len() + b.changes().unwrap().len());
+            let at_once = fresh(&case).await;
+            assert_clean(&apply(&at_once, &both).await.unwrap());
+            assert_eq!(snapshot(&at_once, &case).await, expected);
+
+            // The same for patchsets, except with a table whose every column is in the key:
+            // there SQLite (3.51.3) concatenates a delete and a re-insert of one row into an
+            // UPDATE that sets nothing, which its own apply rejects as corrupt (found by this
+            // property, see issue 9).
+            if case.tables.iter().any(|t| t.table.non_key_columns().is_empty()) {
+                return;
+            }
+            let patched = fresh(&case).await;
+            let pa = capture_patchset(&patched, &case, &case.first).await;
+            let pb = capture_patchset(&patched, &case, &case.second).await;
+            let target = fresh(&case).await;
+            assert_clean(&apply(&target, &pa.concat(&pb).unwrap()).await.unwrap());
+            assert_eq!(snapshot(&target, &case).await, expected);
+        });
+    }
+
+    #[test]
+    fn patchset_applies_like_the_changeset_on_a_clean_target(case in case()) {
+        runtime().block_on(async {
+            let ops = [case.first.clone(), case.second.clone()].concat();
+            let source = fresh(&case).await;
+            let cs = capture_changeset(&source, &case, &ops).await;
+            let patched = fresh(&case).await;
+            let ps = capture_patchset(&patched, &case, &ops).await;
+            assert_eq!(Patchset::from_bytes(ps.as_bytes()).unwrap(), ps, "SQLite's bytes validate");
+            assert_eq!(ps.changes().unwrap().len(), cs.changes().unwrap().len());
+            assert!(ps.len() <= cs.len(), "a patchset is never larger");
+
+            let with_changeset = fresh(&case).await;
+            assert_clean(&apply(&with_changeset, &cs).await.unwrap());
+            let with_patchset = fresh(&case).await;
+            assert_clean(&apply(&with_patchset, &ps).await.unwrap());
+            let expected = snapshot(&source, &case).await;
+            assert_eq!(snapshot(&with_patchset, &case).await, expected);
+            assert_eq!(snapshot(&with_changeset, &case).await, expected);
+        });
+    }
+}

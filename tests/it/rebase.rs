@@ -1,0 +1,160 @@
+//! Rebasing: local changes rewritten with the conflict resolutions of an apply of remote changes
+//! apply cleanly on the remote side, and both sides converge.
+
+use changeset::{ColumnNames, ConflictAction, Error, RebaseBuffer, Rebaser, apply};
+use liteorm_core::{Session, Value};
+use serde::Serialize;
+
+use crate::support::{captured, dump, file_db};
+
+const BASE: &str = "CREATE TABLE doc(id INTEGER PRIMARY KEY, title TEXT); \
+                    INSERT INTO doc VALUES (1, 'draft'), (2, 'untouched')";
+
+#[derive(Serialize)]
+struct Outcome {
+    resolution: String,
+    rebased_local: Vec<String>,
+    here: Vec<String>,
+    there: Vec<String>,
+}
+
+fn rows(rows: Vec<Vec<Value>>) -> Vec<String> {
+    rows.into_iter()
+        .map(|r| {
+            r.iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect()
+}
+
+/// Both sides edit row 1 and insert row 3; here applies theirs resolving every conflict with
+/// `action`, then sends its own changes rebased.
+async fn scenario(action: ConflictAction) -> Outcome {
+    let (here, _d1) = file_db().await;
+    let (there, _d2) = file_db().await;
+    for db in [&here, &there] {
+        db.execute_batch(BASE).await.unwrap();
+    }
+    let local = captured(
+        &here,
+        &["doc"],
+        "UPDATE doc SET title = 'ours' WHERE id = 1; INSERT INTO doc VALUES (3, 'ours too')",
+    )
+    .await;
+    let remote = captured(
+        &there,
+        &["doc"],
+        "UPDATE doc SET title = 'theirs' WHERE id = 1; INSERT INTO doc VALUES (3, 'theirs too')",
+    )
+    .await;
+    let report = apply(&here, &remote)
+        .on_conflict(move |_| action)
+        .await
+        .unwrap();
+    assert_eq!(report.conflicts.values().map(|c| c.seen).sum::<usize>(), 2);
+    assert!(!report.rebase.is_empty());
+
+    let mut rebaser = Rebaser::new().unwrap();
+    rebaser.configure(&report.rebase).unwrap();
+    let rebased = rebaser.rebase(&local).unwrap();
+    // No handler: any conflict would abort this apply.
+    apply(&there, &rebased).await.unwrap();
+
+    let mut rebased_local: Vec<String> = rebased
+        .to_sql(&ColumnNames::of(&here).await.unwrap())
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    rebased_local.sort();
+    Outcome {
+        resolution: format!("{action:?}"),
+        rebased_local,
+        here: rows(dump(&here, "doc").await),
+        there: rows(dump(&there, "doc").await),
+    }
+}
+
+fn snapshot(name: &str, outcome: &Outcome) {
+    insta::with_settings!({ snapshot_path => "../snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_yaml_snapshot!(name, outcome);
+    });
+}
+
+#[tokio::test]
+async fn rebased_local_changes_converge_when_local_won() {
+    let outcome = scenario(ConflictAction::Omit).await;
+    assert_eq!(outcome.here, outcome.there);
+    snapshot("rebase_local_won_omit", &outcome);
+}
+
+#[tokio::test]
+async fn rebased_local_changes_converge_when_remote_won() {
+    let outcome = scenario(ConflictAction::Replace).await;
+    assert_eq!(outcome.here, outcome.there);
+    snapshot("rebase_remote_won_replace", &outcome);
+}
+
+#[tokio::test]
+async fn without_rebasing_the_local_changes_conflict_on_the_other_side() {
+    let (here, _d1) = file_db().await;
+    let (there, _d2) = file_db().await;
+    for db in [&here, &there] {
+        db.execute_batch(BASE).await.unwrap();
+    }
+    let local = captured(
+        &here,
+        &["doc"],
+        "UPDATE doc SET title = 'ours' WHERE id = 1",
+    )
+    .await;
+    let remote = captured(
+        &there,
+        &["doc"],
+        "UPDATE doc SET title = 'theirs' WHERE id = 1",
+    )
+    .await;
+    apply(&here, &remote)
+        .on_conflict(|_| ConflictAction::Omit)
+        .await
+        .unwrap();
+    let err = apply(&there, &local).await.unwrap_err();
+    assert!(matches!(err, Error::Aborted { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn an_apply_without_resolved_conflicts_has_an_empty_rebase_buffer() {
+    let (db, _dir) = file_db().await;
+    db.execute_batch(BASE).await.unwrap();
+    let cs = captured(&db, &["doc"], "DELETE FROM doc WHERE id = 2").await;
+    apply(&db, &cs.invert().unwrap()).await.unwrap();
+    let report = apply(&db, &cs).await.unwrap();
+    assert!(report.rebase.is_empty());
+    let mut rebaser = Rebaser::new().unwrap();
+    rebaser.configure(&report.rebase).unwrap();
+    assert_eq!(rebaser.rebase(&cs).unwrap(), cs, "nothing to rebase over");
+}
+
+#[test]
+fn a_rebase_buffer_from_untrusted_bytes_is_validated() {
+    let err = RebaseBuffer::from_bytes(&b"T\x02\x01\x00doc"[..]).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Invalid {
+                kind: "rebase buffer",
+                offset: Some(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let ok = RebaseBuffer::from_bytes(
+        &b"T\x01\x01doc\x00\x09\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02"[..],
+    )
+    .unwrap();
+    let mut rebaser = Rebaser::new().unwrap();
+    rebaser.configure(&ok).unwrap();
+}
