@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+mod bench;
+mod fuzz;
+
 const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
@@ -18,6 +21,10 @@ commands:
         --cell NAME   only run the named cell (repeatable); cells: bundled, system
   tidy  check that every .rs file starts with a `//!` line and has no ignored tests
         or todo/unimplemented/dbg macros
+  bench [--rows N] [--iters K] [--reps R] [--db mem|file] [workload...]
+        build liteorm-bench in release and run the benchmarks (`cargo xtask bench --help`)
+  fuzz [--time S] [--sanitizer address|none] [target...]
+        run the cargo-fuzz targets for S seconds each (`cargo xtask fuzz --help`)
 ";
 
 /// The crate directories `tidy` checks, recursively (src, tests, examples, benches, ...).
@@ -25,8 +32,11 @@ const TIDY_DIRS: &[&str] = &[
     "liteorm-core",
     "liteorm-sqlite",
     "changeset",
+    "nats",
     "tests",
     "xtask",
+    "bench",
+    "fuzz",
 ];
 
 fn main() -> ExitCode {
@@ -51,6 +61,8 @@ fn main() -> ExitCode {
             }
         }
         Some("tidy") => usage_error("`tidy` takes no options"),
+        Some("bench") => bench::bench(&root, &args[1..]),
+        Some("fuzz") => fuzz::fuzz(&root, &args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS

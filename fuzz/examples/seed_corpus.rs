@@ -1,0 +1,234 @@
+//! Writes the fuzz seed corpus: real changesets and patchsets that liteorm captures on
+//! `liteorm_fuzz::SCHEMA`, into `fuzz/corpus/<target>/`.
+//!
+//! Run it from the repository root after changing the schema or the scripts below:
+//!
+//! ```text
+//! cargo run --manifest-path fuzz/Cargo.toml --example seed_corpus
+//! ```
+//!
+//! Seeds are named `seed-*` and rewritten each run; files the fuzzer added (named by their hash)
+//! are left alone. Every seed is run through its target's check before it is written.
+
+use std::path::Path;
+
+use changeset::{Capture, Changeset, Patchset};
+use liteorm_core::Session;
+use liteorm_fuzz::{ApplyTarget, BASE_ROWS, SCHEMA, join_pair};
+use liteorm_sqlite::SqliteSession;
+
+/// Scripts captured one by one on a fresh copy of the base rows.
+const SCRIPTS: &[(&str, &str)] = &[
+    (
+        "insert-all-types",
+        "INSERT INTO t VALUES (10, 'ten', 2.25, x'0a'), (11, NULL, NULL, NULL), (12, '', 0.0, x''),
+            (-9223372036854775808, 'min', -1e-308, zeroblob(3)),
+            (9223372036854775807, 'ünïcødé ✓ 🦀', 1e300, x'00');
+         INSERT INTO kv VALUES ('int', -1), ('real', 0.1), ('text', ''), ('blob', x''),
+            ('null', NULL), (x'6b', 'a blob key');",
+    ),
+    (
+        "update-columns",
+        "UPDATE t SET name = 'uno' WHERE id = 1;
+         UPDATE t SET score = NULL, data = x'ff' WHERE id = 2;
+         UPDATE kv SET v = v || '!' WHERE k = 'b';
+         UPDATE wide SET z = 42, w = w - 1 WHERE y = 0.5;
+         UPDATE many SET c7 = 'seven', c19 = NULL WHERE c0 = 1;",
+    ),
+    (
+        "delete-rows",
+        "DELETE FROM t WHERE id = 3; DELETE FROM kv WHERE k = '';
+         DELETE FROM pair WHERE b = 'x' AND a = 2; DELETE FROM wide WHERE x = x'';",
+    ),
+    (
+        "change-primary-keys",
+        "UPDATE t SET id = 100 WHERE id = 4; UPDATE kv SET k = 'z' WHERE k = 'a';
+         UPDATE pair SET a = 5 WHERE b = 'y'; UPDATE wide SET y = 2.5 WHERE x = x'00';",
+    ),
+    (
+        "cascade-and-constraints",
+        "INSERT INTO parent VALUES (3, 'p3'); INSERT INTO child VALUES (3, 3, 1, 'c3');
+         UPDATE child SET qty = qty + 1; DELETE FROM parent WHERE id = 2;",
+    ),
+    (
+        "replace-and-upsert",
+        "INSERT OR REPLACE INTO kv VALUES ('a', 'replaced'), ('new', x'00');
+         INSERT INTO t VALUES (1, 'upserted', 0.0, NULL)
+            ON CONFLICT(id) DO UPDATE SET name = excluded.name;",
+    ),
+    (
+        "many-rows",
+        "WITH RECURSIVE n(i) AS (SELECT 20 UNION ALL SELECT i + 1 FROM n WHERE i < 60)
+         INSERT INTO t SELECT i, 'r' || i, i * 0.5, zeroblob(i % 5) FROM n;",
+    ),
+    (
+        "long-values",
+        "INSERT INTO kv VALUES ('long', printf('%.300c', 'x')), ('blob', zeroblob(200));
+         UPDATE t SET data = zeroblob(1000) WHERE id = 1;",
+    ),
+    (
+        "wide-row",
+        "INSERT INTO many VALUES (3, 1, 2.5, 'three', x'03', NULL, -1, 0.0, '', x'', 10, 11, 12,
+            13, 14, 15, 16, 17, 18, 19);
+         UPDATE many SET c1 = c1 + 1, c10 = 'ten' WHERE c0 = 2;",
+    ),
+    (
+        "special-reals",
+        "INSERT INTO wide VALUES (x'01', 1e999, 'inf', 0), (x'02', -1e999, '-inf', 1),
+            (x'03', 4.9e-324, 'subnormal', 2), (x'04', -0.0, 'negative zero', 3);",
+    ),
+    (
+        "update-and-delete-all",
+        "UPDATE pair SET note = 'all'; DELETE FROM wide; DELETE FROM many;",
+    ),
+    (
+        "insert-then-delete",
+        "INSERT INTO t VALUES (50, 'gone', NULL, NULL); DELETE FROM t WHERE id = 50;
+         UPDATE kv SET v = 2 WHERE k = 'a'; UPDATE kv SET v = 1 WHERE k = 'a';
+         UPDATE t SET name = 'x' WHERE id = 2;",
+    ),
+];
+
+/// Pairs of scripts captured one after the other on the same database, for `concat`: the second
+/// touches rows the first changed, so the two merge.
+const PAIRS: &[(&str, &str, &str)] = &[
+    (
+        "insert-then-update",
+        "INSERT INTO t VALUES (10, 'ten', 1.0, NULL); INSERT INTO kv VALUES ('n', 1);",
+        "UPDATE t SET name = 'TEN', data = x'10' WHERE id = 10; UPDATE kv SET v = 2 WHERE k = 'n';
+         UPDATE t SET score = 9.5 WHERE id = 1;",
+    ),
+    (
+        "update-then-delete",
+        "UPDATE t SET name = 'a' WHERE id = 1; UPDATE pair SET note = 'b' WHERE a = 1;",
+        "DELETE FROM t WHERE id = 1; DELETE FROM pair WHERE b = 'x';",
+    ),
+    (
+        "delete-then-reinsert",
+        "DELETE FROM kv WHERE k = 'b'; DELETE FROM wide WHERE x = x'00';",
+        "INSERT INTO kv VALUES ('b', 'text'); INSERT INTO wide VALUES (x'00', 0.5, 'other', 1);",
+    ),
+    (
+        "insert-then-delete",
+        "INSERT INTO t VALUES (7, 'seven', NULL, NULL); INSERT INTO parent VALUES (9, 'p9');",
+        "DELETE FROM t WHERE id = 7; UPDATE parent SET label = 'p9!' WHERE id = 9;",
+    ),
+    (
+        "update-then-update-back",
+        "UPDATE many SET c5 = 'five', c6 = 6 WHERE c0 = 1;",
+        "UPDATE many SET c5 = NULL WHERE c0 = 1; UPDATE many SET c2 = 'two' WHERE c0 = 2;",
+    ),
+];
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+async fn base() -> Result<SqliteSession, Error> {
+    let db = SqliteSession::open_in_memory().await?;
+    db.execute_batch(SCHEMA).await?;
+    db.execute_batch(BASE_ROWS).await?;
+    Ok(db)
+}
+
+async fn changeset(db: &SqliteSession, sql: &'static str) -> Result<Changeset, Error> {
+    let cs = Capture::new(db)
+        .changeset(|s| async move {
+            s.execute_batch(sql).await?;
+            Ok::<_, changeset::Error>(())
+        })
+        .await?;
+    Ok(cs)
+}
+
+async fn patchset(db: &SqliteSession, sql: &'static str) -> Result<Patchset, Error> {
+    let ps = Capture::new(db)
+        .patchset(|s| async move {
+            s.execute_batch(sql).await?;
+            Ok::<_, changeset::Error>(())
+        })
+        .await?;
+    Ok(ps)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(format!("seed-{name}")), bytes)?;
+    Ok(())
+}
+
+type Seeds = Vec<(String, Vec<u8>)>;
+
+/// Captures every seed: single changesets/patchsets, and concat pairs.
+async fn capture_seeds() -> Result<(Seeds, Seeds), Error> {
+    let mut singles: Seeds = Vec::new();
+    for (name, sql) in SCRIPTS {
+        let cs = changeset(&base().await?, sql).await?;
+        let ps = patchset(&base().await?, sql).await?;
+        assert!(!cs.is_empty() && !ps.is_empty(), "{name} recorded nothing");
+        singles.push((format!("cs-{name}"), cs.as_bytes().to_vec()));
+        singles.push((format!("ps-{name}"), ps.as_bytes().to_vec()));
+        singles.push((
+            format!("cs-inverse-{name}"),
+            cs.invert()?.as_bytes().to_vec(),
+        ));
+    }
+    let mut pairs: Seeds = Vec::new();
+    for (name, first, second) in PAIRS {
+        let db = base().await?;
+        let (a, b) = (changeset(&db, first).await?, changeset(&db, second).await?);
+        let db = base().await?;
+        let (pa, pb) = (patchset(&db, first).await?, patchset(&db, second).await?);
+        let joined = |patch, x: &[u8], y: &[u8]| join_pair(patch, x, y).ok_or("seed too large");
+        pairs.push((
+            format!("cs-{name}"),
+            joined(false, a.as_bytes(), b.as_bytes())?,
+        ));
+        pairs.push((
+            format!("ps-{name}"),
+            joined(true, pa.as_bytes(), pb.as_bytes())?,
+        ));
+        let both = a.concat(&b)?;
+        singles.push((format!("cs-concat-{name}"), both.as_bytes().to_vec()));
+    }
+    // Captures skip tables without a primary key; a blob can still name one (no key flags).
+    let no_key = b"T\x02\x00\x00nopk\x00\x12\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x03\x01y";
+    singles.push(("cs-table-without-key".to_owned(), no_key.to_vec()));
+    // Every single seed is also one half of a concat with itself (same rows twice).
+    for (name, bytes) in &singles {
+        let patch = name.starts_with("ps-");
+        let joined = join_pair(patch, bytes, bytes).ok_or("seed too large")?;
+        pairs.push((format!("{name}-twice"), joined));
+    }
+    Ok((singles, pairs))
+}
+
+fn main() -> Result<(), Error> {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let target = |name: &str| corpus.join(name);
+    let (singles, pairs) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(capture_seeds())?;
+    // The apply target has a runtime of its own, so it is made after the one above is gone.
+    let apply = ApplyTarget::new();
+    for (name, bytes) in &singles {
+        liteorm_fuzz::check_validate(bytes);
+        liteorm_fuzz::check_invert(bytes);
+        apply.check(bytes);
+        write(&target("validate"), name, bytes)?;
+        write(&target("apply"), name, bytes)?;
+        if name.starts_with("cs-") {
+            write(&target("invert"), name, bytes)?;
+        }
+    }
+    for (name, bytes) in &pairs {
+        liteorm_fuzz::check_concat(bytes);
+        write(&target("concat"), name, bytes)?;
+    }
+    println!(
+        "wrote {} single seeds and {} concat seeds under {}",
+        singles.len(),
+        pairs.len(),
+        corpus.display()
+    );
+    Ok(())
+}

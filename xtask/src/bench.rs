@@ -1,0 +1,132 @@
+//! `cargo xtask bench`: builds the `liteorm-bench` binary in release and runs the chosen
+//! workloads one after another, streaming their JSON lines to stdout.
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+/// The help text of `cargo xtask bench`.
+pub(crate) const USAGE: &str = "\
+usage: cargo xtask bench [--rows N] [--iters K] [--reps R] [--db mem|file] [workload...]
+
+  Builds liteorm-bench in release and runs each workload (default: all of them, in the order
+  capture apply small conflicts stall) with WORKLOADS.md's defaults (rows 100000, iters 10000,
+  reps 5, db mem; stall: rows 1000000). --rows applies to every row-based workload, stall too.
+  Prints one JSON line per implementation (liteorm, raw) and one of ratios per workload.
+";
+
+/// Every workload, in the order they run by default.
+const WORKLOADS: [&str; 5] = ["capture", "apply", "small", "conflicts", "stall"];
+
+/// Options forwarded to the bench binary, and the workloads to run.
+struct BenchOptions {
+    forwarded: Vec<(String, String)>,
+    workloads: Vec<String>,
+}
+
+fn parse(args: &[String]) -> Result<BenchOptions, String> {
+    let mut opts = BenchOptions {
+        forwarded: Vec::new(),
+        workloads: Vec::new(),
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rows" | "--iters" | "--reps" | "--db" => {
+                let value = args
+                    .next()
+                    .ok_or_else(|| format!("`{arg}` needs a value"))?;
+                opts.forwarded.push((arg.clone(), value.clone()));
+            }
+            workload if WORKLOADS.contains(&workload) => {
+                if !opts.workloads.iter().any(|w| w == workload) {
+                    opts.workloads.push(workload.to_owned());
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown option or workload `{other}` (workloads: {})",
+                    WORKLOADS.join(", ")
+                ));
+            }
+        }
+    }
+    if opts.workloads.is_empty() {
+        opts.workloads = WORKLOADS.iter().map(|w| (*w).to_owned()).collect();
+    }
+    Ok(opts)
+}
+
+/// The arguments of the bench binary for `workload`: `--iters` only for `small`, `--rows` for
+/// the others.
+fn workload_args(workload: &str, forwarded: &[(String, String)]) -> Vec<String> {
+    let mut args = vec![workload.to_owned()];
+    for (flag, value) in forwarded {
+        let applies = match flag.as_str() {
+            "--rows" => workload != "small",
+            "--iters" => workload == "small",
+            _ => true,
+        };
+        if applies {
+            args.push(flag.clone());
+            args.push(value.clone());
+        }
+    }
+    args
+}
+
+/// Runs `cargo xtask bench` with `args` (everything after `bench`).
+pub(crate) fn bench(root: &Path, args: &[String]) -> ExitCode {
+    if args.iter().any(|a| matches!(a.as_str(), "-h" | "--help")) {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let opts = match parse(args) {
+        Ok(opts) => opts,
+        Err(msg) => {
+            eprintln!("xtask: error: {msg}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let build = Command::new(&cargo)
+        .current_dir(root)
+        .args(["build", "--release", "--quiet", "-p", "liteorm-bench"])
+        .status();
+    match build {
+        Ok(status) if status.success() => {}
+        Ok(status) => {
+            eprintln!("xtask: building liteorm-bench failed ({status})");
+            return ExitCode::FAILURE;
+        }
+        Err(err) => {
+            eprintln!("xtask: cannot run cargo: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut failed = false;
+    for workload in &opts.workloads {
+        // `cargo run` finds the binary wherever the target directory is; it is already built,
+        // and the child's stdout is inherited, so each JSON line appears as soon as it is printed.
+        let status = Command::new(&cargo)
+            .current_dir(root)
+            .args(["run", "--release", "--quiet", "-p", "liteorm-bench", "--"])
+            .args(workload_args(workload, &opts.forwarded))
+            .status();
+        match status {
+            Ok(status) if status.success() => {}
+            Ok(status) => {
+                eprintln!("xtask: bench `{workload}` failed ({status})");
+                failed = true;
+            }
+            Err(err) => {
+                eprintln!("xtask: cannot run cargo: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
