@@ -1,0 +1,396 @@
+//! The subcommands.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use changeset::{
+    ApplyReport, Capture, Change, ChangeOp, Changeset, ColumnNames, ConflictAction, ConflictKind,
+    Patchset,
+};
+use liteorm_core::{Session, Transaction, Value};
+use liteorm_sqlite::SqliteSession;
+use sqlx::sqlite::SqlitePoolOptions;
+
+use crate::failure::Failure;
+use crate::{Action, ApplyArgs, CaptureArgs, ConcatArgs, InspectArgs, InvertArgs, ValidateArgs};
+
+/// A changeset or a patchset, told apart by the first byte of the blob.
+enum Blob {
+    Changeset(Changeset),
+    Patchset(Patchset),
+}
+
+impl Blob {
+    fn changes(&self) -> Result<Vec<Change>, changeset::Error> {
+        match self {
+            Blob::Changeset(c) => c.changes(),
+            Blob::Patchset(p) => p.changes(),
+        }
+    }
+}
+
+fn read_input(path: &Path) -> Result<Vec<u8>, Failure> {
+    let mut bytes = Vec::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().read_to_end(&mut bytes).map(drop)
+    } else {
+        std::fs::read(path).map(|b| bytes = b)
+    };
+    read.map_err(|e| Failure::file(path, &e))?;
+    Ok(bytes)
+}
+
+fn read_blob(path: &Path) -> Result<Blob, Failure> {
+    let bytes = read_input(path)?;
+    let describe = |e: changeset::Error| Failure::InvalidBlob(format!("{}: {e}", path.display()));
+    if bytes.first() == Some(&b'P') {
+        Patchset::from_bytes(bytes)
+            .map(Blob::Patchset)
+            .map_err(describe)
+    } else {
+        Changeset::from_bytes(bytes)
+            .map(Blob::Changeset)
+            .map_err(describe)
+    }
+}
+
+fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
+    match path {
+        Some(path) => std::fs::write(path, bytes).map_err(|e| Failure::file(path, &e)),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)
+                .and_then(|()| out.flush())
+                .map_err(|e| Failure::file(Path::new("<stdout>"), &e))
+        }
+    }
+}
+
+/// Opens an existing database file; never creates one.
+async fn open_db(path: &Path) -> Result<SqliteSession, Failure> {
+    if !path.is_file() {
+        return Err(Failure::NotADatabase(format!(
+            "{}: no such database file",
+            path.display()
+        )));
+    }
+    let path_str = path
+        .to_str()
+        .ok_or_else(|| Failure::File(format!("{}: not a UTF-8 path", path.display())))?;
+    let options = SqliteSession::options(path_str)?
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(2));
+    let db = SqliteSession::connect_with(options, SqlitePoolOptions::new().max_connections(2))
+        .await
+        .map_err(|e| named(path, e.into()))?;
+    // Reading the schema is what fails on a file that is not a database.
+    db.query("SELECT count(*) FROM sqlite_schema", &[])
+        .await
+        .map_err(|e| named(path, e.into()))?;
+    Ok(db)
+}
+
+/// Prefixes a failure's message with the database it is about.
+fn named(path: &Path, failure: Failure) -> Failure {
+    let message = format!("{}: {failure}", path.display());
+    match failure {
+        Failure::NotADatabase(_) => Failure::NotADatabase(message),
+        Failure::Locked(_) => Failure::Locked(message),
+        Failure::Sql(_) => Failure::Sql(message),
+        other => other,
+    }
+}
+
+pub(crate) async fn capture(args: CaptureArgs) -> Result<(), Failure> {
+    let sql = match (&args.sql, &args.sql_file) {
+        (Some(sql), _) => sql.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| Failure::file(file, &e))?,
+        (None, None) => return Err(Failure::Other("give --sql or --sql-file".into())),
+    };
+    let db = open_db(&args.db).await?;
+    let capture = Capture::new(&db).tables(args.tables.iter().cloned());
+    let run = move |s: SqliteSession| async move {
+        s.execute_batch(&sql).await?;
+        Ok::<_, changeset::Error>(())
+    };
+    let bytes: Vec<u8> = if args.patchset {
+        capture.patchset(run).await?.as_bytes().to_vec()
+    } else {
+        capture.changeset(run).await?.as_bytes().to_vec()
+    };
+    write_output(args.output.as_deref(), &bytes)
+}
+
+pub(crate) async fn inspect(args: InspectArgs) -> Result<(), Failure> {
+    let blob = read_blob(&args.blob)?;
+    let names = match &args.db {
+        Some(path) => ColumnNames::of(&open_db(path).await?).await?,
+        None => ColumnNames::new(),
+    };
+    let changes = blob.changes()?;
+    let mut out = String::new();
+    for change in &changes {
+        if args.json {
+            out.push_str(
+                &serde_json::to_string(change).map_err(|e| Failure::Other(e.to_string()))?,
+            );
+        } else if args.sql {
+            out.push_str(&change.to_sql(&names));
+        } else {
+            out.push_str(&describe(change, &names));
+        }
+        out.push('\n');
+    }
+    if !args.json && !args.sql {
+        let kind = if matches!(blob, Blob::Patchset(_)) {
+            "patchset"
+        } else {
+            "changeset"
+        };
+        out.push_str(&format!("{} changes ({kind})\n", changes.len()));
+    }
+    write_output(None, out.as_bytes())
+}
+
+/// One human-readable line: `UPDATE users [id=1] name: 'ada' -> 'Ada'`.
+fn describe(change: &Change, names: &ColumnNames) -> String {
+    let name = |i: usize| {
+        names
+            .get(&change.table)
+            .and_then(|n| n.get(i))
+            .cloned()
+            .unwrap_or_else(|| format!("column{}", i + 1))
+    };
+    let show = |v: Option<&Option<Value>>| v.cloned().flatten().map(|v| v.to_string());
+    let key: Vec<String> = (0..change.column_count())
+        .filter(|&i| change.pk[i] != 0)
+        .map(|i| {
+            let side = if change.op == ChangeOp::Insert {
+                &change.new
+            } else {
+                &change.old
+            };
+            format!("{}={}", name(i), show(side.get(i)).unwrap_or_default())
+        })
+        .collect();
+    let columns: Vec<String> = (0..change.column_count())
+        .filter(|&i| change.pk[i] == 0)
+        .filter_map(
+            |i| match (show(change.old.get(i)), show(change.new.get(i))) {
+                (None, None) => None,
+                (Some(old), None) if change.op == ChangeOp::Delete => {
+                    Some(format!("{}: {old}", name(i)))
+                }
+                (None, Some(new)) => Some(format!("{}: {new}", name(i))),
+                (old, new) => Some(format!(
+                    "{}: {} -> {}",
+                    name(i),
+                    old.unwrap_or_default(),
+                    new.unwrap_or_default()
+                )),
+            },
+        )
+        .collect();
+    let indirect = if change.indirect { " (indirect)" } else { "" };
+    format!(
+        "{} {} [{}] {}{indirect}",
+        change.op.as_str(),
+        change.table,
+        key.join(", "),
+        columns.join(", ")
+    )
+}
+
+fn action(action: Action) -> ConflictAction {
+    match action {
+        Action::Omit => ConflictAction::Omit,
+        Action::Replace => ConflictAction::Replace,
+        Action::Abort => ConflictAction::Abort,
+    }
+}
+
+pub(crate) async fn apply(args: ApplyArgs) -> Result<(), Failure> {
+    let blob = read_blob(&args.blob)?;
+    let db = open_db(&args.db).await?;
+    let default = action(args.on_conflict);
+    let specific = (
+        args.on_data,
+        args.on_notfound,
+        args.on_conflict_row,
+        args.on_constraint,
+        args.on_fk,
+    );
+    let per_kind = move |kind: ConflictKind| {
+        let (data, not_found, conflict, constraint, fk) = specific;
+        let specific = match kind {
+            ConflictKind::Data => data,
+            ConflictKind::NotFound => not_found,
+            ConflictKind::Conflict => conflict,
+            ConflictKind::Constraint => constraint,
+            ConflictKind::ForeignKey => fk,
+        };
+        specific.map_or(default, action)
+    };
+    // The dry run applies inside a transaction that is then rolled back.
+    let tx = db
+        .begin_immediate()
+        .await
+        .map_err(|e| named(&args.db, e.into()))?;
+    let result = match &blob {
+        Blob::Changeset(c) => {
+            configure(changeset::apply(tx.session(), c), &args.tables, per_kind).await
+        }
+        Blob::Patchset(p) => {
+            configure(changeset::apply(tx.session(), p), &args.tables, per_kind).await
+        }
+    };
+    let report = match result {
+        Ok(report) => report,
+        Err(err) => {
+            Box::new(tx).rollback().await?;
+            return Err(err.into());
+        }
+    };
+    if args.dry_run {
+        Box::new(tx).rollback().await?;
+    } else {
+        Box::new(tx)
+            .commit()
+            .await
+            .map_err(|e| named(&args.db, e.into()))?;
+    }
+    let out = if args.json {
+        report_json(&report, args.dry_run)?
+    } else {
+        report_text(&report, args.dry_run)
+    };
+    write_output(None, out.as_bytes())
+}
+
+/// Adds the conflict policy and the table filter to an apply.
+fn configure<'a>(
+    apply: changeset::Apply<'a>,
+    tables: &[String],
+    per_kind: impl Fn(ConflictKind) -> ConflictAction + Send + 'static,
+) -> changeset::Apply<'a> {
+    let apply = apply.on_conflict(move |c| per_kind(c.kind)).log_conflicts();
+    if tables.is_empty() {
+        return apply;
+    }
+    let tables = tables.to_vec();
+    apply.filter(move |t| tables.iter().any(|x| x == t))
+}
+
+fn report_text(report: &ApplyReport, dry_run: bool) -> String {
+    let mut out = format!(
+        "{}{} changes: {} applied, {} omitted, {} replaced\n",
+        if dry_run {
+            "dry run (rolled back): "
+        } else {
+            ""
+        },
+        report.changes,
+        report.applied,
+        report.omitted,
+        report.replaced
+    );
+    for (conflict, action) in &report.conflict_log {
+        out.push_str(&format!(
+            "conflict {} on {}: {:?}\n",
+            conflict.kind,
+            conflict.table().unwrap_or("(foreign keys)"),
+            action
+        ));
+    }
+    for table in &report.filtered_tables {
+        out.push_str(&format!("filtered out: {table}\n"));
+    }
+    for skipped in &report.skipped_tables {
+        out.push_str(&format!(
+            "skipped (incompatible schema): {} {:?}, {} changes\n",
+            skipped.table, skipped.reason, skipped.changes
+        ));
+    }
+    out
+}
+
+fn report_json(report: &ApplyReport, dry_run: bool) -> Result<String, Failure> {
+    let conflicts: Vec<serde_json::Value> = report
+        .conflict_log
+        .iter()
+        .map(|(c, action)| {
+            serde_json::json!({
+                "kind": c.kind.to_string(),
+                "action": format!("{action:?}"),
+                "change": c.change,
+                "conflicting_row": c.conflicting_row.as_ref().map(|row| row.iter().map(Value::to_string).collect::<Vec<_>>()),
+                "foreign_key_violations": c.foreign_key_violations,
+            })
+        })
+        .collect();
+    let json = serde_json::json!({
+        "dry_run": dry_run,
+        "changes": report.changes,
+        "attempted": report.attempted,
+        "applied": report.applied,
+        "omitted": report.omitted,
+        "replaced": report.replaced,
+        "filtered_tables": report.filtered_tables,
+        "skipped_tables": report.skipped_tables.iter().map(|s| serde_json::json!({
+            "table": s.table, "reason": format!("{:?}", s.reason), "changes": s.changes,
+        })).collect::<Vec<_>>(),
+        "conflicts": conflicts,
+    });
+    Ok(format!("{json}\n"))
+}
+
+pub(crate) fn invert(args: InvertArgs) -> Result<(), Failure> {
+    match read_blob(&args.blob)? {
+        Blob::Changeset(c) => write_output(args.output.as_deref(), c.invert()?.as_bytes()),
+        Blob::Patchset(_) => Err(Failure::InvalidBlob(format!(
+            "{}: a patchset cannot be inverted (it lacks the old values)",
+            args.blob.display()
+        ))),
+    }
+}
+
+pub(crate) fn concat(args: ConcatArgs) -> Result<(), Failure> {
+    let blobs = args
+        .blobs
+        .iter()
+        .map(|p| read_blob(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mixed = || Failure::InvalidBlob("cannot concatenate changesets with patchsets".into());
+    let mut iter = blobs.into_iter();
+    let merged = match iter.next() {
+        Some(Blob::Changeset(first)) => iter
+            .try_fold(first, |acc, next| match next {
+                Blob::Changeset(c) => acc.concat(&c).map_err(Failure::from),
+                Blob::Patchset(_) => Err(mixed()),
+            })?
+            .as_bytes()
+            .to_vec(),
+        Some(Blob::Patchset(first)) => iter
+            .try_fold(first, |acc, next| match next {
+                Blob::Patchset(p) => acc.concat(&p).map_err(Failure::from),
+                Blob::Changeset(_) => Err(mixed()),
+            })?
+            .as_bytes()
+            .to_vec(),
+        None => return Err(Failure::Other("nothing to concatenate".into())),
+    };
+    write_output(Some(&args.output), &merged)
+}
+
+pub(crate) fn validate(args: ValidateArgs) -> Result<(), Failure> {
+    let blob = read_blob(&args.blob)?;
+    let (kind, n) = match &blob {
+        Blob::Changeset(c) => ("changeset", c.changes()?.len()),
+        Blob::Patchset(p) => ("patchset", p.changes()?.len()),
+    };
+    write_output(
+        None,
+        format!("{}: valid {kind}, {n} changes\n", args.blob.display()).as_bytes(),
+    )
+}

@@ -1,0 +1,105 @@
+//! What can go wrong, as one line for stderr and a distinct exit code.
+
+use std::fmt;
+use std::path::Path;
+
+/// A failure of a command.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// A file could not be read or written (exit 3).
+    File(String),
+    /// The bytes are not a valid changeset or patchset (exit 4).
+    InvalidBlob(String),
+    /// The database file is missing or not a SQLite database (exit 5).
+    NotADatabase(String),
+    /// The database is locked by another connection (exit 6).
+    Locked(String),
+    /// A conflict aborted the apply; the database is untouched (exit 7).
+    Aborted(String),
+    /// The SQL or the schema is wrong: missing table, syntax error, constraint (exit 8).
+    Sql(String),
+    /// Anything else (exit 1).
+    Other(String),
+}
+
+impl Failure {
+    /// The process exit code.
+    pub(crate) fn code(&self) -> u8 {
+        match self {
+            Failure::Other(_) => 1,
+            Failure::File(_) => 3,
+            Failure::InvalidBlob(_) => 4,
+            Failure::NotADatabase(_) => 5,
+            Failure::Locked(_) => 6,
+            Failure::Aborted(_) => 7,
+            Failure::Sql(_) => 8,
+        }
+    }
+
+    /// Reading or writing `path` failed.
+    pub(crate) fn file(path: &Path, err: &std::io::Error) -> Self {
+        Failure::File(format!("{}: {err}", path.display()))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::File(m)
+            | Failure::InvalidBlob(m)
+            | Failure::NotADatabase(m)
+            | Failure::Locked(m)
+            | Failure::Aborted(m)
+            | Failure::Sql(m)
+            | Failure::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// SQLite primary result codes that get their own exit code.
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_CANTOPEN: i32 = 14;
+const SQLITE_NOTADB: i32 = 26;
+
+fn by_sqlite_code(code: Option<i32>, message: String) -> Failure {
+    match code.map(|c| c & 0xff) {
+        Some(SQLITE_BUSY | SQLITE_LOCKED) => Failure::Locked(message),
+        Some(SQLITE_CANTOPEN | SQLITE_NOTADB) => Failure::NotADatabase(message),
+        _ => Failure::Sql(message),
+    }
+}
+
+impl From<liteorm_core::Error> for Failure {
+    fn from(err: liteorm_core::Error) -> Self {
+        let code = match &err {
+            liteorm_core::Error::Database { code, .. } => {
+                code.as_deref().and_then(|c| c.parse().ok())
+            }
+            _ => None,
+        };
+        match &err {
+            liteorm_core::Error::Database { .. } => by_sqlite_code(code, err.to_string()),
+            _ => Failure::Other(err.to_string()),
+        }
+    }
+}
+
+impl From<changeset::Error> for Failure {
+    fn from(err: changeset::Error) -> Self {
+        match err {
+            changeset::Error::Session(inner) => inner.into(),
+            changeset::Error::Invalid { .. } | changeset::Error::TooLarge { .. } => {
+                Failure::InvalidBlob(err.to_string())
+            }
+            changeset::Error::Aborted { .. }
+            | changeset::Error::IllegalReplace { .. }
+            | changeset::Error::CallbackPanicked { .. } => Failure::Aborted(err.to_string()),
+            changeset::Error::NoSuchTable(_) | changeset::Error::NoPrimaryKey(_) => {
+                Failure::Sql(err.to_string())
+            }
+            changeset::Error::Sqlite { code, .. } => by_sqlite_code(Some(code), err.to_string()),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+}

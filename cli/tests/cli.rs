@@ -1,0 +1,472 @@
+//! The `liteorm-changeset` binary against real database files: every subcommand, every failure
+//! class with its exit code, and a cross-check with the `sqlite3` shell's `.session`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use assert_cmd::cargo::CommandCargoExt;
+use tempfile::TempDir;
+
+const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, n INTEGER); \
+    INSERT INTO t VALUES (1, 'one', 1), (2, 'two', 2);";
+
+fn bin() -> Command {
+    Command::cargo_bin("liteorm-changeset").expect("the binary is built")
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run liteorm-changeset")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `sql` with the sqlite3 shell on a (new or existing) database file.
+fn shell(db: &Path, sql: &str) -> String {
+    let mut child = Command::new("sqlite3")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run sqlite3 ({e}); install it with scripts/install-deps.sh")
+        });
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), sql.as_bytes())
+        .expect("write sql");
+    let out = child.wait_with_output().expect("sqlite3");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "sqlite3: {}",
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// A temp dir with `a.db` holding [`SCHEMA`].
+fn setup() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("a.db");
+    shell(&db, SCHEMA);
+    (dir, db)
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+fn assert_one_line_error(out: &Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "stderr: {}", stderr(out));
+    let err = stderr(out);
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+    assert!(
+        err.starts_with("liteorm-changeset: ") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn capture_then_inspect_as_table_json_and_sql() {
+    let (dir, db) = setup();
+    let blob = dir.path().join("cs.bin");
+    let out = run(&[
+        "capture",
+        "--db",
+        s(&db),
+        "--table",
+        "t",
+        "-o",
+        s(&blob),
+        "--sql",
+        "UPDATE t SET name = 'uno' WHERE id = 1; INSERT INTO t VALUES (3, NULL, 3.5)",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        shell(&db, "SELECT name FROM t WHERE id = 1;"),
+        "uno\n",
+        "capture commits"
+    );
+
+    let table = stdout(&run(&["inspect", s(&blob), "--db", s(&db)]));
+    let mut lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.pop(), Some("2 changes (changeset)"));
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "INSERT t [id=3] name: NULL, n: 3.5",
+            "UPDATE t [id=1] name: 'one' -> 'uno'"
+        ]
+    );
+
+    let json = stdout(&run(&["inspect", s(&blob), "--json"]));
+    assert_eq!(json.lines().count(), 2);
+    let insert = json
+        .lines()
+        .find(|l| l.contains("INSERT"))
+        .expect("an insert line");
+    assert!(
+        insert.contains(r#"{"null":null}"#) && insert.contains(r#"{"real":3.5}"#),
+        "{insert}"
+    );
+
+    let sql = stdout(&run(&["inspect", s(&blob), "--sql", "--db", s(&db)]));
+    assert!(sql.contains("INSERT INTO"), "{sql}");
+    assert_eq!(
+        stdout(&run(&["validate", s(&blob)])),
+        format!("{}: valid changeset, 2 changes\n", blob.display())
+    );
+}
+
+#[test]
+fn capture_writes_to_stdout_and_patchsets_too() {
+    let (_dir, db) = setup();
+    let out = run(&[
+        "capture",
+        "--db",
+        s(&db),
+        "--patchset",
+        "--sql",
+        "DELETE FROM t WHERE id = 2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout.first(), Some(&b'P'));
+    let mut child = bin()
+        .args(["inspect", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &out.stdout).expect("pipe");
+    let shown = stdout(&child.wait_with_output().expect("inspect"));
+    assert!(
+        shown.contains("DELETE t [column1=2]") && shown.contains("(patchset)"),
+        "{shown}"
+    );
+}
+
+/// A changeset that sets row 1's name to 'uno', and a target where row 1 diverged.
+fn conflict_setup() -> (TempDir, PathBuf, PathBuf) {
+    let (dir, src) = setup();
+    let blob = dir.path().join("cs.bin");
+    assert!(
+        run(&[
+            "capture",
+            "--db",
+            s(&src),
+            "-o",
+            s(&blob),
+            "--sql",
+            "UPDATE t SET name = 'uno' WHERE id = 1; UPDATE t SET n = 20 WHERE id = 2"
+        ])
+        .status
+        .success()
+    );
+    let target = dir.path().join("b.db");
+    shell(
+        &target,
+        &format!("{SCHEMA} UPDATE t SET name = 'eins' WHERE id = 1;"),
+    );
+    (dir, blob, target)
+}
+
+#[test]
+fn apply_aborts_on_a_conflict_by_default_and_leaves_the_database_untouched() {
+    let (_dir, blob, target) = conflict_setup();
+    let before = shell(&target, "SELECT * FROM t;");
+    let out = run(&["apply", "--db", s(&target), s(&blob)]);
+    assert_one_line_error(&out, 7);
+    assert!(stderr(&out).contains("Data conflict"), "{}", stderr(&out));
+    assert_eq!(shell(&target, "SELECT * FROM t;"), before);
+}
+
+#[test]
+fn per_kind_policies_resolve_conflicts_and_json_lists_them() {
+    let (_dir, blob, target) = conflict_setup();
+    let out = run(&[
+        "apply",
+        "--db",
+        s(&target),
+        s(&blob),
+        "--on-data",
+        "replace",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stdout(&out);
+    assert!(
+        report.contains(r#""applied":2"#) && report.contains(r#""replaced":1"#),
+        "{report}"
+    );
+    assert!(
+        report.contains(r#""kind":"Data""#)
+            && report.contains(r#""conflicting_row":["1","'eins'","1"]"#),
+        "{report}"
+    );
+    assert_eq!(
+        shell(&target, "SELECT name, n FROM t ORDER BY id;"),
+        "uno|1\ntwo|20\n"
+    );
+}
+
+#[test]
+fn dry_run_reports_without_changing_anything() {
+    let (_dir, blob, target) = conflict_setup();
+    let before = shell(&target, "SELECT * FROM t;");
+    let out = run(&[
+        "apply",
+        "--db",
+        s(&target),
+        s(&blob),
+        "--on-conflict",
+        "omit",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("dry run (rolled back): 2 changes: 1 applied, 1 omitted"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(shell(&target, "SELECT * FROM t;"), before);
+}
+
+#[test]
+fn table_option_limits_the_apply() {
+    let (dir, src) = setup();
+    shell(&src, "CREATE TABLE u(k PRIMARY KEY);");
+    let blob = dir.path().join("cs.bin");
+    assert!(
+        run(&[
+            "capture",
+            "--db",
+            s(&src),
+            "-o",
+            s(&blob),
+            "--sql",
+            "INSERT INTO u VALUES (1); DELETE FROM t WHERE id = 1"
+        ])
+        .status
+        .success()
+    );
+    let target = dir.path().join("b.db");
+    shell(&target, &format!("{SCHEMA} CREATE TABLE u(k PRIMARY KEY);"));
+    let out = run(&["apply", "--db", s(&target), s(&blob), "--table", "u"]);
+    assert!(stdout(&out).contains("filtered out: t"), "{}", stdout(&out));
+    assert_eq!(
+        shell(&target, "SELECT count(*) FROM t; SELECT count(*) FROM u;"),
+        "2\n1\n"
+    );
+}
+
+#[test]
+fn invert_and_concat_round_trip() {
+    let (dir, db) = setup();
+    let original = shell(&db, "SELECT * FROM t;");
+    let [a, b, ab, undo] = ["a.bin", "b.bin", "ab.bin", "undo.bin"].map(|f| dir.path().join(f));
+    assert!(
+        run(&[
+            "capture",
+            "--db",
+            s(&db),
+            "-o",
+            s(&a),
+            "--sql",
+            "UPDATE t SET n = n + 10"
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        run(&[
+            "capture",
+            "--db",
+            s(&db),
+            "-o",
+            s(&b),
+            "--sql",
+            "DELETE FROM t WHERE id = 2; INSERT INTO t VALUES (5, 'five', 5)"
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        run(&["concat", s(&a), s(&b), "-o", s(&ab)])
+            .status
+            .success()
+    );
+    assert!(run(&["invert", s(&ab), "-o", s(&undo)]).status.success());
+    let out = run(&["apply", "--db", s(&db), s(&undo)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(shell(&db, "SELECT * FROM t;"), original);
+}
+
+#[test]
+fn bad_inputs_give_one_line_and_distinct_exit_codes() {
+    let (dir, db) = setup();
+    let missing = dir.path().join("missing.bin");
+    assert_one_line_error(&run(&["inspect", s(&missing)]), 3);
+
+    let corrupt = dir.path().join("corrupt.bin");
+    std::fs::write(&corrupt, b"T\x7f\x7f\x7f").expect("write");
+    let out = run(&["validate", s(&corrupt)]);
+    assert_one_line_error(&out, 4);
+    assert!(
+        stderr(&out).contains("byte"),
+        "names the offset: {}",
+        stderr(&out)
+    );
+
+    let not_db = dir.path().join("text.db");
+    std::fs::write(
+        &not_db,
+        "this is not a database, just some text that is long enough",
+    )
+    .expect("write");
+    assert_one_line_error(
+        &run(&["capture", "--db", s(&not_db), "--sql", "SELECT 1"]),
+        5,
+    );
+    assert_one_line_error(
+        &run(&[
+            "capture",
+            "--db",
+            s(&dir.path().join("nope.db")),
+            "--sql",
+            "SELECT 1",
+        ]),
+        5,
+    );
+    assert!(
+        !dir.path().join("nope.db").exists(),
+        "a missing database is not created"
+    );
+
+    assert_one_line_error(
+        &run(&[
+            "capture",
+            "--db",
+            s(&db),
+            "--table",
+            "nosuch",
+            "--sql",
+            "SELECT 1",
+        ]),
+        8,
+    );
+    assert_one_line_error(
+        &run(&[
+            "capture",
+            "--db",
+            s(&db),
+            "--sql",
+            "INSERT INTO nosuch VALUES (1)",
+        ]),
+        8,
+    );
+
+    let ps = dir.path().join("ps.bin");
+    assert!(
+        run(&[
+            "capture",
+            "--db",
+            s(&db),
+            "--patchset",
+            "-o",
+            s(&ps),
+            "--sql",
+            "DELETE FROM t"
+        ])
+        .status
+        .success()
+    );
+    assert_one_line_error(&run(&["invert", s(&ps)]), 4);
+
+    let usage = run(&["apply", "--db"]);
+    assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn a_locked_database_is_reported_as_locked() {
+    let (dir, db) = setup();
+    let blob = dir.path().join("cs.bin");
+    assert!(
+        run(&[
+            "capture",
+            "--db",
+            s(&db),
+            "-o",
+            s(&blob),
+            "--sql",
+            "UPDATE t SET n = 0"
+        ])
+        .status
+        .success()
+    );
+    // Another process holds the write lock for longer than the CLI's 2 s busy timeout.
+    let mut holder = Command::new("sqlite3")
+        .arg(&db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sqlite3");
+    let mut stdin = holder.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, b"BEGIN IMMEDIATE; SELECT 'locked';\n").expect("lock");
+    let mut ready = [0u8; 7];
+    std::io::Read::read_exact(holder.stdout.as_mut().expect("stdout"), &mut ready)
+        .expect("lock taken");
+    let out = run(&["apply", "--db", s(&db), s(&blob)]);
+    drop(stdin);
+    holder.wait().expect("sqlite3 exits");
+    assert_one_line_error(&out, 6);
+}
+
+#[test]
+fn changesets_match_the_sqlite3_shell_byte_for_byte() {
+    // One change per table, so SQLite's undefined row order cannot differ between the two.
+    let (dir, db) = setup();
+    let ours = dir.path().join("ours.bin");
+    assert!(
+        run(&[
+            "capture",
+            "--db",
+            s(&db),
+            "--table",
+            "t",
+            "-o",
+            s(&ours),
+            "--sql",
+            "UPDATE t SET name = 'x' WHERE id = 2"
+        ])
+        .status
+        .success()
+    );
+    let theirs_db = dir.path().join("theirs.db");
+    shell(&theirs_db, SCHEMA);
+    let theirs = dir.path().join("theirs.bin");
+    shell(
+        &theirs_db,
+        &format!(
+            ".session open main s1\n.session s1 attach t\nUPDATE t SET name = 'x' WHERE id = 2;\n.session s1 changeset {}\n",
+            theirs.display()
+        ),
+    );
+    assert_eq!(
+        std::fs::read(&ours).expect("ours"),
+        std::fs::read(&theirs).expect("theirs")
+    );
+    // And the CLI applies the shell's changeset.
+    let target = dir.path().join("target.db");
+    shell(&target, SCHEMA);
+    assert!(
+        run(&["apply", "--db", s(&target), s(&theirs)])
+            .status
+            .success()
+    );
+    assert_eq!(shell(&target, "SELECT name FROM t WHERE id = 2;"), "x\n");
+}
