@@ -4,6 +4,7 @@
 #   libsqlite3-dev  headers + pkg-config file of the system SQLite that cell links
 #   pkg-config      how libsqlite3-sys finds it
 #   sqlite3         the CLI, used by tests to cross-check changesets
+#   nats-server     a JetStream server (`-js`), started on 127.0.0.1 by the liteorm-nats tests
 #   python3-pip     only when `python3 -m pip` is absent
 #   apsw (PyPI)     an independent implementation of the session extension, used by tests
 # Idempotent: when everything is present it runs no package manager and prints one line.
@@ -25,7 +26,7 @@ quiet() {
 }
 
 missing=()
-for pkg in libclang-dev libsqlite3-dev pkg-config sqlite3; do
+for pkg in libclang-dev libsqlite3-dev pkg-config sqlite3 nats-server; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 need_apsw=

@@ -1,0 +1,229 @@
+//! How a change log entry travels as a NATS message: metadata in headers, changeset as payload.
+//!
+//! | header                   | value                                                        |
+//! |--------------------------|--------------------------------------------------------------|
+//! | `Nats-Msg-Id`            | the seq (the server drops a re-send within its window)       |
+//! | `Liteorm-Seq`            | the seq                                                      |
+//! | `Liteorm-Committed-At`   | commit time, Unix milliseconds                               |
+//! | `Liteorm-Kind`           | `change`, `revert` or `rollback`                             |
+//! | `Liteorm-Ref-Seq`        | the entry a revert undoes / the seq a rollback returns to    |
+//! | `Liteorm-Actor`          | who (escaped; absent when unknown)                           |
+//! | `Liteorm-Reason`         | why (escaped; absent when unknown)                           |
+//! | `Liteorm-Tables`         | the tables touched, escaped, joined with `,`                 |
+//!
+//! Free text is percent-escaped: every byte outside printable ASCII, and `%`, `,` and space,
+//! becomes `%XX`, so a value can hold no line break (which would end the header block) and
+//! survives the protocol's whitespace trimming.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::StreamMessage;
+use bytes::Bytes;
+use changeset::Changeset;
+use liteorm_replication::{EntryKind, LogEntry};
+
+use crate::{Error, Result};
+
+pub(crate) const SEQ: &str = "Liteorm-Seq";
+const COMMITTED_AT: &str = "Liteorm-Committed-At";
+const KIND: &str = "Liteorm-Kind";
+const REF_SEQ: &str = "Liteorm-Ref-Seq";
+const ACTOR: &str = "Liteorm-Actor";
+const REASON: &str = "Liteorm-Reason";
+const TABLES: &str = "Liteorm-Tables";
+
+/// The headers (without the NATS ones) and payload of `entry`.
+pub(crate) fn encode(entry: &LogEntry) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    headers.insert(SEQ, entry.seq.to_string());
+    headers.insert(COMMITTED_AT, entry.committed_at_ms.to_string());
+    let (kind, ref_seq) = match entry.kind {
+        EntryKind::Change => ("change", None),
+        EntryKind::Revert(of) => ("revert", Some(of)),
+        EntryKind::Rollback(to) => ("rollback", Some(to)),
+    };
+    headers.insert(KIND, kind);
+    if let Some(ref_seq) = ref_seq {
+        headers.insert(REF_SEQ, ref_seq.to_string());
+    }
+    if let Some(actor) = &entry.actor {
+        headers.insert(ACTOR, escape(actor));
+    }
+    if let Some(reason) = &entry.reason {
+        headers.insert(REASON, escape(reason));
+    }
+    let tables: Vec<String> = entry.tables.iter().map(|t| escape(t)).collect();
+    headers.insert(TABLES, tables.join(","));
+    (headers, Bytes::copy_from_slice(entry.changeset.as_bytes()))
+}
+
+/// The entry carried by a delivered message at `stream_seq`. The payload is untrusted bytes
+/// from the network: it becomes a [`Changeset`] only through [`Changeset::from_bytes`], which
+/// validates it.
+pub(crate) fn decode(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+    stream_seq: u64,
+) -> Result<LogEntry> {
+    let malformed = |reason: String| Error::Malformed { stream_seq, reason };
+    let headers = headers.ok_or_else(|| malformed("no headers".into()))?;
+    let text = |name: &str| headers.get(name).map(|v| v.as_str());
+    let required = |name: &str| text(name).ok_or_else(|| malformed(format!("no {name} header")));
+    let number = |name: &str| -> Result<u64> {
+        let raw = required(name)?;
+        raw.parse()
+            .map_err(|_| malformed(format!("{name} is not a number: {raw:?}")))
+    };
+    let seq = number(SEQ)?;
+    if seq == 0 {
+        return Err(malformed(format!("{SEQ} is 0")));
+    }
+    let committed_raw = required(COMMITTED_AT)?;
+    let committed_at_ms = committed_raw
+        .parse()
+        .map_err(|_| malformed(format!("{COMMITTED_AT} is not a number: {committed_raw:?}")))?;
+    let kind = match required(KIND)? {
+        "change" => EntryKind::Change,
+        "revert" => EntryKind::Revert(number(REF_SEQ)?),
+        "rollback" => EntryKind::Rollback(number(REF_SEQ)?),
+        other => return Err(malformed(format!("unknown {KIND} {other:?}"))),
+    };
+    let optional = |name: &str| {
+        text(name)
+            .map(|v| unescape(v).ok_or_else(|| malformed(format!("bad escape in {name}"))))
+            .transpose()
+    };
+    let tables = match text(TABLES) {
+        None | Some("") => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|t| unescape(t).ok_or_else(|| malformed(format!("bad escape in {TABLES}"))))
+            .collect::<Result<_>>()?,
+    };
+    let changeset = Changeset::from_bytes(payload.to_vec())
+        .map_err(|e| malformed(format!("payload is not a valid changeset: {e}")))?;
+    Ok(LogEntry {
+        seq,
+        committed_at_ms,
+        actor: optional(ACTOR)?,
+        reason: optional(REASON)?,
+        kind,
+        tables,
+        changeset,
+    })
+}
+
+/// The change log seq a stored message carries, if it is one of ours.
+pub(crate) fn seq_of_stored(message: &StreamMessage) -> Option<u64> {
+    message.headers.get(SEQ)?.as_str().parse().ok()
+}
+
+fn keeps(b: u8) -> bool {
+    b.is_ascii_graphic() && b != b'%' && b != b','
+}
+
+/// Percent-escapes everything but printable ASCII (and `%`, `,`).
+pub(crate) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if keeps(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`escape`]; `None` for a malformed escape or bytes that are not UTF-8.
+pub(crate) fn unescape(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = tail.get(..2)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(actor: Option<&str>, kind: EntryKind, tables: &[&str]) -> LogEntry {
+        LogEntry {
+            seq: 42,
+            committed_at_ms: 1_700_000_000_123,
+            actor: actor.map(str::to_owned),
+            reason: Some("line one\r\nline two, 100% done".into()),
+            kind,
+            tables: tables.iter().map(|t| (*t).to_owned()).collect(),
+            // An empty changeset is valid and needs no database to make.
+            changeset: Changeset::from_bytes(Vec::new()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn an_entry_round_trips_through_headers_and_payload() {
+        for (actor, kind, tables) in [
+            (Some("ada"), EntryKind::Change, &["item", "odd,name"][..]),
+            (None, EntryKind::Revert(7), &[][..]),
+            (Some(" spaced "), EntryKind::Rollback(3), &["t"][..]),
+        ] {
+            let original = entry(actor, kind, tables);
+            let (headers, payload) = encode(&original);
+            for (name, values) in headers.iter() {
+                for value in values {
+                    assert!(
+                        !value.as_str().contains(['\r', '\n', ' ']),
+                        "{name}: {value:?}"
+                    );
+                }
+            }
+            assert_eq!(decode(Some(&headers), &payload, 42).unwrap(), original);
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_refused_with_the_stream_position() {
+        let (headers, _) = encode(&entry(Some("ada"), EntryKind::Change, &["t"]));
+        // Not a changeset: the payload is validated, never trusted.
+        let err = decode(Some(&headers), b"\x12\x00garbage", 9).unwrap_err();
+        assert!(
+            matches!(&err, Error::Malformed { stream_seq: 9, reason } if reason.contains("changeset")),
+            "{err}"
+        );
+        assert!(matches!(
+            decode(None, b"", 3),
+            Err(Error::Malformed { stream_seq: 3, .. })
+        ));
+        let mut bad = headers.clone();
+        bad.insert(SEQ, "x1");
+        assert!(matches!(
+            decode(Some(&bad), b"", 1),
+            Err(Error::Malformed { .. })
+        ));
+        let mut bad = headers;
+        bad.insert(ACTOR, "%G1");
+        assert!(matches!(
+            decode(Some(&bad), b"", 1),
+            Err(Error::Malformed { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn escape_round_trips_any_text(text in any::<String>()) {
+            let escaped = escape(&text);
+            prop_assert!(escaped.bytes().all(|b| b.is_ascii_graphic() && b != b','));
+            prop_assert_eq!(unescape(&escaped), Some(text));
+        }
+    }
+}

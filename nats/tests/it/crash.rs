@@ -1,0 +1,184 @@
+//! Crashes: a follower or publisher process SIGKILLed at random points, and the NATS server
+//! itself killed and restarted mid-stream. Nothing is lost and nothing is applied twice.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use liteorm_nats::{ChangeStream, Publisher};
+use liteorm_replication::{ChangeLog, Replica};
+use liteorm_sqlite::SqliteSession;
+
+use crate::support::{
+    NatsServer, content, db_file, db_with_schema, follower, record_many, spawn_follower,
+    spawn_publisher, wait_progress,
+};
+
+/// Runs the worker with `args` until it exits 0, SIGKILLing it after a random delay below
+/// `max_delay` each time. Returns how often it was killed.
+fn run_killing(args: &[String], max_delay: Duration) -> u32 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    println!("kill schedule seed: {seed}");
+    let mut rng = seed | 1;
+    let max_micros = u32::try_from(max_delay.as_micros()).unwrap();
+    let mut kills = 0;
+    for attempt in 0.. {
+        assert!(attempt < 500, "the worker never finished");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nats_worker"))
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // xorshift
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        std::thread::sleep(Duration::from_micros(u64::from(rng % max_micros)));
+        if child.try_wait().unwrap().is_none() {
+            // SAFETY: `child.id()` is the pid of a child we have not reaped yet.
+            unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGKILL) };
+            kills += 1;
+        }
+        let status = child.wait().unwrap();
+        if status.success() {
+            break;
+        }
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "the worker failed by itself: {status:?}"
+        );
+    }
+    println!("worker killed {kills} times");
+    kills
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_mid_stream_resumes_exactly_once() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("killfollower").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 300).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    assert_eq!(publisher.publish_pending().await.unwrap().published, 300);
+
+    let (replica_db, dir) = db_with_schema().await;
+    drop(replica_db);
+    let replica_path = db_file(dir.path());
+    let url = server.url();
+    let args = [
+        "follow",
+        &url,
+        stream.db(),
+        path_str(&replica_path),
+        "replica",
+        "4",
+    ];
+    let args = args.map(str::to_owned);
+    let kills = tokio::task::spawn_blocking(move || run_killing(&args, Duration::from_millis(60)))
+        .await
+        .unwrap();
+    assert!(kills > 0, "the worker was never killed mid-way");
+
+    // An entry applied twice would have conflicted (each one increments a counter from its
+    // old value) and made the worker fail; a lost one would show in the content.
+    let replica_db = SqliteSession::open(path_str(&replica_path)).await.unwrap();
+    let replica = Replica::open(&replica_db).await.unwrap();
+    assert_eq!(replica.last_applied().await.unwrap(), 300);
+    assert_eq!(content(&replica_db).await, content(&primary).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_killed_mid_stream_publishes_every_entry_once() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("killpublisher").unwrap();
+    let (primary, dir) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 300).await;
+    let primary_path = db_file(dir.path());
+    let url = server.url();
+    let args = ["publish", &url, stream.db(), path_str(&primary_path), "8"];
+    let args = args.map(str::to_owned);
+    let kills = tokio::task::spawn_blocking(move || run_killing(&args, Duration::from_millis(60)))
+        .await
+        .unwrap();
+    assert!(kills > 0, "the worker was never killed mid-way");
+
+    // Exactly the log, in order: position n holds seq n, and nothing else is there.
+    let handle = js.get_stream(stream.name()).await.unwrap();
+    let state = handle.cached_info().state.clone();
+    assert_eq!((state.messages, state.last_sequence), (300, 300));
+    for seq in [1, 2, 150, 299, 300] {
+        let message = handle.get_raw_message(seq).await.unwrap();
+        let header = message.headers.get("Liteorm-Seq").unwrap().as_str();
+        assert_eq!(header, seq.to_string());
+    }
+    let publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    assert_eq!(publisher.backlog().await.unwrap(), 0);
+
+    let (replica_db, _d2) = db_with_schema().await;
+    let mut follower = follower(&js, &stream, &replica_db, "replica").await;
+    let done = follower.catch_up().await.unwrap();
+    assert_eq!((done.applied, done.last_seq), (300, 300));
+    assert_eq!(follower.source().redeliveries_skipped(), 0);
+    assert_eq!(content(&replica_db).await, content(&primary).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_killed_and_restarted_mid_stream_loses_nothing() {
+    let mut server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("restart").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    let publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap()
+        .batch_size(16)
+        .poll_interval(Duration::from_millis(10));
+    let publishing = spawn_publisher(publisher);
+    let (replica_db, _d2) = db_with_schema().await;
+    let follower = follower(&js, &stream, &replica_db, "replica")
+        .await
+        .batch_size(8);
+    let mut progress = follower.progress();
+    let following = spawn_follower(follower);
+
+    record_many(&log, 100).await;
+    wait_progress(&mut progress, 30, "before the kill").await;
+    server.kill();
+    // The primary keeps working while the server is down; its log is the outbox.
+    record_many(&log, 100).await;
+    server.restart();
+    record_many(&log, 100).await;
+    wait_progress(&mut progress, 300, "after the restart").await;
+
+    let (publisher, published) = publishing.stop().await;
+    assert_eq!(published.unwrap().published_seq, 300);
+    assert_eq!(publisher.backlog().await.unwrap(), 0);
+    let (_, followed) = following.stop().await;
+    assert_eq!(followed.unwrap(), 300);
+    assert_eq!(content(&replica_db).await, content(&primary).await);
+    let state = js
+        .get_stream(stream.name())
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .clone();
+    assert_eq!((state.messages, state.last_sequence), (300, 300));
+}

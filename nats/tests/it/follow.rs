@@ -1,0 +1,181 @@
+//! Followers: several replicas converge, a poison entry stops only its replica, gaps are refused.
+
+use std::time::Duration;
+
+use liteorm_nats::{ChangeStream, Error, Lag, Publisher};
+use liteorm_replication::{ChangeLog, ConflictPolicy, Meta};
+
+use crate::support::{
+    NatsServer, content, db_with_schema, follower, record, record_many, spawn_follower,
+    spawn_publisher, wait_progress,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_followers_converge_to_the_primary() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("converge").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    // The publisher runs in the writer's process here: woken by every commit, not by polling.
+    let (wake, woken) = tokio::sync::mpsc::channel(64);
+    let log = ChangeLog::open(&primary).await.unwrap().publish_to(wake);
+    let publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap()
+        .wake_on(woken)
+        .poll_interval(Duration::from_secs(5));
+    let publishing = spawn_publisher(publisher);
+
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        let (db, dir) = db_with_schema().await;
+        let follower = follower(&js, &stream, &db, &format!("replica-{i}")).await;
+        let progress = follower.progress();
+        replicas.push((db, dir, progress, spawn_follower(follower)));
+    }
+
+    record_many(&log, 150).await;
+    // Reverts and rollbacks travel too (their kind and reference are headers).
+    log.revert(150, ConflictPolicy::abort(), Meta::actor("auditor"))
+        .await
+        .unwrap();
+    log.rollback_to(148, ConflictPolicy::abort(), Meta::actor("auditor"))
+        .await
+        .unwrap();
+    record_many(&log, 50).await;
+    let last = log.last_seq().await.unwrap();
+    assert_eq!(last, 202);
+
+    let expected = content(&primary).await;
+    for (i, (db, _dir, progress, running)) in replicas.into_iter().enumerate() {
+        let mut progress = progress;
+        wait_progress(&mut progress, last, &format!("replica-{i}")).await;
+        let (follower, result) = running.stop().await;
+        assert_eq!(
+            result.unwrap(),
+            last,
+            "graceful shutdown returns the cursor"
+        );
+        assert_eq!(content(&db).await, expected, "replica-{i}");
+        let lag = Lag::measure(&js, &stream, follower.replica())
+            .await
+            .unwrap();
+        assert_eq!((lag.stream_last_seq, lag.behind()), (last, 0));
+        // Every entry arrived once: nothing had to be skipped or repositioned.
+        assert_eq!(follower.source().redeliveries_skipped(), 0);
+    }
+    let (publisher, report) = publishing.stop().await;
+    assert_eq!(report.unwrap().published_seq, last);
+    assert_eq!(publisher.backlog().await.unwrap(), 0);
+    let state = js
+        .get_stream(stream.name())
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .clone();
+    assert_eq!((state.messages, state.last_sequence), (last, last));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_stops_only_its_follower_naming_the_seq() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("poison").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    let publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap()
+        .poll_interval(Duration::from_millis(20));
+    let publishing = spawn_publisher(publisher);
+
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        let (db, dir) = db_with_schema().await;
+        if i == 1 {
+            // A row the primary will insert too: entry 3 conflicts here, under the default
+            // abort policy.
+            record_free(&db, "INSERT INTO item VALUES (3, 'local', 0)").await;
+        }
+        let follower = follower(&js, &stream, &db, &format!("replica-{i}")).await;
+        let progress = follower.progress();
+        replicas.push((db, dir, progress, spawn_follower(follower)));
+    }
+    for id in 1..=5 {
+        record(
+            &log,
+            &format!("INSERT INTO item VALUES ({id}, 'x{id}', {id})"),
+        )
+        .await;
+    }
+    record_many(&log, 20).await;
+    let last = log.last_seq().await.unwrap();
+
+    let expected = content(&primary).await;
+    for (i, (db, _dir, mut progress, running)) in replicas.into_iter().enumerate() {
+        if i == 1 {
+            let (follower, result) = running.stop().await;
+            let err = result.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Replication(liteorm_replication::Error::Stopped { seq: 3, .. })
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains("seq 3"), "{err}");
+            assert_eq!(follower.replica().last_applied().await.unwrap(), 2);
+            assert_eq!(*progress.borrow_and_update(), 2);
+        } else {
+            wait_progress(&mut progress, last, &format!("replica-{i}")).await;
+            let (_, result) = running.stop().await;
+            assert_eq!(result.unwrap(), last);
+            assert_eq!(content(&db).await, expected, "replica-{i}");
+        }
+    }
+    publishing.stop().await.1.unwrap();
+}
+
+/// Runs SQL on a replica outside of replication.
+async fn record_free(db: &liteorm_sqlite::SqliteSession, sql: &str) {
+    use liteorm_core::Session;
+    db.execute_batch(sql).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_stream_is_refused_with_both_seqs() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("gap").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 10).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    assert_eq!(publisher.publish_pending().await.unwrap().published, 10);
+    // Entry 5 disappears from the stream (an operator deleted it, or it expired).
+    let handle = js.get_stream(stream.name()).await.unwrap();
+    assert!(handle.delete_message(5).await.unwrap());
+
+    let (db, _d2) = db_with_schema().await;
+    let mut follower = follower(&js, &stream, &db, "replica").await;
+    let err = follower.catch_up().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Replication(liteorm_replication::Error::Gap {
+                expected: 5,
+                got: 6
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(follower.replica().last_applied().await.unwrap(), 4);
+    assert_eq!(
+        follower.source().repositions(),
+        1,
+        "the hole was first taken for lost deliveries"
+    );
+}

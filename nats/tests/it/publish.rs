@@ -1,0 +1,194 @@
+//! The publisher after a crash between the server's ack and its cursor write: server-side
+//! deduplication, the sequence check past the window, and the replica's seq check.
+
+use std::time::Duration;
+
+use liteorm_core::Session;
+use liteorm_nats::{ChangeStream, Error, Publisher, async_nats};
+use liteorm_replication::ChangeLog;
+use liteorm_sqlite::SqliteSession;
+
+use crate::support::{NatsServer, content, db_with_schema, follower, record_many};
+
+/// The outbox state a publisher leaves when it is killed after the server acknowledged
+/// entries up to the log's end but before it recorded more than `seq`.
+async fn crash_before_cursor_write(primary: &SqliteSession, stream: &ChangeStream, seq: i64) {
+    primary
+        .execute(
+            "UPDATE liteorm_outbox SET published_seq = ? WHERE stream = ?",
+            &[seq.into(), stream.name().into()],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_a_crash_is_dropped_by_the_server() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("dedup").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 20).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    assert_eq!(publisher.publish_pending().await.unwrap().published, 20);
+    let (replica_db, _d2) = db_with_schema().await;
+    let mut follower = follower(&js, &stream, &replica_db, "replica").await;
+    assert_eq!(follower.catch_up().await.unwrap().last_seq, 20);
+
+    crash_before_cursor_write(&primary, &stream, 12).await;
+    drop(publisher);
+    let mut restarted = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    assert_eq!(restarted.published_seq().await.unwrap(), 12);
+    let report = restarted.publish_pending().await.unwrap();
+    // First line of defence: the server recognised every re-send by its Nats-Msg-Id.
+    assert_eq!(
+        (
+            report.published,
+            report.duplicates,
+            report.already_in_stream
+        ),
+        (0, 8, 0)
+    );
+    assert_eq!(report.published_seq, 20);
+    let state = js
+        .get_stream(stream.name())
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .clone();
+    assert_eq!((state.messages, state.last_sequence), (20, 20));
+
+    record_many(&log, 5).await;
+    assert_eq!(restarted.publish_pending().await.unwrap().published, 5);
+    let done = follower.catch_up().await.unwrap();
+    assert_eq!((done.applied, done.last_seq), (5, 25));
+    assert_eq!(content(&replica_db).await, content(&primary).await);
+    assert_eq!(follower.source().redeliveries_skipped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_the_duplicate_window_is_refused_by_the_sequence_check() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let window = Duration::from_millis(300);
+    let stream = ChangeStream::new("window")
+        .unwrap()
+        .duplicate_window(window);
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 10).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    assert_eq!(publisher.publish_pending().await.unwrap().published, 10);
+    // The server forgets the message ids...
+    tokio::time::sleep(window * 4).await;
+    crash_before_cursor_write(&primary, &stream, 4).await;
+    let mut restarted = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    let report = restarted.publish_pending().await.unwrap();
+    // ...but refuses entry 5 because the stream does not end at 4; the publisher finds 5..=10
+    // in the stream and moves its cursor over them.
+    assert_eq!(
+        (
+            report.published,
+            report.duplicates,
+            report.already_in_stream
+        ),
+        (0, 0, 6)
+    );
+    assert_eq!(report.published_seq, 10);
+    let state = js
+        .get_stream(stream.name())
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .clone();
+    assert_eq!((state.messages, state.last_sequence), (10, 10));
+    let (replica_db, _d2) = db_with_schema().await;
+    let mut follower = follower(&js, &stream, &replica_db, "replica").await;
+    assert_eq!(follower.catch_up().await.unwrap().last_seq, 10);
+    assert_eq!(content(&replica_db).await, content(&primary).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_that_reach_the_stream_are_skipped_by_the_replica() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 10).await;
+    // The real messages of entries 1..=10, published properly to a first stream.
+    let clean = ChangeStream::new("clean").unwrap();
+    let mut publisher = Publisher::new(&primary, js.clone(), clean.clone())
+        .await
+        .unwrap();
+    assert_eq!(publisher.publish_pending().await.unwrap().published, 10);
+    let clean = js.get_stream(clean.name()).await.unwrap();
+
+    // A second stream written without this crate's guards (an old publisher re-sending after
+    // the duplicate window, a replay tool): entries 3 and 8 arrive twice.
+    let stream = ChangeStream::new("dupes").unwrap();
+    stream.ensure(&js).await.unwrap();
+    for (i, seq) in [1, 2, 3, 4, 5, 6, 7, 8, 3, 8, 9, 10]
+        .into_iter()
+        .enumerate()
+    {
+        let message = clean.get_raw_message(seq).await.unwrap();
+        // The entry's own headers, without the publisher's guards: with a new message id the
+        // server cannot tell a copy, and there is no expected-last-sequence check.
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, values) in message.headers.iter() {
+            if AsRef::<str>::as_ref(name).starts_with("Liteorm-") {
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        headers.insert("Nats-Msg-Id", format!("copy-{i}"));
+        js.publish_with_headers(stream.subject().to_owned(), headers, message.payload)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    let (replica_db, _d2) = db_with_schema().await;
+    // One entry per pull, so each copy arrives after the replica committed the original.
+    let mut follower = follower(&js, &stream, &replica_db, "replica")
+        .await
+        .batch_size(1);
+    let done = follower.catch_up().await.unwrap();
+    // Second line of defence: the copies are skipped, not applied twice (the counters would be
+    // off, or the replayed update would conflict).
+    assert_eq!((done.applied, done.last_seq), (10, 10));
+    assert_eq!(follower.source().redeliveries_skipped(), 2);
+    assert_eq!(content(&replica_db).await, content(&primary).await);
+
+    // And a publisher refuses to build on a stream that is not a copy of the log.
+    record_many(&log, 2).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    let err = publisher.publish_pending().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ForeignMessage {
+                stream_seq: 12,
+                expected: 12,
+                found: Some(10),
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -1,0 +1,313 @@
+//! Test support: a real `nats-server -js` on 127.0.0.1, temp databases, table dumps, waits.
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use liteorm_core::{Session, Value};
+use liteorm_nats::async_nats;
+use liteorm_nats::async_nats::jetstream;
+use liteorm_nats::{ChangeStream, Follower, NatsSource, PublishReport, Publisher};
+use liteorm_replication::{ChangeLog, Error, Meta, Replica};
+use liteorm_sqlite::SqliteSession;
+use tempfile::TempDir;
+use tokio::sync::watch;
+
+/// Where Debian puts the binary; `/usr/sbin` is not on every user's PATH.
+const EXTRA_DIRS: &[&str] = &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"];
+
+/// The `nats-server` binary: `$NATS_SERVER`, else on PATH or in the sbin directories. Panics
+/// with how to install it: a missing server fails the tests, it never skips them.
+pub(crate) fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let extra = EXTRA_DIRS.iter().map(PathBuf::from);
+    path_dirs
+        .into_iter()
+        .chain(extra)
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "nats-server not found (looked on PATH and in {EXTRA_DIRS:?}). The liteorm-nats \
+                 tests need a real NATS server with JetStream: install it with \
+                 `sudo apt-get install nats-server` (or run scripts/install-deps.sh), or point \
+                 NATS_SERVER at the binary"
+            )
+        })
+}
+
+/// A `nats-server -js` listening on a free loopback port with its store in a temp dir; killed
+/// on drop.
+pub(crate) struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: TempDir,
+}
+
+impl NatsServer {
+    pub(crate) fn start() -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir for the JetStream store");
+        let port = free_port();
+        let mut server = NatsServer {
+            child: None,
+            port,
+            store,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let binary = nats_server_binary();
+        let child = Command::new(&binary)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(self.addr()).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("nats-server exited at start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen within 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port)
+    }
+
+    /// The client URL.
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the server (its file store stays).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// A JetStream context on a new connection that retries quickly while the server is down.
+    pub(crate) async fn js(&self) -> jetstream::Context {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(20 * u64::try_from(attempts.min(10)).unwrap_or(10))
+            })
+            .connect(self.url())
+            .await
+            .expect("connect to nats-server");
+        // Generous for a loaded CI machine; a publish or pull that times out is retried anyway.
+        jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build(client)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a loopback port");
+    listener.local_addr().expect("local addr").port()
+}
+
+pub(crate) const SCHEMA: &str = "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER); \
+    CREATE TABLE counter(id INTEGER PRIMARY KEY, n INTEGER NOT NULL); \
+    INSERT INTO counter VALUES (1, 0), (2, 0)";
+
+/// A database file with the test schema in its own temp dir.
+pub(crate) async fn db_with_schema() -> (SqliteSession, TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = SqliteSession::open(db_file(dir.path()).to_str().expect("utf-8 path"))
+        .await
+        .expect("open db");
+    db.execute_batch(SCHEMA).await.expect("schema");
+    (db, dir)
+}
+
+/// The database file inside a dir made by [`db_with_schema`].
+pub(crate) fn db_file(dir: &Path) -> PathBuf {
+    dir.join("test.db")
+}
+
+/// Records `sql` as one unit of work.
+pub(crate) async fn record(log: &ChangeLog, sql: &str) -> u64 {
+    let sql = sql.to_owned();
+    log.record(Meta::actor("writer").reason("test"), move |s| async move {
+        s.execute_batch(&sql).await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .expect("record")
+    .expect("the unit of work changed something")
+}
+
+/// A unit of work that changes both tables; entry `i` of a sequence of them. Every entry
+/// increments a counter, so an entry applied twice conflicts and a lost one shows.
+pub(crate) fn work(i: u64) -> &'static str {
+    match i % 4 {
+        0 => {
+            "UPDATE counter SET n = n + 1 WHERE id = 1; INSERT INTO item(name, qty) VALUES ('a', 1)"
+        }
+        1 => {
+            "UPDATE counter SET n = n + 1 WHERE id = 2; UPDATE item SET qty = qty + 1 WHERE id = (SELECT max(id) FROM item)"
+        }
+        2 => {
+            "UPDATE counter SET n = n + 1 WHERE id = 1; INSERT INTO item(name, qty) VALUES ('b', 2)"
+        }
+        _ => {
+            "UPDATE counter SET n = n + 1 WHERE id = 2; DELETE FROM item WHERE id = (SELECT min(id) FROM item)"
+        }
+    }
+}
+
+/// Records `count` units of work from [`work`].
+pub(crate) async fn record_many(log: &ChangeLog, count: u64) {
+    for i in 0..count {
+        record(log, work(i)).await;
+    }
+}
+
+/// Every row of the data tables, ordered.
+pub(crate) async fn content(db: &dyn Session) -> Vec<Vec<Value>> {
+    let mut rows = Vec::new();
+    for table in ["item", "counter"] {
+        rows.extend(
+            db.query(&format!("SELECT * FROM {table} ORDER BY 1"), &[])
+                .await
+                .expect("dump table")
+                .into_iter()
+                .map(|row| row.into_values()),
+        );
+        rows.push(vec![Value::Text(format!("end of {table}"))]);
+    }
+    rows
+}
+
+/// A task started with a shutdown signal.
+pub(crate) struct Running<T> {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<T>,
+}
+
+impl<T> Running<T> {
+    /// Signals shutdown and waits (bounded) for the task's result.
+    pub(crate) async fn stop(mut self) -> T {
+        if let Some(stop) = self.stop.take() {
+            // The task may have ended by itself already.
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("the task did not shut down within 20 s")
+            .expect("the task panicked")
+    }
+}
+
+/// Runs `publisher` until stopped; gives it back with its result.
+pub(crate) fn spawn_publisher(
+    mut publisher: Publisher,
+) -> Running<(Publisher, liteorm_nats::Result<PublishReport>)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let result = publisher
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+        (publisher, result)
+    });
+    Running {
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Runs `follower` until stopped (or failed); gives it back with its result.
+pub(crate) fn spawn_follower(
+    mut follower: Follower,
+) -> Running<(Follower, liteorm_nats::Result<u64>)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let result = follower
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+        (follower, result)
+    });
+    Running {
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// A follower of `stream` for `db` with timeouts short enough for tests.
+pub(crate) async fn follower(
+    js: &jetstream::Context,
+    stream: &ChangeStream,
+    db: &SqliteSession,
+    consumer: &str,
+) -> Follower {
+    let source = NatsSource::new(js.clone(), stream, consumer)
+        .expect("consumer name")
+        .long_poll(Duration::from_millis(300))
+        .request_timeout(Duration::from_secs(2));
+    let replica = Replica::open(db).await.expect("open replica");
+    Follower::new(replica, source)
+        .await
+        .expect("follower")
+        .stall_timeout(Duration::from_secs(20))
+}
+
+/// Waits until a follower's progress reaches `seq`.
+pub(crate) async fn wait_progress(progress: &mut watch::Receiver<u64>, seq: u64, what: &str) {
+    let reached = tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|s| *s >= seq))
+        .await
+        .map(|r| r.map(|_| ()));
+    match reached {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => panic!("{what}: the follower went away before seq {seq}"),
+        Err(_) => panic!(
+            "{what}: seq {seq} not applied within 30 s (at {})",
+            *progress.borrow()
+        ),
+    }
+}
