@@ -1,6 +1,6 @@
 //! Applying a changeset or patchset to a database: conflict handler, table filter, report.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::c_int;
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -508,15 +508,29 @@ impl Job {
 /// The tables of a streamed changeset, from the sections its checker saw.
 fn stream_tables(sections: &[format::Section]) -> HashMap<String, TableInfo> {
     let mut tables = HashMap::new();
+    let mut previous: Option<&str> = None;
     for section in sections {
         let info = TableInfo {
             n_col: section.pk.len(),
             pk: section.pk.clone(),
             changes: section.changes,
         };
-        merge(&mut tables, section.table.clone(), info);
+        // A section continues the run before it when SQLite says so (see `same_run`).
+        let name = match previous {
+            Some(run) if same_run(run, &section.table) => run,
+            _ => section.table.as_str(),
+        };
+        previous = Some(name);
+        merge(&mut tables, name.to_owned(), info);
     }
     tables
+}
+
+/// Whether SQLite's apply takes a table header named `next` right after the run of `run` as
+/// the same table: it compares the names ASCII-case-insensitively (`sqlite3_strnicmp`), and
+/// calls the table filter once per run.
+fn same_run(run: &str, next: &str) -> bool {
+    run.as_bytes().eq_ignore_ascii_case(next.as_bytes())
 }
 
 /// Walks a validated blob once for its tables, their headers and change counts; a corrupt blob
@@ -531,7 +545,7 @@ pub(crate) fn survey(blob: &[u8], kind: &'static str) -> Result<HashMap<String, 
         let current = iter.current();
         let (table, n_col, pk) = current.header().map_err(|e| invalid(kind, entry, &e))?;
         match run.as_mut() {
-            Some((name, info)) if name.as_bytes() == table.to_bytes() => info.changes += 1,
+            Some((name, info)) if same_run(name, &table.to_string_lossy()) => info.changes += 1,
             _ => {
                 let info = TableInfo {
                     n_col,
@@ -616,6 +630,10 @@ struct Hooks {
     cancel: Arc<AtomicBool>,
     /// Per table: change count and why it must be skipped, if it must.
     tables: HashMap<String, (usize, Option<SkipReason>)>,
+    /// The tables whose changes the report counts already: SQLite calls the filter once per run
+    /// of a table, and a table can have several (e.g. changesets concatenated byte for byte),
+    /// while `tables` has the total of all of them.
+    counted: HashSet<String>,
     report: ApplyReport,
     failure: Option<Error>,
     table_cache: Option<Arc<str>>,
@@ -638,6 +656,7 @@ impl Hooks {
             log,
             cancel,
             tables: HashMap::new(),
+            counted: HashSet::new(),
             report: ApplyReport::default(),
             failure: None,
             table_cache: None,
@@ -697,20 +716,26 @@ impl ApplyHooks for Hooks {
         if let Some(filter) = self.filter.as_mut()
             && !filter(table)
         {
-            self.report.filtered_tables.push(table.to_owned());
+            if !self.report.filtered_tables.iter().any(|t| t == table) {
+                self.report.filtered_tables.push(table.to_owned());
+            }
             return false;
         }
         match self.tables.get(table) {
             Some((changes, None)) => {
-                self.report.attempted += changes;
+                if self.counted.insert(table.to_owned()) {
+                    self.report.attempted += changes;
+                }
                 true
             }
             Some((changes, Some(reason))) => {
-                self.report.skipped_tables.push(SkippedTable {
-                    table: table.to_owned(),
-                    reason: reason.clone(),
-                    changes: *changes,
-                });
+                if self.counted.insert(table.to_owned()) {
+                    self.report.skipped_tables.push(SkippedTable {
+                        table: table.to_owned(),
+                        reason: reason.clone(),
+                        changes: *changes,
+                    });
+                }
                 false
             }
             // A stream: SQLite skips an incompatible table itself; `account_streamed` reports it.

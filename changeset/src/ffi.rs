@@ -579,15 +579,32 @@ pub(crate) fn invert(input: &[u8]) -> Result<Arc<[u8]>, Error> {
     Ok(unsafe { take_buffer(len, buf) })
 }
 
+/// A copy of `blob` followed by a zero byte that is not part of it, for SQLite's change-group
+/// code (`sqlite3changeset_concat`, `sqlite3changegroup_add`).
+///
+/// `sessionChangeHash` (SQLite 3.51.3) reads the type byte of every column of a patchset DELETE
+/// before it skips the non-key ones, so for a DELETE at the very end of the input whose table
+/// has a non-key column after its last key column it reads one byte past the end. The spare
+/// byte keeps that read inside the allocation.
+fn padded(blob: &[u8]) -> Vec<u8> {
+    let mut copy = Vec::with_capacity(blob.len() + 1);
+    copy.extend_from_slice(blob);
+    copy.push(0);
+    copy
+}
+
 /// Concatenates two changesets (or two patchsets).
 pub(crate) fn concat(a: &[u8], b: &[u8]) -> Result<Arc<[u8]>, Error> {
     let (mut len, mut buf) = (0, ptr::null_mut());
-    // SAFETY: SQLite only reads the inputs (the C API lacks `const`); out-pointers are valid.
+    let (a_len, b_len) = (c_len(a.len())?, c_len(b.len())?);
+    let (a, b) = (padded(a), padded(b));
+    // SAFETY: SQLite only reads the inputs (the C API lacks `const`), `a_len`/`b_len` bytes of
+    // each and at most the spare byte after them; out-pointers are valid.
     let rc = unsafe {
         ffi::sqlite3changeset_concat(
-            c_len(a.len())?,
+            a_len,
             a.as_ptr().cast_mut().cast(),
-            c_len(b.len())?,
+            b_len,
             b.as_ptr().cast_mut().cast(),
             &mut len,
             &mut buf,
@@ -1108,6 +1125,20 @@ pub(crate) fn libversion_number() -> c_int {
     unsafe { ffi::sqlite3_libversion_number() }
 }
 
+/// Calls a C constructor that fills an out-pointer, turning its result code and a NULL object
+/// into errors named by `context`.
+fn construct<T>(
+    context: &'static str,
+    make: impl FnOnce(*mut *mut T) -> c_int,
+) -> Result<NonNull<T>, Error> {
+    let mut out = ptr::null_mut();
+    let rc = make(&mut out);
+    if rc != ffi::SQLITE_OK {
+        return Err(code_error(rc, context));
+    }
+    NonNull::new(out).ok_or_else(|| code_error(ffi::SQLITE_NOMEM, context))
+}
+
 /// A `sqlite3_changegroup`: changes merged in memory, independent of any connection.
 pub(crate) struct RawChangegroup {
     ptr: NonNull<ffi::sqlite3_changegroup>,
@@ -1119,14 +1150,10 @@ unsafe impl Send for RawChangegroup {}
 
 impl RawChangegroup {
     pub(crate) fn new() -> Result<Self, Error> {
-        let mut group = ptr::null_mut();
-        // SAFETY: `group` is an out-pointer.
-        let rc = unsafe { ffi::sqlite3changegroup_new(&mut group) };
-        if rc != ffi::SQLITE_OK {
-            return Err(code_error(rc, "sqlite3changegroup_new"));
-        }
-        let ptr = NonNull::new(group)
-            .ok_or_else(|| code_error(ffi::SQLITE_NOMEM, "sqlite3changegroup_new"))?;
+        // SAFETY: `out` is a valid out-pointer.
+        let ptr = construct("sqlite3changegroup_new", |out| unsafe {
+            ffi::sqlite3changegroup_new(out)
+        })?;
         Ok(RawChangegroup { ptr })
     }
 
@@ -1150,13 +1177,12 @@ impl RawChangegroup {
 
     /// Adds every change of a validated blob. Returns SQLite's code.
     pub(crate) fn add(&mut self, blob: &[u8]) -> Result<c_int, Error> {
-        // SAFETY: the group is live; SQLite only reads `blob` (the C API lacks `const`).
+        let len = c_len(blob.len())?;
+        let blob = padded(blob);
+        // SAFETY: the group is live; SQLite only reads `len` bytes of `blob` and at most the
+        // spare byte after them (the C API lacks `const`), and copies what it keeps.
         Ok(unsafe {
-            ffi::sqlite3changegroup_add(
-                self.ptr.as_ptr(),
-                c_len(blob.len())?,
-                blob.as_ptr().cast_mut().cast(),
-            )
+            ffi::sqlite3changegroup_add(self.ptr.as_ptr(), len, blob.as_ptr().cast_mut().cast())
         })
     }
 
@@ -1233,14 +1259,10 @@ unsafe impl Send for RawRebaser {}
 
 impl RawRebaser {
     pub(crate) fn new() -> Result<Self, Error> {
-        let mut rebaser = ptr::null_mut();
-        // SAFETY: `rebaser` is an out-pointer.
-        let rc = unsafe { ffi::sqlite3rebaser_create(&mut rebaser) };
-        if rc != ffi::SQLITE_OK {
-            return Err(code_error(rc, "sqlite3rebaser_create"));
-        }
-        let ptr = NonNull::new(rebaser)
-            .ok_or_else(|| code_error(ffi::SQLITE_NOMEM, "sqlite3rebaser_create"))?;
+        // SAFETY: `out` is a valid out-pointer.
+        let ptr = construct("sqlite3rebaser_create", |out| unsafe {
+            ffi::sqlite3rebaser_create(out)
+        })?;
         Ok(RawRebaser { ptr })
     }
 

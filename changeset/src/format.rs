@@ -84,6 +84,18 @@ enum State {
     Payload { left: u64 },
 }
 
+/// Which fields of the current record are primary-key columns that must hold a value (neither
+/// undefined nor NULL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyRecord {
+    /// None (a changeset UPDATE's new record).
+    None,
+    /// Every field (a patchset DELETE, which holds only the key).
+    All,
+    /// The fields whose column has a non-zero key flag.
+    Flags,
+}
+
 /// An incremental structure check of a changeset or patchset.
 #[derive(Debug, Clone)]
 pub(crate) struct Checker {
@@ -102,6 +114,12 @@ pub(crate) struct Checker {
     /// Fields left in the current record, and records left in the change after it.
     fields_left: usize,
     records_left: u8,
+    /// The current table's primary-key flags.
+    keys: Vec<u8>,
+    /// The index of the current field in its record, and which fields of the record are key
+    /// columns that must hold a value.
+    field: usize,
+    key_record: KeyRecord,
     /// The first error; the checker stays failed.
     failed: Option<Malformed>,
     /// Table sections seen, when surveying.
@@ -125,6 +143,9 @@ impl Checker {
             n_pk: 0,
             fields_left: 0,
             records_left: 0,
+            keys: Vec::new(),
+            field: 0,
+            key_record: KeyRecord::None,
             failed: None,
             survey: None,
             pk: Vec::new(),
@@ -172,6 +193,7 @@ impl Checker {
                     let take = left.min(bytes.len() - i);
                     let flags = &bytes[i..i + take];
                     self.n_pk += flags.iter().filter(|&&f| f != 0).count();
+                    self.keys.extend_from_slice(flags);
                     if self.survey.is_some() {
                         self.pk.extend_from_slice(flags);
                     }
@@ -259,6 +281,7 @@ impl Checker {
                     self.state = State::ColumnCount { value: 0, read: 0 };
                     self.n_pk = 0;
                     self.pk.clear();
+                    self.keys.clear();
                     self.name.clear();
                 } else if !self.in_table {
                     return self.fail(
@@ -299,12 +322,26 @@ impl Checker {
                 };
                 self.records_left = records - 1;
                 self.fields_left = fields;
+                // The first record names the row (an UPDATE's old record; a patchset UPDATE
+                // has only one, a patchset DELETE only the key): SQLite reads its key columns
+                // as values without checking (a NULL dereference in sessionApplyOneOp, reads
+                // out of bounds in sessionChangeHash via concat and change groups).
+                self.field = 0;
+                self.key_record = if (op, patchset) == (DELETE, true) {
+                    KeyRecord::All
+                } else {
+                    KeyRecord::Flags
+                };
                 self.state = State::FieldType;
                 if fields == 0 {
                     self.end_change();
                 }
             }
             State::FieldType => match b {
+                0x00 | 0x05 if self.is_key_field() => {
+                    let what = if b == 0x00 { "undefined" } else { "NULL" };
+                    return self.fail(at, format!("primary-key column {} is {what}", self.field));
+                }
                 0x00 | 0x05 => self.end_field(),
                 0x01 | 0x02 => self.state = State::Number { left: 8 },
                 0x03 | 0x04 => self.state = State::Length { value: 0, read: 0 },
@@ -346,15 +383,28 @@ impl Checker {
         }
     }
 
+    /// Whether the current field is a key column of a record that names the row.
+    fn is_key_field(&self) -> bool {
+        match self.key_record {
+            KeyRecord::None => false,
+            KeyRecord::All => true,
+            KeyRecord::Flags => self.keys.get(self.field).is_some_and(|&f| f != 0),
+        }
+    }
+
     fn end_field(&mut self) {
         self.state = State::FieldType;
         self.fields_left -= 1;
+        self.field += 1;
         if self.fields_left > 0 {
             return;
         }
         if self.records_left > 0 {
+            // A changeset UPDATE's new record: its key columns are undefined unless changed.
             self.records_left -= 1;
             self.fields_left = self.n_col;
+            self.field = 0;
+            self.key_record = KeyRecord::None;
             return;
         }
         self.end_change();
@@ -511,7 +561,7 @@ mod tests {
     fn a_survey_lists_each_table_section_with_its_changes() {
         let mut input = INSERT_ONE.to_vec();
         input.extend_from_slice(&INSERT_ONE[6..]);
-        input.extend_from_slice(b"T\x01\x01u\x00\x09\x00\x05");
+        input.extend_from_slice(b"T\x01\x01u\x00\x09\x00\x03\x01k");
         let mut checker = Checker::new(Some(b'T')).surveying();
         for byte in &input {
             checker.feed(std::slice::from_ref(byte)).unwrap();
@@ -528,8 +578,26 @@ mod tests {
     #[test]
     fn a_patchset_delete_records_only_the_key() {
         // Two columns, key on the first; the delete carries one field.
-        assert_eq!(check(b"P\x02\x01\x00t\x00\x09\x00\x05", b'P'), Ok(1));
-        assert!(check(b"T\x02\x01\x00t\x00\x09\x00\x05", b'T').is_err());
+        assert_eq!(check(b"P\x02\x01\x00t\x00\x09\x00\x03\x01k", b'P'), Ok(1));
+        assert!(check(b"T\x02\x01\x00t\x00\x09\x00\x03\x01k", b'T').is_err());
+    }
+
+    #[test]
+    fn a_key_column_that_names_the_row_must_hold_a_value() {
+        // t(k, v) with key k: an INSERT, a DELETE and an UPDATE's old record whose key is NULL
+        // or undefined are refused; an UPDATE's new record leaves the key undefined.
+        for bad in [
+            &b"T\x02\x01\x00t\x00\x12\x00\x05\x05"[..],
+            b"T\x02\x01\x00t\x00\x09\x00\x00\x05",
+            b"T\x02\x01\x00t\x00\x17\x00\x05\x00\x00\x03\x01v",
+        ] {
+            let err = check(bad, b'T').unwrap_err();
+            assert!(err.reason.starts_with("primary-key column 0 is"), "{err:?}");
+            assert_eq!(err.offset, 8);
+        }
+        assert!(check(b"P\x02\x01\x00t\x00\x09\x00\x05", b'P').is_err());
+        let update = b"T\x02\x01\x00t\x00\x17\x00\x03\x01k\x05\x00\x03\x01v";
+        assert_eq!(check(update, b'T'), Ok(1));
     }
 
     #[test]

@@ -138,19 +138,7 @@ async fn futures_all(db: &SqliteSession, n: usize) -> Vec<Box<dyn liteorm_core::
 #[tokio::test]
 async fn nested_transactions_are_savepoints() {
     let (db, _dir) = file_db().await;
-    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY)")
-        .await
-        .unwrap();
-    let outer = db.begin().await.unwrap();
-    outer
-        .execute("INSERT INTO t VALUES (1)", &[])
-        .await
-        .unwrap();
-    let inner = outer.begin().await.unwrap();
-    inner
-        .execute("INSERT INTO t VALUES (2)", &[])
-        .await
-        .unwrap();
+    let (outer, inner) = outer_with_savepoint(&db).await;
     inner.rollback().await.unwrap();
     outer.commit().await.unwrap();
     assert_eq!(dump(&db, "t").await, [[Value::Integer(1)]]);
@@ -256,6 +244,21 @@ async fn dropping_a_savepoint_then_its_transaction_releases_the_write_lock() {
     // Regression: the outer transaction's drop used to read sqlx's depth before the inner
     // rollback was processed, skip its own rollback, and leave the connection holding the lock.
     let (db, _dir) = file_db().await;
+    let (outer, inner) = outer_with_savepoint(&db).await;
+    drop(inner);
+    drop(outer);
+    let writer = db.begin_immediate().await.unwrap();
+    writer
+        .session()
+        .execute("INSERT INTO t VALUES (3)", &[])
+        .await
+        .unwrap();
+    Box::new(writer).commit().await.unwrap();
+    assert_eq!(dump(&db, "t").await, [[Value::Integer(3)]]);
+}
+
+/// Table `t`, a transaction that inserted row 1, and a savepoint inside it that inserted row 2.
+async fn outer_with_savepoint(db: &SqliteSession) -> (Box<dyn Transaction>, Box<dyn Transaction>) {
     db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY)")
         .await
         .unwrap();
@@ -269,14 +272,5 @@ async fn dropping_a_savepoint_then_its_transaction_releases_the_write_lock() {
         .execute("INSERT INTO t VALUES (2)", &[])
         .await
         .unwrap();
-    drop(inner);
-    drop(outer);
-    let writer = db.begin_immediate().await.unwrap();
-    writer
-        .session()
-        .execute("INSERT INTO t VALUES (3)", &[])
-        .await
-        .unwrap();
-    Box::new(writer).commit().await.unwrap();
-    assert_eq!(dump(&db, "t").await, [[Value::Integer(3)]]);
+    (outer, inner)
 }
