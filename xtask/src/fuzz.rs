@@ -129,8 +129,8 @@ pub(crate) fn fuzz(root: &Path, args: &[String]) -> ExitCode {
     for target in &opts.targets {
         let work = root.join("fuzz").join("target").join("corpus").join(target);
         let seeds = root.join("fuzz").join("corpus").join(target);
-        let artifacts = root.join("fuzz").join("artifacts").join(target);
-        for dir in [&work, &seeds, &artifacts] {
+        // cargo-fuzz writes crashing inputs to fuzz/artifacts/<target>/ itself.
+        for dir in [&work, &seeds] {
             if let Err(err) = fs::create_dir_all(dir) {
                 eprintln!("xtask: cannot create {}: {err}", dir.display());
                 return ExitCode::FAILURE;
@@ -142,7 +142,6 @@ pub(crate) fn fuzz(root: &Path, args: &[String]) -> ExitCode {
             format!("-timeout={TIMEOUT_SECS}"),
             "-rss_limit_mb=4096".to_owned(),
             "-print_final_stats=1".to_owned(),
-            format!("-artifact_prefix={}/", artifacts.display()),
         ]);
         if target == "apply" {
             // With sqlx's worker thread allocating alongside, libFuzzer's malloc/free counts do
