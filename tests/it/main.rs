@@ -15,7 +15,6 @@ mod diff;
 mod gate;
 mod group;
 mod inspect;
-mod properties;
 mod rebase;
 mod regressions;
 mod replication;
