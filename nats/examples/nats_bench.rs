@@ -156,11 +156,11 @@ async fn scenario(
     let stop_signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let publishing = tokio::spawn({
+    let mut publishing = tokio::spawn({
         let stopped = stopped.clone();
         async move { publisher.run(stop_signal(stopped)).await }
     });
-    let following = tokio::spawn({
+    let mut following = tokio::spawn({
         let stopped = stopped.clone();
         async move { follower.run(stop_signal(stopped)).await }
     });
@@ -191,7 +191,16 @@ async fn scenario(
         }
     }
     let recorded_in = start.elapsed();
-    tokio::time::timeout(Duration::from_secs(300), stamper).await??;
+    // Either the follower applies everything, or one of the loops stopped with an error.
+    tokio::select! {
+        stamped = stamper => stamped?,
+        published = &mut publishing => return Err(format!("publisher stopped: {published:?}").into()),
+        followed = &mut following => return Err(format!("follower stopped: {followed:?}").into()),
+        () = tokio::time::sleep(Duration::from_secs(60)) => {
+            let state = diagnose(js, &stream, &primary, &replica_db).await;
+            return Err(format!("the follower did not apply everything within 60 s: {state}").into());
+        }
+    }
     let total = start.elapsed();
     stop.send_replace(true);
     publishing.await??;
@@ -224,6 +233,53 @@ async fn scenario(
         "lag_max_ms": pct(1000),
         "lag_samples": lags.len(),
     }))
+}
+
+/// Where each side is, to tell which one stalled.
+async fn diagnose(
+    js: &async_nats::jetstream::Context,
+    stream: &ChangeStream,
+    primary: &SqliteSession,
+    replica_db: &SqliteSession,
+) -> String {
+    let one = |db: &SqliteSession, sql: &'static str| {
+        let db = db.clone();
+        async move {
+            match db.query(sql, &[]).await {
+                Ok(rows) => rows
+                    .first()
+                    .map_or("-".into(), |r| format!("{:?}", r.values())),
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    let log = one(primary, "SELECT max(seq) FROM liteorm_changes").await;
+    let outbox = one(primary, "SELECT published_seq FROM liteorm_outbox").await;
+    let replica = one(replica_db, "SELECT last_seq FROM liteorm_replica").await;
+    let (stream_state, consumer) = match js.get_stream(stream.name()).await {
+        Ok(handle) => {
+            let consumer = match handle.consumer_info("bench").await {
+                Ok(c) => format!(
+                    "delivered {:?} ack_floor {:?} ack_pending {} pending {} waiting {} redelivered {}",
+                    c.delivered.stream_sequence,
+                    c.ack_floor.stream_sequence,
+                    c.num_ack_pending,
+                    c.num_pending,
+                    c.num_waiting,
+                    c.num_redelivered
+                ),
+                Err(e) => e.to_string(),
+            };
+            (
+                format!("{:?}", handle.cached_info().state.last_sequence),
+                consumer,
+            )
+        }
+        Err(e) => (e.to_string(), String::new()),
+    };
+    format!(
+        "log {log}, outbox {outbox}, stream last {stream_state}, replica {replica}, consumer {consumer}"
+    )
 }
 
 /// The baseline: the same transactions recorded with nothing replicating them.

@@ -24,7 +24,7 @@ pub enum Error {
         name: String,
     },
     /// Talking to the NATS server failed (not reachable, timed out, refused the request). The
-    /// publisher's and follower's `run` loops retry these.
+    /// publisher's and follower's `run` loops retry these ([`Error::is_transient`]).
     #[error("NATS {op}: {source}")]
     Nats {
         /// What was being done.
@@ -93,6 +93,17 @@ pub enum Error {
     },
 }
 
+/// SQLITE_BUSY or SQLITE_LOCKED, in any of their extended forms (the code is the extended
+/// result code as text; the primary code is its low byte).
+fn is_busy(err: &liteorm_core::Error) -> bool {
+    match err {
+        liteorm_core::Error::Database {
+            code: Some(code), ..
+        } => code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
 fn describe(found: Option<u64>) -> String {
     match found {
         Some(seq) => format!("change log seq {seq}"),
@@ -101,10 +112,17 @@ fn describe(found: Option<u64>) -> String {
 }
 
 impl Error {
-    /// Whether the error is a NATS transport failure that a retry may cure (the `run` loops
-    /// retry these with a backoff; everything else stops them).
+    /// Whether a retry may cure the error: a NATS transport failure, or a database that stayed
+    /// locked by another writer for longer than its busy timeout. The `run` loops retry these
+    /// with a backoff; everything else stops them.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Nats { .. })
+        match self {
+            Error::Nats { .. } => true,
+            Error::Session(err) | Error::Replication(liteorm_replication::Error::Session(err)) => {
+                is_busy(err)
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn nats<E>(op: &'static str) -> impl FnOnce(E) -> Error
@@ -120,3 +138,33 @@ impl Error {
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db_error(code: &str) -> liteorm_core::Error {
+        liteorm_core::Error::Database {
+            dialect: liteorm_core::Dialect::SQLITE,
+            code: Some(code.into()),
+            message: "database is locked".into(),
+        }
+    }
+
+    #[test]
+    fn busy_and_locked_databases_are_transient_other_errors_are_not() {
+        // SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT, SQLITE_LOCKED_SHAREDCACHE
+        for code in ["5", "517", "262"] {
+            assert!(Error::Session(db_error(code)).is_transient(), "{code}");
+            let replica = liteorm_replication::Error::Session(db_error(code));
+            assert!(Error::Replication(replica).is_transient(), "{code}");
+        }
+        // SQLITE_CONSTRAINT_PRIMARYKEY
+        assert!(!Error::Session(db_error("1555")).is_transient());
+        let gap = liteorm_replication::Error::Gap {
+            expected: 2,
+            got: 3,
+        };
+        assert!(!Error::Replication(gap).is_transient());
+    }
+}

@@ -32,6 +32,8 @@ const TIDY_DIRS: &[&str] = &[
     "liteorm-core",
     "liteorm-sqlite",
     "changeset",
+    "replication",
+    "cli",
     "nats",
     "tests",
     "xtask",
