@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::ffi as sys;
 
-use crate::ffi::{self, ApplyHooks, ApplyInput, ChangesetIter, Input, IterRef};
-use crate::iter::{Change, invalid};
+use crate::ffi::{self, ApplyHooks, ApplyInput, Input, IterRef};
+use crate::iter::Change;
 use crate::stream::Checked;
 use crate::{Capability, Error, RebaseBuffer, format, gate};
 
@@ -533,38 +533,28 @@ fn same_run(run: &str, next: &str) -> bool {
     run.as_bytes().eq_ignore_ascii_case(next.as_bytes())
 }
 
-/// Walks a validated blob once for its tables, their headers and change counts; a corrupt blob
+/// Lists a blob's tables, their headers and change counts with the bounds-checked byte walk of
+/// [`format`] (no value is decoded and SQLite's iterator is not involved); a malformed blob
 /// fails here, before anything is written.
 pub(crate) fn survey(blob: &[u8], kind: &'static str) -> Result<HashMap<String, TableInfo>, Error> {
-    let mut tables: HashMap<String, TableInfo> = HashMap::new();
-    let mut iter = ChangesetIter::start(blob)?;
-    let mut entry = 0;
-    // Changes come grouped by table: count a run, and look the table up when it ends.
-    let mut run: Option<(String, TableInfo)> = None;
-    while iter.advance().map_err(|e| invalid(kind, entry, &e))? {
-        let current = iter.current();
-        let (table, n_col, pk) = current.header().map_err(|e| invalid(kind, entry, &e))?;
-        match run.as_mut() {
-            Some((name, info)) if same_run(name, &table.to_string_lossy()) => info.changes += 1,
-            _ => {
-                let info = TableInfo {
-                    n_col,
-                    pk: pk.to_vec(),
-                    changes: 1,
-                };
-                if let Some((name, done)) =
-                    run.replace((table.to_string_lossy().into_owned(), info))
-                {
-                    merge(&mut tables, name, done);
-                }
-            }
-        }
-        entry += 1;
-    }
-    if let Some((name, done)) = run {
-        merge(&mut tables, name, done);
-    }
-    Ok(tables)
+    let mut checker = format::Checker::new(None).surveying();
+    checker
+        .feed(blob)
+        .and_then(|()| checker.finish().map(drop))
+        .map_err(|m| Error::Invalid {
+            kind,
+            entry: m.entry,
+            offset: Some(m.offset),
+            reason: m.reason,
+        })?;
+    // SQLite's iterator never stops on a header without changes, so neither does the survey.
+    let sections: Vec<format::Section> = checker
+        .sections()
+        .iter()
+        .filter(|s| s.changes > 0)
+        .cloned()
+        .collect();
+    Ok(stream_tables(&sections))
 }
 
 fn merge(tables: &mut HashMap<String, TableInfo>, name: String, run: TableInfo) {

@@ -687,37 +687,6 @@ impl IterRef<'_> {
             .collect()
     }
 
-    /// The table name, column count and primary-key flags of the current change, without
-    /// reading its values.
-    pub(crate) fn header(&self) -> Result<(&CStr, usize, &[u8]), Error> {
-        let (mut name, mut n_col, mut op, mut indirect): (*const c_char, c_int, c_int, c_int) =
-            (ptr::null(), 0, 0, 0);
-        // SAFETY: the iterator is positioned on a change; out-pointers are valid.
-        let rc = unsafe {
-            ffi::sqlite3changeset_op(self.iter, &mut name, &mut n_col, &mut op, &mut indirect)
-        };
-        let (mut pk_ptr, mut pk_cols) = (ptr::null_mut(), 0);
-        // SAFETY: as above.
-        let pk_rc = unsafe { ffi::sqlite3changeset_pk(self.iter, &mut pk_ptr, &mut pk_cols) };
-        if rc != ffi::SQLITE_OK
-            || pk_rc != ffi::SQLITE_OK
-            || name.is_null()
-            || pk_ptr.is_null()
-            || pk_cols != n_col
-        {
-            return Err(code_error(ffi::SQLITE_CORRUPT, "sqlite3changeset_op"));
-        }
-        let len = usize::try_from(n_col).unwrap_or(0);
-        // SAFETY: both point into the iterator's current change, which outlives `&self`.
-        Ok(unsafe {
-            (
-                CStr::from_ptr(name),
-                len,
-                std::slice::from_raw_parts(pk_ptr, len),
-            )
-        })
-    }
-
     /// The table, op and values of the current change. `table_cache` avoids one allocation per
     /// change when consecutive changes are on the same table.
     pub(crate) fn change(&self, table_cache: &mut Option<Arc<str>>) -> Result<Change, Error> {
