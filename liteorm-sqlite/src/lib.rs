@@ -7,6 +7,18 @@
 //! [`SqliteSession::pin`], and raw handle access only inside sqlx's `lock_handle()` guard through
 //! [`PinnedGuard::with_raw`] / [`PinnedGuard::with_raw_blocking`].
 //!
+//! Statements of a pool-backed session run on sqlx's per-connection worker thread. Statements
+//! of a pinned session (a transaction, or the session a capture hands its closure) run *inline*,
+//! on the calling task's thread, on liteorm's own prepared statements, while sqlx's handle lock
+//! keeps its worker off the connection: that saves the round trip to the worker (tens of
+//! microseconds and several context switches per statement). Only statements that cannot wait
+//! for another connection's lock run inline (inside a write transaction, or on an in-memory
+//! database); the others, and SQL holding several statements or named parameters, go through
+//! sqlx as before. A long statement run inline (an `UPDATE` of a million rows, say) occupies its
+//! executor thread until it finishes, like any other CPU-bound work in an async task: run such
+//! work from `tokio::task::spawn_blocking`, or on a pool-backed session, if the other tasks of
+//! that thread must keep running meanwhile.
+//!
 //! ```
 //! use liteorm_core::{Session, Value};
 //! use liteorm_sqlite::SqliteSession;
@@ -24,6 +36,7 @@
 
 mod convert;
 mod info;
+mod inline;
 mod pinned;
 mod session;
 

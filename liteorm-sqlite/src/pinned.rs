@@ -3,17 +3,103 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use liteorm_core::{Error, Result};
+use liteorm_core::{Error, Result, Row, Value};
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{Sqlite, SqliteConnection, SqliteTransactionManager};
+use sqlx::sqlite::{LockedSqliteHandle, Sqlite, SqliteConnection, SqliteTransactionManager};
 use sqlx::{AssertSqlSafe, Executor as _};
 use sqlx_core::transaction::TransactionManager as _;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::inline::RawLock;
 use crate::{SqliteInfo, SqliteSession, convert};
 
-/// The shared home of a pinned connection. `None` once the owner released it.
-pub(crate) type Slot = Arc<Mutex<Option<PoolConnection<Sqlite>>>>;
+/// The shared home of a pinned connection.
+pub(crate) type Slot = Arc<Mutex<Held>>;
+
+/// A pinned connection (`None` once the owner released it) and, while statements run inline on
+/// it, sqlx's handle lock on it.
+///
+/// The handle lock is taken on demand and kept across statements and across [`PinnedGuard`]s,
+/// so that consecutive inline statements and raw calls cost no trip to sqlx's worker thread. It
+/// is given up before anything else uses the connection through sqlx, and before the
+/// connection leaves the slot.
+pub(crate) struct Held {
+    /// Declared before `conn`: dropped first.
+    raw: Option<RawLock>,
+    conn: Option<PoolConnection<Sqlite>>,
+}
+
+impl Held {
+    pub(crate) fn new(conn: PoolConnection<Sqlite>) -> Self {
+        Held {
+            raw: None,
+            conn: Some(conn),
+        }
+    }
+
+    /// The connection for use through sqlx: gives up the handle lock first.
+    fn conn(&mut self) -> Option<&mut SqliteConnection> {
+        self.raw = None;
+        self.conn.as_deref_mut()
+    }
+
+    /// Takes the connection out (it goes back to the pool when dropped), handle lock given up.
+    fn take(&mut self) -> Option<PoolConnection<Sqlite>> {
+        self.raw = None;
+        self.conn.take()
+    }
+
+    /// sqlx's transaction depth, read without giving up the handle lock.
+    fn transaction_depth(&self) -> usize {
+        // sqlx keeps the depth in an atomic, shared with its worker; reading it is no command.
+        self.conn
+            .as_deref()
+            .map_or(0, SqliteTransactionManager::get_transaction_depth)
+    }
+
+    /// The handle lock, taken now (a trip to the worker) unless already held.
+    async fn raw(&mut self) -> Result<&mut RawLock> {
+        if self.raw.is_none() {
+            let conn = self.conn.as_deref_mut().ok_or(RELEASED)?;
+            let handle = conn.lock_handle().await.map_err(convert::error)?;
+            // SAFETY: see `Held::keep`.
+            self.raw = Some(unsafe { Self::keep(handle) });
+        }
+        self.raw.as_mut().ok_or(RELEASED)
+    }
+
+    /// Like [`Self::raw`], waiting synchronously for the worker (on a thread that may block).
+    fn raw_blocking(&mut self) -> Result<&mut RawLock> {
+        if self.raw.is_none() {
+            let conn = self.conn.as_deref_mut().ok_or(RELEASED)?;
+            let handle = futures::executor::block_on(conn.lock_handle()).map_err(convert::error)?;
+            // SAFETY: see `Held::keep`.
+            self.raw = Some(unsafe { Self::keep(handle) });
+        }
+        self.raw.as_mut().ok_or(RELEASED)
+    }
+
+    /// Erases the lifetime of a handle lock on `self.conn`, to keep it in `self.raw`.
+    ///
+    /// # Safety
+    /// `handle` locks `self.conn`'s connection. This is sound because `Held` upholds what the
+    /// borrow would: `raw` is cleared before the connection is used through sqlx (`conn`),
+    /// taken out (`take`) or dropped (field order); `Held` lives inside the slot's `Arc` and is
+    /// never moved out of it. sqlx 0.9's `LockedSqliteHandle` holds a guard of the worker's
+    /// mutex, which lives in an `Arc` the connection owns, so reading the connection's
+    /// transaction-depth atomic (`transaction_depth`) while it is held touches other memory.
+    unsafe fn keep(handle: LockedSqliteHandle<'_>) -> RawLock {
+        // SAFETY: the caller's promise (see above); only the lifetime changes.
+        unsafe {
+            RawLock::new(std::mem::transmute::<
+                LockedSqliteHandle<'_>,
+                LockedSqliteHandle<'static>,
+            >(handle))
+        }
+    }
+}
+
+const RELEASED: Error = Error::Closed("the pinned connection was released");
 
 /// One physical connection, held until this value is released or dropped.
 ///
@@ -29,7 +115,7 @@ pub struct PinnedConnection {
 impl PinnedConnection {
     pub(crate) fn acquired(conn: PoolConnection<Sqlite>, info: Arc<SqliteInfo>) -> Self {
         PinnedConnection {
-            slot: Arc::new(Mutex::new(Some(conn))),
+            slot: Arc::new(Mutex::new(Held::new(conn))),
             info,
             owner: true,
         }
@@ -82,7 +168,7 @@ impl PinnedConnection {
     /// else may now use. For a shared pin this only drops the handle.
     pub async fn release(self) {
         if self.owner {
-            self.slot.lock().await.take();
+            drop(self.slot.lock().await.take());
         }
     }
 }
@@ -92,7 +178,7 @@ impl Drop for PinnedConnection {
         if self.owner
             && let Ok(mut slot) = self.slot.try_lock()
         {
-            slot.take();
+            drop(slot.take());
         }
     }
 }
@@ -101,17 +187,17 @@ impl Drop for PinnedConnection {
 /// it while the guard lives, and dropping the future that holds it cannot free the connection
 /// under a running FFI call when the guard was moved into `spawn_blocking`.
 pub struct PinnedGuard {
-    guard: OwnedMutexGuard<Option<PoolConnection<Sqlite>>>,
+    guard: OwnedMutexGuard<Held>,
 }
 
 impl PinnedGuard {
-    pub(crate) fn new_from(guard: OwnedMutexGuard<Option<PoolConnection<Sqlite>>>) -> Result<Self> {
+    pub(crate) fn new_from(guard: OwnedMutexGuard<Held>) -> Result<Self> {
         Self::new(guard)
     }
 
-    fn new(guard: OwnedMutexGuard<Option<PoolConnection<Sqlite>>>) -> Result<Self> {
-        if guard.is_none() {
-            return Err(Error::Closed("the pinned connection was released"));
+    fn new(guard: OwnedMutexGuard<Held>) -> Result<Self> {
+        if guard.conn.is_none() {
+            return Err(RELEASED);
         }
         Ok(PinnedGuard { guard })
     }
@@ -120,16 +206,20 @@ impl PinnedGuard {
         // `new` checked that the slot holds a connection, and only the owner's `release` (which
         // needs this same lock) empties it.
         self.guard
-            .as_deref_mut()
+            .conn()
             .expect("PinnedGuard holds a connection by construction")
     }
 
     /// Runs `f` with the raw `sqlite3*` handle inside sqlx's `lock_handle()` guard, so that
     /// sqlx's worker thread makes no FFI call on the connection meanwhile. The pointer is only
     /// valid inside `f`.
+    ///
+    /// The guard is kept after `f` returns (until something runs on the connection through
+    /// sqlx, or it goes back to the pool), so that further raw calls and inline statements on
+    /// the pinned connection need no trip to sqlx's worker thread.
     pub async fn with_raw<R>(&mut self, f: impl FnOnce(NonNull<ffi::sqlite3>) -> R) -> Result<R> {
-        let mut handle = self.conn().lock_handle().await.map_err(convert::error)?;
-        Ok(f(handle.as_raw_handle()))
+        let raw = self.guard.raw().await?;
+        Ok(f(raw.db()))
     }
 
     /// Like [`Self::with_raw`], for a thread that may block (`spawn_blocking`, or `Drop` cleanup):
@@ -138,9 +228,27 @@ impl PinnedGuard {
         &mut self,
         f: impl FnOnce(NonNull<ffi::sqlite3>) -> R,
     ) -> Result<R> {
-        let mut handle =
-            futures::executor::block_on(self.conn().lock_handle()).map_err(convert::error)?;
-        Ok(f(handle.as_raw_handle()))
+        let raw = self.guard.raw_blocking()?;
+        Ok(f(raw.db()))
+    }
+
+    /// Runs one statement inline on the connection (see [`crate::inline`]); `None` if it has to
+    /// go through sqlx instead (nothing was run).
+    pub(crate) async fn execute_inline(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Option<u64>> {
+        self.guard.raw().await?.execute(sql, params).transpose()
+    }
+
+    /// Runs one query inline on the connection; `None` if it has to go through sqlx.
+    pub(crate) async fn query_inline(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Option<Vec<Row>>> {
+        self.guard.raw().await?.query(sql, params).transpose()
     }
 
     /// Runs one or more statements (no parameters) on the connection.
@@ -212,7 +320,7 @@ impl PinnedGuard {
 
     /// How many transaction levels are open on the connection (0: autocommit).
     pub fn transaction_depth(&mut self) -> usize {
-        SqliteTransactionManager::get_transaction_depth(self.conn())
+        self.guard.transaction_depth()
     }
 
     pub(crate) fn connection(&mut self) -> &mut SqliteConnection {

@@ -182,6 +182,12 @@ impl Session for SqliteSession {
     }
 
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        if let Target::Pinned(slot) = &self.target {
+            let mut guard = PinnedGuard::new_from(Arc::clone(slot).lock_owned().await)?;
+            if let Some(changes) = guard.execute_inline(sql, params).await? {
+                return Ok(changes);
+            }
+        }
         let query = sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
         self.run(move |conn| Box::pin(async move { conn.execute(query).await }))
             .await
@@ -195,6 +201,12 @@ impl Session for SqliteSession {
     }
 
     async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        if let Target::Pinned(slot) = &self.target {
+            let mut guard = PinnedGuard::new_from(Arc::clone(slot).lock_owned().await)?;
+            if let Some(rows) = guard.query_inline(sql, params).await? {
+                return Ok(rows);
+            }
+        }
         let query = sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
         let rows = self
             .run(move |conn| Box::pin(async move { conn.fetch_all(query).await }))

@@ -1,0 +1,379 @@
+//! Statements stepped directly on a pinned connection's `sqlite3*`, on the calling thread, while
+//! sqlx's `lock_handle()` guard keeps sqlx's worker thread off the connection.
+//!
+//! A statement run through sqlx is a round trip to the connection's worker thread (a command
+//! out, the result back). A pinned connection may instead keep sqlx's handle lock across
+//! statements ([`RawLock`]) and step its own cache of prepared statements inline, with the same
+//! value and row conversions and the same error codes as the sqlx path. Statements that could
+//! wait for another connection's lock (a write, or any statement, on a file database outside a
+//! write transaction), that carry several statements or named parameters, or whose parameter
+//! count does not match, go through sqlx as before, so that waits happen on sqlx's thread.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_int};
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+
+use libsqlite3_sys as ffi;
+use liteorm_core::{Error, Row, Value};
+use sqlx::sqlite::LockedSqliteHandle;
+
+use crate::DIALECT;
+
+/// `SQLITE_UTF8` as `sqlite3_bind_text64` takes it.
+const UTF8: u8 = 1;
+
+/// Prepared statements kept per lock; more and the cache starts over.
+const CACHE_MAX: usize = 64;
+
+/// sqlx's handle lock on a pinned connection, held across statements, and the statements
+/// prepared under it. Dropping it finalizes them, then gives the connection back to sqlx's
+/// worker.
+pub(crate) struct RawLock {
+    /// Declared before `_handle`, so dropped (finalized) while the handle is still locked.
+    statements: HashMap<Box<str>, Option<Statement>>,
+    db: NonNull<ffi::sqlite3>,
+    _handle: LockedSqliteHandle<'static>,
+}
+
+// SAFETY: the connection is opened by sqlx in SQLite's multi-thread mode, in which a connection
+// may be used from any thread as long as no two threads use it at once. `RawLock` is only
+// reachable through the pinned connection's `tokio::sync::Mutex` (one user at a time), and sqlx's
+// worker makes no call on the connection while the handle lock is held. The handle lock itself
+// is a `futures_intrusive` mutex guard, which may be released from any thread.
+unsafe impl Send for RawLock {}
+
+impl RawLock {
+    /// Wraps a handle lock whose lifetime the caller erased.
+    ///
+    /// # Safety
+    /// The connection that `handle` locks outlives the returned value, and no statement is run
+    /// on it through sqlx (nor is it closed or returned to the pool) until the value is dropped.
+    pub(crate) unsafe fn new(mut handle: LockedSqliteHandle<'static>) -> Self {
+        RawLock {
+            statements: HashMap::new(),
+            db: handle.as_raw_handle(),
+            _handle: handle,
+        }
+    }
+
+    /// The locked connection's handle: valid, and used by nobody else, while `self` lives.
+    pub(crate) fn db(&self) -> NonNull<ffi::sqlite3> {
+        self.db
+    }
+
+    /// Runs `sql` for its effect and returns the rows it changed (`sqlite3_changes`, as sqlx
+    /// reports it); `None` if the statement has to go through sqlx (nothing was run).
+    pub(crate) fn execute(&mut self, sql: &str, params: &[Value]) -> Option<Result<u64, Error>> {
+        let db = self.db;
+        let statement = self.prepared(sql, params.len())?;
+        // SAFETY: `db` is locked for us and `statement` is one of its statements (see `prepared`).
+        unsafe { statement.run(db, params, false) }.map(|run| run.map(|(changes, _)| changes))
+    }
+
+    /// Runs `sql` and returns its rows; `None` if it has to go through sqlx (nothing was run).
+    pub(crate) fn query(&mut self, sql: &str, params: &[Value]) -> Option<Result<Vec<Row>, Error>> {
+        let db = self.db;
+        let statement = self.prepared(sql, params.len())?;
+        // SAFETY: as in `execute`.
+        unsafe { statement.run(db, params, true) }.map(|run| run.map(|(_, rows)| rows))
+    }
+
+    /// The cached statement for `sql`, prepared on first use, if it may run inline now with
+    /// `n_params` parameters.
+    fn prepared(&mut self, sql: &str, n_params: usize) -> Option<&mut Statement> {
+        // SAFETY: `self.db` is valid and locked for us.
+        if unsafe { may_wait(self.db) } {
+            return None;
+        }
+        if !self.statements.contains_key(sql) {
+            if self.statements.len() >= CACHE_MAX {
+                self.statements.clear();
+            }
+            // SAFETY: as above.
+            let statement = unsafe { Statement::prepare(self.db, sql) };
+            self.statements.insert(sql.into(), statement);
+        }
+        self.statements
+            .get_mut(sql)?
+            .as_mut()
+            .filter(|s| s.n_params == n_params)
+    }
+}
+
+/// Whether a statement on `db` could have to wait for another connection's lock (and so must
+/// not run on an async task): unless a write transaction is open, any statement on a file
+/// database may, since taking a lock may wait up to the busy timeout. In-memory databases have
+/// no file locks (a shared-cache one reports `SQLITE_LOCKED`, handled in `Statement::run`).
+///
+/// # Safety
+/// `db` is valid and locked.
+unsafe fn may_wait(db: NonNull<ffi::sqlite3>) -> bool {
+    // SAFETY: the caller's promise; a NULL schema asks for the highest state of all schemas.
+    if unsafe { ffi::sqlite3_txn_state(db.as_ptr(), ptr::null()) } == ffi::SQLITE_TXN_WRITE {
+        return false;
+    }
+    // SAFETY: as above; `main` always exists. An in-memory or temp database has an empty name.
+    let file = unsafe { ffi::sqlite3_db_filename(db.as_ptr(), c"main".as_ptr()) };
+    // SAFETY: a non-NULL file name is a NUL-terminated string owned by the connection.
+    !(file.is_null() || unsafe { *file } == 0)
+}
+
+/// One prepared statement of the cache.
+struct Statement {
+    stmt: NonNull<ffi::sqlite3_stmt>,
+    n_params: usize,
+}
+
+impl Statement {
+    /// Prepares `sql`; `None` if it cannot run inline: it does not compile (sqlx reports the
+    /// error), holds more than one statement, has none, or uses named or numbered parameters.
+    ///
+    /// # Safety
+    /// `db` is valid and locked.
+    unsafe fn prepare(db: NonNull<ffi::sqlite3>, sql: &str) -> Option<Statement> {
+        let len = c_int::try_from(sql.len()).ok()?;
+        let mut stmt = ptr::null_mut();
+        let mut tail: *const c_char = ptr::null();
+        // SAFETY: `db` is valid and locked (the caller's promise); `sql` is `len` bytes.
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v3(
+                db.as_ptr(),
+                sql.as_ptr().cast(),
+                len,
+                ffi::SQLITE_PREPARE_PERSISTENT,
+                &mut stmt,
+                &mut tail,
+            )
+        };
+        let statement = Statement {
+            stmt: NonNull::new(stmt)?,
+            n_params: 0,
+        };
+        if rc != ffi::SQLITE_OK || tail.is_null() {
+            return None;
+        }
+        // SAFETY: `tail` points into `sql`, at or after its start.
+        let consumed = usize::try_from(unsafe { tail.offset_from(sql.as_ptr().cast()) }).ok()?;
+        if !sql.get(consumed..)?.trim().is_empty() {
+            return None;
+        }
+        // SAFETY: `stmt` is a live statement of `db`.
+        let n = unsafe { ffi::sqlite3_bind_parameter_count(statement.stmt.as_ptr()) };
+        for i in 1..=n {
+            // SAFETY: as above; `i` is a valid parameter index.
+            if !unsafe { ffi::sqlite3_bind_parameter_name(statement.stmt.as_ptr(), i) }.is_null() {
+                return None;
+            }
+        }
+        let mut statement = statement;
+        statement.n_params = usize::try_from(n).ok()?;
+        Some(statement)
+    }
+
+    /// Binds `params`, steps to the end and resets. Returns the changes and (when `collect`)
+    /// the rows; `None` if the statement met a shared-cache lock before doing anything, so that
+    /// sqlx (which waits for the unlock) runs it instead.
+    ///
+    /// # Safety
+    /// `db` is valid and locked, and owns this statement.
+    unsafe fn run(
+        &mut self,
+        db: NonNull<ffi::sqlite3>,
+        params: &[Value],
+        collect: bool,
+    ) -> Option<Result<(u64, Vec<Row>), Error>> {
+        let stmt = self.stmt.as_ptr();
+        // SAFETY: the caller's promise for every call below; the statement is reset when this
+        // returns, so no step is left half-way.
+        unsafe {
+            let result = self.bind_and_step(db, params, collect);
+            ffi::sqlite3_reset(stmt);
+            ffi::sqlite3_clear_bindings(stmt);
+            result
+        }
+    }
+
+    /// # Safety
+    /// As [`Self::run`].
+    unsafe fn bind_and_step(
+        &mut self,
+        db: NonNull<ffi::sqlite3>,
+        params: &[Value],
+        collect: bool,
+    ) -> Option<Result<(u64, Vec<Row>), Error>> {
+        let stmt = self.stmt.as_ptr();
+        for (i, param) in params.iter().enumerate() {
+            // `prepare` checked that the statement has `params.len()` parameters, a c_int.
+            let index = c_int::try_from(i + 1).unwrap_or(c_int::MAX);
+            // SAFETY: the caller's promise; SQLITE_TRANSIENT makes SQLite copy text and blobs.
+            let rc = unsafe {
+                match param {
+                    Value::Null => ffi::sqlite3_bind_null(stmt, index),
+                    Value::Integer(v) => ffi::sqlite3_bind_int64(stmt, index, *v),
+                    Value::Real(v) => ffi::sqlite3_bind_double(stmt, index, *v),
+                    Value::Text(v) => ffi::sqlite3_bind_text64(
+                        stmt,
+                        index,
+                        v.as_ptr().cast(),
+                        v.len() as u64,
+                        ffi::SQLITE_TRANSIENT(),
+                        UTF8,
+                    ),
+                    Value::Blob(v) => ffi::sqlite3_bind_blob64(
+                        stmt,
+                        index,
+                        v.as_ptr().cast(),
+                        v.len() as u64,
+                        ffi::SQLITE_TRANSIENT(),
+                    ),
+                }
+            };
+            if rc != ffi::SQLITE_OK {
+                // SAFETY: the caller's promise.
+                return Some(Err(unsafe { db_error(db) }));
+            }
+        }
+        let mut rows = Vec::new();
+        let mut columns: Option<Arc<[String]>> = None;
+        // sqlx decodes rows after the statement has run to its end; so does this.
+        let mut decode_error = None;
+        let mut first = true;
+        loop {
+            // SAFETY: the caller's promise.
+            let rc = unsafe { ffi::sqlite3_step(stmt) };
+            match rc {
+                ffi::SQLITE_ROW if collect => {
+                    // SAFETY: the statement is on a row.
+                    let columns = columns.get_or_insert_with(|| unsafe { column_names(stmt) });
+                    // SAFETY: as above.
+                    match unsafe { read_row(stmt, columns.len()) } {
+                        Ok(values) => rows.push(Row::new(Arc::clone(columns), values)),
+                        Err(err) => {
+                            decode_error.get_or_insert(err);
+                        }
+                    }
+                }
+                ffi::SQLITE_ROW => {}
+                ffi::SQLITE_DONE => break,
+                rc if first && rc & 0xff == ffi::SQLITE_LOCKED => return None,
+                _ => {
+                    // SAFETY: the caller's promise.
+                    return Some(Err(unsafe { db_error(db) }));
+                }
+            }
+            first = false;
+        }
+        if let Some(err) = decode_error {
+            return Some(Err(err));
+        }
+        // SAFETY: the caller's promise. sqlx reports `sqlite3_changes` after the statement.
+        let changes = unsafe { ffi::sqlite3_changes(db.as_ptr()) };
+        Some(Ok((u64::try_from(changes).unwrap_or(0), rows)))
+    }
+}
+
+impl Drop for Statement {
+    fn drop(&mut self) {
+        // SAFETY: statements only live inside a `RawLock`, whose handle is still locked while
+        // they drop; each is finalized once.
+        unsafe { ffi::sqlite3_finalize(self.stmt.as_ptr()) };
+    }
+}
+
+/// The error on `db` as the sqlx path reports it: the extended code as text, and the message.
+///
+/// # Safety
+/// `db` is valid and locked.
+unsafe fn db_error(db: NonNull<ffi::sqlite3>) -> Error {
+    // SAFETY: the caller's promise; `sqlite3_errmsg` returns a NUL-terminated string.
+    let (code, message) = unsafe {
+        (
+            ffi::sqlite3_extended_errcode(db.as_ptr()),
+            CStr::from_ptr(ffi::sqlite3_errmsg(db.as_ptr()))
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    Error::Database {
+        dialect: DIALECT,
+        code: Some(code.to_string()),
+        message,
+    }
+}
+
+/// The result column names of `stmt`.
+///
+/// # Safety
+/// `stmt` is a live statement, on a row.
+unsafe fn column_names(stmt: *mut ffi::sqlite3_stmt) -> Arc<[String]> {
+    // SAFETY: the caller's promise.
+    let n = unsafe { ffi::sqlite3_column_count(stmt) };
+    (0..n)
+        .map(|i| {
+            // SAFETY: `i` is a column index; a name is NUL-terminated (NULL only when out of
+            // memory, which sqlx would treat as an empty name).
+            let name = unsafe { ffi::sqlite3_column_name(stmt, i) };
+            if name.is_null() {
+                String::new()
+            } else {
+                // SAFETY: as above.
+                unsafe { CStr::from_ptr(name) }
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        })
+        .collect()
+}
+
+/// The values of the current row, each by its own storage class (as the sqlx path reads them).
+///
+/// # Safety
+/// `stmt` is a live statement, on a row with `n` columns.
+unsafe fn read_row(stmt: *mut ffi::sqlite3_stmt, n: usize) -> Result<Vec<Value>, Error> {
+    (0..n)
+        .map(|i| {
+            // `n` came from `sqlite3_column_count`, a c_int.
+            let col = c_int::try_from(i).unwrap_or(c_int::MAX);
+            // SAFETY: the caller's promise; `col` is a column index. Text and blob pointers are
+            // valid until the next step, and copied at once.
+            unsafe {
+                Ok(match ffi::sqlite3_column_type(stmt, col) {
+                    ffi::SQLITE_NULL => Value::Null,
+                    ffi::SQLITE_INTEGER => Value::Integer(ffi::sqlite3_column_int64(stmt, col)),
+                    ffi::SQLITE_FLOAT => Value::Real(ffi::sqlite3_column_double(stmt, col)),
+                    ffi::SQLITE_TEXT => {
+                        let bytes = column_bytes(stmt, col, ffi::sqlite3_column_text(stmt, col));
+                        match std::str::from_utf8(bytes) {
+                            Ok(text) => Value::Text(text.to_owned()),
+                            Err(err) => {
+                                return Err(Error::Driver(Box::new(sqlx::Error::ColumnDecode {
+                                    index: format!("{i:?}"),
+                                    source: Box::new(err),
+                                })));
+                            }
+                        }
+                    }
+                    _ => Value::Blob(
+                        column_bytes(stmt, col, ffi::sqlite3_column_blob(stmt, col).cast())
+                            .to_vec(),
+                    ),
+                })
+            }
+        })
+        .collect()
+}
+
+/// The bytes of a text or blob column whose pointer SQLite just returned.
+///
+/// # Safety
+/// `data` is that pointer for column `col` of `stmt`, and the slice is used before the next step.
+unsafe fn column_bytes<'a>(stmt: *mut ffi::sqlite3_stmt, col: c_int, data: *const u8) -> &'a [u8] {
+    // SAFETY: the caller's promise; the length is read after the pointer, as SQLite asks.
+    let len = usize::try_from(unsafe { ffi::sqlite3_column_bytes(stmt, col) }).unwrap_or(0);
+    if data.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: SQLite returned `len` bytes at `data`, valid until the next step.
+    unsafe { std::slice::from_raw_parts(data, len) }
+}
