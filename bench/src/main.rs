@@ -1,11 +1,12 @@
-//! `liteorm-bench`: the workloads of `shared/bench/WORKLOADS.md` (plus `stall`), each run for
+//! `liteorm-bench`: the workloads of `shared/bench/WORKLOADS.md` (plus `stall` and
+//! `replication`), each run for
 //! liteorm (async, through the `Session` trait and the `changeset` API on a multi-thread tokio
 //! runtime) and for a raw baseline (synchronous libsqlite3-sys calls on one connection) in the
 //! same process, printing one JSON line per implementation and one with the liteorm/raw ratios.
 //!
 //! ```text
 //! liteorm-bench capture|apply|conflicts|stall [--rows N] [--reps R] [--db mem|file]
-//! liteorm-bench small [--iters K] [--reps R] [--db mem|file]
+//! liteorm-bench small|replication [--iters K] [--reps R] [--db mem|file]
 //! ```
 //!
 //! What every field means, and how liteorm's figures map to WORKLOADS.md's, is in
@@ -17,6 +18,7 @@ mod common;
 mod conflicts;
 mod lite;
 mod raw;
+mod replication;
 mod small;
 mod stall;
 
@@ -28,12 +30,14 @@ use lite::LiteDb;
 const USAGE: &str = "\
 usage: liteorm-bench <workload> [options]
 
-workloads (WORKLOADS.md, plus stall):
+workloads (WORKLOADS.md, plus stall and replication):
   capture    --rows N   (default 100000)  the mix with/without a session; changeset, patchset
   apply      --rows N   (default 100000)  apply, invert, apply the inverse; SQL replay
   small      --iters K  (default 10000)   one-row transactions, plain and with a session cycle
   conflicts  --rows N   (default 100000)  N updates, N/2 DATA conflicts omitted by a handler
   stall      --rows N   (default 1000000) lateness of a 1 ms ticker task during an apply
+  replication --iters K (default 10000)   one-row transactions recorded by a ChangeLog and
+                                          applied by a Replica (liteorm only, no raw side)
 
 options:
   --reps R        repetitions; every timed figure is the median (default 5)
@@ -142,6 +146,7 @@ fn run(args: &Args) -> BenchResult<()> {
         "small" => small::run(&rt, &common, args.iters.unwrap_or(10_000)),
         "conflicts" => conflicts::run(&rt, &common, rows(100_000)),
         "stall" => stall::run(&rt, &common, rows(1_000_000)),
+        "replication" => replication::run(&rt, &common, args.iters.unwrap_or(10_000)),
         other => Err(format!("unknown workload `{other}`\n\n{USAGE}").into()),
     }
 }

@@ -139,6 +139,28 @@ fn stall_runs() {
 }
 
 #[test]
+fn replication_runs() {
+    // liteorm only (no raw baseline), so one line and no ratios.
+    let lines = run(&["replication", "--iters", "200", "--reps", "1"]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["cmd"], "replication", "{line}");
+    assert_eq!(line["impl"], "liteorm", "{line}");
+    assert_eq!(line["iters"], 200, "{line}");
+    assert_eq!(line["content_checks"], "passed", "{line}");
+    for field in [
+        "record_ms",
+        "record_tx_per_s",
+        "apply_ms",
+        "apply_tx_per_s",
+        "total_tx_per_s",
+        "log_bytes_per_tx",
+    ] {
+        assert!(line[field].is_number(), "{field} in {line}");
+    }
+}
+
+#[test]
 fn bad_options_are_usage_errors() {
     let out = Command::new(env!("CARGO_BIN_EXE_liteorm-bench"))
         .args(["capture", "--db", "disk"])

@@ -9,13 +9,24 @@ pub(crate) const USAGE: &str = "\
 usage: cargo xtask bench [--rows N] [--iters K] [--reps R] [--db mem|file] [workload...]
 
   Builds liteorm-bench in release and runs each workload (default: all of them, in the order
-  capture apply small conflicts stall) with WORKLOADS.md's defaults (rows 100000, iters 10000,
-  reps 5, db mem; stall: rows 1000000). --rows applies to every row-based workload, stall too.
-  Prints one JSON line per implementation (liteorm, raw) and one of ratios per workload.
+  capture apply small conflicts stall replication) with WORKLOADS.md's defaults (rows 100000,
+  iters 10000, reps 5, db mem; stall: rows 1000000). --rows applies to every row-based
+  workload, stall too; --iters to small and replication. Prints one JSON line per
+  implementation (liteorm, raw) and one of ratios per workload (replication: liteorm only).
 ";
 
 /// Every workload, in the order they run by default.
-const WORKLOADS: [&str; 5] = ["capture", "apply", "small", "conflicts", "stall"];
+const WORKLOADS: [&str; 6] = [
+    "capture",
+    "apply",
+    "small",
+    "conflicts",
+    "stall",
+    "replication",
+];
+
+/// The workloads sized by `--iters` (transactions) rather than `--rows`.
+const ITERATED: [&str; 2] = ["small", "replication"];
 
 /// Options forwarded to the bench binary, and the workloads to run.
 struct BenchOptions {
@@ -56,14 +67,14 @@ fn parse(args: &[String]) -> Result<BenchOptions, String> {
     Ok(opts)
 }
 
-/// The arguments of the bench binary for `workload`: `--iters` only for `small`, `--rows` for
-/// the others.
+/// The arguments of the bench binary for `workload`: `--iters` only for the per-transaction
+/// workloads (`small`, `replication`), `--rows` for the others.
 fn workload_args(workload: &str, forwarded: &[(String, String)]) -> Vec<String> {
     let mut args = vec![workload.to_owned()];
     for (flag, value) in forwarded {
         let applies = match flag.as_str() {
-            "--rows" => workload != "small",
-            "--iters" => workload == "small",
+            "--rows" => !ITERATED.contains(&workload),
+            "--iters" => ITERATED.contains(&workload),
             _ => true,
         };
         if applies {
