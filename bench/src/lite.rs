@@ -3,7 +3,7 @@
 
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
-use sqlx::sqlite::{SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use tempfile::TempDir;
 
 use crate::common::{BenchResult, DbMode, INSERT, MIX_DELETE, MIX_UPDATE, RowData, populate};
@@ -23,12 +23,13 @@ impl LiteDb {
     /// database; `sqlite::memory:` would give a shared-cache one) on a pool of exactly one
     /// connection that is never closed for idleness or age, since closing it would drop the
     /// database. `file`: liteorm's options (WAL, foreign keys on, 5 s busy timeout) plus
-    /// `synchronous=NORMAL`, on liteorm's default pool.
+    /// `synchronous=NORMAL`, on liteorm's default pool. Both pools start from liteorm's
+    /// [`SqliteSession::pool_options`], as an application opening with `SqliteSession::open` gets.
     pub(crate) async fn open(mode: DbMode) -> BenchResult<Self> {
         let (session, dir) = match mode {
             DbMode::Mem => {
                 let options = SqliteSession::options(":memory:")?;
-                let pool = SqlitePoolOptions::new()
+                let pool = SqliteSession::pool_options()
                     .max_connections(1)
                     .idle_timeout(None)
                     .max_lifetime(None);
@@ -41,7 +42,7 @@ impl LiteDb {
                 let options = SqliteSession::options(path)?
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal);
-                let pool = SqlitePoolOptions::new();
+                let pool = SqliteSession::pool_options();
                 (SqliteSession::connect_with(options, pool).await?, Some(dir))
             }
         };

@@ -62,6 +62,45 @@ impl RawLock {
         self.db
     }
 
+    /// Whether the main database is a file (so taking its locks may wait for other
+    /// connections), rather than in-memory or temporary.
+    pub(crate) fn is_file(&self) -> bool {
+        // SAFETY: `self.db` is valid and locked for us.
+        unsafe { is_file(self.db) }
+    }
+
+    /// Whether the connection is in autocommit mode (no transaction open).
+    pub(crate) fn autocommit(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { ffi::sqlite3_get_autocommit(self.db.as_ptr()) != 0 }
+    }
+
+    /// Runs `sql` (one or more statements without parameters or results, such as transaction
+    /// control) with `sqlite3_exec`, reporting errors as the sqlx path does.
+    pub(crate) fn exec(&mut self, sql: &str) -> Result<(), Error> {
+        let sql = std::ffi::CString::new(sql).map_err(|_| Error::Database {
+            dialect: DIALECT,
+            code: None,
+            message: "SQL contains a NUL byte".to_owned(),
+        })?;
+        // SAFETY: as above; no callback, no error-message out-pointer.
+        let rc = unsafe {
+            ffi::sqlite3_exec(
+                self.db.as_ptr(),
+                sql.as_ptr(),
+                None,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        if rc == ffi::SQLITE_OK {
+            Ok(())
+        } else {
+            // SAFETY: as above.
+            Err(unsafe { db_error(self.db) })
+        }
+    }
+
     /// Runs `sql` for its effect and returns the rows it changed (`sqlite3_changes`, as sqlx
     /// reports it); `None` if the statement has to go through sqlx (nothing was run).
     pub(crate) fn execute(&mut self, sql: &str, params: &[Value]) -> Option<Result<u64, Error>> {
@@ -113,7 +152,17 @@ unsafe fn may_wait(db: NonNull<ffi::sqlite3>) -> bool {
     if unsafe { ffi::sqlite3_txn_state(db.as_ptr(), ptr::null()) } == ffi::SQLITE_TXN_WRITE {
         return false;
     }
-    // SAFETY: as above; `main` always exists. An in-memory or temp database has an empty name.
+    // SAFETY: the caller's promise.
+    unsafe { is_file(db) }
+}
+
+/// Whether `main` of `db` is a file database.
+///
+/// # Safety
+/// `db` is valid and locked.
+unsafe fn is_file(db: NonNull<ffi::sqlite3>) -> bool {
+    // SAFETY: the caller's promise; `main` always exists. An in-memory or temp database has an
+    // empty name.
     let file = unsafe { ffi::sqlite3_db_filename(db.as_ptr(), c"main".as_ptr()) };
     // SAFETY: a non-NULL file name is a NUL-terminated string owned by the connection.
     !(file.is_null() || unsafe { *file } == 0)

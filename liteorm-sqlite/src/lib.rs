@@ -14,7 +14,10 @@
 //! microseconds and several context switches per statement). Only statements that cannot wait
 //! for another connection's lock run inline (inside a write transaction, or on an in-memory
 //! database); the others, and SQL holding several statements or named parameters, go through
-//! sqlx as before. A long statement run inline (an `UPDATE` of a million rows, say) occupies its
+//! sqlx as before. Transaction control of pinned connections (`BEGIN`, savepoints, `COMMIT`,
+//! `ROLLBACK`) is liteorm's own and runs inline the same way, except `BEGIN IMMEDIATE` and the
+//! outermost `COMMIT` on a file database, which may wait for other connections and so run on
+//! sqlx's worker thread. A long statement run inline (an `UPDATE` of a million rows, say) occupies its
 //! executor thread until it finishes, like any other CPU-bound work in an async task: run such
 //! work from `tokio::task::spawn_blocking`, or on a pool-backed session, if the other tasks of
 //! that thread must keep running meanwhile.

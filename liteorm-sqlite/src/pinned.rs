@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use liteorm_core::{Error, Result, Row, Value};
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{LockedSqliteHandle, Sqlite, SqliteConnection, SqliteTransactionManager};
+use sqlx::sqlite::{LockedSqliteHandle, Sqlite, SqliteConnection};
 use sqlx::{AssertSqlSafe, Executor as _};
-use sqlx_core::transaction::TransactionManager as _;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::inline::RawLock;
@@ -27,6 +26,9 @@ pub(crate) struct Held {
     /// Declared before `conn`: dropped first.
     raw: Option<RawLock>,
     conn: Option<PoolConnection<Sqlite>>,
+    /// Transaction levels liteorm opened on the connection (0: autocommit). liteorm runs its
+    /// own transaction control (most of it inline), so sqlx's own counter stays at 0.
+    depth: usize,
 }
 
 impl Held {
@@ -34,6 +36,7 @@ impl Held {
         Held {
             raw: None,
             conn: Some(conn),
+            depth: 0,
         }
     }
 
@@ -44,17 +47,40 @@ impl Held {
     }
 
     /// Takes the connection out (it goes back to the pool when dropped), handle lock given up.
+    /// A transaction still open on it (whose owner was leaked or cancelled) is rolled back
+    /// first, so the pool never hands out a connection inside a transaction.
     fn take(&mut self) -> Option<PoolConnection<Sqlite>> {
+        if self.depth > 0 && self.conn.is_some() {
+            if let Ok(raw) = self.raw_blocking() {
+                // Fails only if SQLite already ended the transaction, which is what we want.
+                let _ = raw.exec("ROLLBACK");
+            }
+            self.depth = 0;
+        }
         self.raw = None;
         self.conn.take()
     }
 
-    /// sqlx's transaction depth, read without giving up the handle lock.
-    fn transaction_depth(&self) -> usize {
-        // sqlx keeps the depth in an atomic, shared with its worker; reading it is no command.
-        self.conn
-            .as_deref()
-            .map_or(0, SqliteTransactionManager::get_transaction_depth)
+    /// Rolls back the innermost level on the locked connection and counts it closed. A level
+    /// that SQLite already ended (a raw `COMMIT`, or an error that rolled the transaction back)
+    /// counts as closed too, but still reports the error.
+    fn rollback_top(&mut self, raw_blocking: bool) -> Result<()> {
+        let depth = self.depth;
+        if depth == 0 {
+            return Ok(());
+        }
+        let raw = if raw_blocking {
+            self.raw_blocking()?
+        } else {
+            self.raw.as_mut().ok_or(RELEASED)?
+        };
+        let result = raw.exec(&rollback_sql(depth));
+        if result.is_ok() {
+            self.depth -= 1;
+        } else if raw.autocommit() {
+            self.depth = 0;
+        }
+        result
     }
 
     /// The handle lock, taken now (a trip to the worker) unless already held.
@@ -83,11 +109,10 @@ impl Held {
     ///
     /// # Safety
     /// `handle` locks `self.conn`'s connection. This is sound because `Held` upholds what the
-    /// borrow would: `raw` is cleared before the connection is used through sqlx (`conn`),
-    /// taken out (`take`) or dropped (field order); `Held` lives inside the slot's `Arc` and is
-    /// never moved out of it. sqlx 0.9's `LockedSqliteHandle` holds a guard of the worker's
-    /// mutex, which lives in an `Arc` the connection owns, so reading the connection's
-    /// transaction-depth atomic (`transaction_depth`) while it is held touches other memory.
+    /// borrow would: nothing touches the connection while `raw` is set, and `raw` is cleared
+    /// before the connection is used through sqlx (`conn`), taken out (`take`) or dropped
+    /// (field order, and `Drop` takes it out first); `Held` lives inside the slot's `Arc` and
+    /// is never moved out of it.
     unsafe fn keep(handle: LockedSqliteHandle<'_>) -> RawLock {
         // SAFETY: the caller's promise (see above); only the lifetime changes.
         unsafe {
@@ -99,7 +124,28 @@ impl Held {
     }
 }
 
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
+
 const RELEASED: Error = Error::Closed("the pinned connection was released");
+
+/// The savepoint of transaction level `depth + 1` (level 1 is `BEGIN`).
+fn savepoint(depth: usize) -> String {
+    format!("liteorm_savepoint_{depth}")
+}
+
+/// Ends transaction level `depth` (at least 1) by rolling it back.
+fn rollback_sql(depth: usize) -> String {
+    if depth == 1 {
+        "ROLLBACK".to_owned()
+    } else {
+        let name = savepoint(depth - 1);
+        format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+    }
+}
 
 /// One physical connection, held until this value is released or dropped.
 ///
@@ -275,44 +321,76 @@ impl PinnedGuard {
     }
 
     async fn begin_with(&mut self, statement: Option<&'static str>) -> Result<usize> {
-        let conn = self.conn();
-        SqliteTransactionManager::begin(conn, statement.map(sqlx::SqlStr::from_static))
+        let depth = self.guard.depth;
+        let custom = depth == 0 && statement.is_some();
+        let sql = match statement {
+            Some(statement) if depth == 0 => statement.to_owned(),
+            _ if depth == 0 => "BEGIN".to_owned(),
+            _ => format!("SAVEPOINT {}", savepoint(depth)),
+        };
+        // Counted before it runs: if the future is dropped while sqlx's worker runs it, the
+        // level is rolled back when the connection leaves the pin (a level that never began
+        // rolls back as a no-op).
+        self.guard.depth = depth + 1;
+        // `BEGIN IMMEDIATE` takes the write lock, so on a file it may wait (on sqlx's worker).
+        if let Err(err) = self.control(&sql, custom).await {
+            self.guard.depth = depth;
+            return Err(err);
+        }
+        if custom && self.guard.raw().await?.autocommit() {
+            self.guard.depth = depth;
+            return Err(convert::error(sqlx::Error::BeginFailed));
+        }
+        Ok(depth + 1)
+    }
+
+    /// Runs a transaction-control statement: inline, or on sqlx's worker thread when it may
+    /// wait for another connection's lock (`may_wait` on a file database).
+    async fn control(&mut self, sql: &str, may_wait: bool) -> Result<()> {
+        let raw = self.guard.raw().await?;
+        if !(may_wait && raw.is_file()) {
+            return raw.exec(sql);
+        }
+        self.conn()
+            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
             .await
-            .map_err(convert::error)?;
-        Ok(SqliteTransactionManager::get_transaction_depth(conn))
+            .map(drop)
+            .map_err(convert::error)
     }
 
     /// Commits the transaction (or releases the innermost savepoint).
     pub async fn commit(&mut self) -> Result<()> {
-        SqliteTransactionManager::commit(self.conn())
-            .await
-            .map_err(convert::error)
+        let depth = self.guard.depth;
+        if depth == 0 {
+            return Ok(());
+        }
+        let sql = if depth == 1 {
+            "COMMIT".to_owned()
+        } else {
+            format!("RELEASE SAVEPOINT {}", savepoint(depth - 1))
+        };
+        // Outside WAL mode, a COMMIT may wait for readers to finish.
+        self.control(&sql, depth == 1).await?;
+        self.guard.depth = depth - 1;
+        Ok(())
     }
 
     /// Rolls back the transaction (or the innermost savepoint).
     pub async fn rollback(&mut self) -> Result<()> {
-        SqliteTransactionManager::rollback(self.conn())
-            .await
-            .map_err(convert::error)
+        self.guard.raw().await?;
+        self.guard.rollback_top(false)
     }
 
-    /// Rolls back every transaction level at or above `level` (1: the whole transaction) and
-    /// waits until sqlx's worker has done it, without an executor (for `Drop`). Levels below
-    /// `level` stay open.
-    ///
-    /// Waiting matters: sqlx counts transaction depth when its worker *processes* a rollback,
-    /// so a rollback that was only queued would make the next reader of the depth (an outer
-    /// transaction's `Drop`, say) see a level that no longer exists.
+    /// Rolls back every transaction level at or above `level` (1: the whole transaction),
+    /// without an executor (for `Drop`). Levels below `level` stay open.
     pub fn rollback_levels_blocking(&mut self, level: usize) -> Result<()> {
-        while level > 0 && self.transaction_depth() >= level {
-            let before = self.transaction_depth();
-            SqliteTransactionManager::start_rollback(self.conn());
-            // The worker hands over the handle only after every command queued before it.
-            self.with_raw_blocking(|_| ())?;
-            if self.transaction_depth() >= before {
-                return Err(Error::Transaction(format!(
-                    "rollback of transaction level {before} failed"
-                )));
+        while level > 0 && self.guard.depth >= level {
+            let before = self.guard.depth;
+            let rolled_back = self.guard.rollback_top(true);
+            if self.guard.depth >= before {
+                return Err(rolled_back.err().unwrap_or_else(|| {
+                    Error::Transaction(format!("rollback of transaction level {before} failed"))
+                }));
             }
         }
         Ok(())
@@ -320,7 +398,7 @@ impl PinnedGuard {
 
     /// How many transaction levels are open on the connection (0: autocommit).
     pub fn transaction_depth(&mut self) -> usize {
-        self.guard.transaction_depth()
+        self.guard.depth
     }
 
     pub(crate) fn connection(&mut self) -> &mut SqliteConnection {

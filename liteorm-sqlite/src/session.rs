@@ -37,7 +37,17 @@ impl SqliteSession {
     /// the file if it is missing, with liteorm's defaults: WAL for files, a 5 s busy timeout and
     /// foreign keys on.
     pub async fn open(url_or_path: &str) -> Result<Self> {
-        Self::connect_with(Self::options(url_or_path)?, SqlitePoolOptions::new()).await
+        Self::connect_with(Self::options(url_or_path)?, Self::pool_options()).await
+    }
+
+    /// liteorm's default pool options: sqlx's, without the ping before every acquire
+    /// (`test_before_acquire(false)`). A SQLite connection is in-process, so it cannot be
+    /// dropped by a server while idle, and sqlx already pings it when it comes back to the pool
+    /// (which also flushes a rollback queued by a dropped transaction); the ping on acquire is
+    /// one more round trip to the connection's worker thread for every pool-backed statement,
+    /// transaction and capture.
+    pub fn pool_options() -> SqlitePoolOptions {
+        SqlitePoolOptions::new().test_before_acquire(false)
     }
 
     /// Opens a private in-memory database shared by the connections of this session's pool.
