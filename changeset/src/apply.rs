@@ -96,6 +96,98 @@ impl Conflict {
     }
 }
 
+/// One conflict as a borrowed view that decodes values only when asked, for
+/// [`Apply::on_conflict_ref`]: a handler that decides on [`ConflictRef::kind`] or
+/// [`ConflictRef::table`] alone costs no decoding. It lives only during the handler call;
+/// [`ConflictRef::to_conflict`] makes an owned [`Conflict`].
+pub struct ConflictRef<'a> {
+    /// Why the change conflicted.
+    pub kind: ConflictKind,
+    iter: &'a IterRef<'a>,
+}
+
+impl ConflictRef<'_> {
+    /// The table of the conflicting change (`None` for [`ConflictKind::ForeignKey`]), read
+    /// without decoding any value.
+    pub fn table(&self) -> Option<&str> {
+        if self.kind == ConflictKind::ForeignKey {
+            return None;
+        }
+        self.iter.table()
+    }
+
+    /// The change being applied, decoded; `None` for [`ConflictKind::ForeignKey`].
+    pub fn change(&self) -> Result<Option<Change>, Error> {
+        if self.kind == ConflictKind::ForeignKey {
+            return Ok(None);
+        }
+        self.iter.change(&mut None).map(Some)
+    }
+
+    /// The conflicting row of the target database, decoded (for `Data` and `Conflict`).
+    pub fn conflicting_row(&self) -> Result<Option<Vec<Value>>, Error> {
+        match self.kind {
+            ConflictKind::Data | ConflictKind::Conflict => {
+                let change = self.iter.change(&mut None)?;
+                Ok(Some(self.iter.conflicting_row(change.column_count())?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// How many foreign key constraints are violated (for `ForeignKey`; otherwise 0).
+    pub fn foreign_key_violations(&self) -> usize {
+        if self.kind == ConflictKind::ForeignKey {
+            self.iter.fk_conflicts()
+        } else {
+            0
+        }
+    }
+
+    /// The whole conflict, decoded into an owned [`Conflict`].
+    pub fn to_conflict(&self) -> Result<Conflict, Error> {
+        read_conflict(self.kind, self.iter, &mut None)
+    }
+}
+
+impl fmt::Debug for ConflictRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConflictRef")
+            .field("kind", &self.kind)
+            .field("table", &self.table())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes one conflict.
+fn read_conflict(
+    kind: ConflictKind,
+    iter: &IterRef<'_>,
+    table_cache: &mut Option<Arc<str>>,
+) -> Result<Conflict, Error> {
+    if kind == ConflictKind::ForeignKey {
+        return Ok(Conflict {
+            kind,
+            change: None,
+            conflicting_row: None,
+            foreign_key_violations: iter.fk_conflicts(),
+        });
+    }
+    let change = iter.change(table_cache)?;
+    let conflicting_row = match kind {
+        ConflictKind::Data | ConflictKind::Conflict => {
+            Some(iter.conflicting_row(change.column_count())?)
+        }
+        _ => None,
+    };
+    Ok(Conflict {
+        kind,
+        change: Some(change),
+        conflicting_row,
+        foreign_key_violations: 0,
+    })
+}
+
 /// Per conflict kind: how often it occurred and what the handler answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConflictCounts {
@@ -176,7 +268,11 @@ pub struct ApplyReport {
     pub rebase: RebaseBuffer,
 }
 
-type Handler = Box<dyn FnMut(&Conflict) -> ConflictAction + Send>;
+/// The conflict handler: on an owned, decoded [`Conflict`], or on a lazy [`ConflictRef`].
+enum Handler {
+    Owned(Box<dyn FnMut(&Conflict) -> ConflictAction + Send>),
+    Lazy(Box<dyn for<'c> FnMut(&ConflictRef<'c>) -> ConflictAction + Send>),
+}
 type Filter = Box<dyn FnMut(&str) -> bool + Send>;
 
 /// An apply being configured; `.await` it to run. Made by [`apply`] (or
@@ -344,7 +440,33 @@ impl<'a> Apply<'a> {
         mut self,
         handler: impl FnMut(&Conflict) -> ConflictAction + Send + 'static,
     ) -> Self {
-        self.handler = Some(Box::new(handler));
+        self.handler = Some(Handler::Owned(Box::new(handler)));
+        self
+    }
+
+    /// Like [`Apply::on_conflict`], with a [`ConflictRef`] that decodes the change and the
+    /// conflicting row only if the handler asks for them: the cheaper choice when most
+    /// decisions depend on the conflict kind or the table alone. Replaces a handler set before.
+    ///
+    /// ```
+    /// use changeset::{ConflictAction, ConflictKind};
+    /// # async fn demo(db: &dyn liteorm_core::Session, cs: &changeset::Changeset) -> Result<(), changeset::Error> {
+    /// let report = changeset::apply(db, cs)
+    ///     .on_conflict_ref(|c| match (c.kind, c.table()) {
+    ///         (ConflictKind::Data, Some("cache")) => ConflictAction::Replace,
+    ///         (ConflictKind::Data | ConflictKind::NotFound, _) => ConflictAction::Omit,
+    ///         _ => ConflictAction::Abort,
+    ///     })
+    ///     .await?;
+    /// # let _ = report;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_conflict_ref(
+        mut self,
+        handler: impl for<'c> FnMut(&ConflictRef<'c>) -> ConflictAction + Send + 'static,
+    ) -> Self {
+        self.handler = Some(Handler::Lazy(Box::new(handler)));
         self
     }
 
@@ -675,30 +797,6 @@ impl Hooks {
         self.failure.get_or_insert(error);
         sys::SQLITE_CHANGESET_ABORT
     }
-
-    fn read_conflict(&mut self, kind: ConflictKind, iter: &IterRef<'_>) -> Result<Conflict, Error> {
-        if kind == ConflictKind::ForeignKey {
-            return Ok(Conflict {
-                kind,
-                change: None,
-                conflicting_row: None,
-                foreign_key_violations: iter.fk_conflicts(),
-            });
-        }
-        let change = iter.change(&mut self.table_cache)?;
-        let conflicting_row = match kind {
-            ConflictKind::Data | ConflictKind::Conflict => {
-                Some(iter.conflicting_row(change.column_count())?)
-            }
-            _ => None,
-        };
-        Ok(Conflict {
-            kind,
-            change: Some(change),
-            conflicting_row,
-            foreign_key_violations: 0,
-        })
-    }
 }
 
 impl ApplyHooks for Hooks {
@@ -744,13 +842,29 @@ impl ApplyHooks for Hooks {
         let Some(kind) = ConflictKind::from_code(code) else {
             return self.fail(ffi::code_error(sys::SQLITE_MISUSE, "unknown conflict kind"));
         };
-        let conflict = match self.read_conflict(kind, &iter) {
-            Ok(conflict) => conflict,
-            Err(err) => return self.fail(err),
-        };
+        // The owned conflict, decoded before the handler for `on_conflict`, and otherwise only
+        // when the outcome needs it (an error, or the conflict log).
+        let mut decoded = None;
         let action = match self.handler.as_mut() {
-            Some(handler) => handler(&conflict),
+            Some(Handler::Owned(handler)) => {
+                match read_conflict(kind, &iter, &mut self.table_cache) {
+                    Ok(conflict) => handler(decoded.insert(conflict)),
+                    Err(err) => return self.fail(err),
+                }
+            }
+            Some(Handler::Lazy(handler)) => handler(&ConflictRef { kind, iter: &iter }),
             None => ConflictAction::Abort,
+        };
+        let needs_owned = self.log
+            || matches!(action, ConflictAction::Abort)
+            || (matches!(action, ConflictAction::Replace) && !kind.allows_replace());
+        let conflict = match decoded {
+            Some(conflict) => Some(conflict),
+            None if needs_owned => match read_conflict(kind, &iter, &mut self.table_cache) {
+                Ok(conflict) => Some(conflict),
+                Err(err) => return self.fail(err),
+            },
+            None => None,
         };
         let counts = self.report.conflicts.entry(kind).or_default();
         counts.seen += 1;
@@ -768,17 +882,23 @@ impl ApplyHooks for Hooks {
                 sys::SQLITE_CHANGESET_REPLACE
             }
             ConflictAction::Replace => {
-                return self.fail(Error::IllegalReplace {
-                    conflict: Box::new(conflict),
-                });
+                return match conflict {
+                    Some(conflict) => self.fail(Error::IllegalReplace {
+                        conflict: Box::new(conflict),
+                    }),
+                    None => sys::SQLITE_CHANGESET_ABORT,
+                };
             }
             ConflictAction::Abort => {
-                return self.fail(Error::Aborted {
-                    conflict: Box::new(conflict),
-                });
+                return match conflict {
+                    Some(conflict) => self.fail(Error::Aborted {
+                        conflict: Box::new(conflict),
+                    }),
+                    None => sys::SQLITE_CHANGESET_ABORT,
+                };
             }
         };
-        if self.log {
+        if let Some(conflict) = conflict.filter(|_| self.log) {
             self.report.conflict_log.push((conflict, action));
         }
         code

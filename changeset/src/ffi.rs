@@ -687,6 +687,22 @@ impl IterRef<'_> {
             .collect()
     }
 
+    /// The table name of the current change, without reading its values (`None` if it is not
+    /// UTF-8).
+    pub(crate) fn table(&self) -> Option<&str> {
+        let (mut name, mut n_col, mut op, mut indirect): (*const c_char, c_int, c_int, c_int) =
+            (ptr::null(), 0, 0, 0);
+        // SAFETY: the iterator is positioned on a change; out-pointers are valid.
+        let rc = unsafe {
+            ffi::sqlite3changeset_op(self.iter, &mut name, &mut n_col, &mut op, &mut indirect)
+        };
+        if rc != ffi::SQLITE_OK || name.is_null() {
+            return None;
+        }
+        // SAFETY: the name points into the iterator's current change, which outlives `&self`.
+        unsafe { CStr::from_ptr(name) }.to_str().ok()
+    }
+
     /// The table, op and values of the current change. `table_cache` avoids one allocation per
     /// change when consecutive changes are on the same table.
     pub(crate) fn change(&self, table_cache: &mut Option<Arc<str>>) -> Result<Change, Error> {

@@ -76,8 +76,8 @@ mod rebase;
 pub mod stream;
 
 pub use apply::{
-    Apply, ApplyReport, Conflict, ConflictAction, ConflictCounts, ConflictKind, SkipReason,
-    SkippedTable, apply,
+    Apply, ApplyReport, Conflict, ConflictAction, ConflictCounts, ConflictKind, ConflictRef,
+    SkipReason, SkippedTable, apply,
 };
 pub use capability::{Capability, SQLITE_BUILD_VERSION};
 pub use capture::{Capture, Recorder, capture};

@@ -144,6 +144,11 @@ fn summary(report: &ApplyReport) -> Summary {
 }
 
 async fn run(kind: ConflictKind, action: ConflictAction) -> Outcome {
+    run_with(kind, action, false).await
+}
+
+/// `run`, with the handler given to `on_conflict_ref` (`lazy`) or to `on_conflict`.
+async fn run_with(kind: ConflictKind, action: ConflictAction, lazy: bool) -> Outcome {
     let Scenario { change, diverge } = scenario(kind);
     let (source, _d1) = file_db().await;
     source.execute_batch(SCHEMA).await.unwrap();
@@ -154,15 +159,32 @@ async fn run(kind: ConflictKind, action: ConflictAction) -> Outcome {
         target.execute_batch(diverge).await.unwrap();
     }
     let saw = Arc::new(Mutex::new(Vec::new()));
-    let result = apply(&target, &cs)
-        .on_conflict({
+    let applying = apply(&target, &cs);
+    let applying = if lazy {
+        applying.on_conflict_ref({
+            let saw = Arc::clone(&saw);
+            move |c| {
+                let owned = c.to_conflict().unwrap();
+                // Every accessor of the lazy view agrees with the owned conflict.
+                assert_eq!(c.kind, owned.kind);
+                assert_eq!(c.table(), owned.table());
+                assert_eq!(c.change().unwrap(), owned.change);
+                assert_eq!(c.conflicting_row().unwrap(), owned.conflicting_row);
+                assert_eq!(c.foreign_key_violations(), owned.foreign_key_violations);
+                saw.lock().unwrap().push(seen(&owned));
+                action
+            }
+        })
+    } else {
+        applying.on_conflict({
             let saw = Arc::clone(&saw);
             move |c| {
                 saw.lock().unwrap().push(seen(c));
                 action
             }
         })
-        .await;
+    };
+    let result = applying.await;
     let mut handler_saw = std::mem::take(&mut *saw.lock().unwrap());
     handler_saw.sort_by(|a, b| (&a.kind, &a.old, &a.new).cmp(&(&b.kind, &b.old, &b.new)));
     let target_after = dump(&target, "t")
@@ -210,4 +232,17 @@ conflict_snapshots! {
     apply_foreign_key_conflict_omit: ForeignKey, Omit;
     apply_foreign_key_conflict_replace_is_illegal: ForeignKey, Replace;
     apply_foreign_key_conflict_abort: ForeignKey, Abort;
+}
+
+#[tokio::test]
+async fn a_lazy_conflict_view_sees_and_yields_what_the_owned_conflict_does() {
+    use ConflictAction::{Abort, Omit, Replace};
+    use ConflictKind::{Conflict, Constraint, Data, ForeignKey, NotFound};
+    for kind in [Data, NotFound, Conflict, Constraint, ForeignKey] {
+        for action in [Omit, Replace, Abort] {
+            let owned = serde_json::to_value(run_with(kind, action, false).await).unwrap();
+            let lazy = serde_json::to_value(run_with(kind, action, true).await).unwrap();
+            assert_eq!(lazy, owned, "{kind:?} {action:?}");
+        }
+    }
 }
