@@ -328,14 +328,20 @@ impl PinnedGuard {
             _ if depth == 0 => "BEGIN".to_owned(),
             _ => format!("SAVEPOINT {}", savepoint(depth)),
         };
-        // Counted before it runs: if the future is dropped while sqlx's worker runs it, the
-        // level is rolled back when the connection leaves the pin (a level that never began
-        // rolls back as a no-op).
-        self.guard.depth = depth + 1;
         // `BEGIN IMMEDIATE` takes the write lock, so on a file it may wait (on sqlx's worker).
-        if let Err(err) = self.control(&sql, custom).await {
-            self.guard.depth = depth;
-            return Err(err);
+        let raw = self.guard.raw().await?;
+        if custom && raw.is_file() {
+            // Counted before it runs: if the future is dropped while sqlx's worker runs it, the
+            // level is rolled back when the connection leaves the pin (a `BEGIN` that never ran
+            // rolls back as a no-op). Only level 1 goes this way, so no savepoint is miscounted.
+            self.guard.depth = depth + 1;
+            if let Err(err) = self.control(&sql, true).await {
+                self.guard.depth = depth;
+                return Err(err);
+            }
+        } else {
+            raw.exec(&sql)?;
+            self.guard.depth = depth + 1;
         }
         if custom && self.guard.raw().await?.autocommit() {
             self.guard.depth = depth;
