@@ -15,6 +15,7 @@ mod diff;
 mod gate;
 mod group;
 mod inspect;
+mod properties;
 mod rebase;
 mod regressions;
 mod replication;
