@@ -18,6 +18,7 @@ mod inspect;
 mod properties;
 mod rebase;
 mod regressions;
+mod reliability;
 mod replication;
 mod session;
 mod stream;
