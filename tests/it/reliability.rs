@@ -567,3 +567,130 @@ async fn capture_filter_panicking_at_every_call_rolls_back() {
         assert_eq!(three_tables(&db).await, empty, "panic at call {panic_at}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// concurrency
+
+/// Rows a concurrency task owns: ids `base..base + ROWS_PER_TASK`.
+const ROWS_PER_TASK: i64 = 1_000_000;
+
+async fn own_rows(db: &SqliteSession, base: i64) -> Vec<Vec<Value>> {
+    db.query(
+        "SELECT * FROM t WHERE id >= ? AND id < ? ORDER BY id",
+        &[base.into(), (base + ROWS_PER_TASK).into()],
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| row.into_values())
+    .collect()
+}
+
+/// One task of the concurrency test: round after round until `deadline`, captures writes to its
+/// own rows, checks that the changeset holds exactly those writes, undoes them by applying the
+/// inverse and redoes them by applying the changeset, checking its rows after each. Returns
+/// the number of rounds.
+async fn owner_task(db: SqliteSession, task: i64, deadline: Instant) -> usize {
+    let base = task * ROWS_PER_TASK;
+    let mut round = 0_i64;
+    while Instant::now() < deadline {
+        let before = own_rows(&db, base).await;
+        let (id, name) = (base + round, format!("{task}-{round}"));
+        let cs = Capture::new(&db)
+            .tables(["t"])
+            .changeset({
+                let name = name.clone();
+                move |s| async move {
+                    s.execute(
+                        "INSERT INTO t VALUES (?, ?, ?)",
+                        &[id.into(), name.into(), round.into()],
+                    )
+                    .await?;
+                    if round >= 1 {
+                        s.execute("UPDATE t SET n = n + 1000 WHERE id = ?", &[(id - 1).into()])
+                            .await?;
+                    }
+                    if round >= 2 && round % 3 == 2 {
+                        s.execute("DELETE FROM t WHERE id = ?", &[(id - 2).into()])
+                            .await?;
+                    }
+                    Ok::<_, Error>(())
+                }
+            })
+            .await
+            .unwrap();
+
+        // Exactly this round's writes: no other task's row, none missing.
+        let mut seen: Vec<(changeset::ChangeOp, Vec<Value>)> = cs
+            .changes()
+            .unwrap()
+            .into_iter()
+            .map(|change| {
+                assert_eq!(&*change.table, "t");
+                let values = match change.op {
+                    changeset::ChangeOp::Insert => change.new.clone(),
+                    _ => change.old.clone(),
+                };
+                (change.op, values.into_iter().flatten().collect())
+            })
+            .collect();
+        seen.sort_by_key(|(_, values)| format!("{values:?}"));
+        let mut expected = vec![(
+            changeset::ChangeOp::Insert,
+            vec![id.into(), name.clone().into(), round.into()],
+        )];
+        if round >= 1 {
+            // The update's old record: the key and the old value of the changed column.
+            let old = vec![(id - 1).into(), (round - 1).into()];
+            expected.push((changeset::ChangeOp::Update, old));
+        }
+        if round >= 2 && round % 3 == 2 {
+            let deleted = vec![
+                (id - 2).into(),
+                format!("{task}-{}", round - 2).into(),
+                (round - 2 + 1000).into(),
+            ];
+            expected.push((changeset::ChangeOp::Delete, deleted));
+        }
+        expected.sort_by_key(|(_, values)| format!("{values:?}"));
+        assert_eq!(seen, expected, "task {task} round {round}");
+
+        let after = own_rows(&db, base).await;
+        apply(&db, &cs.invert().unwrap()).await.unwrap();
+        assert_eq!(
+            own_rows(&db, base).await,
+            before,
+            "task {task} round {round}: undo"
+        );
+        apply(&db, &cs).await.unwrap();
+        assert_eq!(
+            own_rows(&db, base).await,
+            after,
+            "task {task} round {round}: redo"
+        );
+        round += 1;
+    }
+    usize::try_from(round).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_tasks_capture_and_apply_on_one_pool_of_four() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteSession::options(dir.path().join("busy.db").to_str().unwrap()).unwrap();
+    let pool = SqlitePoolOptions::new().max_connections(4);
+    let db = SqliteSession::connect_with(options, pool).await.unwrap();
+    db.execute_batch(SCHEMA).await.unwrap();
+    let path = db_path(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let tasks: Vec<_> = (1..=8)
+        .map(|task| tokio::spawn(owner_task(db.clone(), task, deadline)))
+        .collect();
+    let rounds = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(tasks))
+        .await
+        .expect("deadlock: the tasks did not finish within 60 s of a 3 s run");
+    for (task, rounds) in rounds.into_iter().enumerate() {
+        let rounds = rounds.unwrap();
+        assert!(rounds >= 3, "task {task} ran only {rounds} rounds");
+    }
+    assert_eq!(changeset::live_session_objects(&path), 0);
+}
