@@ -694,3 +694,104 @@ async fn eight_tasks_capture_and_apply_on_one_pool_of_four() {
     }
     assert_eq!(changeset::live_session_objects(&path), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// crashes
+
+/// Kills a process that records units of work through a change log (`log_writer`) with SIGKILL
+/// at random moments, restarts it each time, and checks after every kill that data and log agree
+/// (each unit's data is there exactly when its entry is, seqs have no gaps) and at the end that
+/// replaying the log on an empty copy gives the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_log_writer_killed_at_random_points_stays_consistent() {
+    const ENTRIES: u64 = 300;
+    const LOG_SCHEMA: &str = "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER); \
+        CREATE TABLE counter(id INTEGER PRIMARY KEY, n INTEGER NOT NULL); \
+        INSERT INTO counter VALUES (1, 0)";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    {
+        let db = SqliteSession::open(path.to_str().unwrap()).await.unwrap();
+        db.execute_batch(LOG_SCHEMA).await.unwrap();
+        ChangeLog::open(&db).await.unwrap();
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    println!("kill schedule seed: {seed}");
+    let mut rng = seed | 1;
+    let (mut kills, mut mid_way) = (0, 0);
+    // The kill window widens with every attempt (a busy machine may take longer than the first
+    // windows just to start the writer); the last attempt is never killed.
+    const ATTEMPTS: u64 = 60;
+    for attempt in 0..ATTEMPTS {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_log_writer"))
+            .arg(&path)
+            .arg(ENTRIES.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if attempt + 1 < ATTEMPTS {
+            // xorshift: a kill delay between 0 and 40 ms x (1 + attempt / 10).
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            let window_us = 40_000 * (1 + attempt / 10);
+            std::thread::sleep(Duration::from_micros(u64::from(rng) % window_us));
+            if child.try_wait().unwrap().is_none() {
+                // `Child::kill` sends SIGKILL on Unix.
+                child.kill().unwrap();
+                kills += 1;
+            }
+        }
+        let status = child.wait().unwrap();
+        if !status.success() {
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(libc::SIGKILL),
+                "the writer failed by itself: {status:?}"
+            );
+        }
+        // Data and log agree after every kill.
+        let db = SqliteSession::open(path.to_str().unwrap()).await.unwrap();
+        let check = db.query("PRAGMA integrity_check", &[]).await.unwrap();
+        assert_eq!(check[0].try_get::<String>(0).unwrap(), "ok");
+        let log = ChangeLog::open(&db).await.unwrap();
+        let last = log.last_seq().await.unwrap();
+        let count: i64 = db
+            .query("SELECT n FROM counter WHERE id = 1", &[])
+            .await
+            .unwrap()[0]
+            .try_get(0)
+            .unwrap();
+        assert_eq!(
+            u64::try_from(count).unwrap(),
+            last,
+            "data without its log entry, or the reverse"
+        );
+        let items = dump(&db, "item").await;
+        assert_eq!(items.len(), usize::try_from(last).unwrap());
+        let entries = log.entries(&LogFilter::all()).await.unwrap();
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "a gap in the log");
+        if last > 0 && last < ENTRIES {
+            mid_way += 1;
+        }
+        if status.success() {
+            assert_eq!(last, ENTRIES);
+            // The log replayed on an empty copy gives the same data.
+            let copy = SqliteSession::open_in_memory().await.unwrap();
+            copy.execute_batch(LOG_SCHEMA).await.unwrap();
+            for entry in &entries {
+                apply(&copy, &entry.changeset).await.unwrap();
+            }
+            assert_eq!(dump(&copy, "item").await, items);
+            assert_eq!(dump(&copy, "counter").await, dump(&db, "counter").await);
+            println!("writer killed {kills} times, {mid_way} of them with a partial log");
+            assert!(mid_way > 0, "the writer was never killed part way");
+            return;
+        }
+    }
+    panic!("the writer never finished");
+}
