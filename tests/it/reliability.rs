@@ -795,3 +795,138 @@ async fn change_log_writer_killed_at_random_points_stays_consistent() {
     }
     panic!("the writer never finished");
 }
+
+// ---------------------------------------------------------------------------------------------
+// resource errors
+
+/// SQLite's primary result code in `err`, from a session-extension call or a statement.
+fn primary_code(err: &Error) -> Option<i32> {
+    match err {
+        Error::Sqlite { code, .. } => Some(code & 0xff),
+        Error::Session(liteorm_core::Error::Database {
+            code: Some(code), ..
+        }) => code.parse::<i32>().ok().map(|code| code & 0xff),
+        _ => None,
+    }
+}
+
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_READONLY: i32 = 8;
+const SQLITE_FULL: i32 = 13;
+
+/// A changeset inserting `rows` rows of `t` whose `v` is `size` bytes long, and the rows.
+async fn inserts(rows: i64, size: usize) -> (Changeset, Vec<Vec<Value>>) {
+    let source = SqliteSession::open_in_memory().await.unwrap();
+    source.execute_batch(SCHEMA).await.unwrap();
+    reset(&source).await;
+    let cs = Capture::new(&source)
+        .tables(["t"])
+        .changeset(move |s| async move {
+            for id in 10..10 + rows {
+                s.execute(
+                    "INSERT INTO t VALUES (?, ?, ?)",
+                    &[id.into(), "w".repeat(size).into(), id.into()],
+                )
+                .await?;
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    (cs, dump(&source, "t").await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_during_apply_is_sqlite_full_and_applies_nothing() {
+    // One connection, so that the page limit (a per-connection setting) covers every apply.
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteSession::options(dir.path().join("full.db").to_str().unwrap()).unwrap();
+    let db = SqliteSession::connect_with(options, SqlitePoolOptions::new().max_connections(1))
+        .await
+        .unwrap();
+    db.execute_batch(SCHEMA).await.unwrap();
+    reset(&db).await;
+    // Inline (one 12 KiB row) and on a blocking thread (300 rows of 1 KiB).
+    for (rows, size) in [(1, 12 * 1024), (300, 1024)] {
+        let (cs, after) = inserts(rows, size).await;
+        assert_eq!(cs.len() > 16 * 1024, rows > 1);
+        let pages: i64 = db.query("PRAGMA page_count", &[]).await.unwrap()[0]
+            .try_get(0)
+            .unwrap();
+        db.execute_batch(&format!("PRAGMA max_page_count = {}", pages + 1))
+            .await
+            .unwrap();
+        let err = apply(&db, &cs).await.unwrap_err();
+        assert_eq!(primary_code(&err), Some(SQLITE_FULL), "{err}");
+        assert_eq!(dump(&db, "t").await, before(), "nothing half-applied");
+        // The same connection, given room, applies it.
+        db.execute_batch("PRAGMA max_page_count = 1073741823")
+            .await
+            .unwrap();
+        apply(&db, &cs).await.unwrap();
+        assert_eq!(dump(&db, "t").await, after);
+        reset(&db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_to_a_read_only_database_is_sqlite_readonly() {
+    let (db, path, _dir) = small_pool().await;
+    db.execute_batch(SCHEMA).await.unwrap();
+    reset(&db).await;
+    let reader = SqliteSession::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .read_only(true),
+        SqlitePoolOptions::new().max_connections(1),
+    )
+    .await
+    .unwrap();
+    for (rows, size) in [(1, 10), (300, 100)] {
+        let (cs, _) = inserts(rows, size).await;
+        let err = apply(&reader, &cs).await.unwrap_err();
+        assert_eq!(primary_code(&err), Some(SQLITE_READONLY), "{err}");
+        assert_eq!(dump(&reader, "t").await, before());
+    }
+    // Both the read-only connection and the writers are fine.
+    let (cs, after) = inserts(2, 10).await;
+    apply(&db, &cs).await.unwrap();
+    assert_eq!(dump(&reader, "t").await, after);
+    settled(&db, &path, &[&after]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_while_another_connection_holds_the_write_lock_is_sqlite_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("locked.db");
+    let options = SqliteSession::options(file.to_str().unwrap())
+        .unwrap()
+        .busy_timeout(Duration::from_millis(200));
+    let db = SqliteSession::connect_with(options, SqlitePoolOptions::new().max_connections(2))
+        .await
+        .unwrap();
+    db.execute_batch(SCHEMA).await.unwrap();
+    reset(&db).await;
+    let path = db_path(&db).await;
+    let other = SqliteSession::open(file.to_str().unwrap()).await.unwrap();
+    for (rows, size) in [(1, 10), (300, 100)] {
+        let (cs, after) = inserts(rows, size).await;
+        let holder = other.begin_immediate().await.unwrap();
+        let started = Instant::now();
+        let err = apply(&db, &cs).await.unwrap_err();
+        assert_eq!(primary_code(&err), Some(SQLITE_BUSY), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited the busy timeout only"
+        );
+        liteorm_core::Transaction::rollback(Box::new(holder))
+            .await
+            .unwrap();
+        assert_eq!(dump(&db, "t").await, before(), "nothing half-applied");
+        settled(&db, &path, &[&before()]).await;
+        // The lock is free again: the same pool applies it.
+        apply(&db, &cs).await.unwrap();
+        assert_eq!(dump(&db, "t").await, after);
+        reset(&db).await;
+    }
+}
