@@ -425,7 +425,8 @@ pub(crate) unsafe fn exec(
 }
 
 /// The primary-key position of each column of `main.<table>` as `PRAGMA table_info` reports it
-/// (0 for columns outside the key), or `None` if there is no such table.
+/// (0 for columns outside the key), modulo 256 as SQLite's session extension stores it, or
+/// `None` if there is no such table.
 ///
 /// # Safety
 /// `db` is valid and locked.
@@ -460,7 +461,10 @@ pub(crate) unsafe fn table_pk(
                 ffi::SQLITE_ROW => {
                     // SAFETY: the statement has a current row with one column.
                     let position = unsafe { ffi::sqlite3_column_int(stmt, 0) };
-                    pk.push(u8::try_from(position).unwrap_or(u8::MAX));
+                    // The low byte, as the session extension keeps it (`abPK[i] =
+                    // sqlite3_column_int(pStmt, 5)` into a `u8`): key position 256 is 0 there,
+                    // and headers and compatibility checks must agree with SQLite's.
+                    pk.push(position.to_le_bytes()[0]);
                 }
                 ffi::SQLITE_DONE => break,
                 // SAFETY: `db` is valid and locked.
