@@ -584,13 +584,14 @@ pub(crate) fn invert(input: &[u8]) -> Result<Arc<[u8]>, Error> {
 }
 
 /// A copy of `blob` followed by a zero byte that is not part of it, for SQLite's change-group
-/// code (`sqlite3changeset_concat`, `sqlite3changegroup_add`).
+/// code (`sqlite3changeset_concat`, `sqlite3changegroup_add`, and the iterator whose changes
+/// `sqlite3changegroup_add_change` takes).
 ///
 /// `sessionChangeHash` (SQLite 3.51.3) reads the type byte of every column of a patchset DELETE
 /// before it skips the non-key ones, so for a DELETE at the very end of the input whose table
 /// has a non-key column after its last key column it reads one byte past the end. The spare
 /// byte keeps that read inside the allocation.
-fn padded(blob: &[u8]) -> Vec<u8> {
+pub(crate) fn padded(blob: &[u8]) -> Vec<u8> {
     let mut copy = Vec::with_capacity(blob.len() + 1);
     copy.extend_from_slice(blob);
     copy.push(0);
