@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use liteorm_core::{Session, Value};
+use liteorm_sqlite::PinnedGuard;
 use liteorm_sqlite::ffi as sys;
 
 use crate::ffi::{self, ApplyHooks, ApplyInput, Input, IterRef};
@@ -487,6 +488,22 @@ impl<'a> Apply<'a> {
         let flags = self.flags.bits(self.kind)?;
         let pinned = sqlite.pin().await?;
         let mut guard = pinned.lock().await?;
+        // Outside a transaction, take the write lock before applying: waiting for it (up to the
+        // busy timeout) then happens on sqlx's worker thread, not on an executor thread inside
+        // the FFI call, where it could starve the task that holds the lock. (A deferred
+        // transaction would also fail at once with SQLITE_BUSY_SNAPSHOT in WAL mode when
+        // another connection writes between SQLite's schema reads and its first write.)
+        // SAFETY: `db` comes from `with_raw`: valid and locked for this closure.
+        let in_transaction = guard
+            .with_raw(|db| unsafe { ffi::in_transaction(db) })
+            .await?;
+        if !in_transaction {
+            guard.begin_immediate().await?;
+        }
+        let mut guard = OwnTransaction {
+            guard,
+            open: !in_transaction,
+        };
         let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
         let inline = matches!(&self.source, Source::Blob(blob) if blob.len() <= INLINE_APPLY_MAX);
         let mut job = Job {
@@ -496,18 +513,22 @@ impl<'a> Apply<'a> {
             hooks: Hooks::new(self.handler, self.filter, self.log, Arc::clone(&cancel.0)),
         };
         if inline {
-            return guard.with_raw(|db| job.run(db)).await?;
+            let result = guard.guard.with_raw(|db| job.run(db)).await?;
+            return guard.end(result).await;
         }
         let task = tokio::task::spawn_blocking(move || {
             // The guard (and with it the connection) lives on this thread until the apply is
             // over, whatever happens to the future that spawned it.
-            let result = guard.with_raw_blocking(|db| job.run(db));
+            let result = match guard.guard.with_raw_blocking(|db| job.run(db)) {
+                Ok(result) => futures::executor::block_on(guard.end(result)),
+                Err(err) => Err(err.into()),
+            };
             drop(guard);
             drop(pinned);
             result
         });
         match task.await {
-            Ok(result) => result?,
+            Ok(result) => result,
             Err(join) => Err(Error::CallbackPanicked {
                 callback: "apply task",
                 message: join.to_string(),
@@ -522,6 +543,43 @@ impl<'a> IntoFuture for Apply<'a> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.run())
+    }
+}
+
+/// The connection of an apply, and whether the apply opened its transaction (then it commits
+/// it when the apply succeeds, and rolls it back otherwise, also when dropped unfinished).
+struct OwnTransaction {
+    guard: PinnedGuard,
+    open: bool,
+}
+
+impl OwnTransaction {
+    /// Commits the apply's own transaction after `result` succeeded, else rolls it back.
+    async fn end(&mut self, result: Result<ApplyReport, Error>) -> Result<ApplyReport, Error> {
+        if !self.open {
+            return result;
+        }
+        let ended = match &result {
+            Ok(_) => match self.guard.commit().await {
+                Ok(()) => Ok(()),
+                // A COMMIT that fails (a deferred foreign key, say) leaves the transaction open.
+                Err(err) => self.guard.rollback().await.and(Err(err)),
+            },
+            Err(_) => self.guard.rollback().await,
+        };
+        self.open = false;
+        let report = result?;
+        ended?;
+        Ok(report)
+    }
+}
+
+impl Drop for OwnTransaction {
+    fn drop(&mut self) {
+        if self.open {
+            // Failing here means the connection is broken; sqlx will not hand it out again.
+            let _ = self.guard.rollback_levels_blocking(1);
+        }
     }
 }
 

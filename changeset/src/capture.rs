@@ -312,48 +312,52 @@ impl Recording {
 
     /// Produces the blob, commits capture's transaction and deletes the session object. On any
     /// error, `Drop` rolls back and deletes what is left.
+    ///
+    /// The session object stays in `self.session` until a synchronous step deletes it or hands
+    /// it to the blocking task that will: if this future is dropped at an await in between,
+    /// `Drop` still finds it.
     async fn finish(mut self, patchset: bool) -> Result<Arc<[u8]>, Error> {
         let mut guard = self.pinned.lock().await?;
         let depth = self.depth.unwrap_or_default();
         if guard.transaction_depth() != depth {
             return Err(Error::TransactionEnded);
         }
-        let Some(session) = lock(&self.session).take() else {
-            return Err(Error::TransactionEnded);
-        };
-        if let Some(message) = session.filter_panic() {
-            // `Drop` deletes the session and rolls back.
-            *lock(&self.session) = Some(session);
-            return Err(Error::CallbackPanicked {
-                callback: "table filter",
-                message,
-            });
-        }
-        // SAFETY: `db` comes from `with_raw`: valid and locked for this closure.
-        let small = guard.with_raw(|_db| unsafe { session.memory_used() }).await;
-        let (blob, mut guard) = match small {
-            Ok(used) if used <= INLINE_GENERATE_MAX => {
-                let blob = guard
-                    .with_raw(|db| generate_and_delete(db, session, patchset))
-                    .await;
+        let shared = Arc::clone(&self.session);
+        let used = guard
+            .with_raw(move |_db| {
+                let session = lock(&shared);
+                let session = session.as_ref().ok_or(Error::TransactionEnded)?;
+                if let Some(message) = session.filter_panic() {
+                    // `Drop` deletes the session and rolls back.
+                    return Err(Error::CallbackPanicked {
+                        callback: "table filter",
+                        message,
+                    });
+                }
+                // SAFETY: `db` comes from `with_raw`: valid and locked for this closure.
+                Ok(unsafe { session.memory_used() })
+            })
+            .await??;
+        let (blob, mut guard) = if used <= INLINE_GENERATE_MAX {
+            let shared = Arc::clone(&self.session);
+            let blob = guard
+                .with_raw(move |db| {
+                    let session = lock(&shared).take().ok_or(Error::TransactionEnded)?;
+                    generate_and_delete(db, session, patchset)
+                })
+                .await;
+            (blob, guard)
+        } else {
+            let session = lock(&self.session).take().ok_or(Error::TransactionEnded)?;
+            let task = tokio::task::spawn_blocking(move || {
+                let blob = guard.with_raw_blocking(|db| generate_and_delete(db, session, patchset));
                 (blob, guard)
-            }
-            Ok(_) => {
-                let task = tokio::task::spawn_blocking(move || {
-                    let blob =
-                        guard.with_raw_blocking(|db| generate_and_delete(db, session, patchset));
-                    (blob, guard)
-                });
-                task.await.map_err(|join| Error::Sqlite {
-                    code: -1,
-                    message: join.to_string(),
-                    context: "generating the changeset",
-                })?
-            }
-            Err(err) => {
-                *lock(&self.session) = Some(session);
-                return Err(err.into());
-            }
+            });
+            task.await.map_err(|join| Error::Sqlite {
+                code: -1,
+                message: join.to_string(),
+                context: "generating the changeset",
+            })?
         };
         let blob = blob??;
         guard.commit().await?;

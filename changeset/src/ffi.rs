@@ -425,7 +425,8 @@ pub(crate) unsafe fn exec(
 }
 
 /// The primary-key position of each column of `main.<table>` as `PRAGMA table_info` reports it
-/// (0 for columns outside the key), or `None` if there is no such table.
+/// (0 for columns outside the key), modulo 256 as SQLite's session extension stores it, or
+/// `None` if there is no such table.
 ///
 /// # Safety
 /// `db` is valid and locked.
@@ -460,7 +461,10 @@ pub(crate) unsafe fn table_pk(
                 ffi::SQLITE_ROW => {
                     // SAFETY: the statement has a current row with one column.
                     let position = unsafe { ffi::sqlite3_column_int(stmt, 0) };
-                    pk.push(u8::try_from(position).unwrap_or(u8::MAX));
+                    // The low byte, as the session extension keeps it (`abPK[i] =
+                    // sqlite3_column_int(pStmt, 5)` into a `u8`): key position 256 is 0 there,
+                    // and headers and compatibility checks must agree with SQLite's.
+                    pk.push(position.to_le_bytes()[0]);
                 }
                 ffi::SQLITE_DONE => break,
                 // SAFETY: `db` is valid and locked.
@@ -580,13 +584,14 @@ pub(crate) fn invert(input: &[u8]) -> Result<Arc<[u8]>, Error> {
 }
 
 /// A copy of `blob` followed by a zero byte that is not part of it, for SQLite's change-group
-/// code (`sqlite3changeset_concat`, `sqlite3changegroup_add`).
+/// code (`sqlite3changeset_concat`, `sqlite3changegroup_add`, and the iterator whose changes
+/// `sqlite3changegroup_add_change` takes).
 ///
 /// `sessionChangeHash` (SQLite 3.51.3) reads the type byte of every column of a patchset DELETE
 /// before it skips the non-key ones, so for a DELETE at the very end of the input whose table
 /// has a non-key column after its last key column it reads one byte past the end. The spare
 /// byte keeps that read inside the allocation.
-fn padded(blob: &[u8]) -> Vec<u8> {
+pub(crate) fn padded(blob: &[u8]) -> Vec<u8> {
     let mut copy = Vec::with_capacity(blob.len() + 1);
     copy.extend_from_slice(blob);
     copy.push(0);

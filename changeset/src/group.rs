@@ -119,7 +119,11 @@ impl<C: Changes> Changegroup<C> {
             let mut keep = keep;
             let blob = changes.blob();
             let sections = sections::<C>(&blob);
-            let mut iter = ffi::ChangesetIter::start(&blob)?;
+            // `add_change` hashes the iterator's current record like `add` does, so it can
+            // read one byte past a patchset DELETE that ends the input: iterate over a copy
+            // with a spare byte after it (see `ffi::padded`).
+            let spare = ffi::padded(&blob);
+            let mut iter = ffi::ChangesetIter::start(&spare[..blob.len()])?;
             let (mut table, mut entry, mut rc) = (None, 0, sys::SQLITE_OK);
             while rc == sys::SQLITE_OK
                 && iter

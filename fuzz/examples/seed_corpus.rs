@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use changeset::{Capture, Changeset, Patchset};
+use changeset::{Capture, Changeset, ConflictAction, ConflictKind, Patchset};
 use liteorm_core::Session;
 use liteorm_fuzz::{ApplyTarget, BASE_ROWS, SCHEMA, join_pair};
 use liteorm_sqlite::SqliteSession;
@@ -201,13 +201,64 @@ async fn capture_seeds() -> Result<(Seeds, Seeds), Error> {
     Ok((singles, pairs))
 }
 
+/// Rebase seeds: for each pair of scripts, the rebase buffer of applying the second (captured
+/// on the base rows) onto the base rows with the first applied, resolving conflicts by turns
+/// with `Omit` and `Replace`, joined with the first's changeset. Only non-empty buffers.
+async fn rebase_seeds() -> Result<Seeds, Error> {
+    let mut seeds: Seeds = Vec::new();
+    let scripts: Vec<(&str, &'static str)> = PAIRS
+        .iter()
+        .flat_map(|(name, first, second)| [(*name, *first), (*name, *second)])
+        .chain(SCRIPTS.iter().copied())
+        .collect();
+    for (i, (local_name, local_sql)) in scripts.iter().enumerate() {
+        for (remote_name, remote_sql) in scripts.iter().skip(i + 1) {
+            // The second script of a pair may need the first (then it fails on the base rows).
+            let (Ok(local), Ok(remote)) = (
+                changeset(&base().await?, local_sql).await,
+                changeset(&base().await?, remote_sql).await,
+            ) else {
+                continue;
+            };
+            let target = base().await?;
+            if changeset::apply(&target, &local).await.is_err() {
+                continue;
+            }
+            let mut turn = 0_usize;
+            let Ok(report) = changeset::apply(&target, &remote)
+                .on_conflict(move |conflict| {
+                    turn += 1;
+                    match conflict.kind {
+                        ConflictKind::Data | ConflictKind::Conflict if turn.is_multiple_of(2) => {
+                            ConflictAction::Replace
+                        }
+                        _ => ConflictAction::Omit,
+                    }
+                })
+                .await
+            else {
+                continue;
+            };
+            if report.rebase.is_empty() {
+                continue;
+            }
+            let joined = join_pair(false, report.rebase.as_bytes(), local.as_bytes())
+                .ok_or("seed too large")?;
+            seeds.push((format!("{local_name}-over-{remote_name}"), joined));
+        }
+    }
+    Ok(seeds)
+}
+
 fn main() -> Result<(), Error> {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let target = |name: &str| corpus.join(name);
-    let (singles, pairs) = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(capture_seeds())?;
+        .build()?;
+    let (singles, pairs) = runtime.block_on(capture_seeds())?;
+    let rebases = runtime.block_on(rebase_seeds())?;
+    drop(runtime);
     // The apply target has a runtime of its own, so it is made after the one above is gone.
     let apply = ApplyTarget::new();
     for (name, bytes) in &singles {
@@ -224,6 +275,45 @@ fn main() -> Result<(), Error> {
         liteorm_fuzz::check_concat(bytes);
         write(&target("concat"), name, bytes)?;
     }
+    // Small corpora for the newer targets: the pairs, the second added whole and filtered
+    // (flag bits 1 and 2); every single through each streaming operation, in 7-byte reads.
+    let mut extra = (0, 0, 0);
+    for (name, bytes) in pairs.iter().filter(|(name, _)| !name.ends_with("-twice")) {
+        for flags in [0, 2, 6] {
+            let mut seed = bytes.clone();
+            seed[0] |= flags;
+            liteorm_fuzz::check_changegroup(&seed);
+            write(&target("changegroup"), &format!("{name}-{flags}"), &seed)?;
+            extra.0 += 1;
+        }
+        let seed = [&[2_u8, 7][..], bytes].concat();
+        apply.check_stream(&seed);
+        write(&target("stream"), &format!("concat-{name}"), &seed)?;
+        extra.1 += 1;
+    }
+    for (name, bytes) in singles
+        .iter()
+        .filter(|(name, _)| !name.starts_with("cs-inverse-"))
+    {
+        for (op, label) in [(0_u8, "apply"), (1, "invert")] {
+            if op == 1 && !name.starts_with("cs-") {
+                continue;
+            }
+            let seed = [&[op, 7][..], bytes].concat();
+            apply.check_stream(&seed);
+            write(&target("stream"), &format!("{label}-{name}"), &seed)?;
+            extra.1 += 1;
+        }
+    }
+    for (name, bytes) in &rebases {
+        liteorm_fuzz::check_rebase(bytes);
+        write(&target("rebase"), name, bytes)?;
+        extra.2 += 1;
+    }
+    println!(
+        "wrote {} changegroup, {} stream and {} rebase seeds",
+        extra.0, extra.1, extra.2
+    );
     println!(
         "wrote {} single seeds and {} concat seeds under {}",
         singles.len(),

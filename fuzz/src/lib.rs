@@ -8,8 +8,11 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::Read;
+
 use changeset::{
-    Apply, Change, ChangeOp, Changeset, ConflictAction, ConflictKind, Patchset, apply,
+    Apply, Change, ChangeOp, Changegroup, Changeset, ConflictAction, ConflictKind, Patchset,
+    RebaseBuffer, Rebaser, apply, stream,
 };
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::{PinnedConnection, SqliteSession};
@@ -244,6 +247,205 @@ pub fn check_concat(data: &[u8]) {
     }
 }
 
+/// `changegroup`: the two halves of a [`split_pair`] input (byte 0's bit 1 set: the second is
+/// added with `add_filtered`, keeping the changes whose index has the parity of bit 2) merge
+/// into a well-formed changeset (or patchset) with no more changes than both, or fail with an
+/// error, after which the group refuses further use.
+pub fn check_changegroup(data: &[u8]) {
+    let Some((patchset, a, b)) = split_pair(data) else {
+        return;
+    };
+    let filtered = data[0] & 2 != 0;
+    let parity = usize::from(data[0] >> 2 & 1);
+    if patchset {
+        let (Ok(a), Ok(b)) = (Patchset::from_bytes(a), Patchset::from_bytes(b)) else {
+            return;
+        };
+        group_of(&a, &b, filtered, parity, Patchset::validate);
+    } else {
+        let (Ok(a), Ok(b)) = (Changeset::from_bytes(a), Changeset::from_bytes(b)) else {
+            return;
+        };
+        group_of(&a, &b, filtered, parity, Changeset::validate);
+    }
+}
+
+fn group_of<C>(
+    a: &C,
+    b: &C,
+    filtered: bool,
+    parity: usize,
+    validate: fn(&[u8]) -> changeset::Result<usize>,
+) where
+    C: Counted,
+    Changegroup<C>: Grouping<C>,
+{
+    let most = a.count() + b.count();
+    let Ok(mut group) = <Changegroup<C> as Grouping<C>>::new_group() else {
+        return;
+    };
+    let mut index = 0_usize;
+    let added = group.add_one(a).and_then(|group| {
+        if filtered {
+            group.add_some(b, &mut |_| {
+                index += 1;
+                index % 2 == parity
+            })
+        } else {
+            group.add_one(b)
+        }
+    });
+    match added {
+        Ok(group) => {
+            let out = group
+                .output_bytes()
+                .expect("a group that took its inputs has output");
+            let count = validate(&out)
+                .unwrap_or_else(|err| panic!("the changegroup made invalid bytes: {err}"));
+            assert!(
+                count <= most,
+                "the changegroup made {count} changes out of {most}"
+            );
+        }
+        Err(err) => {
+            assert!(!err.to_string().is_empty());
+            assert!(
+                group.output_bytes().is_err(),
+                "a group is unusable after a failed add"
+            );
+        }
+    }
+}
+
+/// Changesets and patchsets, for [`group_of`].
+pub trait Counted {
+    /// How many changes (0 if they do not decode).
+    fn count(&self) -> usize;
+}
+
+impl Counted for Changeset {
+    fn count(&self) -> usize {
+        self.changes().map_or(0, |c| c.len())
+    }
+}
+
+impl Counted for Patchset {
+    fn count(&self) -> usize {
+        self.changes().map_or(0, |c| c.len())
+    }
+}
+
+/// The calls of [`Changegroup`] that [`group_of`] makes, for both kinds.
+pub trait Grouping<C>: Sized {
+    /// `new`.
+    fn new_group() -> changeset::Result<Self>;
+    /// `add`.
+    fn add_one(&mut self, changes: &C) -> changeset::Result<&mut Self>;
+    /// `add_filtered`.
+    fn add_some(
+        &mut self,
+        changes: &C,
+        keep: &mut dyn FnMut(&Change) -> bool,
+    ) -> changeset::Result<&mut Self>;
+    /// `output`, as bytes.
+    fn output_bytes(&self) -> changeset::Result<Vec<u8>>;
+}
+
+impl Grouping<Changeset> for Changegroup<Changeset> {
+    fn new_group() -> changeset::Result<Self> {
+        Changegroup::new()
+    }
+    fn add_one(&mut self, changes: &Changeset) -> changeset::Result<&mut Self> {
+        self.add(changes)
+    }
+    fn add_some(
+        &mut self,
+        changes: &Changeset,
+        keep: &mut dyn FnMut(&Change) -> bool,
+    ) -> changeset::Result<&mut Self> {
+        self.add_filtered(changes, keep)
+    }
+    fn output_bytes(&self) -> changeset::Result<Vec<u8>> {
+        self.output().map(|c| c.as_bytes().to_vec())
+    }
+}
+
+impl Grouping<Patchset> for Changegroup<Patchset> {
+    fn new_group() -> changeset::Result<Self> {
+        Changegroup::new()
+    }
+    fn add_one(&mut self, changes: &Patchset) -> changeset::Result<&mut Self> {
+        self.add(changes)
+    }
+    fn add_some(
+        &mut self,
+        changes: &Patchset,
+        keep: &mut dyn FnMut(&Change) -> bool,
+    ) -> changeset::Result<&mut Self> {
+        self.add_filtered(changes, keep)
+    }
+    fn output_bytes(&self) -> changeset::Result<Vec<u8>> {
+        self.output().map(|c| c.as_bytes().to_vec())
+    }
+}
+
+/// `rebase`: the two halves of a [`split_pair`] input are a rebase buffer and a local
+/// changeset; if both validate, configuring a rebaser with the buffer and rebasing the changeset
+/// either fails with an error or gives a valid changeset with no more changes.
+pub fn check_rebase(data: &[u8]) {
+    let Some((_, buffer, local)) = split_pair(data) else {
+        return;
+    };
+    let (Ok(buffer), Ok(local)) = (
+        RebaseBuffer::from_bytes(buffer),
+        Changeset::from_bytes(local),
+    ) else {
+        return;
+    };
+    let Ok(mut rebaser) = Rebaser::new() else {
+        return;
+    };
+    if let Err(err) = rebaser.configure(&buffer) {
+        assert!(!err.to_string().is_empty());
+        return;
+    }
+    match rebaser.rebase(&local) {
+        Ok(rebased) => {
+            let count = Changeset::validate(rebased.as_bytes())
+                .unwrap_or_else(|err| panic!("rebase made an invalid changeset: {err}"));
+            assert!(count <= local.count(), "rebase added changes");
+        }
+        Err(err) => assert!(!err.to_string().is_empty()),
+    }
+}
+
+/// A reader that hands out at most `chunk` bytes per `read`, as a socket might.
+pub struct Chunked {
+    data: Vec<u8>,
+    at: usize,
+    chunk: usize,
+}
+
+impl Chunked {
+    /// Reads `data` in pieces of at most `chunk` (at least 1) bytes.
+    pub fn new(data: &[u8], chunk: usize) -> Self {
+        Chunked {
+            data: data.to_vec(),
+            at: 0,
+            chunk: chunk.max(1),
+        }
+    }
+}
+
+impl Read for Chunked {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.chunk).min(self.data.len() - self.at);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// The `apply` target: a real in-memory database with [`SCHEMA`] and [`BASE_ROWS`], kept for the
 /// whole fuzzing run with one current-thread runtime and one pinned connection. Each input is
 /// applied inside a transaction that is rolled back afterwards, so every input sees the same
@@ -287,10 +489,71 @@ impl ApplyTarget {
     pub fn check(&self, data: &[u8]) {
         if let Ok(cs) = Changeset::from_bytes(data) {
             let count = cs.changes().expect("a validated changeset decodes").len();
-            self.apply_in_rolled_back_transaction(count, |s| apply(s, &cs));
+            self.apply_in_rolled_back_transaction(Some(count), |s| apply(s, &cs));
         } else if let Ok(ps) = Patchset::from_bytes(data) {
             let count = ps.changes().expect("a validated patchset decodes").len();
-            self.apply_in_rolled_back_transaction(count, |s| apply(s, &ps));
+            self.apply_in_rolled_back_transaction(Some(count), |s| apply(s, &ps));
+        }
+    }
+
+    /// The `stream` target: byte 0 picks the operation (0: apply, 1: invert, 2: concat of a
+    /// [`split_pair`] input), byte 1 the most bytes each `read` returns (0: 256), the rest is
+    /// the input, read through [`Chunked`]. Whatever the bytes, the streaming call ends in an
+    /// error or a result; for input that `from_bytes` accepts, it agrees with the in-memory
+    /// call.
+    pub fn check_stream(&self, data: &[u8]) {
+        let [op, chunk, rest @ ..] = data else {
+            return;
+        };
+        let chunk = if *chunk == 0 {
+            256
+        } else {
+            usize::from(*chunk)
+        };
+        match op % 3 {
+            0 => {
+                let count = Changeset::from_bytes(rest)
+                    .ok()
+                    .map(|cs| cs.count())
+                    .or_else(|| Patchset::from_bytes(rest).ok().map(|ps| ps.count()));
+                let input = Chunked::new(rest, chunk);
+                self.apply_in_rolled_back_transaction(count, move |s| stream::apply(s, input));
+            }
+            1 => {
+                let streamed = self
+                    .runtime
+                    .block_on(stream::invert(Chunked::new(rest, chunk), Vec::new()));
+                match (Changeset::from_bytes(rest), streamed) {
+                    (Ok(cs), Ok(out)) => {
+                        let inverse = cs.invert().expect("a validated changeset inverts");
+                        assert_eq!(out, inverse.as_bytes(), "stream and memory invert differ");
+                    }
+                    (Ok(_), Err(err)) => panic!("a valid changeset does not stream-invert: {err}"),
+                    (Err(_), Ok(out)) => {
+                        Changeset::validate(&out).unwrap_or_else(|err| {
+                            panic!("stream invert made an invalid changeset: {err}")
+                        });
+                    }
+                    (Err(_), Err(err)) => assert!(!err.to_string().is_empty()),
+                }
+            }
+            _ => {
+                let Some((_, a, b)) = split_pair(rest) else {
+                    return;
+                };
+                let streamed = self.runtime.block_on(stream::concat(
+                    Chunked::new(a, chunk),
+                    Chunked::new(b, chunk),
+                    Vec::new(),
+                ));
+                match streamed {
+                    Ok(out) => assert!(
+                        Changeset::validate(&out).is_ok() || Patchset::validate(&out).is_ok(),
+                        "stream concat made invalid bytes"
+                    ),
+                    Err(err) => assert!(!err.to_string().is_empty()),
+                }
+            }
         }
     }
 
@@ -299,7 +562,7 @@ impl ApplyTarget {
     /// survive whatever the apply did.
     fn apply_in_rolled_back_transaction(
         &self,
-        count: usize,
+        count: Option<usize>,
         start: impl for<'s> FnOnce(&'s dyn Session) -> Apply<'s>,
     ) {
         self.runtime.block_on(async {
@@ -319,7 +582,9 @@ impl ApplyTarget {
                 .await;
             match result {
                 Ok(report) => {
-                    assert_eq!(report.changes, count, "{report:?}");
+                    if let Some(count) = count {
+                        assert_eq!(report.changes, count, "{report:?}");
+                    }
                     assert!(
                         report.attempted <= report.changes,
                         "more changes attempted than the blob holds: {report:?}"

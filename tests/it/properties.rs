@@ -3,20 +3,41 @@
 //! invert ∘ invert is the identity, applying the inverse restores the original, concat applies
 //! like both halves in order, and a patchset applies like the changeset.
 
-use changeset::{ApplyReport, Capture, Changeset, Patchset, apply};
+use changeset::{ApplyReport, Capture, ChangeOp, Changeset, Patchset, apply};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-/// Cases per property: the whole file runs in well under a minute in debug on 2 cores.
-const CASES: u32 = 64;
+/// Cases per property (`PROPTEST_CASES` overrides): the file takes about 20 s in debug on 2
+/// shared cores. 3000 cases each passed in both cells when the properties were re-enabled.
+const CASES: u32 = 256;
 
 /// Declared column types: every affinity (INTEGER, REAL, TEXT, BLOB/none, NUMERIC).
 const DECLARED: &[&str] = &["", "INTEGER", "REAL", "TEXT", "BLOB", "NUMERIC"];
 
 /// The most columns a generated table has; ops carry this many values and use a prefix.
 const MAX_COLUMNS: usize = 5;
+
+/// The oldest SQLite verified here to report old values of WITHOUT ROWID tables with the right
+/// affinity (see [`Table::preupdate_old_misreads_integers`]): 3.40.1 (the system cell) has the
+/// bug, the 3.50.4 amalgamation bundled in libsqlite3-sys (its SQLCipher copy) and 3.51.3 do
+/// not. The first fixed release lies in between and was not pinned down.
+const PREUPDATE_OLD_FIXED: i64 = 3_050_004;
+
+/// `sqlite_version()` of the linked SQLite, as a number (e.g. `3040001`).
+fn linked_sqlite_version() -> i64 {
+    static VERSION: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        runtime().block_on(async {
+            SqliteSession::open_in_memory()
+                .await
+                .unwrap()
+                .info()
+                .version_number
+        })
+    })
+}
 
 #[derive(Debug, Clone)]
 struct Table {
@@ -54,6 +75,40 @@ impl Table {
                 ""
             }
         )
+    }
+
+    /// The column whose value SQLite stores at each record position: for a WITHOUT ROWID table
+    /// the key columns in key order, then the others in table order; else table order.
+    fn storage_order(&self) -> Vec<usize> {
+        if self.without_rowid {
+            let mut order = self.pk.clone();
+            order.extend(self.non_key_columns());
+            order
+        } else {
+            (0..self.columns.len()).collect()
+        }
+    }
+
+    /// Whether SQLite before [`PREUPDATE_OLD_FIXED`] reports an integer of some column of this
+    /// table as a REAL to the session extension when the row is updated or deleted.
+    ///
+    /// That `sqlite3_preupdate_old` maps the column number to the record position of a WITHOUT
+    /// ROWID table (key columns first) and then looks up REAL affinity with the *position*, so a
+    /// column `c` whose position holds a REAL column elsewhere in the table gets its integers
+    /// realified (3.40.1: `iIdx = sqlite3TableColumnToIndex(p->pPk, iIdx)` then
+    /// `p->pTab->aCol[iIdx].affinity`; later releases keep the position in a separate `iStore`
+    /// and use `aCol[iIdx]`). The session then records an insert of a row and a later update
+    /// of it as two rows (the keys differ in type), and applying the changeset conflicts with
+    /// itself. Affected columns are those that can hold an integer (not TEXT or REAL affinity).
+    fn preupdate_old_misreads_integers(&self) -> bool {
+        self.storage_order()
+            .iter()
+            .enumerate()
+            .any(|(position, &column)| {
+                position != column
+                    && self.columns[position] == "REAL"
+                    && !matches!(self.columns[column], "REAL" | "TEXT")
+            })
     }
 
     fn non_key_columns(&self) -> Vec<usize> {
@@ -351,13 +406,22 @@ fn table(index: usize) -> impl Strategy<Value = KeyedTable> {
                 1..=n.min(3),
             )
         })
-        .prop_flat_map(move |(columns, without_rowid, order, key_len)| {
-            let table = Table {
-                name: format!("t{index}"),
-                columns,
-                pk: order[..key_len].to_vec(),
-                without_rowid,
-            };
+        .prop_map(move |(columns, without_rowid, order, key_len)| Table {
+            name: format!("t{index}"),
+            columns,
+            pk: order[..key_len].to_vec(),
+            without_rowid,
+        })
+        // An upstream bug, not liteorm's: see `Table::preupdate_old_misreads_integers` and the
+        // test `without_rowid_integers_read_back_per_the_linked_sqlite` below, which pins it.
+        .prop_filter(
+            "SQLite < 3.50.4 misreads old values of this table",
+            |table| {
+                linked_sqlite_version() >= PREUPDATE_OLD_FIXED
+                    || !table.preupdate_old_misreads_integers()
+            },
+        )
+        .prop_flat_map(|table| {
             let key: Vec<BoxedStrategy<Value>> = table
                 .pk
                 .iter()
@@ -502,9 +566,14 @@ fn assert_clean(report: &ApplyReport) {
     assert_eq!(report.applied, report.changes, "{report:?}");
 }
 
+/// [`CASES`], or `PROPTEST_CASES` from the environment for a longer hunt.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(CASES);
     ProptestConfig {
-        cases: CASES,
+        cases,
         max_shrink_iters: 512,
         ..ProptestConfig::default()
     }
@@ -621,5 +690,76 @@ proptest! {
             assert_eq!(snapshot(&with_patchset, &case).await, expected);
             assert_eq!(snapshot(&with_changeset, &case).await, expected);
         });
+    }
+}
+
+/// Pins the upstream bug the generator steers around on old SQLite (see
+/// [`Table::preupdate_old_misreads_integers`]): in `t(c0 NUMERIC, c1 REAL, c2, c3 BLOB,
+/// PRIMARY KEY(c3, c0)) WITHOUT ROWID` the key column `c0` is stored at record position 1, where
+/// the table has the REAL column `c1`. An insert and an update of one row in one capture then
+/// come out as two inserts on SQLite < 3.50.4 (the update's old key read as a REAL names another
+/// row), and as one insert of the final row on fixed releases.
+#[tokio::test]
+async fn without_rowid_integers_read_back_per_the_linked_sqlite() {
+    const KEY: i64 = 9_169_731_113_267_692_934;
+    let schema = "CREATE TABLE t(c0 NUMERIC, c1 REAL, c2, c3 BLOB, PRIMARY KEY(c3, c0)) \
+        WITHOUT ROWID";
+    let source = SqliteSession::open_in_memory().await.unwrap();
+    source.execute_batch(schema).await.unwrap();
+    let cs = changeset::capture(&source, &["t"], |s| async move {
+        s.execute("INSERT INTO t VALUES (?, NULL, NULL, '')", &[KEY.into()])
+            .await?;
+        s.execute(
+            "UPDATE t SET c2 = ? WHERE c3 = '' AND c0 = ?",
+            &[f64::NEG_INFINITY.into(), KEY.into()],
+        )
+        .await?;
+        Ok::<_, changeset::Error>(())
+    })
+    .await
+    .unwrap();
+
+    let mut changes: Vec<(ChangeOp, Vec<Option<Value>>)> = cs
+        .changes()
+        .unwrap()
+        .into_iter()
+        .map(|change| match change.op {
+            ChangeOp::Delete => (change.op, change.old),
+            _ => (change.op, change.new),
+        })
+        .collect();
+    changes.sort_by_key(|(op, _)| *op != ChangeOp::Insert);
+    let row = |c0: Value, c2: Value| {
+        vec![
+            Some(c0),
+            Some(Value::Null),
+            Some(c2),
+            Some(Value::Text(String::new())),
+        ]
+    };
+    let inserted = (
+        ChangeOp::Insert,
+        row(Value::Integer(KEY), Value::Real(f64::NEG_INFINITY)),
+    );
+    let fixed = source.info().version_number >= PREUPDATE_OLD_FIXED;
+    if fixed {
+        assert_eq!(changes, [inserted]);
+        let copy = SqliteSession::open_in_memory().await.unwrap();
+        copy.execute_batch(schema).await.unwrap();
+        assert_clean(&apply(&copy, &cs).await.unwrap());
+        let dump = "SELECT c0, c1, c2, c3 FROM t";
+        let rows = |db: SqliteSession| async move {
+            let rows = db.query(dump, &[]).await.unwrap();
+            rows.into_iter()
+                .map(|r| r.into_values())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rows(copy).await, rows(source).await);
+    } else {
+        // The insert, as updated; and the update, whose old key was read as a REAL (the
+        // nearest double to the key), recorded against a row that does not exist when the
+        // changeset is written, so as a delete of that row.
+        let deleted = (ChangeOp::Delete, row(Value::Real(KEY as f64), Value::Null));
+        assert_eq!(changes, [inserted, deleted]);
     }
 }

@@ -292,3 +292,38 @@ async fn consecutive_runs_whose_names_differ_in_case_are_one_run() {
     );
     assert_eq!(db.query("SELECT * FROM t", &[]).await.unwrap().len(), 2);
 }
+
+/// A key of 257 columns: SQLite's session extension keeps each column's key position in a byte
+/// (`abPK[i] = sqlite3_column_int(..)` into a `u8`), so in its headers the 256th key column has
+/// position 0 and the 257th position 1. liteorm's own schema reading used to saturate them to
+/// 255 instead, so the apply's compatibility check found the table different from the header
+/// SQLite wrote for it, and skipped it.
+#[tokio::test]
+async fn a_key_of_more_than_255_columns_applies_like_sqlite_records_it() {
+    let columns: Vec<String> = (0..257).map(|i| format!("c{i}")).collect();
+    let schema = format!(
+        "CREATE TABLE big({}, PRIMARY KEY({}))",
+        columns.join(", "),
+        columns.join(", ")
+    );
+    let values: Vec<String> = (0..257).map(|i| i.to_string()).collect();
+    let insert = format!("INSERT INTO big VALUES ({})", values.join(", "));
+    let source = SqliteSession::open_in_memory().await.unwrap();
+    source.execute_batch(&schema).await.unwrap();
+    let cs = changeset::capture(&source, &["big"], move |s| async move {
+        s.execute_batch(&insert).await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let change = &cs.changes().unwrap()[0];
+    assert_eq!((change.pk[254], change.pk[255], change.pk[256]), (255, 0, 1));
+
+    let target = SqliteSession::open_in_memory().await.unwrap();
+    target.execute_batch(&schema).await.unwrap();
+    let report = apply(&target, &cs).await.unwrap();
+    assert!(report.skipped_tables.is_empty(), "{report:?}");
+    assert_eq!(report.applied, 1);
+    let rows = target.query("SELECT count(*) FROM big", &[]).await.unwrap();
+    assert_eq!(rows[0].try_get::<i64>(0).unwrap(), 1);
+}

@@ -13,19 +13,28 @@ pub(crate) const USAGE: &str = "\
 usage: cargo xtask fuzz [--time S] [--sanitizer address|none] [target...]
 
   Fuzzes the changeset entry points with cargo-fuzz (installed if missing): each target
-  (default: all of validate invert concat apply) for S seconds (default 60), starting from the
-  committed corpus fuzz/corpus/<target>/, which is only read; inputs the fuzzer finds go to
-  fuzz/target/corpus/<target>/. Builds in release with debug assertions, RUSTC_BOOTSTRAP=1 and
-  ASan (--sanitizer none: faster, fewer checks). SQLite's C code is instrumented for coverage
-  (and ASan) when a clang of rustc's LLVM version is available (clang-N; installed with apt-get
-  when missing and running as root), otherwise only the Rust code guides the fuzzer.
+  (default: all of validate invert concat apply changegroup stream rebase) for S seconds
+  (default 60), starting from the committed corpus fuzz/corpus/<target>/, which is only
+  read; inputs the fuzzer finds go to fuzz/target/corpus/<target>/. Builds in release with
+  debug assertions, RUSTC_BOOTSTRAP=1 and ASan (--sanitizer none: faster, fewer checks).
+  SQLite's C code is instrumented for coverage (and ASan) when a clang of rustc's LLVM version
+  is available (clang-N; installed with apt-get when missing and running as root), otherwise
+  only the Rust code guides the fuzzer.
   Prints executions and crashes per target; a crash or hang leaves its input in
   fuzz/artifacts/<target>/ and makes the command fail. Reproduce one with
   `RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <artifact>`.
 ";
 
 /// Every fuzz target (`fuzz/fuzz_targets/<name>.rs`), in the order they run by default.
-const TARGETS: [&str; 4] = ["validate", "invert", "concat", "apply"];
+const TARGETS: [&str; 7] = [
+    "validate",
+    "invert",
+    "concat",
+    "apply",
+    "changegroup",
+    "stream",
+    "rebase",
+];
 
 /// A single input running longer than this is reported as a hang.
 const TIMEOUT_SECS: u64 = 10;
