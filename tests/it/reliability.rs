@@ -143,7 +143,8 @@ fn after_writes() -> Vec<Vec<Value>> {
     rows(&[(1, "a", 10), (3, "c", 3), (4, "d", 4)])
 }
 
-/// The unit of work the capture tests cancel: three statements, so three awaits inside it.
+/// The unit of work the capture tests cancel: three statements. Inside capture's write
+/// transaction they run inline on the pinned connection, so they need not suspend at all.
 async fn writes(s: SqliteSession) -> Result<(), Error> {
     s.execute("UPDATE t SET n = 10 WHERE id = 1", &[]).await?;
     s.execute("DELETE FROM t WHERE id = 2", &[]).await?;
@@ -199,7 +200,9 @@ async fn capture_dropped_at_every_await_leaves_nothing_behind() {
         1,
     )
     .await;
-    assert!(dropped >= 5, "only {dropped} await points");
+    // Only a guard against a vacuous harness: the count falls as round trips to sqlx's worker
+    // are removed (pin, handle lock, BEGIN and COMMIT on the worker remain).
+    assert!(dropped >= 3, "only {dropped} await points");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +224,9 @@ async fn patchset_capture_dropped_at_every_await_leaves_nothing_behind() {
         1,
     )
     .await;
-    assert!(dropped >= 5, "only {dropped} await points");
+    // Only a guard against a vacuous harness: the count falls as round trips to sqlx's worker
+    // are removed (pin, handle lock, BEGIN and COMMIT on the worker remain).
+    assert!(dropped >= 3, "only {dropped} await points");
 }
 
 /// A capture large enough (over 256 KiB of recorded data) that the changeset is generated on a
