@@ -317,7 +317,10 @@ async fn a_key_of_more_than_255_columns_applies_like_sqlite_records_it() {
     .await
     .unwrap();
     let change = &cs.changes().unwrap()[0];
-    assert_eq!((change.pk[254], change.pk[255], change.pk[256]), (255, 0, 1));
+    assert_eq!(
+        (change.pk[254], change.pk[255], change.pk[256]),
+        (255, 0, 1)
+    );
 
     let target = SqliteSession::open_in_memory().await.unwrap();
     target.execute_batch(&schema).await.unwrap();
@@ -326,4 +329,32 @@ async fn a_key_of_more_than_255_columns_applies_like_sqlite_records_it() {
     assert_eq!(report.applied, 1);
     let rows = target.query("SELECT count(*) FROM big", &[]).await.unwrap();
     assert_eq!(rows[0].try_get::<i64>(0).unwrap(), 1);
+}
+
+/// Resolutions for `pair(a, b, note)` whose header flags all three columns as key columns, and a
+/// local changeset whose `pair` has only `(b, a)` as key and ends with a DELETE whose `note` is
+/// NULL.
+///
+/// Found by the `rebase` target on SQLite 3.51.3 (AddressSanitizer: heap-buffer-overflow READ in
+/// `sessionChangeHash` ← `sessionRebase` ← `sqlite3rebaser_rebase`): SQLite finds the local
+/// table among the resolutions by name only and hashes the local records with the resolutions'
+/// key flags, so it read the NULL `note` as a key value and its length past the end of the blob.
+const REBASE_BUFFER_WITH_OTHER_KEY: &[u8] = b"T\x03\x02\x01\xf8pair\x00\x12\x00\x01\x00\x00\
+\x00\x00\x00\x00\x00\x01\x03\x01x\x03\x03all\x12\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x03\
+\x01x\x03\x03all";
+const LOCAL_CHANGES_FOR_THAT_REBASE: &[u8] = b"T\x04\x01\x00\x00\x00t\x00\x09\x00\x01\x00\x00\
+\x00\x00\x00\x00\x00\x01\x03\x03one\x02?\xf8\x00\x00\x00\x00\x00\x00\x04\x01\x01T\x03\x02\x01\
+\x00pair\x00\x09\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x03\x01x\x03\x02n2\x09\x00\x01\x00\
+\x00\x00\x00\x00\x00\x00\x02\x03\x01x\x05";
+
+#[test]
+fn rebase_over_resolutions_for_a_differently_keyed_table_is_refused() {
+    let buffer = changeset::RebaseBuffer::from_bytes(REBASE_BUFFER_WITH_OTHER_KEY).unwrap();
+    let local = Changeset::from_bytes(LOCAL_CHANGES_FOR_THAT_REBASE).unwrap();
+    let mut rebaser = changeset::Rebaser::new().unwrap();
+    rebaser.configure(&buffer).unwrap();
+    match rebaser.rebase(&local) {
+        Err(Error::SchemaMismatch { table, .. }) => assert_eq!(table, "pair"),
+        other => panic!("expected a schema mismatch, got {other:?}"),
+    }
 }
