@@ -172,7 +172,25 @@ impl Rebaser {
                 )?;
             }
         }
-        Ok(Changeset::trusted(self.raw.rebase(local.as_bytes())?))
+        // SQLite builds the output from the local records and the resolutions without checking
+        // it: from some valid inputs it writes a change whose key is NULL (found by the `rebase`
+        // fuzz target), which SQLite's own apply would then bind unchecked. Check it like
+        // untrusted bytes.
+        let rebased = self.raw.rebase(local.as_bytes())?;
+        Changeset::from_bytes(rebased).map_err(|err| match err {
+            Error::Invalid {
+                entry,
+                offset,
+                reason,
+                ..
+            } => Error::Invalid {
+                kind: "rebased changeset",
+                entry,
+                offset,
+                reason,
+            },
+            other => other,
+        })
     }
 }
 
