@@ -1258,13 +1258,13 @@ impl RawRebaser {
 
     /// Adds the resolutions in a validated rebase buffer.
     pub(crate) fn configure(&mut self, buffer: &[u8]) -> Result<(), Error> {
-        // SAFETY: the rebaser is live; SQLite copies what it needs from `buffer`.
+        let len = c_len(buffer.len())?;
+        // Hashed by SQLite's change-group code, which can read one byte past the end.
+        let buffer = padded(buffer);
+        // SAFETY: the rebaser is live; SQLite copies what it needs from `buffer`, reading `len`
+        // bytes and at most the spare byte after them.
         let rc = unsafe {
-            ffi::sqlite3rebaser_configure(
-                self.ptr.as_ptr(),
-                c_len(buffer.len())?,
-                buffer.as_ptr().cast(),
-            )
+            ffi::sqlite3rebaser_configure(self.ptr.as_ptr(), len, buffer.as_ptr().cast())
         };
         if rc == ffi::SQLITE_OK {
             Ok(())
@@ -1276,11 +1276,16 @@ impl RawRebaser {
     /// Rebases a validated changeset.
     pub(crate) fn rebase(&mut self, input: &[u8]) -> Result<Arc<[u8]>, Error> {
         let (mut len, mut buf) = (0, ptr::null_mut());
-        // SAFETY: the rebaser is live; SQLite only reads `input`; out-pointers are valid.
+        let input_len = c_len(input.len())?;
+        // Its records are hashed like the change-group code's, which can read one byte past
+        // the end.
+        let input = padded(input);
+        // SAFETY: the rebaser is live; SQLite only reads `input_len` bytes of `input` and at
+        // most the spare byte after them; out-pointers are valid.
         let rc = unsafe {
             ffi::sqlite3rebaser_rebase(
                 self.ptr.as_ptr(),
-                c_len(input.len())?,
+                input_len,
                 input.as_ptr().cast(),
                 &mut len,
                 &mut buf,

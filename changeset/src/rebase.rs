@@ -1,10 +1,12 @@
 //! Rebasing: rewriting local changes so they apply cleanly on top of remote changes that were
 //! applied here with conflicts resolved (SQLite's experimental `sqlite3_rebaser`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use crate::ffi::RawRebaser;
+use crate::format::{Checker, Section};
 use crate::{Changeset, Error, format};
 
 /// How an apply resolved its conflicts, in SQLite's rebase format: what a [`Rebaser`] needs to
@@ -107,6 +109,9 @@ impl fmt::Debug for RebaseBuffer {
 /// ```
 pub struct Rebaser {
     raw: RawRebaser,
+    /// The primary key flags of every table the configured resolutions name, by name in ASCII
+    /// lower case (SQLite matches the names of local tables case-insensitively).
+    tables: HashMap<String, Vec<u8>>,
 }
 
 impl Rebaser {
@@ -114,24 +119,106 @@ impl Rebaser {
     pub fn new() -> Result<Self, Error> {
         Ok(Rebaser {
             raw: RawRebaser::new()?,
+            tables: HashMap::new(),
         })
     }
 
-    /// Adds the resolutions of one apply (call once per remote changeset applied).
+    /// Adds the resolutions of one apply (call once per remote changeset applied). A table
+    /// must have the same columns and primary key in every buffer ([`Error::SchemaMismatch`]).
     pub fn configure(&mut self, resolutions: &RebaseBuffer) -> Result<(), Error> {
         if resolutions.is_empty() {
             return Ok(());
         }
-        self.raw.configure(resolutions.as_bytes())
+        let sections = headers(resolutions.as_bytes());
+        for section in &sections {
+            if let Some(earlier) = self.tables.get(&section.table.to_ascii_lowercase()) {
+                mismatch(
+                    &section.table,
+                    earlier,
+                    &section.pk,
+                    "earlier resolutions",
+                    "these",
+                )?;
+            }
+        }
+        self.raw.configure(resolutions.as_bytes())?;
+        for section in sections {
+            self.tables
+                .entry(section.table.to_ascii_lowercase())
+                .or_insert(section.pk);
+        }
+        Ok(())
     }
 
-    /// `local`, rewritten to carry the configured resolutions.
+    /// `local`, rewritten to carry the configured resolutions. A table of `local` that the
+    /// resolutions also name must have the same columns and primary key there
+    /// ([`Error::SchemaMismatch`]).
     pub fn rebase(&mut self, local: &Changeset) -> Result<Changeset, Error> {
         if local.is_empty() {
             return Ok(Changeset::default());
         }
-        Ok(Changeset::trusted(self.raw.rebase(local.as_bytes())?))
+        // SQLite looks the local changes up in the resolutions by table name only and then
+        // walks their records with the resolutions' column count and key flags: a table that
+        // differs would make it read past the end of a record (found by the `rebase` fuzz
+        // target: a heap-buffer-overflow read in `sessionChangeHash` ← `sessionRebase`).
+        for section in headers(local.as_bytes()) {
+            if let Some(configured) = self.tables.get(&section.table.to_ascii_lowercase()) {
+                mismatch(
+                    &section.table,
+                    configured,
+                    &section.pk,
+                    "the resolutions",
+                    "the local changes",
+                )?;
+            }
+        }
+        // SQLite builds the output from the local records and the resolutions without checking
+        // it: from some valid inputs it writes a change whose key is NULL (found by the `rebase`
+        // fuzz target), which SQLite's own apply would then bind unchecked. Check it like
+        // untrusted bytes.
+        let rebased = self.raw.rebase(local.as_bytes())?;
+        Changeset::from_bytes(rebased).map_err(|err| match err {
+            Error::Invalid {
+                entry,
+                offset,
+                reason,
+                ..
+            } => Error::Invalid {
+                kind: "rebased changeset",
+                entry,
+                offset,
+                reason,
+            },
+            other => other,
+        })
     }
+}
+
+/// The table headers of a validated changeset (or rebase buffer), in order.
+fn headers(blob: &[u8]) -> Vec<Section> {
+    let mut checker = Checker::new(Some(format::CHANGESET)).surveying();
+    // The blob was validated on construction, so this cannot fail; if it did, there would just
+    // be fewer headers to check.
+    let _ = checker.feed(blob);
+    checker.sections().to_vec()
+}
+
+/// `Err` unless the two headers of `table` have the same columns and key columns (SQLite only
+/// cares whether a column is in the key, not about its position).
+fn mismatch(table: &str, a: &[u8], b: &[u8], a_is: &str, b_is: &str) -> Result<(), Error> {
+    let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (*x != 0) == (*y != 0));
+    if same {
+        return Ok(());
+    }
+    Err(Error::SchemaMismatch {
+        table: table.to_owned(),
+        detail: format!(
+            "{a_is} record {} columns (primary key flags {a:?}), {b_is} record {} (primary key \
+             flags {b:?})",
+            a.len(),
+            b.len()
+        ),
+    })
 }
 
 impl fmt::Debug for Rebaser {

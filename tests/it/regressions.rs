@@ -317,7 +317,10 @@ async fn a_key_of_more_than_255_columns_applies_like_sqlite_records_it() {
     .await
     .unwrap();
     let change = &cs.changes().unwrap()[0];
-    assert_eq!((change.pk[254], change.pk[255], change.pk[256]), (255, 0, 1));
+    assert_eq!(
+        (change.pk[254], change.pk[255], change.pk[256]),
+        (255, 0, 1)
+    );
 
     let target = SqliteSession::open_in_memory().await.unwrap();
     target.execute_batch(&schema).await.unwrap();
@@ -326,4 +329,72 @@ async fn a_key_of_more_than_255_columns_applies_like_sqlite_records_it() {
     assert_eq!(report.applied, 1);
     let rows = target.query("SELECT count(*) FROM big", &[]).await.unwrap();
     assert_eq!(rows[0].try_get::<i64>(0).unwrap(), 1);
+}
+
+/// Resolutions for `pair(a, b, note)` whose header flags all three columns as key columns, and a
+/// local changeset whose `pair` has only `(b, a)` as key and ends with a DELETE whose `note` is
+/// NULL.
+///
+/// Found by the `rebase` target on SQLite 3.51.3 (AddressSanitizer: heap-buffer-overflow READ in
+/// `sessionChangeHash` ← `sessionRebase` ← `sqlite3rebaser_rebase`): SQLite finds the local
+/// table among the resolutions by name only and hashes the local records with the resolutions'
+/// key flags, so it read the NULL `note` as a key value and its length past the end of the blob.
+const REBASE_BUFFER_WITH_OTHER_KEY: &[u8] = b"T\x03\x02\x01\xf8pair\x00\x12\x00\x01\x00\x00\
+\x00\x00\x00\x00\x00\x01\x03\x01x\x03\x03all\x12\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x03\
+\x01x\x03\x03all";
+const LOCAL_CHANGES_FOR_THAT_REBASE: &[u8] = b"T\x04\x01\x00\x00\x00t\x00\x09\x00\x01\x00\x00\
+\x00\x00\x00\x00\x00\x01\x03\x03one\x02?\xf8\x00\x00\x00\x00\x00\x00\x04\x01\x01T\x03\x02\x01\
+\x00pair\x00\x09\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x03\x01x\x03\x02n2\x09\x00\x01\x00\
+\x00\x00\x00\x00\x00\x00\x02\x03\x01x\x05";
+
+#[test]
+fn rebase_over_resolutions_for_a_differently_keyed_table_is_refused() {
+    let buffer = changeset::RebaseBuffer::from_bytes(REBASE_BUFFER_WITH_OTHER_KEY).unwrap();
+    let local = Changeset::from_bytes(LOCAL_CHANGES_FOR_THAT_REBASE).unwrap();
+    let mut rebaser = changeset::Rebaser::new().unwrap();
+    rebaser.configure(&buffer).unwrap();
+    match rebaser.rebase(&local) {
+        Err(Error::SchemaMismatch { table, .. }) => assert_eq!(table, "pair"),
+        other => panic!("expected a schema mismatch, got {other:?}"),
+    }
+}
+
+/// Resolutions for `wide` and `many`, and local changes whose UPDATE of `wide` sets its key column
+/// `x` to NULL in the new record.
+///
+/// Found by the `rebase` target on SQLite 3.51.3 (after the fix above, 449 k executions in):
+/// `sqlite3rebaser_rebase` accepted both and wrote a change whose key column is NULL, which
+/// liteorm used to hand out as a trusted changeset; applying such a change made SQLite bind a
+/// missing key value unchecked (see `UPDATE_WITH_UNDEFINED_OLD_KEY`). The output is now checked
+/// like untrusted bytes.
+const REBASE_BUFFER_FOR_NULL_KEY: &[u8] =
+    b"T\x04\x02\x01\x00\x00wide\x00\x09\x00\x04\x01\x00\x02?\xe0\x00\x00\x00\x00\x00\x00\x03\x01\
+z\x01\x7f\xff\xff\xff\xff\xff\xff\xffT\x14\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+\x00\x00\x00\x00\x00\x00\x00\x00many\x00\x09\x01\x01\x00\x00\x00\x00\x00\x00\x00\x01\x03\
+\x05fi\x02?\xe1\x00\x00\x00\x00\x00\x00\x05\x05\x05\x05\x05\x05\x05\x05\x05\x05\x05\x03\
+\x04last";
+const LOCAL_CHANGES_REBASED_TO_A_NULL_KEY: &[u8] =
+    b"T\x04\x01\x00\x00\x00t\x00\x17\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x03\x03one\x00\x00\
+\x00\x03\x03uno\x00\x00\x17\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x04\x00\x00\
+\x00\x00\x04\x01\xffT\x02\x01\x00kv\x00\x17\x00\x03\x01b\x03\x04text\x00\x03\x05text!T\x04\
+\x02\x01\x00\x00wide\x00\x17\x00\x04\x01\x00\x02?\xe0\x00\x00\x00\x00\x00\x00\x03\x01z\x01\
+\x7f\xff\xff\xff\xff\xff\xff\xff\x05\x00\x01\x00\x00\x00\x00\x00\x00\x00*\x01\x7f\xff\xff\
+\xff\xff\xff\xff\xfeT\x14\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+\x00\x00\x00\x00many\x00\x17\x00\x01(\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\
+\x05\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x03\x04last\x00\x00\x00\x00\x00\x00\x00\
+\x03\x05seven\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05";
+
+#[test]
+fn a_rebase_that_would_write_a_null_key_is_an_error() {
+    let buffer = changeset::RebaseBuffer::from_bytes(REBASE_BUFFER_FOR_NULL_KEY).unwrap();
+    let local = Changeset::from_bytes(LOCAL_CHANGES_REBASED_TO_A_NULL_KEY).unwrap();
+    let mut rebaser = changeset::Rebaser::new().unwrap();
+    rebaser.configure(&buffer).unwrap();
+    match rebaser.rebase(&local) {
+        Err(Error::Invalid { kind, reason, .. }) => {
+            assert_eq!(kind, "rebased changeset");
+            assert!(reason.contains("NULL"), "{reason}");
+        }
+        other => panic!("expected the rebased bytes to be refused, got {other:?}"),
+    }
 }
