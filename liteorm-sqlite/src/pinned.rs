@@ -373,7 +373,8 @@ impl PinnedGuard {
             _ if depth == 0 => "BEGIN".to_owned(),
             _ => format!("SAVEPOINT {}", savepoint(depth)),
         };
-        // `BEGIN IMMEDIATE` takes the write lock, so on a file it may wait (on sqlx's worker).
+        // `BEGIN IMMEDIATE` takes the write lock, so on a file it may have to wait (on sqlx's
+        // worker, see `control`).
         let raw = self.guard.raw().await?;
         if custom && raw.is_file() {
             // Counted before it runs: if the future is dropped while sqlx's worker runs it, the
@@ -395,12 +396,16 @@ impl PinnedGuard {
         Ok(depth + 1)
     }
 
-    /// Runs a transaction-control statement: inline, or on sqlx's worker thread when it may
-    /// wait for another connection's lock (`may_wait` on a file database).
+    /// Runs a transaction-control statement inline. One that may wait for another connection's
+    /// lock (`may_wait` on a file database) is tried inline without waiting, and runs on sqlx's
+    /// worker thread (which may wait up to the busy timeout) only if that lock is taken.
     async fn control(&mut self, sql: &str, may_wait: bool) -> Result<()> {
         let raw = self.guard.raw().await?;
         if !(may_wait && raw.is_file()) {
             return raw.exec(sql);
+        }
+        if let Some(result) = raw.exec_without_waiting(sql) {
+            return result;
         }
         self.through_sqlx(sql).await
     }
