@@ -8,6 +8,8 @@
 //! wait for another connection's lock (a write, or any statement, on a file database outside a
 //! write transaction), that carry several statements or named parameters, or whose parameter
 //! count does not match, go through sqlx as before, so that waits happen on sqlx's thread.
+//! Transaction control that may wait (`BEGIN IMMEDIATE`, `COMMIT` on a file) is first tried
+//! inline with a zero busy timeout, and goes to sqlx only if another connection holds the lock.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_int};
@@ -101,6 +103,32 @@ impl RawLock {
         }
     }
 
+    /// Runs `sql` like [`Self::exec`], but only if that needs no wait for another connection's
+    /// lock: the busy timeout is 0 for the call (then restored), and `None` means SQLite
+    /// answered `SQLITE_BUSY`, so the caller runs `sql` where waiting is fine. Nothing took
+    /// effect then: a `BEGIN IMMEDIATE` that found the database locked opened no transaction,
+    /// and a `COMMIT` that found readers left the transaction open, to be retried. Also `None`,
+    /// without running anything, when the connection has no busy timeout: it may have a custom
+    /// busy handler, which could wait.
+    pub(crate) fn exec_without_waiting(&mut self, sql: &str) -> Option<Result<(), Error>> {
+        // SAFETY: `self.db` is valid and locked for us.
+        let timeout = unsafe { busy_timeout(self.db) }?;
+        if timeout <= 0 {
+            return None;
+        }
+        // SAFETY: as above; this replaces the timeout handler that `timeout` describes.
+        unsafe { ffi::sqlite3_busy_timeout(self.db.as_ptr(), 0) };
+        let result = self.exec(sql);
+        // SAFETY: as above; read before anything else can set another error code.
+        let busy = unsafe { ffi::sqlite3_errcode(self.db.as_ptr()) } & 0xff == ffi::SQLITE_BUSY;
+        // SAFETY: as above; puts the original timeout handler back.
+        unsafe { ffi::sqlite3_busy_timeout(self.db.as_ptr(), timeout) };
+        match result {
+            Err(_) if busy => None,
+            result => Some(result),
+        }
+    }
+
     /// Runs `sql` for its effect and returns the rows it changed (`sqlite3_changes`, as sqlx
     /// reports it); `None` if the statement has to go through sqlx (nothing was run).
     pub(crate) fn execute(&mut self, sql: &str, params: &[Value]) -> Option<Result<u64, Error>> {
@@ -154,6 +182,34 @@ unsafe fn may_wait(db: NonNull<ffi::sqlite3>) -> bool {
     }
     // SAFETY: the caller's promise.
     unsafe { is_file(db) }
+}
+
+/// The connection's busy timeout in milliseconds (`PRAGMA busy_timeout`: 0 when it has no busy
+/// handler or one set by `sqlite3_busy_handler`); `None` if it could not be read.
+///
+/// # Safety
+/// `db` is valid and locked.
+unsafe fn busy_timeout(db: NonNull<ffi::sqlite3>) -> Option<c_int> {
+    let mut stmt = ptr::null_mut();
+    // SAFETY: the caller's promise; the SQL is NUL-terminated. The pragma touches no file.
+    let rc = unsafe {
+        ffi::sqlite3_prepare_v2(
+            db.as_ptr(),
+            c"PRAGMA busy_timeout".as_ptr(),
+            -1,
+            &mut stmt,
+            ptr::null_mut(),
+        )
+    };
+    let stmt = NonNull::new(stmt)?;
+    // SAFETY: `stmt` is a live statement of `db`, finalized once, below.
+    let timeout = unsafe {
+        (rc == ffi::SQLITE_OK && ffi::sqlite3_step(stmt.as_ptr()) == ffi::SQLITE_ROW)
+            .then(|| ffi::sqlite3_column_int(stmt.as_ptr(), 0))
+    };
+    // SAFETY: as above.
+    unsafe { ffi::sqlite3_finalize(stmt.as_ptr()) };
+    timeout
 }
 
 /// Whether `main` of `db` is a file database.

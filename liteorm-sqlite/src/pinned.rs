@@ -6,7 +6,7 @@ use std::sync::Arc;
 use liteorm_core::{Error, Result, Row, Value};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{LockedSqliteHandle, Sqlite, SqliteConnection};
-use sqlx::{AssertSqlSafe, Executor as _};
+use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::inline::RawLock;
@@ -29,6 +29,19 @@ pub(crate) struct Held {
     /// Transaction levels liteorm opened on the connection (0: autocommit). liteorm runs its
     /// own transaction control (most of it inline), so sqlx's own counter stays at 0.
     depth: usize,
+    /// Whether an "unlock" command from an earlier `lock_handle` may still wait, unread, in
+    /// sqlx's worker queue.
+    ///
+    /// `lock_handle` sends the worker that command and can obtain the lock before the worker
+    /// has read it (when the worker has not yet queued for the lock again after the previous
+    /// one); it then stays queued. Left alone, such leftovers pile up until the worker's
+    /// bounded command channel is full, and the next `lock_handle` waits for room in it while
+    /// holding the lock the worker needs to drain it: a deadlock. So the lock is re-taken only
+    /// after a ping when this is set, which keeps at most one leftover at any time, also when
+    /// a future is cancelled midway (the flag is set before `lock_handle` runs, and cleared
+    /// only once the worker has answered a later command: it reads commands in order).
+    /// A connection comes out of the pool with none: sqlx pings every connection it takes back.
+    unlock_queued: bool,
 }
 
 impl Held {
@@ -37,6 +50,7 @@ impl Held {
             raw: None,
             conn: Some(conn),
             depth: 0,
+            unlock_queued: false,
         }
     }
 
@@ -83,10 +97,22 @@ impl Held {
         result
     }
 
-    /// The handle lock, taken now (a trip to the worker) unless already held.
+    /// Records that sqlx's worker answered a command sent after the last `lock_handle`, so
+    /// that no "unlock" command of liteorm's is left in its queue (see `unlock_queued`).
+    fn worker_answered(&mut self) {
+        self.unlock_queued = false;
+    }
+
+    /// The handle lock, taken now (a trip to the worker, two if an earlier "unlock" command may
+    /// still be queued) unless already held.
     async fn raw(&mut self) -> Result<&mut RawLock> {
         if self.raw.is_none() {
             let conn = self.conn.as_deref_mut().ok_or(RELEASED)?;
+            if self.unlock_queued {
+                conn.ping().await.map_err(convert::error)?;
+                self.unlock_queued = false;
+            }
+            self.unlock_queued = true;
             let handle = conn.lock_handle().await.map_err(convert::error)?;
             // SAFETY: see `Held::keep`.
             self.raw = Some(unsafe { Self::keep(handle) });
@@ -98,6 +124,11 @@ impl Held {
     fn raw_blocking(&mut self) -> Result<&mut RawLock> {
         if self.raw.is_none() {
             let conn = self.conn.as_deref_mut().ok_or(RELEASED)?;
+            if self.unlock_queued {
+                futures::executor::block_on(conn.ping()).map_err(convert::error)?;
+                self.unlock_queued = false;
+            }
+            self.unlock_queued = true;
             let handle = futures::executor::block_on(conn.lock_handle()).map_err(convert::error)?;
             // SAFETY: see `Held::keep`.
             self.raw = Some(unsafe { Self::keep(handle) });
@@ -299,11 +330,25 @@ impl PinnedGuard {
 
     /// Runs one or more statements (no parameters) on the connection.
     pub async fn execute_batch(&mut self, sql: &str) -> Result<()> {
+        self.through_sqlx(sql).await
+    }
+
+    /// Runs `sql` (no parameters) through sqlx's worker thread.
+    async fn through_sqlx(&mut self, sql: &str) -> Result<()> {
         let conn = self.conn();
-        conn.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
-            .await
-            .map(drop)
-            .map_err(convert::error)
+        let result = conn
+            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
+            .await;
+        self.sqlx_result(result).map(drop)
+    }
+
+    /// Converts the result of a command run through sqlx on this connection (see
+    /// [`Self::connection`]). Success means the worker answered the command.
+    pub(crate) fn sqlx_result<R>(&mut self, result: sqlx::Result<R>) -> Result<R> {
+        if result.is_ok() {
+            self.guard.worker_answered();
+        }
+        result.map_err(convert::error)
     }
 
     /// Begins a transaction, or a savepoint inside the current one. Returns the new depth.
@@ -328,7 +373,8 @@ impl PinnedGuard {
             _ if depth == 0 => "BEGIN".to_owned(),
             _ => format!("SAVEPOINT {}", savepoint(depth)),
         };
-        // `BEGIN IMMEDIATE` takes the write lock, so on a file it may wait (on sqlx's worker).
+        // `BEGIN IMMEDIATE` takes the write lock, so on a file it may have to wait (on sqlx's
+        // worker, see `control`).
         let raw = self.guard.raw().await?;
         if custom && raw.is_file() {
             // Counted before it runs: if the future is dropped while sqlx's worker runs it, the
@@ -350,18 +396,18 @@ impl PinnedGuard {
         Ok(depth + 1)
     }
 
-    /// Runs a transaction-control statement: inline, or on sqlx's worker thread when it may
-    /// wait for another connection's lock (`may_wait` on a file database).
+    /// Runs a transaction-control statement inline. One that may wait for another connection's
+    /// lock (`may_wait` on a file database) is tried inline without waiting, and runs on sqlx's
+    /// worker thread (which may wait up to the busy timeout) only if that lock is taken.
     async fn control(&mut self, sql: &str, may_wait: bool) -> Result<()> {
         let raw = self.guard.raw().await?;
         if !(may_wait && raw.is_file()) {
             return raw.exec(sql);
         }
-        self.conn()
-            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
-            .await
-            .map(drop)
-            .map_err(convert::error)
+        if let Some(result) = raw.exec_without_waiting(sql) {
+            return result;
+        }
+        self.through_sqlx(sql).await
     }
 
     /// Commits the transaction (or releases the innermost savepoint).
@@ -407,6 +453,7 @@ impl PinnedGuard {
         self.guard.depth
     }
 
+    /// The connection, for a command through sqlx; pass its result to [`Self::sqlx_result`].
     pub(crate) fn connection(&mut self) -> &mut SqliteConnection {
         self.conn()
     }

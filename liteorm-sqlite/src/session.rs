@@ -166,7 +166,8 @@ impl SqliteSession {
             }
             Target::Pinned(slot) => {
                 let mut guard = PinnedGuard::new_from(Arc::clone(slot).lock_owned().await)?;
-                op(guard.connection()).await.map_err(convert::error)
+                let result = op(guard.connection()).await;
+                guard.sqlx_result(result)
             }
         }
     }

@@ -274,3 +274,46 @@ async fn outer_with_savepoint(db: &SqliteSession) -> (Box<dyn Transaction>, Box<
         .unwrap();
     (outer, inner)
 }
+
+/// `BEGIN IMMEDIATE` is first tried inline without waiting; when another connection holds the
+/// write lock it must wait on sqlx's worker thread, not on the executor: on this one-thread
+/// runtime, the holder could otherwise not run (nor commit) until the busy timeout ran out.
+#[tokio::test]
+async fn begin_immediate_waits_for_another_writer_off_the_executor() {
+    let (db, _dir) = file_db().await;
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+        .await
+        .unwrap();
+    let holder = db.begin_immediate().await.unwrap();
+    holder
+        .session()
+        .execute("INSERT INTO t VALUES (1)", &[])
+        .await
+        .unwrap();
+    let waiter = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let tx = db.begin_immediate().await?;
+            tx.session()
+                .execute("INSERT INTO t VALUES (2)", &[])
+                .await?;
+            Box::new(tx).commit().await
+        }
+    });
+    // Let the waiter reach its `BEGIN IMMEDIATE` and find the lock taken. Had it waited on the
+    // executor thread, this sleep would end only after the busy timeout (5 s).
+    let slept = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        slept.elapsed() < std::time::Duration::from_secs(3),
+        "the executor was blocked for {:?}",
+        slept.elapsed()
+    );
+    assert!(!waiter.is_finished(), "the second writer did not wait");
+    Box::new(holder).commit().await.unwrap();
+    waiter.await.unwrap().unwrap();
+    assert_eq!(
+        dump(&db, "t").await,
+        [[Value::Integer(1)], [Value::Integer(2)]]
+    );
+}
