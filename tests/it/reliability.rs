@@ -201,8 +201,8 @@ async fn capture_dropped_at_every_await_leaves_nothing_behind() {
     )
     .await;
     // Only a guard against a vacuous harness: the count falls as round trips to sqlx's worker
-    // are removed (pin, handle lock, BEGIN and COMMIT on the worker remain).
-    assert!(dropped >= 3, "only {dropped} await points");
+    // are removed (statements, BEGIN IMMEDIATE and COMMIT run inline when they cannot wait).
+    assert!(dropped >= 2, "only {dropped} await points");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,8 +225,8 @@ async fn patchset_capture_dropped_at_every_await_leaves_nothing_behind() {
     )
     .await;
     // Only a guard against a vacuous harness: the count falls as round trips to sqlx's worker
-    // are removed (pin, handle lock, BEGIN and COMMIT on the worker remain).
-    assert!(dropped >= 3, "only {dropped} await points");
+    // are removed (statements, BEGIN IMMEDIATE and COMMIT run inline when they cannot wait).
+    assert!(dropped >= 2, "only {dropped} await points");
 }
 
 /// A capture large enough (over 256 KiB of recorded data) that the changeset is generated on a
@@ -363,7 +363,8 @@ async fn change_log_record_dropped_at_every_await_logs_exactly_what_committed() 
         }
         if let Some(result) = recorded {
             assert_eq!(result.unwrap(), Some(logged + 1));
-            assert!(polls >= 5, "only {polls} await points");
+            // A guard against a vacuous harness (see the capture tests).
+            assert!(polls >= 2, "only {polls} await points");
             return;
         }
     }
