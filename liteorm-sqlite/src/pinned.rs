@@ -6,7 +6,7 @@ use std::sync::Arc;
 use liteorm_core::{Error, Result};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqliteTransactionManager};
-use sqlx::{AssertSqlSafe, Executor as _};
+use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
 use sqlx_core::transaction::TransactionManager as _;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -127,8 +127,19 @@ impl PinnedGuard {
     /// Runs `f` with the raw `sqlite3*` handle inside sqlx's `lock_handle()` guard, so that
     /// sqlx's worker thread makes no FFI call on the connection meanwhile. The pointer is only
     /// valid inside `f`.
+    ///
+    /// First it waits until the worker has processed every command queued on the connection
+    /// (a ping). `lock_handle` sends the worker an "unlock" command and may obtain the lock
+    /// before the worker reads it; that command then stays queued. Back-to-back raw calls
+    /// piled such leftovers up until the worker's bounded command channel was full, and the
+    /// next `lock_handle` then waited for room in it while already holding the lock the worker
+    /// needed to drain it: a deadlock (a replica applying one small changeset per entry hung).
+    /// Draining first leaves at most one leftover at any time, even if a call is cancelled.
     pub async fn with_raw<R>(&mut self, f: impl FnOnce(NonNull<ffi::sqlite3>) -> R) -> Result<R> {
-        let mut handle = self.conn().lock_handle().await.map_err(convert::error)?;
+        let conn = self.conn();
+        // Drain leftovers first (see the doc comment).
+        conn.ping().await.map_err(convert::error)?;
+        let mut handle = conn.lock_handle().await.map_err(convert::error)?;
         Ok(f(handle.as_raw_handle()))
     }
 
@@ -138,8 +149,10 @@ impl PinnedGuard {
         &mut self,
         f: impl FnOnce(NonNull<ffi::sqlite3>) -> R,
     ) -> Result<R> {
-        let mut handle =
-            futures::executor::block_on(self.conn().lock_handle()).map_err(convert::error)?;
+        let conn = self.conn();
+        // See `with_raw`.
+        futures::executor::block_on(conn.ping()).map_err(convert::error)?;
+        let mut handle = futures::executor::block_on(conn.lock_handle()).map_err(convert::error)?;
         Ok(f(handle.as_raw_handle()))
     }
 
