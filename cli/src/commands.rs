@@ -13,7 +13,9 @@ use liteorm_sqlite::SqliteSession;
 use sqlx::sqlite::SqlitePoolOptions;
 
 use crate::failure::Failure;
-use crate::{Action, ApplyArgs, CaptureArgs, ConcatArgs, InspectArgs, InvertArgs, ValidateArgs};
+use crate::{
+    Action, ApplyArgs, CaptureArgs, ConcatArgs, DiffArgs, InspectArgs, InvertArgs, ValidateArgs,
+};
 
 /// A changeset or a patchset, told apart by the first byte of the blob.
 enum Blob {
@@ -393,4 +395,19 @@ pub(crate) fn validate(args: ValidateArgs) -> Result<(), Failure> {
         None,
         format!("{}: valid {kind}, {n} changes\n", args.blob.display()).as_bytes(),
     )
+}
+
+pub(crate) async fn diff(args: DiffArgs) -> Result<(), Failure> {
+    let db = open_db(&args.db).await?;
+    // The library attaches --from by path; check first that it is a database, so that a missing
+    // or foreign file gets the same message and exit code as --db.
+    let from = open_db(&args.from).await?;
+    drop(from);
+    let diff = changeset::Diff::from_file(&db, &args.from).tables(args.tables.iter().cloned());
+    let bytes: Vec<u8> = if args.patchset {
+        diff.patchset().await?.as_bytes().to_vec()
+    } else {
+        diff.changeset().await?.as_bytes().to_vec()
+    };
+    write_output(args.output.as_deref(), &bytes)
 }

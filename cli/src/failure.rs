@@ -95,9 +95,9 @@ impl From<changeset::Error> for Failure {
             changeset::Error::Aborted { .. }
             | changeset::Error::IllegalReplace { .. }
             | changeset::Error::CallbackPanicked { .. } => Failure::Aborted(err.to_string()),
-            changeset::Error::NoSuchTable(_) | changeset::Error::NoPrimaryKey(_) => {
-                Failure::Sql(err.to_string())
-            }
+            changeset::Error::NoSuchTable(_)
+            | changeset::Error::NoPrimaryKey(_)
+            | changeset::Error::SchemaMismatch { .. } => Failure::Sql(err.to_string()),
             changeset::Error::Sqlite { code, .. } => by_sqlite_code(Some(code), err.to_string()),
             other => Failure::Other(other.to_string()),
         }

@@ -1,5 +1,5 @@
 //! `liteorm-changeset`: work with SQLite changesets from the shell — capture, inspect, apply,
-//! invert, concat and validate — without writing Rust.
+//! invert, concat, validate and diff — without writing Rust.
 //!
 //! Every failure prints one line on stderr and exits with a code that says what kind of failure
 //! it was (see [`Failure::code`]); no panic backtrace reaches the user.
@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Capture, inspect, apply, invert, concat and validate SQLite changesets.
+/// Capture, inspect, apply, invert, concat, validate and diff SQLite changesets.
 #[derive(Parser)]
 #[command(name = "liteorm-changeset", version)]
 struct Cli {
@@ -34,6 +34,16 @@ enum Command {
     Concat(ConcatArgs),
     /// Check that a file is a well-formed changeset or patchset.
     Validate(ValidateArgs),
+    /// Write the changes that make OTHER.db's tables equal to FILE's (SQLite's session diff).
+    #[command(
+        long_about = "Write the changeset that, applied to the --from database, makes its \
+        tables equal to the same tables of the --db database (the direction of SQLite's \
+        sqlite3session_diff: --db is the target state, --from the starting point). Applying the \
+        output to --from brings it up to --db; `invert` gives the way back.\n\n\
+        Each table must exist in both databases with the same columns and primary key. By \
+        default every table of --db that has a primary key is diffed."
+    )]
+    Diff(DiffArgs),
 }
 
 #[derive(Args)]
@@ -141,6 +151,25 @@ struct ConcatArgs {
 }
 
 #[derive(Args)]
+struct DiffArgs {
+    /// The database whose content the output leads to (must exist).
+    #[arg(long, value_name = "FILE")]
+    db: PathBuf,
+    /// The database the output applies to (must exist).
+    #[arg(long, value_name = "OTHER.db")]
+    from: PathBuf,
+    /// Diff only this table (repeatable; default: every table of --db with a primary key).
+    #[arg(long = "table", value_name = "T")]
+    tables: Vec<String>,
+    /// Write a patchset instead of a changeset.
+    #[arg(long)]
+    patchset: bool,
+    /// Output file (default: standard output).
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct ValidateArgs {
     /// The changeset or patchset file (`-` for standard input).
     blob: PathBuf,
@@ -156,6 +185,7 @@ async fn main() -> ExitCode {
         Command::Invert(args) => commands::invert(args),
         Command::Concat(args) => commands::concat(args),
         Command::Validate(args) => commands::validate(args),
+        Command::Diff(args) => commands::diff(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
