@@ -1,13 +1,15 @@
 //! The subcommands.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal as _, Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use changeset::{
     ApplyReport, Capture, Change, ChangeOp, Changeset, ColumnNames, ConflictAction, ConflictKind,
     Patchset,
 };
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use liteorm_core::{Session, Transaction, Value};
 use liteorm_sqlite::SqliteSession;
 use sqlx::sqlite::SqlitePoolOptions;
@@ -24,6 +26,14 @@ enum Blob {
 }
 
 impl Blob {
+    /// A copy of the blob's bytes, for streaming.
+    fn bytes(&self) -> Arc<[u8]> {
+        match self {
+            Blob::Changeset(c) => Arc::from(c.as_bytes()),
+            Blob::Patchset(p) => Arc::from(p.as_bytes()),
+        }
+    }
+
     fn changes(&self) -> Result<Vec<Change>, changeset::Error> {
         match self {
             Blob::Changeset(c) => c.changes(),
@@ -67,6 +77,23 @@ fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
                 .map_err(|e| Failure::file(Path::new("<stdout>"), &e))
         }
     }
+}
+
+/// A progress bar over `len` bytes on stderr, or a hidden one when stderr is not a terminal
+/// (pipes, files, tests), so that nothing but errors ever reaches a redirected stderr.
+fn progress_bar(len: usize, what: &'static str) -> ProgressBar {
+    let len = u64::try_from(len).unwrap_or(u64::MAX);
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {binary_bytes}/{binary_total_bytes} ({eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what);
+    bar
 }
 
 /// Opens an existing database file; never creates one.
@@ -239,14 +266,19 @@ pub(crate) async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         .begin_immediate()
         .await
         .map_err(|e| named(&args.db, e.into()))?;
-    let result = match &blob {
-        Blob::Changeset(c) => {
-            configure(changeset::apply(tx.session(), c), &args.tables, per_kind).await
-        }
-        Blob::Patchset(p) => {
-            configure(changeset::apply(tx.session(), p), &args.tables, per_kind).await
-        }
-    };
+    // Streamed to SQLite through a byte counter: the progress bar (drawn only when stderr is
+    // a terminal) follows how far SQLite has read. The blob was validated whole above, so a
+    // corrupt file fails before the database is touched; the stream is checked again.
+    let bytes = blob.bytes();
+    let bar = progress_bar(bytes.len(), "applying");
+    let input = bar.wrap_read(std::io::Cursor::new(bytes));
+    let result = configure(
+        changeset::stream::apply(tx.session(), input),
+        &args.tables,
+        per_kind,
+    )
+    .await;
+    bar.finish_and_clear();
     let report = match result {
         Ok(report) => report,
         Err(err) => {

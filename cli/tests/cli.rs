@@ -566,3 +566,57 @@ fn diff_failures_have_one_line_and_the_usual_exit_codes() {
     assert_one_line_error(&run(&["diff", "--db", s(&missing), "--from", s(&a)]), 5);
     assert!(!missing.exists(), "a missing database is never created");
 }
+
+/// A changeset of `rows` inserts into an empty `t(id, v)`, and a database to apply it to.
+fn big_apply_setup(rows: u32) -> (TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = dir.path().join("source.db");
+    let target = dir.path().join("target.db");
+    for db in [&source, &target] {
+        shell(db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);");
+    }
+    let blob = dir.path().join("big.bin");
+    let sql = format!(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {rows}) \
+         INSERT INTO t SELECT i, hex(randomblob(16)) FROM c"
+    );
+    let out = run(&["capture", "--db", s(&source), "-o", s(&blob), "--sql", &sql]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    (dir, target, blob)
+}
+
+#[test]
+fn apply_shows_no_progress_when_stderr_is_not_a_terminal() {
+    let (_dir, target, blob) = big_apply_setup(50_000);
+    let out = run(&["apply", "--db", s(&target), s(&blob)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stderr.is_empty(), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "50000 changes: 50000 applied, 0 omitted, 0 replaced\n"
+    );
+    assert_eq!(shell(&target, "SELECT count(*) FROM t;"), "50000\n");
+}
+
+#[test]
+fn apply_draws_a_progress_bar_on_a_terminal() {
+    // `script` (util-linux) runs the binary with a pseudo-terminal as stdout and stderr.
+    let (_dir, target, blob) = big_apply_setup(50_000);
+    let bin = assert_cmd::cargo::cargo_bin("liteorm-changeset");
+    let command = format!("{} apply --db {} {}", bin.display(), s(&target), s(&blob));
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run script ({e}); install util-linux"));
+    assert!(out.status.success(), "{}", stdout(&out));
+    let terminal = stdout(&out);
+    assert!(
+        terminal.contains("applying ["),
+        "no progress bar: {terminal:?}"
+    );
+    assert!(
+        terminal.contains("50000 changes: 50000 applied"),
+        "{terminal:?}"
+    );
+    assert_eq!(shell(&target, "SELECT count(*) FROM t;"), "50000\n");
+}
