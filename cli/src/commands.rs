@@ -97,7 +97,7 @@ fn progress_bar(len: usize, what: &'static str) -> ProgressBar {
 }
 
 /// Opens an existing database file; never creates one.
-async fn open_db(path: &Path) -> Result<SqliteSession, Failure> {
+pub(crate) async fn open_db(path: &Path) -> Result<SqliteSession, Failure> {
     if !path.is_file() {
         return Err(Failure::NotADatabase(format!(
             "{}: no such database file",
@@ -231,7 +231,7 @@ fn describe(change: &Change, names: &ColumnNames) -> String {
     )
 }
 
-fn action(action: Action) -> ConflictAction {
+pub(crate) fn action(action: Action) -> ConflictAction {
     match action {
         Action::Omit => ConflictAction::Omit,
         Action::Replace => ConflictAction::Replace,
@@ -242,24 +242,14 @@ fn action(action: Action) -> ConflictAction {
 pub(crate) async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     let blob = read_blob(&args.blob)?;
     let db = open_db(&args.db).await?;
-    let default = action(args.on_conflict);
-    let specific = (
-        args.on_data,
-        args.on_notfound,
-        args.on_conflict_row,
-        args.on_constraint,
-        args.on_fk,
-    );
+    let default = action(args.policy.on_conflict);
+    let specific = args.policy.per_kind();
     let per_kind = move |kind: ConflictKind| {
-        let (data, not_found, conflict, constraint, fk) = specific;
-        let specific = match kind {
-            ConflictKind::Data => data,
-            ConflictKind::NotFound => not_found,
-            ConflictKind::Conflict => conflict,
-            ConflictKind::Constraint => constraint,
-            ConflictKind::ForeignKey => fk,
-        };
-        specific.map_or(default, action)
+        let chosen = specific
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .and_then(|(_, a)| *a);
+        chosen.map_or(default, action)
     };
     // The dry run applies inside a transaction that is then rolled back.
     let tx = db
