@@ -47,6 +47,9 @@ enum Command {
         default every table of --db that has a primary key is diffed."
     )]
     Diff(DiffArgs),
+    /// Copy a primary database into a new replica file tagged with its change log seq; `follow`
+    /// then starts at seq + 1.
+    Snapshot(SnapshotArgs),
     /// Publish a primary's change log to NATS JetStream until SIGTERM or Ctrl-C.
     Publish(PublishArgs),
     /// Keep a replica up to date from NATS JetStream until SIGTERM or Ctrl-C (or a conflict
@@ -203,6 +206,16 @@ struct PublishArgs {
 }
 
 #[derive(Args)]
+struct SnapshotArgs {
+    /// The primary database file (must exist, with a change log).
+    #[arg(long, value_name = "PRIMARY")]
+    db: PathBuf,
+    /// The new replica file (must not exist).
+    #[arg(short, long, value_name = "REPLICA.db")]
+    output: PathBuf,
+}
+
+#[derive(Args)]
 struct FollowArgs {
     /// The replica database file (must exist, with the primary's schema or a snapshot of it).
     #[arg(long, value_name = "REPLICA")]
@@ -277,6 +290,7 @@ async fn main() -> ExitCode {
         Command::Concat(args) => commands::concat(args),
         Command::Validate(args) => commands::validate(args),
         Command::Diff(args) => commands::diff(args).await,
+        Command::Snapshot(args) => replicate::snapshot(args).await,
         Command::Publish(args) => {
             replicate::init_tracing(args.nats.verbose);
             replicate::publish(args).await

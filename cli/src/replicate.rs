@@ -16,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::commands::{action, open_db};
 use crate::failure::Failure;
-use crate::{FollowArgs, NatsArgs, PublishArgs};
+use crate::{FollowArgs, NatsArgs, PublishArgs, SnapshotArgs};
 
 /// Logs to stderr: `RUST_LOG` if set, else info (`-v`: debug, `-vv`: trace) for liteorm's
 /// crates and warnings for the rest.
@@ -196,6 +196,17 @@ pub(crate) async fn follow(args: FollowArgs) -> Result<(), Failure> {
     println!(
         "followed {} as {}; applied up to seq {last}",
         args.stream, args.durable
+    );
+    Ok(())
+}
+
+pub(crate) async fn snapshot(args: SnapshotArgs) -> Result<(), Failure> {
+    let db = open_db(&args.db).await?;
+    let seq = liteorm_nats::snapshot(&db, &args.output).await?;
+    println!(
+        "{}: snapshot at seq {seq}; follow from seq {}",
+        args.output.display(),
+        seq + 1
     );
     Ok(())
 }

@@ -267,3 +267,49 @@ fn an_unreachable_server_is_exit_9_with_one_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_bootstraps_a_replica_that_follows_from_the_next_seq() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (primary, primary_dir) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 10).await;
+    let primary_path = db_file(primary_dir.path());
+    let replica_path = primary_dir.path().join("replica.db");
+    let out = Command::cargo_bin("liteorm-changeset")
+        .unwrap()
+        .args(["snapshot", "--db", s(&primary_path), "-o", s(&replica_path)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("snapshot at seq 10; follow from seq 11"));
+    let replica = SqliteSession::open(s(&replica_path)).await.unwrap();
+    assert_eq!(
+        one(&replica, "SELECT last_seq FROM liteorm_replica").await,
+        10
+    );
+    record_many(&log, 5).await;
+    let publisher = spawn(&["publish", "--db", s(&primary_path), "--nats", &url]);
+    let follower = spawn(&[
+        "follow",
+        "--db",
+        s(&replica_path),
+        "--stream",
+        "test",
+        "--durable",
+        "new",
+        "--nats",
+        &url,
+    ]);
+    wait_converged(&primary, &replica, "after the snapshot").await;
+    let followed = terminate(follower);
+    assert_eq!(
+        followed.status.code(),
+        Some(0),
+        "{}",
+        text(&followed.stderr)
+    );
+    assert!(text(&followed.stdout).contains("applied up to seq 15"));
+    assert_eq!(terminate(publisher).status.code(), Some(0));
+}
