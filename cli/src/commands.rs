@@ -1,19 +1,23 @@
 //! The subcommands.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal as _, Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use changeset::{
     ApplyReport, Capture, Change, ChangeOp, Changeset, ColumnNames, ConflictAction, ConflictKind,
     Patchset,
 };
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use liteorm_core::{Session, Transaction, Value};
 use liteorm_sqlite::SqliteSession;
 use sqlx::sqlite::SqlitePoolOptions;
 
 use crate::failure::Failure;
-use crate::{Action, ApplyArgs, CaptureArgs, ConcatArgs, InspectArgs, InvertArgs, ValidateArgs};
+use crate::{
+    Action, ApplyArgs, CaptureArgs, ConcatArgs, DiffArgs, InspectArgs, InvertArgs, ValidateArgs,
+};
 
 /// A changeset or a patchset, told apart by the first byte of the blob.
 enum Blob {
@@ -22,6 +26,14 @@ enum Blob {
 }
 
 impl Blob {
+    /// A copy of the blob's bytes, for streaming.
+    fn bytes(&self) -> Arc<[u8]> {
+        match self {
+            Blob::Changeset(c) => Arc::from(c.as_bytes()),
+            Blob::Patchset(p) => Arc::from(p.as_bytes()),
+        }
+    }
+
     fn changes(&self) -> Result<Vec<Change>, changeset::Error> {
         match self {
             Blob::Changeset(c) => c.changes(),
@@ -67,8 +79,25 @@ fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
     }
 }
 
+/// A progress bar over `len` bytes on stderr, or a hidden one when stderr is not a terminal
+/// (pipes, files, tests), so that nothing but errors ever reaches a redirected stderr.
+fn progress_bar(len: usize, what: &'static str) -> ProgressBar {
+    let len = u64::try_from(len).unwrap_or(u64::MAX);
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {binary_bytes}/{binary_total_bytes} ({eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what);
+    bar
+}
+
 /// Opens an existing database file; never creates one.
-async fn open_db(path: &Path) -> Result<SqliteSession, Failure> {
+pub(crate) async fn open_db(path: &Path) -> Result<SqliteSession, Failure> {
     if !path.is_file() {
         return Err(Failure::NotADatabase(format!(
             "{}: no such database file",
@@ -202,7 +231,7 @@ fn describe(change: &Change, names: &ColumnNames) -> String {
     )
 }
 
-fn action(action: Action) -> ConflictAction {
+pub(crate) fn action(action: Action) -> ConflictAction {
     match action {
         Action::Omit => ConflictAction::Omit,
         Action::Replace => ConflictAction::Replace,
@@ -213,38 +242,33 @@ fn action(action: Action) -> ConflictAction {
 pub(crate) async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     let blob = read_blob(&args.blob)?;
     let db = open_db(&args.db).await?;
-    let default = action(args.on_conflict);
-    let specific = (
-        args.on_data,
-        args.on_notfound,
-        args.on_conflict_row,
-        args.on_constraint,
-        args.on_fk,
-    );
+    let default = action(args.policy.on_conflict);
+    let specific = args.policy.per_kind();
     let per_kind = move |kind: ConflictKind| {
-        let (data, not_found, conflict, constraint, fk) = specific;
-        let specific = match kind {
-            ConflictKind::Data => data,
-            ConflictKind::NotFound => not_found,
-            ConflictKind::Conflict => conflict,
-            ConflictKind::Constraint => constraint,
-            ConflictKind::ForeignKey => fk,
-        };
-        specific.map_or(default, action)
+        let chosen = specific
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .and_then(|(_, a)| *a);
+        chosen.map_or(default, action)
     };
     // The dry run applies inside a transaction that is then rolled back.
     let tx = db
         .begin_immediate()
         .await
         .map_err(|e| named(&args.db, e.into()))?;
-    let result = match &blob {
-        Blob::Changeset(c) => {
-            configure(changeset::apply(tx.session(), c), &args.tables, per_kind).await
-        }
-        Blob::Patchset(p) => {
-            configure(changeset::apply(tx.session(), p), &args.tables, per_kind).await
-        }
-    };
+    // Streamed to SQLite through a byte counter: the progress bar (drawn only when stderr is
+    // a terminal) follows how far SQLite has read. The blob was validated whole above, so a
+    // corrupt file fails before the database is touched; the stream is checked again.
+    let bytes = blob.bytes();
+    let bar = progress_bar(bytes.len(), "applying");
+    let input = bar.wrap_read(std::io::Cursor::new(bytes));
+    let result = configure(
+        changeset::stream::apply(tx.session(), input),
+        &args.tables,
+        per_kind,
+    )
+    .await;
+    bar.finish_and_clear();
     let report = match result {
         Ok(report) => report,
         Err(err) => {
@@ -393,4 +417,19 @@ pub(crate) fn validate(args: ValidateArgs) -> Result<(), Failure> {
         None,
         format!("{}: valid {kind}, {n} changes\n", args.blob.display()).as_bytes(),
     )
+}
+
+pub(crate) async fn diff(args: DiffArgs) -> Result<(), Failure> {
+    let db = open_db(&args.db).await?;
+    // The library attaches --from by path; check first that it is a database, so that a missing
+    // or foreign file gets the same message and exit code as --db.
+    let from = open_db(&args.from).await?;
+    drop(from);
+    let diff = changeset::Diff::from_file(&db, &args.from).tables(args.tables.iter().cloned());
+    let bytes: Vec<u8> = if args.patchset {
+        diff.patchset().await?.as_bytes().to_vec()
+    } else {
+        diff.changeset().await?.as_bytes().to_vec()
+    };
+    write_output(args.output.as_deref(), &bytes)
 }

@@ -18,6 +18,8 @@ pub(crate) enum Failure {
     Aborted(String),
     /// The SQL or the schema is wrong: missing table, syntax error, constraint (exit 8).
     Sql(String),
+    /// The NATS server cannot be reached or refused a request (exit 9).
+    Nats(String),
     /// Anything else (exit 1).
     Other(String),
 }
@@ -33,6 +35,7 @@ impl Failure {
             Failure::Locked(_) => 6,
             Failure::Aborted(_) => 7,
             Failure::Sql(_) => 8,
+            Failure::Nats(_) => 9,
         }
     }
 
@@ -51,6 +54,7 @@ impl fmt::Display for Failure {
             | Failure::Locked(m)
             | Failure::Aborted(m)
             | Failure::Sql(m)
+            | Failure::Nats(m)
             | Failure::Other(m) => f.write_str(m),
         }
     }
@@ -95,10 +99,38 @@ impl From<changeset::Error> for Failure {
             changeset::Error::Aborted { .. }
             | changeset::Error::IllegalReplace { .. }
             | changeset::Error::CallbackPanicked { .. } => Failure::Aborted(err.to_string()),
-            changeset::Error::NoSuchTable(_) | changeset::Error::NoPrimaryKey(_) => {
-                Failure::Sql(err.to_string())
-            }
+            changeset::Error::NoSuchTable(_)
+            | changeset::Error::NoPrimaryKey(_)
+            | changeset::Error::SchemaMismatch { .. } => Failure::Sql(err.to_string()),
             changeset::Error::Sqlite { code, .. } => by_sqlite_code(Some(code), err.to_string()),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<liteorm_replication::Error> for Failure {
+    fn from(err: liteorm_replication::Error) -> Self {
+        use liteorm_replication::Error as E;
+        match err {
+            E::Session(inner) => inner.into(),
+            E::Changeset(inner) => inner.into(),
+            // A conflict under an abort policy: the replica stopped at that entry.
+            E::Stopped { .. } => Failure::Aborted(err.to_string()),
+            E::SchemaMismatch { .. } => Failure::Sql(err.to_string()),
+            E::CorruptEntry { .. } => Failure::InvalidBlob(err.to_string()),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<liteorm_nats::Error> for Failure {
+    fn from(err: liteorm_nats::Error) -> Self {
+        use liteorm_nats::Error as E;
+        match err {
+            E::Replication(inner) => inner.into(),
+            E::Session(inner) => inner.into(),
+            E::Nats { .. } => Failure::Nats(err.to_string()),
+            E::Malformed { .. } | E::TooLarge { .. } => Failure::InvalidBlob(err.to_string()),
             other => Failure::Other(other.to_string()),
         }
     }

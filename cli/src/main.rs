@@ -1,18 +1,21 @@
 //! `liteorm-changeset`: work with SQLite changesets from the shell — capture, inspect, apply,
-//! invert, concat and validate — without writing Rust.
+//! invert, concat, validate and diff — and run replication over NATS JetStream (publish,
+//! follow), without writing Rust.
 //!
 //! Every failure prints one line on stderr and exits with a code that says what kind of failure
 //! it was (see [`Failure::code`]); no panic backtrace reaches the user.
 
 mod commands;
 mod failure;
+mod replicate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Capture, inspect, apply, invert, concat and validate SQLite changesets.
+/// Capture, inspect, apply, invert, concat, validate and diff SQLite changesets; publish and
+/// follow change logs over NATS JetStream.
 #[derive(Parser)]
 #[command(name = "liteorm-changeset", version)]
 struct Cli {
@@ -34,6 +37,24 @@ enum Command {
     Concat(ConcatArgs),
     /// Check that a file is a well-formed changeset or patchset.
     Validate(ValidateArgs),
+    /// Write the changes that make OTHER.db's tables equal to FILE's (SQLite's session diff).
+    #[command(
+        long_about = "Write the changeset that, applied to the --from database, makes its \
+        tables equal to the same tables of the --db database (the direction of SQLite's \
+        sqlite3session_diff: --db is the target state, --from the starting point). Applying the \
+        output to --from brings it up to --db; `invert` gives the way back.\n\n\
+        Each table must exist in both databases with the same columns and primary key. By \
+        default every table of --db that has a primary key is diffed."
+    )]
+    Diff(DiffArgs),
+    /// Copy a primary database into a new replica file tagged with its change log seq; `follow`
+    /// then starts at seq + 1.
+    Snapshot(SnapshotArgs),
+    /// Publish a primary's change log to NATS JetStream until SIGTERM or Ctrl-C.
+    Publish(PublishArgs),
+    /// Keep a replica up to date from NATS JetStream until SIGTERM or Ctrl-C (or a conflict
+    /// its policy aborts on, which names the entry's seq).
+    Follow(FollowArgs),
 }
 
 #[derive(Args)]
@@ -92,6 +113,22 @@ struct ApplyArgs {
     db: PathBuf,
     /// The changeset or patchset file (`-` for standard input).
     blob: PathBuf,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Apply only this table (repeatable; default: all).
+    #[arg(long = "table", value_name = "T")]
+    tables: Vec<String>,
+    /// Apply inside a transaction that is rolled back: report what would happen.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report and every conflict as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Conflict policy per kind (default: abort on every conflict).
+#[derive(Args)]
+struct PolicyArgs {
     /// Action for every conflict kind not set by a more specific option.
     #[arg(long, value_enum, default_value = "abort")]
     on_conflict: Action,
@@ -110,15 +147,92 @@ struct ApplyArgs {
     /// Action for FOREIGN_KEY conflicts (omit: commit despite the violations).
     #[arg(long, value_enum)]
     on_fk: Option<Action>,
-    /// Apply only this table (repeatable; default: all).
-    #[arg(long = "table", value_name = "T")]
-    tables: Vec<String>,
-    /// Apply inside a transaction that is rolled back: report what would happen.
-    #[arg(long)]
-    dry_run: bool,
-    /// Print the report and every conflict as JSON.
-    #[arg(long)]
-    json: bool,
+}
+
+impl PolicyArgs {
+    /// Each kind with its specific action, if one was given.
+    fn per_kind(&self) -> [(changeset::ConflictKind, Option<Action>); 5] {
+        use changeset::ConflictKind as K;
+        [
+            (K::Data, self.on_data),
+            (K::NotFound, self.on_notfound),
+            (K::Conflict, self.on_conflict_row),
+            (K::Constraint, self.on_constraint),
+            (K::ForeignKey, self.on_fk),
+        ]
+    }
+}
+
+/// Where the NATS server is, and logging.
+#[derive(Args)]
+struct NatsArgs {
+    /// The NATS server (JetStream enabled: `nats-server -js`).
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Seconds to wait for the first connection.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    connect_timeout: u64,
+    /// Log the lag (seq behind) every SECS seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    lag_every: u64,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// The primary database file (must exist); its change log table is the outbox.
+    #[arg(long, value_name = "PRIMARY")]
+    db: PathBuf,
+    /// The database name in the stream (`LITEORM_<NAME>`) and subject (`liteorm.<NAME>.changes`);
+    /// default: the file name without extension.
+    #[arg(long, value_name = "NAME")]
+    stream: Option<String>,
+    /// Entries per batch (sent, acknowledged, then the cursor written).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    batch: usize,
+    /// How often to look for new entries in the log table, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    poll_ms: u64,
+    /// The stream's duplicate window in seconds, when this creates the stream (default 120).
+    #[arg(long, value_name = "SECS")]
+    duplicate_window: Option<u64>,
+    /// Drop stream entries older than SECS, when this creates the stream (default: keep all).
+    #[arg(long, value_name = "SECS")]
+    max_age: Option<u64>,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    /// The primary database file (must exist, with a change log).
+    #[arg(long, value_name = "PRIMARY")]
+    db: PathBuf,
+    /// The new replica file (must not exist).
+    #[arg(short, long, value_name = "REPLICA.db")]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct FollowArgs {
+    /// The replica database file (must exist, with the primary's schema or a snapshot of it).
+    #[arg(long, value_name = "REPLICA")]
+    db: PathBuf,
+    /// The primary's database name in the stream (as given to, or derived by, `publish`).
+    #[arg(long, value_name = "NAME")]
+    stream: String,
+    /// The durable consumer's name, one per replica (letters, digits, `_`, `-`).
+    #[arg(long, value_name = "NAME")]
+    durable: String,
+    /// Entries applied per transaction at most.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    batch: usize,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 #[derive(Args)]
@@ -141,6 +255,25 @@ struct ConcatArgs {
 }
 
 #[derive(Args)]
+struct DiffArgs {
+    /// The database whose content the output leads to (must exist).
+    #[arg(long, value_name = "FILE")]
+    db: PathBuf,
+    /// The database the output applies to (must exist).
+    #[arg(long, value_name = "OTHER.db")]
+    from: PathBuf,
+    /// Diff only this table (repeatable; default: every table of --db with a primary key).
+    #[arg(long = "table", value_name = "T")]
+    tables: Vec<String>,
+    /// Write a patchset instead of a changeset.
+    #[arg(long)]
+    patchset: bool,
+    /// Output file (default: standard output).
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct ValidateArgs {
     /// The changeset or patchset file (`-` for standard input).
     blob: PathBuf,
@@ -156,6 +289,16 @@ async fn main() -> ExitCode {
         Command::Invert(args) => commands::invert(args),
         Command::Concat(args) => commands::concat(args),
         Command::Validate(args) => commands::validate(args),
+        Command::Diff(args) => commands::diff(args).await,
+        Command::Snapshot(args) => replicate::snapshot(args).await,
+        Command::Publish(args) => {
+            replicate::init_tracing(args.nats.verbose);
+            replicate::publish(args).await
+        }
+        Command::Follow(args) => {
+            replicate::init_tracing(args.nats.verbose);
+            replicate::follow(args).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

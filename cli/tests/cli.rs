@@ -470,3 +470,153 @@ fn changesets_match_the_sqlite3_shell_byte_for_byte() {
     );
     assert_eq!(shell(&target, "SELECT name FROM t WHERE id = 2;"), "x\n");
 }
+
+/// `a.db` (the target state) and `b.db` (the start): b is a's original content, a then got an
+/// update, an insert and a delete.
+fn diff_setup() -> (TempDir, PathBuf, PathBuf) {
+    let (dir, a) = setup();
+    let b = dir.path().join("b.db");
+    shell(&b, SCHEMA);
+    shell(
+        &a,
+        "UPDATE t SET name = 'uno' WHERE id = 1; DELETE FROM t WHERE id = 2; \
+         INSERT INTO t VALUES (3, 'three', 3.5);",
+    );
+    (dir, a, b)
+}
+
+#[test]
+fn diff_output_applied_to_from_makes_it_equal_to_db() {
+    let (dir, a, b) = diff_setup();
+    let out_file = dir.path().join("diff.bin");
+    let out = run(&["diff", "--db", s(&a), "--from", s(&b), "-o", s(&out_file)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stderr.is_empty());
+    let shown = run(&["inspect", s(&out_file)]);
+    assert!(
+        stdout(&shown).ends_with("3 changes (changeset)\n"),
+        "{}",
+        stdout(&shown)
+    );
+    let applied = run(&["apply", "--db", s(&b), s(&out_file)]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let dump = "SELECT * FROM t ORDER BY id;";
+    assert_eq!(shell(&b, dump), shell(&a, dump));
+    assert_eq!(shell(&b, dump), "1|uno|1\n3|three|3.5\n");
+    // Nothing left to diff; a patchset to stdout is empty as well.
+    let again = run(&["diff", "--db", s(&a), "--from", s(&b), "--patchset"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(again.stdout.is_empty());
+}
+
+#[test]
+fn diff_matches_apsw_session_diff_byte_for_byte() {
+    // One table, changes on distinct keys: apsw (another SQLite build) must produce the same
+    // changeset from the same databases.
+    let (_dir, a, b) = diff_setup();
+    let ours = run(&["diff", "--db", s(&a), "--from", s(&b), "--table", "t"]);
+    assert!(ours.status.success(), "{}", stderr(&ours));
+    let script = "import sys, apsw\n\
+        db = apsw.Connection(sys.argv[1])\n\
+        db.execute('ATTACH ? AS other', (sys.argv[2],))\n\
+        s = apsw.Session(db, 'main')\n\
+        s.diff('other', 't')\n\
+        sys.stdout.write(s.changeset().hex())\n";
+    let theirs = Command::new("python3")
+        .args(["-c", script, s(&a), s(&b)])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 ({e}); install python3-apsw"));
+    assert!(
+        theirs.status.success(),
+        "python3 with apsw failed (install python3-apsw): {}",
+        stderr(&theirs)
+    );
+    let hex: String = ours.stdout.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, stdout(&theirs));
+    assert!(!hex.is_empty());
+}
+
+#[test]
+fn diff_failures_have_one_line_and_the_usual_exit_codes() {
+    let (dir, a, b) = diff_setup();
+    // A table that does not exist: an SQL/schema failure (8).
+    let out = run(&["diff", "--db", s(&a), "--from", s(&b), "--table", "nope"]);
+    assert_one_line_error(&out, 8);
+    assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
+    // Same table, other columns: a schema mismatch (8) that names the table.
+    let c = dir.path().join("c.db");
+    shell(&c, "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT);");
+    let out = run(&["diff", "--db", s(&a), "--from", s(&c)]);
+    assert_one_line_error(&out, 8);
+    assert!(
+        stderr(&out).contains("\"t\"") || stderr(&out).contains(" t"),
+        "{}",
+        stderr(&out)
+    );
+    // --from is not a database, or missing: 5, like --db.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(
+        &junk,
+        b"this is not a database, just some text long enough to matter....",
+    )
+    .expect("write junk");
+    assert_one_line_error(&run(&["diff", "--db", s(&a), "--from", s(&junk)]), 5);
+    let missing = dir.path().join("missing.db");
+    assert_one_line_error(&run(&["diff", "--db", s(&a), "--from", s(&missing)]), 5);
+    assert_one_line_error(&run(&["diff", "--db", s(&missing), "--from", s(&a)]), 5);
+    assert!(!missing.exists(), "a missing database is never created");
+}
+
+/// A changeset of `rows` inserts into an empty `t(id, v)`, and a database to apply it to.
+fn big_apply_setup(rows: u32) -> (TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = dir.path().join("source.db");
+    let target = dir.path().join("target.db");
+    for db in [&source, &target] {
+        shell(db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);");
+    }
+    let blob = dir.path().join("big.bin");
+    let sql = format!(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {rows}) \
+         INSERT INTO t SELECT i, hex(randomblob(16)) FROM c"
+    );
+    let out = run(&["capture", "--db", s(&source), "-o", s(&blob), "--sql", &sql]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    (dir, target, blob)
+}
+
+#[test]
+fn apply_shows_no_progress_when_stderr_is_not_a_terminal() {
+    let (_dir, target, blob) = big_apply_setup(50_000);
+    let out = run(&["apply", "--db", s(&target), s(&blob)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stderr.is_empty(), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "50000 changes: 50000 applied, 0 omitted, 0 replaced\n"
+    );
+    assert_eq!(shell(&target, "SELECT count(*) FROM t;"), "50000\n");
+}
+
+#[test]
+fn apply_draws_a_progress_bar_on_a_terminal() {
+    // `script` (util-linux) runs the binary with a pseudo-terminal as stdout and stderr.
+    let (_dir, target, blob) = big_apply_setup(50_000);
+    let bin = assert_cmd::cargo::cargo_bin("liteorm-changeset");
+    let command = format!("{} apply --db {} {}", bin.display(), s(&target), s(&blob));
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run script ({e}); install util-linux"));
+    assert!(out.status.success(), "{}", stdout(&out));
+    let terminal = stdout(&out);
+    assert!(
+        terminal.contains("applying ["),
+        "no progress bar: {terminal:?}"
+    );
+    assert!(
+        terminal.contains("50000 changes: 50000 applied"),
+        "{terminal:?}"
+    );
+    assert_eq!(shell(&target, "SELECT count(*) FROM t;"), "50000\n");
+}

@@ -9,24 +9,33 @@ pub(crate) const USAGE: &str = "\
 usage: cargo xtask bench [--rows N] [--iters K] [--reps R] [--db mem|file] [workload...]
 
   Builds liteorm-bench in release and runs each workload (default: all of them, in the order
-  capture apply small conflicts stall replication) with WORKLOADS.md's defaults (rows 100000,
-  iters 10000, reps 5, db mem; stall: rows 1000000). --rows applies to every row-based
+  capture apply small conflicts stall replication nats) with WORKLOADS.md's defaults (rows
+  100000, iters 10000, reps 5, db mem; stall: rows 1000000). --rows applies to every row-based
   workload, stall too; --iters to small and replication. Prints one JSON line per
   implementation (liteorm, raw) and one of ratios per workload (replication: liteorm only).
+
+  nats: one-row transactions recorded on a primary and applied on a follower through NATS
+  JetStream on loopback (liteorm-nats's nats_bench example; it starts its own `nats-server -js`,
+  which must be installed). One JSON line per scenario (record_only, burst, paced): throughput
+  and p50/p99 end-to-end lag. --iters sets its transaction count (default 2000).
 ";
 
 /// Every workload, in the order they run by default.
-const WORKLOADS: [&str; 6] = [
+const WORKLOADS: [&str; 7] = [
     "capture",
     "apply",
     "small",
     "conflicts",
     "stall",
     "replication",
+    "nats",
 ];
 
 /// The workloads sized by `--iters` (transactions) rather than `--rows`.
 const ITERATED: [&str; 2] = ["small", "replication"];
+
+/// The NATS replication benchmark (an example of liteorm-nats).
+const NATS_BENCH: [&str; 4] = ["-p", "liteorm-nats", "--example", "nats_bench"];
 
 /// Options forwarded to the bench binary, and the workloads to run.
 struct BenchOptions {
@@ -70,6 +79,14 @@ fn parse(args: &[String]) -> Result<BenchOptions, String> {
 /// The arguments of the bench binary for `workload`: `--iters` only for the per-transaction
 /// workloads (`small`, `replication`), `--rows` for the others.
 fn workload_args(workload: &str, forwarded: &[(String, String)]) -> Vec<String> {
+    if workload == "nats" {
+        // Only the transaction count applies to the NATS benchmark.
+        return forwarded
+            .iter()
+            .filter(|(flag, _)| flag == "--iters")
+            .flat_map(|(_, value)| ["--txns".to_owned(), value.clone()])
+            .collect();
+    }
     let mut args = vec![workload.to_owned()];
     for (flag, value) in forwarded {
         let applies = match flag.as_str() {
@@ -99,10 +116,14 @@ pub(crate) fn bench(root: &Path, args: &[String]) -> ExitCode {
         }
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let build = Command::new(&cargo)
+    let mut build = Command::new(&cargo);
+    build
         .current_dir(root)
-        .args(["build", "--release", "--quiet", "-p", "liteorm-bench"])
-        .status();
+        .args(["build", "--release", "--quiet", "-p", "liteorm-bench"]);
+    if opts.workloads.iter().any(|w| w == "nats") {
+        build.args(NATS_BENCH);
+    }
+    let build = build.status();
     match build {
         Ok(status) if status.success() => {}
         Ok(status) => {
@@ -118,9 +139,16 @@ pub(crate) fn bench(root: &Path, args: &[String]) -> ExitCode {
     for workload in &opts.workloads {
         // `cargo run` finds the binary wherever the target directory is; it is already built,
         // and the child's stdout is inherited, so each JSON line appears as soon as it is printed.
+        let package: &[&str] = if workload == "nats" {
+            &NATS_BENCH
+        } else {
+            &["-p", "liteorm-bench"]
+        };
         let status = Command::new(&cargo)
             .current_dir(root)
-            .args(["run", "--release", "--quiet", "-p", "liteorm-bench", "--"])
+            .args(["run", "--release", "--quiet"])
+            .args(package)
+            .arg("--")
             .args(workload_args(workload, &opts.forwarded))
             .status();
         match status {

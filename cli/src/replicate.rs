@@ -1,0 +1,212 @@
+//! `publish` and `follow`: a primary's change log to NATS JetStream, and a replica kept up to
+//! date from it (liteorm-nats), as long-running processes with logs, lag reports and graceful
+//! shutdown on SIGTERM or Ctrl-C.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use liteorm_nats::async_nats;
+use liteorm_nats::async_nats::jetstream;
+use liteorm_nats::{ChangeStream, Follower, Lag, NatsSource, Publisher};
+use liteorm_replication::{ChangeLog, ConflictPolicy, Replica};
+use liteorm_sqlite::SqliteSession;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+use crate::commands::{action, open_db};
+use crate::failure::Failure;
+use crate::{FollowArgs, NatsArgs, PublishArgs, SnapshotArgs};
+
+/// Logs to stderr: `RUST_LOG` if set, else info (`-v`: debug, `-vv`: trace) for liteorm's
+/// crates and warnings for the rest.
+pub(crate) fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,liteorm_changeset={level},liteorm_nats={level},liteorm_replication={level}"
+        ))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Completes on the first SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is
+/// called, before the long-running work starts, so an early signal is not lost.
+fn shutdown_signal() -> Result<impl Future<Output = ()> + Send, Failure> {
+    let handler =
+        |kind, name| signal(kind).map_err(|e| Failure::Other(format!("cannot handle {name}: {e}")));
+    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
+}
+
+async fn connect(args: &NatsArgs) -> Result<jetstream::Context, Failure> {
+    let client = async_nats::ConnectOptions::new()
+        .name("liteorm-changeset")
+        .connection_timeout(Duration::from_secs(args.connect_timeout))
+        .connect(args.nats.as_str())
+        .await
+        .map_err(|e| Failure::Nats(format!("cannot connect to {}: {e}", args.nats)))?;
+    Ok(jetstream::new(client))
+}
+
+/// The stream of `--stream NAME`, or of the database file's name.
+fn change_stream(name: Option<&str>, db: &Path) -> Result<ChangeStream, Failure> {
+    let name = match name {
+        Some(name) => name.to_owned(),
+        None => db
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(|s| s.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_"))
+            .ok_or_else(|| Failure::Other("give --stream NAME".into()))?,
+    };
+    Ok(ChangeStream::new(&name)?)
+}
+
+/// Logs `report()` every `every` (never, for 0) until the returned task is aborted.
+fn report_every<F, Fut>(every: u64, mut report: F) -> Option<tokio::task::JoinHandle<()>>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    (every > 0).then(|| {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(every));
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                report().await;
+            }
+        })
+    })
+}
+
+pub(crate) async fn publish(args: PublishArgs) -> Result<(), Failure> {
+    let shutdown = shutdown_signal()?;
+    let db = open_db(&args.db).await?;
+    let mut stream = change_stream(args.stream.as_deref(), &args.db)?;
+    if let Some(secs) = args.duplicate_window {
+        stream = stream.duplicate_window(Duration::from_secs(secs));
+    }
+    if let Some(secs) = args.max_age {
+        stream = stream.max_age(Duration::from_secs(secs));
+    }
+    let js = connect(&args.nats).await?;
+    let mut publisher = Publisher::new(&db, js, stream.clone())
+        .await?
+        .batch_size(args.batch)
+        .poll_interval(Duration::from_millis(args.poll_ms));
+    let log = ChangeLog::open(&db).await?;
+    let lag_stream = stream.name().to_owned();
+    let reporter = report_every(args.nats.lag_every, move || {
+        let (db, log, name) = (db.clone(), log.clone(), lag_stream.clone());
+        async move {
+            match publisher_lag(&db, &log, &name).await {
+                Ok((published, last)) => tracing::info!(
+                    published_seq = published,
+                    log_last_seq = last,
+                    behind = last.saturating_sub(published),
+                    "publisher lag"
+                ),
+                Err(err) => tracing::warn!(error = %err, "cannot measure the publisher's lag"),
+            }
+        }
+    });
+    let result = publisher.run(shutdown).await;
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
+    let report = result?;
+    println!(
+        "published {} entries to {} ({} duplicates dropped); published up to seq {}",
+        report.published,
+        stream.name(),
+        report.duplicates + report.already_in_stream,
+        report.published_seq
+    );
+    Ok(())
+}
+
+/// The publisher's cursor and the log's last seq, read from the primary database.
+async fn publisher_lag(
+    db: &SqliteSession,
+    log: &ChangeLog,
+    stream: &str,
+) -> Result<(u64, u64), Failure> {
+    use liteorm_core::Session as _;
+    let rows = db
+        .query(
+            "SELECT published_seq FROM liteorm_outbox WHERE stream = ?",
+            &[stream.into()],
+        )
+        .await?;
+    let published: i64 = rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
+    let last = log.last_seq().await?;
+    Ok((u64::try_from(published).unwrap_or(0), last))
+}
+
+pub(crate) async fn follow(args: FollowArgs) -> Result<(), Failure> {
+    let shutdown = shutdown_signal()?;
+    let db = open_db(&args.db).await?;
+    let stream = ChangeStream::new(&args.stream)?;
+    let js = connect(&args.nats).await?;
+    let default = action(args.policy.on_conflict);
+    let mut policy = ConflictPolicy::abort();
+    for (kind, specific) in args.policy.per_kind() {
+        policy = policy.on(kind, specific.map_or(default, action));
+    }
+    let replica = Replica::open(&db).await?.policy(policy);
+    let source = NatsSource::new(js.clone(), &stream, &args.durable)?;
+    let mut follower = Follower::new(replica.clone(), source)
+        .await?
+        .batch_size(args.batch);
+    let reporter = report_every(args.nats.lag_every, move || {
+        let (js, stream, replica) = (js.clone(), stream.clone(), replica.clone());
+        async move {
+            match Lag::measure(&js, &stream, &replica).await {
+                Ok(lag) => tracing::info!(
+                    applied_seq = lag.applied_seq,
+                    stream_last_seq = lag.stream_last_seq,
+                    behind = lag.behind(),
+                    "follower lag"
+                ),
+                Err(err) => tracing::warn!(error = %err, "cannot measure the follower's lag"),
+            }
+        }
+    });
+    let result = follower.run(shutdown).await;
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
+    let last = result?;
+    println!(
+        "followed {} as {}; applied up to seq {last}",
+        args.stream, args.durable
+    );
+    Ok(())
+}
+
+pub(crate) async fn snapshot(args: SnapshotArgs) -> Result<(), Failure> {
+    let db = open_db(&args.db).await?;
+    let seq = liteorm_nats::snapshot(&db, &args.output).await?;
+    println!(
+        "{}: snapshot at seq {seq}; follow from seq {}",
+        args.output.display(),
+        seq + 1
+    );
+    Ok(())
+}
