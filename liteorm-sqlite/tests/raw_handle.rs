@@ -5,6 +5,15 @@ use std::time::Duration;
 use liteorm_core::{Session as _, Value};
 use liteorm_sqlite::SqliteSession;
 
+/// A session on a new database file in a temporary directory (kept while the `TempDir` lives).
+async fn file_db() -> (tempfile::TempDir, SqliteSession) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = SqliteSession::open(&dir.path().join("raw.db").display().to_string())
+        .await
+        .expect("open");
+    (dir, db)
+}
+
 /// sqlx's `lock_handle` may get the connection before its worker has read the "unlock" command
 /// it sent; that command then stays queued. Back-to-back raw calls used to pile such commands up
 /// until the worker's command channel (50) was full, and the next call waited for room in it
@@ -12,10 +21,7 @@ use liteorm_sqlite::SqliteSession;
 /// that stopped applying). Each call must leave no command of its own behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_to_back_raw_calls_never_deadlock() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = SqliteSession::open(&dir.path().join("raw.db").display().to_string())
-        .await
-        .expect("open");
+    let (_dir, db) = file_db().await;
     let pinned = db.pin().await.expect("pin");
     let mut guard = pinned.lock().await.expect("lock");
     for round in 0..20_000 {
@@ -36,10 +42,7 @@ async fn back_to_back_raw_calls_never_deadlock() {
 /// and would keep a runtime from shutting down; a detached thread lets the test fail instead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_to_back_blocking_raw_calls_never_deadlock() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = SqliteSession::open(&dir.path().join("raw.db").display().to_string())
-        .await
-        .expect("open");
+    let (_dir, db) = file_db().await;
     let pinned = db.pin().await.expect("pin");
     let mut guard = pinned.lock().await.expect("lock");
     let (done, finished) = std::sync::mpsc::channel();
@@ -60,10 +63,7 @@ async fn back_to_back_blocking_raw_calls_never_deadlock() {
 /// lock anew: thousands of alternations must leave no "unlock" commands piling up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alternating_sqlx_statements_and_raw_calls_never_deadlock() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = SqliteSession::open(&dir.path().join("raw.db").display().to_string())
-        .await
-        .expect("open");
+    let (_dir, db) = file_db().await;
     let pinned = db.pin().await.expect("pin");
     let mut guard = pinned.lock().await.expect("lock");
     guard
@@ -95,10 +95,7 @@ async fn alternating_sqlx_statements_and_raw_calls_never_deadlock() {
 /// call cannot know whether the worker has read the queue up to its own command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_calls_after_cancelled_sqlx_statements_never_deadlock() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = SqliteSession::open(&dir.path().join("raw.db").display().to_string())
-        .await
-        .expect("open");
+    let (_dir, db) = file_db().await;
     let pinned = db.pin().await.expect("pin");
     let mut guard = pinned.lock().await.expect("lock");
     for round in 0..5_000 {
