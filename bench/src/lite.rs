@@ -78,9 +78,7 @@ impl LiteDb {
 
     /// Closes the pool, then removes the temp directory.
     pub(crate) async fn close(self) {
-        if let Some(pool) = self.session.pool() {
-            pool.close().await;
-        }
+        self.session.close().await;
         drop(self.dir);
     }
 }

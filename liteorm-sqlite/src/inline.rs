@@ -78,8 +78,19 @@ impl RawLock {
     }
 
     /// Runs `sql` (one or more statements without parameters or results, such as transaction
-    /// control) with `sqlite3_exec`, reporting errors as the sqlx path does.
+    /// control), reporting errors as the sqlx path does: a single statement from the cache of
+    /// prepared statements (`BEGIN`, `COMMIT` and the like run on every transaction), anything
+    /// else with `sqlite3_exec`.
     pub(crate) fn exec(&mut self, sql: &str) -> Result<(), Error> {
+        let db = self.db;
+        if let Some(statement) = self.cached(sql).filter(|s| s.n_params == 0) {
+            // SAFETY: `db` is locked for us and `statement` is one of its statements. `None`
+            // (a shared-cache lock met before anything ran) falls through to `sqlite3_exec`,
+            // which reports it.
+            if let Some(result) = unsafe { statement.run(db, &[], false) } {
+                return result.map(drop);
+            }
+        }
         let sql = std::ffi::CString::new(sql).map_err(|_| Error::Database {
             dialect: DIALECT,
             code: None,
@@ -146,6 +157,30 @@ impl RawLock {
         unsafe { statement.run(db, params, true) }.map(|run| run.map(|(_, rows)| rows))
     }
 
+    /// Runs `f` with the cached statement for `sql` (see `PinnedGuard::with_cached_statement`);
+    /// `None` if there is none.
+    pub(crate) fn with_cached<R>(
+        &mut self,
+        sql: &str,
+        f: impl FnOnce(NonNull<ffi::sqlite3>, NonNull<ffi::sqlite3_stmt>) -> R,
+    ) -> Option<R> {
+        /// Resets the statement when dropped, also if `f` panics.
+        struct Reset(NonNull<ffi::sqlite3_stmt>);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                // SAFETY: a live statement of the connection, which is locked for us; resetting
+                // leaves no step half-way whatever `f` did.
+                unsafe {
+                    ffi::sqlite3_reset(self.0.as_ptr());
+                    ffi::sqlite3_clear_bindings(self.0.as_ptr());
+                }
+            }
+        }
+        let db = self.db;
+        let reset = Reset(self.cached(sql)?.stmt);
+        Some(f(db, reset.0))
+    }
+
     /// The cached statement for `sql`, prepared on first use, if it may run inline now with
     /// `n_params` parameters.
     fn prepared(&mut self, sql: &str, n_params: usize) -> Option<&mut Statement> {
@@ -153,18 +188,21 @@ impl RawLock {
         if unsafe { may_wait(self.db) } {
             return None;
         }
+        self.cached(sql).filter(|s| s.n_params == n_params)
+    }
+
+    /// The cached statement for `sql`, prepared on first use; `None` if `sql` is not exactly
+    /// one statement with positional parameters only, or does not prepare.
+    fn cached(&mut self, sql: &str) -> Option<&mut Statement> {
         if !self.statements.contains_key(sql) {
             if self.statements.len() >= CACHE_MAX {
                 self.statements.clear();
             }
-            // SAFETY: as above.
+            // SAFETY: `self.db` is valid and locked for us.
             let statement = unsafe { Statement::prepare(self.db, sql) };
             self.statements.insert(sql.into(), statement);
         }
-        self.statements
-            .get_mut(sql)?
-            .as_mut()
-            .filter(|s| s.n_params == n_params)
+        self.statements.get_mut(sql)?.as_mut()
     }
 }
 

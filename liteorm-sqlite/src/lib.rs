@@ -40,6 +40,7 @@
 mod convert;
 mod info;
 mod inline;
+mod parking;
 mod pinned;
 mod session;
 

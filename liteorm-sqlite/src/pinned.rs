@@ -10,6 +10,7 @@ use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::inline::RawLock;
+use crate::parking::Parking;
 use crate::{SqliteInfo, SqliteSession, convert};
 
 /// The shared home of a pinned connection.
@@ -73,6 +74,29 @@ impl Held {
         }
         self.raw = None;
         self.conn.take()
+    }
+
+    /// Gives up the connection: parks it in `home` if it can be reused as it is (out of any
+    /// transaction, handle lock held), or else returns it to the pool as [`Self::take`] does.
+    fn leave(&mut self, home: Option<&Arc<Parking>>) {
+        if let Some(home) = home
+            && self.depth == 0
+            && self.conn.is_some()
+            && let Some(raw) = &self.raw
+            && raw.autocommit()
+        {
+            // Moving the handle lock along with the connection is sound: the lock lives in the
+            // connection's shared worker state on the heap, not in the `PoolConnection` value.
+            let parked = Held {
+                raw: self.raw.take(),
+                conn: self.conn.take(),
+                depth: 0,
+                unlock_queued: self.unlock_queued,
+            };
+            home.park(parked);
+            return;
+        }
+        drop(self.take());
     }
 
     /// Rolls back the innermost level on the locked connection and counts it closed. A level
@@ -142,8 +166,9 @@ impl Held {
     /// `handle` locks `self.conn`'s connection. This is sound because `Held` upholds what the
     /// borrow would: nothing touches the connection while `raw` is set, and `raw` is cleared
     /// before the connection is used through sqlx (`conn`), taken out (`take`) or dropped
-    /// (field order, and `Drop` takes it out first); `Held` lives inside the slot's `Arc` and
-    /// is never moved out of it.
+    /// (field order, and `Drop` takes it out first). `raw` and `conn` only ever move together
+    /// (`leave`), and moving them keeps the lock valid: it is a guard on a mutex in the
+    /// connection worker's shared state on the heap, not on the `PoolConnection` value.
     unsafe fn keep(handle: LockedSqliteHandle<'_>) -> RawLock {
         // SAFETY: the caller's promise (see above); only the lifetime changes.
         unsafe {
@@ -187,14 +212,28 @@ pub struct PinnedConnection {
     slot: Slot,
     info: Arc<SqliteInfo>,
     owner: bool,
+    /// Where an owned connection goes when released: parked for the next operation of the
+    /// session it came from, or (`None`) straight back to the pool.
+    home: Option<Arc<Parking>>,
 }
 
 impl PinnedConnection {
-    pub(crate) fn acquired(conn: PoolConnection<Sqlite>, info: Arc<SqliteInfo>) -> Self {
+    pub(crate) fn acquired(held: Held, info: Arc<SqliteInfo>, home: Arc<Parking>) -> Self {
+        PinnedConnection {
+            slot: Arc::new(Mutex::new(held)),
+            info,
+            owner: true,
+            home: Some(home),
+        }
+    }
+
+    /// A connection taken from the pool that goes straight back to it when released.
+    pub(crate) fn unparked(conn: PoolConnection<Sqlite>, info: Arc<SqliteInfo>) -> Self {
         PinnedConnection {
             slot: Arc::new(Mutex::new(Held::new(conn))),
             info,
             owner: true,
+            home: None,
         }
     }
 
@@ -203,6 +242,7 @@ impl PinnedConnection {
             slot,
             info,
             owner: false,
+            home: None,
         }
     }
 
@@ -240,12 +280,14 @@ impl PinnedConnection {
         PinnedGuard::new(guard).ok()
     }
 
-    /// Gives an owned connection back to the pool. Sessions made by [`Self::session`] that
-    /// outlive this call get [`Error::Closed`] instead of running on a connection that someone
-    /// else may now use. For a shared pin this only drops the handle.
+    /// Gives an owned connection back to the session it came from (which keeps it a few
+    /// milliseconds for its next operation, see [`SqliteSession::linger`]) or to the pool.
+    /// Sessions made by [`Self::session`] that outlive this call get [`Error::Closed`] instead of
+    /// running on a connection that someone else may now use. For a shared pin this only drops
+    /// the handle.
     pub async fn release(self) {
         if self.owner {
-            drop(self.slot.lock().await.take());
+            self.slot.lock().await.leave(self.home.as_ref());
         }
     }
 }
@@ -255,7 +297,7 @@ impl Drop for PinnedConnection {
         if self.owner
             && let Ok(mut slot) = self.slot.try_lock()
         {
-            drop(slot.take());
+            slot.leave(self.home.as_ref());
         }
     }
 }
@@ -297,6 +339,24 @@ impl PinnedGuard {
     pub async fn with_raw<R>(&mut self, f: impl FnOnce(NonNull<ffi::sqlite3>) -> R) -> Result<R> {
         let raw = self.guard.raw().await?;
         Ok(f(raw.db()))
+    }
+
+    /// Runs `f` with the raw handle and a prepared statement for `sql` from the connection's
+    /// cache of prepared statements (prepared on first use, kept while the connection stays
+    /// pinned or parked), inside sqlx's handle lock as [`Self::with_raw`]. The statement is
+    /// reset and its bindings cleared after `f`; both pointers are only valid inside `f`, which
+    /// must not finalize the statement.
+    /// `Ok(None)` if `sql` is not exactly one statement with positional parameters that
+    /// prepares (nothing ran: prepare it in [`Self::with_raw`] to get SQLite's error).
+    ///
+    /// For statements run often on small data, such as schema pragmas, whose preparation costs
+    /// more than their run.
+    pub async fn with_cached_statement<R>(
+        &mut self,
+        sql: &str,
+        f: impl FnOnce(NonNull<ffi::sqlite3>, NonNull<ffi::sqlite3_stmt>) -> R,
+    ) -> Result<Option<R>> {
+        Ok(self.guard.raw().await?.with_cached(sql, f))
     }
 
     /// Like [`Self::with_raw`], for a thread that may block (`spawn_blocking`, or `Drop` cleanup):

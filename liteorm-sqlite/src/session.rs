@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use liteorm_core::{Dialect, Error, Result, Row, Session, Transaction, Value};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Executor as _};
 
+use crate::parking::{DEFAULT_LINGER, Parking};
 use crate::pinned::Slot;
 use crate::{DIALECT, PinnedConnection, PinnedGuard, SqliteInfo, convert};
 
@@ -28,7 +27,7 @@ pub struct SqliteSession {
 
 #[derive(Clone)]
 enum Target {
-    Pool(SqlitePool),
+    Pool(Arc<Parking>),
     Pinned(Slot),
 }
 
@@ -91,10 +90,56 @@ impl SqliteSession {
             .await
             .map_err(convert::error)?;
         let info = Arc::new(SqliteInfo::new(row.0, row.1, row.2));
+        let file: bool = sqlx::query_scalar(
+            "SELECT coalesce((SELECT file <> '' FROM pragma_database_list WHERE name = 'main'), 0)",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(convert::error)?;
         Ok(SqliteSession {
-            target: Target::Pool(pool),
+            target: Target::Pool(Arc::new(Parking::new(pool, DEFAULT_LINGER, file))),
             info,
         })
+    }
+
+    /// The same pool-backed session, keeping a connection it is done with for `linger` (10 ms
+    /// by default) before giving it back to the pool; zero gives it back at once.
+    ///
+    /// Handing a connection back to sqlx's pool and taking it out again costs two round trips
+    /// to the connection's worker thread, most of the time of a one-row transaction. A pool-backed
+    /// session instead keeps (*parks*) a connection that is out of any transaction with sqlx's
+    /// handle lock and its prepared statements, so that its next statement, transaction or
+    /// capture starts at once, as long as it comes within `linger`. A parked connection still
+    /// counts as taken from sqlx's pool; it goes back when it has been unused for `linger`, at
+    /// once when an operation of this session has to wait for the pool, and on
+    /// [`Self::close`]. Code using the [`Self::pool`] directly may wait up to `linger` for it.
+    /// Clones share the parked connections; this returns a session with its own (none yet).
+    /// A pinned session is returned as it is.
+    pub fn linger(&self, linger: Duration) -> Self {
+        match &self.target {
+            Target::Pool(parking) => SqliteSession {
+                target: Target::Pool(Arc::new(Parking::new(
+                    parking.pool().clone(),
+                    linger,
+                    parking.is_file(),
+                ))),
+                info: Arc::clone(&self.info),
+            },
+            Target::Pinned(_) => self.clone(),
+        }
+    }
+
+    /// Returns the parked connections (see [`Self::linger`]) to the pool and closes it: waits
+    /// until every connection taken from it is back, then closes them. A pinned session only
+    /// drops its handle on the connection (the transaction or pin that owns it decides).
+    pub async fn close(&self) {
+        if let Target::Pool(parking) = &self.target {
+            let pool = parking.pool().clone();
+            // Closed first, so that nothing is parked again meanwhile.
+            let closed = pool.close();
+            parking.drain();
+            closed.await;
+        }
     }
 
     pub(crate) fn pinned(slot: Slot, info: Arc<SqliteInfo>) -> Self {
@@ -112,7 +157,7 @@ impl SqliteSession {
     /// The pool behind this session, unless it is pinned to one connection.
     pub fn pool(&self) -> Option<&SqlitePool> {
         match &self.target {
-            Target::Pool(pool) => Some(pool),
+            Target::Pool(parking) => Some(parking.pool()),
             Target::Pinned(_) => None,
         }
     }
@@ -127,9 +172,13 @@ impl SqliteSession {
     /// that work on the pin joins the transaction already open on it.
     pub async fn pin(&self) -> Result<PinnedConnection> {
         match &self.target {
-            Target::Pool(pool) => {
-                let conn = pool.acquire().await.map_err(convert::error)?;
-                Ok(PinnedConnection::acquired(conn, Arc::clone(&self.info)))
+            Target::Pool(parking) => {
+                let held = parking.acquire().await?;
+                Ok(PinnedConnection::acquired(
+                    held,
+                    Arc::clone(&self.info),
+                    Arc::clone(parking),
+                ))
             }
             Target::Pinned(slot) => Ok(PinnedConnection::shared(
                 Arc::clone(slot),
@@ -152,22 +201,31 @@ impl SqliteSession {
         })
     }
 
-    /// Runs `op` on a connection: any pool connection, or the pinned one.
-    async fn run<R>(
-        &self,
-        op: impl for<'c> FnOnce(
-            &'c mut SqliteConnection,
-        ) -> liteorm_core::BoxFuture<'c, Result<R, sqlx::Error>>,
+    /// Runs one statement's `body` on a connection, with whether it may try to run inline:
+    /// the pinned connection (inline); for a pool-backed session on an in-memory database, a
+    /// parked or newly taken connection, which is parked again after the statement (inline);
+    /// on a file database, where a statement outside a transaction always goes through sqlx,
+    /// any pool connection (not inline).
+    async fn run<'a, R>(
+        &'a self,
+        body: impl FnOnce(PinnedGuard, bool) -> liteorm_core::BoxFuture<'a, Result<R>>,
     ) -> Result<R> {
         match &self.target {
-            Target::Pool(pool) => {
-                let mut conn = pool.acquire().await.map_err(convert::error)?;
-                op(&mut conn).await.map_err(convert::error)
-            }
             Target::Pinned(slot) => {
-                let mut guard = PinnedGuard::new_from(Arc::clone(slot).lock_owned().await)?;
-                let result = op(guard.connection()).await;
-                guard.sqlx_result(result)
+                let guard = PinnedGuard::new_from(Arc::clone(slot).lock_owned().await)?;
+                body(guard, true).await
+            }
+            Target::Pool(parking) => {
+                let inline = !parking.is_file();
+                let pinned = if inline {
+                    self.pin().await?
+                } else {
+                    let conn = parking.pool().acquire().await.map_err(convert::error)?;
+                    PinnedConnection::unparked(conn, Arc::clone(&self.info))
+                };
+                let result = body(pinned.lock().await?, inline).await;
+                pinned.release().await;
+                result
             }
         }
     }
@@ -193,36 +251,38 @@ impl Session for SqliteSession {
     }
 
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        if let Target::Pinned(slot) = &self.target {
-            let mut guard = PinnedGuard::new_from(Arc::clone(slot).lock_owned().await)?;
-            if let Some(changes) = guard.execute_inline(sql, params).await? {
-                return Ok(changes);
-            }
-        }
-        let query = sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
-        self.run(move |conn| Box::pin(async move { conn.execute(query).await }))
-            .await
-            .map(|done| done.rows_affected())
+        self.run(|mut guard, inline| {
+            Box::pin(async move {
+                if inline && let Some(changes) = guard.execute_inline(sql, params).await? {
+                    return Ok(changes);
+                }
+                let query =
+                    sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
+                let done = guard.connection().execute(query).await;
+                guard.sqlx_result(done).map(|done| done.rows_affected())
+            })
+        })
+        .await
     }
 
     async fn execute_batch(&self, sql: &str) -> Result<()> {
-        let sql = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()));
-        self.run(move |conn| Box::pin(async move { conn.execute(sql).await.map(drop) }))
+        self.run(|mut guard, _| Box::pin(async move { guard.execute_batch(sql).await }))
             .await
     }
 
     async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        if let Target::Pinned(slot) = &self.target {
-            let mut guard = PinnedGuard::new_from(Arc::clone(slot).lock_owned().await)?;
-            if let Some(rows) = guard.query_inline(sql, params).await? {
-                return Ok(rows);
-            }
-        }
-        let query = sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
-        let rows = self
-            .run(move |conn| Box::pin(async move { conn.fetch_all(query).await }))
-            .await?;
-        convert::rows(rows)
+        self.run(|mut guard, inline| {
+            Box::pin(async move {
+                if inline && let Some(rows) = guard.query_inline(sql, params).await? {
+                    return Ok(rows);
+                }
+                let query =
+                    sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
+                let rows = guard.connection().fetch_all(query).await;
+                convert::rows(guard.sqlx_result(rows)?)
+            })
+        })
+        .await
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {

@@ -63,10 +63,8 @@ pub async fn snapshot_named(primary: &dyn Session, path: &Path, name: &str) -> R
     }
     let copy = SqliteSession::open(target).await?;
     let result = tag(&copy, name).await;
-    if let Some(pool) = copy.pool() {
-        // Checkpoints and removes the WAL so that the file alone is the snapshot.
-        pool.close().await;
-    }
+    // Checkpoints and removes the WAL so that the file alone is the snapshot.
+    copy.close().await;
     match result {
         Ok(Some(seq)) => Ok(seq),
         Ok(None) => Err(failed(
