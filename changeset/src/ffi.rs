@@ -434,48 +434,62 @@ pub(crate) unsafe fn table_pk(
     db: NonNull<ffi::sqlite3>,
     table: &str,
 ) -> Result<Option<Vec<u8>>, Error> {
-    const SQL: &CStr = c"SELECT pk FROM pragma_table_info(?1, 'main') ORDER BY cid";
-    let mut stmt = ptr::null_mut();
-    // SAFETY: `db` is valid and locked; SQL is NUL-terminated (-1 = read to the NUL).
-    let rc = unsafe {
-        ffi::sqlite3_prepare_v2(db.as_ptr(), SQL.as_ptr(), -1, &mut stmt, ptr::null_mut())
+    let Some(sql) = table_pk_sql(table) else {
+        return Ok(None);
     };
-    if rc != ffi::SQLITE_OK {
+    let Ok(sql) = CString::new(sql) else {
+        return Ok(None);
+    };
+    let mut stmt = ptr::null_mut();
+    // SAFETY: `db` is valid and locked; `sql` is NUL-terminated (-1 = read to the NUL).
+    let rc = unsafe {
+        ffi::sqlite3_prepare_v2(db.as_ptr(), sql.as_ptr(), -1, &mut stmt, ptr::null_mut())
+    };
+    let Some(stmt) = NonNull::new(stmt).filter(|_| rc == ffi::SQLITE_OK) else {
         // SAFETY: `db` is valid and locked.
         return Err(unsafe { db_error(db, rc, "reading table schema") });
-    }
-    let result = (|| {
-        let len = c_len(table.len())?;
-        // SAFETY: `stmt` is a live statement; SQLITE_TRANSIENT makes SQLite copy the text.
-        let rc = unsafe {
-            ffi::sqlite3_bind_text(stmt, 1, table.as_ptr().cast(), len, ffi::SQLITE_TRANSIENT())
-        };
-        if rc != ffi::SQLITE_OK {
-            // SAFETY: `db` is valid and locked.
-            return Err(unsafe { db_error(db, rc, "reading table schema") });
-        }
-        let mut pk = Vec::new();
-        loop {
-            // SAFETY: `stmt` is a live statement on the locked `db`.
-            match unsafe { ffi::sqlite3_step(stmt) } {
-                ffi::SQLITE_ROW => {
-                    // SAFETY: the statement has a current row with one column.
-                    let position = unsafe { ffi::sqlite3_column_int(stmt, 0) };
-                    // The low byte, as the session extension keeps it (`abPK[i] =
-                    // sqlite3_column_int(pStmt, 5)` into a `u8`): key position 256 is 0 there,
-                    // and headers and compatibility checks must agree with SQLite's.
-                    pk.push(position.to_le_bytes()[0]);
-                }
-                ffi::SQLITE_DONE => break,
-                // SAFETY: `db` is valid and locked.
-                rc => return Err(unsafe { db_error(db, rc, "reading table schema") }),
-            }
-        }
-        Ok((!pk.is_empty()).then_some(pk))
-    })();
+    };
+    // SAFETY: `stmt` is a fresh statement of `db` for `table_pk_sql`.
+    let result = unsafe { read_table_pk(db, stmt) };
     // SAFETY: `stmt` is live and not used after this.
-    unsafe { ffi::sqlite3_finalize(stmt) };
+    unsafe { ffi::sqlite3_finalize(stmt.as_ptr()) };
     result
+}
+
+/// The statement that [`read_table_pk`] reads: the pragma itself, not the `pragma_table_info`
+/// table-valued function, which prepares this same pragma inside on every run (doubling the
+/// cost of a small capture or apply). `None` for a name holding a NUL (no table has one).
+pub(crate) fn table_pk_sql(table: &str) -> Option<String> {
+    (!table.contains('\0'))
+        .then(|| format!("PRAGMA main.table_info(\"{}\")", table.replace('"', "\"\"")))
+}
+
+/// Steps a statement of [`table_pk_sql`] (prepared, or reset) to the end: see [`table_pk`].
+///
+/// # Safety
+/// `db` is valid and locked, and `stmt` is one of its statements, for [`table_pk_sql`].
+pub(crate) unsafe fn read_table_pk(
+    db: NonNull<ffi::sqlite3>,
+    stmt: NonNull<ffi::sqlite3_stmt>,
+) -> Result<Option<Vec<u8>>, Error> {
+    let mut pk = Vec::new();
+    loop {
+        // SAFETY: `stmt` is a live statement on the locked `db`.
+        match unsafe { ffi::sqlite3_step(stmt.as_ptr()) } {
+            ffi::SQLITE_ROW => {
+                // SAFETY: the statement has a current row; `pk` is its sixth column.
+                let position = unsafe { ffi::sqlite3_column_int(stmt.as_ptr(), 5) };
+                // The low byte, as the session extension keeps it (`abPK[i] =
+                // sqlite3_column_int(pStmt, 5)` into a `u8`): key position 256 is 0 there,
+                // and headers and compatibility checks must agree with SQLite's.
+                pk.push(position.to_le_bytes()[0]);
+            }
+            ffi::SQLITE_DONE => break,
+            // SAFETY: `db` is valid and locked.
+            rc => return Err(unsafe { db_error(db, rc, "reading table schema") }),
+        }
+    }
+    Ok((!pk.is_empty()).then_some(pk))
 }
 
 /// Runs `sql` with text parameters `params` (`?1`, `?2`, ...) and returns every row, each column

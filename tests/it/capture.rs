@@ -305,3 +305,49 @@ async fn closure_that_ends_capture_transaction_gets_a_clear_error() {
     .await
     .unwrap();
 }
+
+/// The schema check reads a statement kept on the connection, which a parked connection keeps
+/// between captures: it must see schema changes made in between, through any connection.
+#[tokio::test]
+async fn the_table_check_sees_schema_changes_between_captures() {
+    let (db, _dir) = file_db().await;
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+        .await
+        .unwrap();
+    let insert = |sql: &'static str| {
+        move |s: SqliteSession| async move { s.execute(sql, &[]).await.map(drop).map_err(Error::from) }
+    };
+    // Another connection of the pool, taken first so that the captures run on a different one
+    // (which stays parked with its statements between them).
+    let other = db.pin().await.unwrap();
+    let cs = capture(&db, &["t"], insert("INSERT INTO t VALUES (1, 'a')"))
+        .await
+        .unwrap();
+    assert_eq!(cs.changes().unwrap().len(), 1);
+    other
+        .session()
+        .execute_batch("DROP TABLE t; CREATE TABLE t(id, v)")
+        .await
+        .unwrap();
+    let err = capture(&db, &["t"], insert("INSERT INTO t VALUES (2, 'b')"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NoPrimaryKey(ref t) if t == "t"),
+        "{err}"
+    );
+    other.release().await;
+    db.execute_batch("DROP TABLE t").await.unwrap();
+    let err = capture(&db, &["t"], insert("SELECT 1")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::NoSuchTable(ref t) if t == "t"),
+        "{err}"
+    );
+    db.execute_batch("CREATE TABLE t(a, b, PRIMARY KEY(b, a))")
+        .await
+        .unwrap();
+    let cs = capture(&db, &["t"], insert("INSERT INTO t VALUES (3, 'c')"))
+        .await
+        .unwrap();
+    assert_eq!(cs.changes().unwrap().len(), 1);
+}
