@@ -298,13 +298,7 @@ impl ChangeLog {
         kind: EntryKind,
         changeset: Changeset,
     ) -> Result<LogEntry> {
-        let mut tables: Vec<String> = Vec::new();
-        for change in changeset.changes()? {
-            if tables.last().map(String::as_str) != Some(&*change.table) {
-                tables.push(change.table.to_string());
-            }
-        }
-        tables.dedup();
+        let tables = changeset.tables()?;
         let (kind_name, ref_seq) = match kind {
             EntryKind::Change => ("change", Value::Null),
             EntryKind::Revert(of) => ("revert", stored(of)),

@@ -351,3 +351,32 @@ async fn the_table_check_sees_schema_changes_between_captures() {
         .unwrap();
     assert_eq!(cs.changes().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn tables_lists_each_changed_table_once_in_stored_order() {
+    let (db, _dir) = file_db().await;
+    db.execute_batch(
+        "CREATE TABLE a(id INTEGER PRIMARY KEY); CREATE TABLE b(id INTEGER PRIMARY KEY);
+         CREATE TABLE c(id INTEGER PRIMARY KEY)",
+    )
+    .await
+    .unwrap();
+    let cs = capture(&db, &[], |s: SqliteSession| async move {
+        s.execute_batch(
+            "INSERT INTO b VALUES (1), (2); INSERT INTO a VALUES (1); INSERT INTO b VALUES (3)",
+        )
+        .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let mut stored: Vec<String> = Vec::new();
+    for change in cs.changes().unwrap() {
+        if !stored.iter().any(|t| *t == *change.table) {
+            stored.push(change.table.to_string());
+        }
+    }
+    assert_eq!(stored.len(), 2);
+    assert_eq!(cs.tables().unwrap(), stored);
+    assert!(changeset::Changeset::default().tables().unwrap().is_empty());
+}
