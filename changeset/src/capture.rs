@@ -366,24 +366,13 @@ impl Recording {
     }
 }
 
-/// The primary-key layout of `table` (see [`ffi::table_pk`]), read with a statement kept in the
-/// connection's cache: a capture of a few rows would otherwise spend a tenth of its time
-/// preparing it.
+/// The primary-key layout of `table` (see [`ffi::table_pk`]), kept on the connection while its
+/// schema does not change: reading it costs a tenth of a one-row capture (SQLite prepares a
+/// pragma anew on every run).
 async fn table_pk(guard: &mut PinnedGuard, table: &str) -> Result<Option<Vec<u8>>, Error> {
-    if let Some(sql) = ffi::table_pk_sql(table)
-        && let Some(pk) = guard
-            .with_cached_statement(&sql, |db, stmt| {
-                // SAFETY: `db` and `stmt` come from `with_cached_statement`: valid and locked
-                // for this closure, and `stmt` is a statement of `table_pk_sql`.
-                unsafe { ffi::read_table_pk(db, stmt) }
-            })
-            .await?
-    {
-        return pk;
-    }
     guard
-        .with_raw(|db| {
-            // SAFETY: `db` comes from `with_raw`: valid and locked for this closure.
+        .schema_cached("liteorm_changeset::table_pk", table, |db| {
+            // SAFETY: `db` comes from `schema_cached`: valid and locked for this closure.
             unsafe { ffi::table_pk(db, table) }
         })
         .await?

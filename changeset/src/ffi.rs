@@ -459,7 +459,7 @@ pub(crate) unsafe fn table_pk(
 /// The statement that [`read_table_pk`] reads: the pragma itself, not the `pragma_table_info`
 /// table-valued function, which prepares this same pragma inside on every run (doubling the
 /// cost of a small capture or apply). `None` for a name holding a NUL (no table has one).
-pub(crate) fn table_pk_sql(table: &str) -> Option<String> {
+fn table_pk_sql(table: &str) -> Option<String> {
     (!table.contains('\0'))
         .then(|| format!("PRAGMA main.table_info(\"{}\")", table.replace('"', "\"\"")))
 }
@@ -468,7 +468,7 @@ pub(crate) fn table_pk_sql(table: &str) -> Option<String> {
 ///
 /// # Safety
 /// `db` is valid and locked, and `stmt` is one of its statements, for [`table_pk_sql`].
-pub(crate) unsafe fn read_table_pk(
+unsafe fn read_table_pk(
     db: NonNull<ffi::sqlite3>,
     stmt: NonNull<ffi::sqlite3_stmt>,
 ) -> Result<Option<Vec<u8>>, Error> {

@@ -11,6 +11,7 @@
 //! Transaction control that may wait (`BEGIN IMMEDIATE`, `COMMIT` on a file) is first tried
 //! inline with a zero busy timeout, and goes to sqlx only if another connection holds the lock.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_int};
 use std::ptr::{self, NonNull};
@@ -34,9 +35,26 @@ const CACHE_MAX: usize = 64;
 pub(crate) struct RawLock {
     /// Declared before `_handle`, so dropped (finalized) while the handle is still locked.
     statements: HashMap<Box<str>, Option<Statement>>,
+    /// Values read from the schema, kept while it does not change (see `schema_memo`).
+    schema: SchemaMemo,
     db: NonNull<ffi::sqlite3>,
     _handle: LockedSqliteHandle<'static>,
 }
+
+/// Values read from the schema of `main` by namespace and key, and a statement that tells
+/// whether that schema changed since: SQLite re-prepares a statement on its next step after
+/// the schema it reads changed (through this connection or another), and counts it.
+#[derive(Default)]
+struct SchemaMemo {
+    /// Declared first, so finalized while the handle is still locked.
+    watch: Option<Statement>,
+    /// The watch's re-prepare count when `values` was last known current.
+    reprepared: c_int,
+    values: HashMap<&'static str, HashMap<Box<str>, Box<dyn Any + Send>>>,
+}
+
+/// Values kept per namespace; more and that namespace starts over.
+const SCHEMA_MEMO_MAX: usize = 256;
 
 // SAFETY: the connection is opened by sqlx in SQLite's multi-thread mode, in which a connection
 // may be used from any thread as long as no two threads use it at once. `RawLock` is only
@@ -54,6 +72,7 @@ impl RawLock {
     pub(crate) unsafe fn new(mut handle: LockedSqliteHandle<'static>) -> Self {
         RawLock {
             statements: HashMap::new(),
+            schema: SchemaMemo::default(),
             db: handle.as_raw_handle(),
             _handle: handle,
         }
@@ -157,28 +176,73 @@ impl RawLock {
         unsafe { statement.run(db, params, true) }.map(|run| run.map(|(_, rows)| rows))
     }
 
-    /// Runs `f` with the cached statement for `sql` (see `PinnedGuard::with_cached_statement`);
-    /// `None` if there is none.
-    pub(crate) fn with_cached<R>(
+    /// What `read` returns for `key` in `namespace`: kept from an earlier call if the schema
+    /// of `main` has not changed since, else read now (and kept if it is `Ok`).
+    pub(crate) fn schema_memo<T, E>(
         &mut self,
-        sql: &str,
-        f: impl FnOnce(NonNull<ffi::sqlite3>, NonNull<ffi::sqlite3_stmt>) -> R,
-    ) -> Option<R> {
-        /// Resets the statement when dropped, also if `f` panics.
-        struct Reset(NonNull<ffi::sqlite3_stmt>);
-        impl Drop for Reset {
-            fn drop(&mut self) {
-                // SAFETY: a live statement of the connection, which is locked for us; resetting
-                // leaves no step half-way whatever `f` did.
-                unsafe {
-                    ffi::sqlite3_reset(self.0.as_ptr());
-                    ffi::sqlite3_clear_bindings(self.0.as_ptr());
-                }
-            }
+        namespace: &'static str,
+        key: &str,
+        read: impl FnOnce(NonNull<ffi::sqlite3>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        T: Clone + Send + 'static,
+    {
+        let current = self.schema_unchanged();
+        if current
+            && let Some(value) = self
+                .schema
+                .values
+                .get(namespace)
+                .and_then(|values| values.get(key))
+                .and_then(|value| value.downcast_ref::<T>())
+        {
+            return Ok(value.clone());
         }
+        let value = read(self.db)?;
+        if current {
+            let values = self.schema.values.entry(namespace).or_default();
+            if values.len() >= SCHEMA_MEMO_MAX {
+                values.clear();
+            }
+            values.insert(key.into(), Box::new(value.clone()));
+        }
+        Ok(value)
+    }
+
+    /// Whether the values kept in `self.schema` are still current; forgets them if not. Steps
+    /// the watch statement (a read of `main`'s schema table that returns no row), which SQLite
+    /// re-prepares first if the schema changed. `false` if that cannot be told.
+    fn schema_unchanged(&mut self) -> bool {
+        const WATCH: &str = "SELECT 1 FROM main.sqlite_master LIMIT 0";
         let db = self.db;
-        let reset = Reset(self.cached(sql)?.stmt);
-        Some(f(db, reset.0))
+        let memo = &mut self.schema;
+        if memo.watch.is_none() {
+            memo.values.clear();
+            // SAFETY: `db` is valid and locked for us.
+            memo.watch = unsafe { Statement::prepare(db, WATCH) };
+            memo.reprepared = 0;
+        }
+        let Some(watch) = &memo.watch else {
+            return false;
+        };
+        let stmt = watch.stmt.as_ptr();
+        // SAFETY: `stmt` is a live statement of `db`, which is locked for us; it is reset
+        // before anything else runs.
+        let (rc, reprepared) = unsafe {
+            let rc = ffi::sqlite3_step(stmt);
+            ffi::sqlite3_reset(stmt);
+            let count = ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
+            (rc, count)
+        };
+        if rc != ffi::SQLITE_DONE {
+            memo.values.clear();
+            return false;
+        }
+        if reprepared != memo.reprepared {
+            memo.reprepared = reprepared;
+            memo.values.clear();
+        }
+        true
     }
 
     /// The cached statement for `sql`, prepared on first use, if it may run inline now with

@@ -48,6 +48,8 @@ struct State {
     reaper: bool,
     /// Operations of this session waiting for a connection from the pool.
     waiting: usize,
+    /// When a connection was last parked.
+    last_park: Option<Instant>,
 }
 
 impl Parking {
@@ -120,7 +122,9 @@ impl Parking {
             drop(state);
             return drop(held);
         }
-        state.idle.push((held, Instant::now()));
+        let now = Instant::now();
+        state.idle.push((held, now));
+        state.last_park = Some(now);
         if !state.reaper {
             state.reaper = true;
             runtime.spawn(Arc::clone(self).reap());
@@ -141,18 +145,23 @@ impl Parking {
             done: false,
         };
         loop {
-            let oldest = {
+            let next = {
                 let mut state = self.state();
-                match state.idle.first() {
+                // The oldest parked connection expires first. With none parked (they are in
+                // use), the task stays while connections were parked within one linger, so
+                // that a session in steady use does not start one per operation.
+                let next = match state.idle.first() {
                     Some((_, parked)) => *parked,
-                    None => {
-                        state.reaper = false;
-                        reaper.done = true;
-                        return;
-                    }
+                    None => state.last_park.unwrap_or_else(Instant::now),
+                } + self.linger;
+                if state.idle.is_empty() && next <= Instant::now() {
+                    state.reaper = false;
+                    reaper.done = true;
+                    return;
                 }
+                next
             };
-            tokio::time::sleep_until(oldest + self.linger).await;
+            tokio::time::sleep_until(next).await;
             let expired = {
                 let mut state = self.state();
                 let now = Instant::now();

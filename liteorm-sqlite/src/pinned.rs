@@ -341,22 +341,23 @@ impl PinnedGuard {
         Ok(f(raw.db()))
     }
 
-    /// Runs `f` with the raw handle and a prepared statement for `sql` from the connection's
-    /// cache of prepared statements (prepared on first use, kept while the connection stays
-    /// pinned or parked), inside sqlx's handle lock as [`Self::with_raw`]. The statement is
-    /// reset and its bindings cleared after `f`; both pointers are only valid inside `f`, which
-    /// must not finalize the statement.
-    /// `Ok(None)` if `sql` is not exactly one statement with positional parameters that
-    /// prepares (nothing ran: prepare it in [`Self::with_raw`] to get SQLite's error).
-    ///
-    /// For statements run often on small data, such as schema pragmas, whose preparation costs
-    /// more than their run.
-    pub async fn with_cached_statement<R>(
+    /// What `read` (given the raw handle, inside sqlx's handle lock as [`Self::with_raw`])
+    /// returns for `key` in `namespace`, kept per connection while the schema of `main` does
+    /// not change: for facts about tables (their columns, keys) that are read often and change
+    /// rarely. Changes made through this connection or any other are noticed (SQLite re-prepares
+    /// a watch statement on its next step after any change to the schema), so at most a change
+    /// made concurrently with the call is missed, as with reading it anew. Only `Ok` values are
+    /// kept, and only while the connection stays pinned or parked with sqlx's handle lock.
+    pub async fn schema_cached<T, E>(
         &mut self,
-        sql: &str,
-        f: impl FnOnce(NonNull<ffi::sqlite3>, NonNull<ffi::sqlite3_stmt>) -> R,
-    ) -> Result<Option<R>> {
-        Ok(self.guard.raw().await?.with_cached(sql, f))
+        namespace: &'static str,
+        key: &str,
+        read: impl FnOnce(NonNull<ffi::sqlite3>) -> std::result::Result<T, E>,
+    ) -> Result<std::result::Result<T, E>>
+    where
+        T: Clone + Send + 'static,
+    {
+        Ok(self.guard.raw().await?.schema_memo(namespace, key, read))
     }
 
     /// Like [`Self::with_raw`], for a thread that may block (`spawn_blocking`, or `Drop` cleanup):
