@@ -140,24 +140,23 @@ fn stall_runs() {
 
 #[test]
 fn replication_runs() {
-    // liteorm only (no raw baseline), so one line and no ratios.
     let lines = run(&["replication", "--iters", "200", "--reps", "1"]);
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    let line = &lines[0];
-    assert_eq!(line["cmd"], "replication", "{line}");
-    assert_eq!(line["impl"], "liteorm", "{line}");
-    assert_eq!(line["iters"], 200, "{line}");
-    assert_eq!(line["content_checks"], "passed", "{line}");
-    for field in [
-        "record_ms",
-        "record_tx_per_s",
-        "apply_ms",
-        "apply_tx_per_s",
-        "total_tx_per_s",
-        "log_bytes_per_tx",
-    ] {
-        assert!(line[field].is_number(), "{field} in {line}");
-    }
+    check(
+        &lines,
+        "replication",
+        "mem",
+        &[
+            "record_ms",
+            "record_tx_per_s",
+            "apply_ms",
+            "apply_tx_per_s",
+            "total_tx_per_s",
+            "log_bytes_per_tx",
+        ],
+        &["record_tx_per_s", "apply_tx_per_s", "total_tx_per_s"],
+    );
+    assert_eq!(lines[0]["iters"], 200);
+    assert_eq!(lines[0]["log_bytes_per_tx"], lines[1]["log_bytes_per_tx"]);
 }
 
 #[test]

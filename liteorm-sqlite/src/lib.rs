@@ -7,20 +7,23 @@
 //! [`SqliteSession::pin`], and raw handle access only inside sqlx's `lock_handle()` guard through
 //! [`PinnedGuard::with_raw`] / [`PinnedGuard::with_raw_blocking`].
 //!
-//! Statements of a pool-backed session run on sqlx's per-connection worker thread. Statements
-//! of a pinned session (a transaction, or the session a capture hands its closure) run *inline*,
-//! on the calling task's thread, on liteorm's own prepared statements, while sqlx's handle lock
-//! keeps its worker off the connection: that saves the round trip to the worker (tens of
-//! microseconds and several context switches per statement). Only statements that cannot wait
-//! for another connection's lock run inline (inside a write transaction, or on an in-memory
-//! database); the others, and SQL holding several statements or named parameters, go through
-//! sqlx as before. Transaction control of pinned connections (`BEGIN`, savepoints, `COMMIT`,
-//! `ROLLBACK`) is liteorm's own and runs inline the same way, except `BEGIN IMMEDIATE` and the
-//! outermost `COMMIT` on a file database, which may wait for other connections and so run on
-//! sqlx's worker thread. A long statement run inline (an `UPDATE` of a million rows, say) occupies its
-//! executor thread until it finishes, like any other CPU-bound work in an async task: run such
-//! work from `tokio::task::spawn_blocking`, or on a pool-backed session, if the other tasks of
-//! that thread must keep running meanwhile.
+//! Statements of a pinned session (a transaction, or the session a capture hands its closure)
+//! run *inline*, on the calling task's thread, on liteorm's own prepared statements, while
+//! sqlx's handle lock keeps its worker off the connection: that saves the round trip to sqlx's
+//! per-connection worker thread (tens of microseconds and several context switches per
+//! statement). A pool-backed session does not hand a connection back to sqlx's pool as soon as
+//! an operation is done: it keeps it, out of any transaction, handle lock and statements
+//! included, for [`SqliteSession::linger`] (10 ms by default), so that its next statement,
+//! transaction or capture starts at once (see [`SqliteSession::linger`] for when it goes back).
+//! Only statements that cannot wait for another connection's lock run inline (inside a write
+//! transaction, or on an in-memory database); the others, and SQL holding several statements
+//! or named parameters, go through sqlx's worker. Transaction control of pinned connections
+//! (`BEGIN`, savepoints, `COMMIT`, `ROLLBACK`) is liteorm's own and runs inline the same way,
+//! except `BEGIN IMMEDIATE` and the outermost `COMMIT` on a file database when another
+//! connection holds the lock: those wait on sqlx's worker thread. A long statement run inline
+//! (an `UPDATE` of a million rows on an in-memory database, say) occupies its executor thread
+//! until it finishes, like any other CPU-bound work in an async task: run such work from
+//! `tokio::task::spawn_blocking` if the other tasks of that thread must keep running meanwhile.
 //!
 //! ```
 //! use liteorm_core::{Session, Value};

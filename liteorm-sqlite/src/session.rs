@@ -17,8 +17,9 @@ use crate::{DIALECT, PinnedConnection, PinnedGuard, SqliteInfo, convert};
 /// A liteorm [`Session`] on SQLite.
 ///
 /// Cheap to clone. A session opened with [`SqliteSession::open`] or [`SqliteSession::from_pool`]
-/// runs each statement on any free pool connection; [`Session::begin`] and [`SqliteSession::pin`]
-/// hold one connection for as long as the transaction or pin lives.
+/// runs each statement on a pool connection (the one it keeps from its previous operation for
+/// a few milliseconds, see [`SqliteSession::linger`], or any free one); [`Session::begin`] and
+/// [`SqliteSession::pin`] hold one connection for as long as the transaction or pin lives.
 #[derive(Clone)]
 pub struct SqliteSession {
     target: Target,
@@ -167,7 +168,8 @@ impl SqliteSession {
         matches!(self.target, Target::Pinned(_))
     }
 
-    /// Holds one physical connection: a pool-backed session acquires one from the pool; a pinned
+    /// Holds one physical connection: a pool-backed session takes the one it keeps (see
+    /// [`Self::linger`]) or acquires one from the pool; a pinned
     /// session (a transaction, or a session handed out by a capability crate) shares its own, so
     /// that work on the pin joins the transaction already open on it.
     pub async fn pin(&self) -> Result<PinnedConnection> {
