@@ -717,23 +717,25 @@ fn same_run(run: &str, next: &str) -> bool {
 /// [`format`] (no value is decoded and SQLite's iterator is not involved); a malformed blob
 /// fails here, before anything is written.
 pub(crate) fn survey(blob: &[u8], kind: &'static str) -> Result<HashMap<String, TableInfo>, Error> {
-    let mut checker = format::Checker::new(None).surveying();
-    checker
-        .feed(blob)
-        .and_then(|()| checker.finish().map(drop))
-        .map_err(|m| Error::Invalid {
-            kind,
-            entry: m.entry,
-            offset: Some(m.offset),
-            reason: m.reason,
-        })?;
+    // The fast walk accepts exactly what the checker accepts; only the checker says why not.
+    let mut sections = match format::sections(blob) {
+        Some(sections) => sections,
+        None => {
+            let mut checker = format::Checker::new(None).surveying();
+            checker
+                .feed(blob)
+                .and_then(|()| checker.finish().map(drop))
+                .map_err(|m| Error::Invalid {
+                    kind,
+                    entry: m.entry,
+                    offset: Some(m.offset),
+                    reason: m.reason,
+                })?;
+            checker.sections().to_vec()
+        }
+    };
     // SQLite's iterator never stops on a header without changes, so neither does the survey.
-    let sections: Vec<format::Section> = checker
-        .sections()
-        .iter()
-        .filter(|s| s.changes > 0)
-        .cloned()
-        .collect();
+    sections.retain(|s| s.changes > 0);
     Ok(stream_tables(&sections))
 }
 
