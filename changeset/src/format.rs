@@ -539,6 +539,7 @@ enum Keys<'a> {
 /// malformed or runs past the end of `bytes`.
 fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<usize> {
     for field in 0..fields {
+        // A number or payload that ran past the end makes this fail, or the check at the end.
         let kind = *bytes.get(i)?;
         i += 1;
         match kind {
@@ -554,7 +555,11 @@ fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<u
             }
             0x01 | 0x02 => i += 8,
             0x03 | 0x04 => {
-                let (len, next) = varint(bytes, i)?;
+                let (len, next) = match bytes.get(i) {
+                    // The usual one-byte length, without the general loop.
+                    Some(&len) if len < 0x80 => (u64::from(len), i + 1),
+                    _ => varint(bytes, i)?,
+                };
                 if len > MAX_VALUE_LEN {
                     return None;
                 }
@@ -563,11 +568,9 @@ fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<u
             }
             _ => return None,
         }
-        if i > bytes.len() {
-            return None;
-        }
     }
-    // A record of no field: `i` is just past the indirect flag, which must be there.
+    // The last field must end within `bytes`; a record of no field ends after the indirect
+    // flag, which must be there.
     (i <= bytes.len()).then_some(i)
 }
 
