@@ -399,8 +399,9 @@ impl<'a> Apply<'a> {
     }
 
     /// Asks SQLite not to wrap the apply in its own savepoint
-    /// (`SQLITE_CHANGESETAPPLY_NOSAVEPOINT`), which saves a little work per apply. The apply
-    /// stays atomic: liteorm's own savepoint still undoes everything when it fails.
+    /// (`SQLITE_CHANGESETAPPLY_NOSAVEPOINT`). Every apply already runs that way: liteorm's own
+    /// transaction (outside one) or savepoint (inside the caller's) undoes everything when it
+    /// fails, so SQLite's would only add work per changed page. Kept for callers that ask.
     pub fn no_savepoint(mut self) -> Self {
         self.flags.no_savepoint = true;
         self
@@ -510,6 +511,7 @@ impl<'a> Apply<'a> {
             source: Some(self.source),
             kind: self.kind,
             flags,
+            savepoint: in_transaction,
             hooks: Hooks::new(self.handler, self.filter, self.log, Arc::clone(&cancel.0)),
         };
         if inline {
@@ -599,6 +601,9 @@ struct Job {
     source: Option<Source>,
     kind: &'static str,
     flags: c_int,
+    /// Whether to wrap the apply in a savepoint: it joins the caller's transaction (an apply
+    /// that opened its own transaction rolls that back on failure instead).
+    savepoint: bool,
     hooks: Hooks,
 }
 
@@ -624,18 +629,25 @@ impl Job {
         }
         // A stream is surveyed as SQLite reads it; its tables are checked afterwards.
         self.hooks.streaming = stream.is_some();
-        // An outer savepoint lets us undo everything when a callback fails after SQLite has
-        // already committed its own savepoint (a filter panic, say).
-        // SAFETY: as above.
-        unsafe { ffi::exec(db, c"SAVEPOINT liteorm_apply", "starting the apply")? };
+        // Inside the caller's transaction, a savepoint undoes the apply alone when it fails,
+        // also when a callback failed although SQLite finished (a filter panic, say). An apply
+        // in its own transaction needs none: a failure rolls the whole transaction back.
+        if self.savepoint {
+            // SAFETY: as above.
+            unsafe { ffi::exec(db, c"SAVEPOINT liteorm_apply", "starting the apply")? };
+        }
         let input = match (&blob, stream.as_mut()) {
             (Some(blob), _) => ApplyInput::Blob(blob),
             (None, Some(stream)) => ApplyInput::Stream(stream),
             // The source was one or the other.
             (None, None) => ApplyInput::Blob(&[]),
         };
+        // SQLite's own savepoint would only nest inside liteorm's savepoint or transaction, which
+        // undo a failed apply already, and each savepoint level costs per page the apply
+        // changes: the page is copied to the sub-journal before its first change.
+        let flags = self.flags | sys::SQLITE_CHANGESETAPPLY_NOSAVEPOINT;
         // SAFETY: as above.
-        let applied = unsafe { ffi::apply(db, input, self.flags, &mut self.hooks, true) };
+        let applied = unsafe { ffi::apply(db, input, flags, &mut self.hooks, true) };
         let (rc, rebase) = match applied {
             Ok((rc, rebase)) => (Ok(rc), rebase),
             Err(err) => (Err(err), Arc::from(&[][..])),
@@ -660,13 +672,17 @@ impl Job {
             }
             Ok(_) => None,
         };
-        let end: &std::ffi::CStr = if failure.is_some() {
-            c"ROLLBACK TO liteorm_apply; RELEASE liteorm_apply"
+        let ended = if self.savepoint {
+            let end: &std::ffi::CStr = if failure.is_some() {
+                c"ROLLBACK TO liteorm_apply; RELEASE liteorm_apply"
+            } else {
+                c"RELEASE liteorm_apply"
+            };
+            // SAFETY: as above.
+            unsafe { ffi::exec(db, end, "ending the apply") }
         } else {
-            c"RELEASE liteorm_apply"
+            Ok(())
         };
-        // SAFETY: as above.
-        let ended = unsafe { ffi::exec(db, end, "ending the apply") };
         if let Some(failure) = failure {
             return Err(failure);
         }
@@ -717,23 +733,25 @@ fn same_run(run: &str, next: &str) -> bool {
 /// [`format`] (no value is decoded and SQLite's iterator is not involved); a malformed blob
 /// fails here, before anything is written.
 pub(crate) fn survey(blob: &[u8], kind: &'static str) -> Result<HashMap<String, TableInfo>, Error> {
-    let mut checker = format::Checker::new(None).surveying();
-    checker
-        .feed(blob)
-        .and_then(|()| checker.finish().map(drop))
-        .map_err(|m| Error::Invalid {
-            kind,
-            entry: m.entry,
-            offset: Some(m.offset),
-            reason: m.reason,
-        })?;
+    // The fast walk accepts exactly what the checker accepts; only the checker says why not.
+    let mut sections = match format::sections(blob) {
+        Some(sections) => sections,
+        None => {
+            let mut checker = format::Checker::new(None).surveying();
+            checker
+                .feed(blob)
+                .and_then(|()| checker.finish().map(drop))
+                .map_err(|m| Error::Invalid {
+                    kind,
+                    entry: m.entry,
+                    offset: Some(m.offset),
+                    reason: m.reason,
+                })?;
+            checker.sections().to_vec()
+        }
+    };
     // SQLite's iterator never stops on a header without changes, so neither does the survey.
-    let sections: Vec<format::Section> = checker
-        .sections()
-        .iter()
-        .filter(|s| s.changes > 0)
-        .cloned()
-        .collect();
+    sections.retain(|s| s.changes > 0);
     Ok(stream_tables(&sections))
 }
 

@@ -466,6 +466,129 @@ fn varint_step(value: u64, read: u8, b: u8) -> Varint {
     }
 }
 
+/// The table sections of a whole blob of either kind, as a surveying [`Checker`] fed `bytes`
+/// lists them (sections without changes included), or `None` if that checker would refuse the
+/// blob. The same checks as the checker's, as one tight loop over one slice instead of a state
+/// machine stepped byte by byte: several times faster, which matters on apply's hot path (every
+/// apply surveys its blob). `None` says nothing about why; the checker names the problem.
+pub(crate) fn sections(bytes: &[u8]) -> Option<Vec<Section>> {
+    let marker = match bytes.first() {
+        None => return Some(Vec::new()),
+        Some(&b) if b == CHANGESET || b == PATCHSET => b,
+        Some(_) => return None,
+    };
+    let patchset = marker == PATCHSET;
+    let mut sections: Vec<Section> = Vec::new();
+    let mut keys: &[u8] = &[];
+    let mut n_pk = 0;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == marker {
+            let (n_col, next) = varint(bytes, i + 1)?;
+            if n_col == 0 || n_col > MAX_COLUMNS {
+                return None;
+            }
+            // At most MAX_COLUMNS.
+            let n_col = usize::try_from(n_col).ok()?;
+            keys = bytes.get(next..next.checked_add(n_col)?)?;
+            n_pk = keys.iter().filter(|&&f| f != 0).count();
+            let name = bytes.get(next + n_col..)?;
+            let end = name.iter().position(|&b| b == 0)?;
+            if end == 0 {
+                return None;
+            }
+            sections.push(Section {
+                table: String::from_utf8_lossy(&name[..end]).into_owned(),
+                pk: keys.to_vec(),
+                changes: 0,
+            });
+            i = next + n_col + end + 1;
+            continue;
+        }
+        // An op byte needs a table header before it.
+        let section = sections.last_mut()?;
+        // After the op byte, the indirect flag (any value), then the records.
+        let fields = i + 2;
+        i = match (b, patchset) {
+            (INSERT | DELETE, false) | (INSERT | UPDATE, true) => {
+                record(bytes, fields, keys.len(), Keys::Flags(keys))?
+            }
+            (UPDATE, false) => {
+                let new = record(bytes, fields, keys.len(), Keys::Flags(keys))?;
+                record(bytes, new, keys.len(), Keys::None)?
+            }
+            (DELETE, true) => record(bytes, fields, n_pk, Keys::All)?,
+            _ => return None,
+        };
+        section.changes += 1;
+    }
+    Some(sections)
+}
+
+/// Which fields of a record [`record`] checks as key columns that must hold a value (see
+/// [`KeyRecord`]).
+#[derive(Clone, Copy)]
+enum Keys<'a> {
+    None,
+    All,
+    /// Per column: its primary-key flag.
+    Flags(&'a [u8]),
+}
+
+/// The offset after a record of `fields` fields that starts at `i`, or `None` if it is
+/// malformed or runs past the end of `bytes`.
+fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<usize> {
+    for field in 0..fields {
+        // A number or payload that ran past the end makes this fail, or the check at the end.
+        let kind = *bytes.get(i)?;
+        i += 1;
+        match kind {
+            0x00 | 0x05 => {
+                let key = match keys {
+                    Keys::None => false,
+                    Keys::All => true,
+                    Keys::Flags(flags) => flags.get(field).is_some_and(|&f| f != 0),
+                };
+                if key {
+                    return None;
+                }
+            }
+            0x01 | 0x02 => i += 8,
+            0x03 | 0x04 => {
+                let (len, next) = match bytes.get(i) {
+                    // The usual one-byte length, without the general loop.
+                    Some(&len) if len < 0x80 => (u64::from(len), i + 1),
+                    _ => varint(bytes, i)?,
+                };
+                if len > MAX_VALUE_LEN {
+                    return None;
+                }
+                // At most MAX_VALUE_LEN.
+                i = next.checked_add(usize::try_from(len).ok()?)?;
+            }
+            _ => return None,
+        }
+    }
+    // The last field must end within `bytes`; a record of no field ends after the indirect
+    // flag, which must be there.
+    (i <= bytes.len()).then_some(i)
+}
+
+/// The varint at `i` and the offset after it, or `None` if `bytes` ends first.
+fn varint(bytes: &[u8], mut i: usize) -> Option<(u64, usize)> {
+    let mut value = 0;
+    for read in 0..9 {
+        let b = *bytes.get(i)?;
+        i += 1;
+        match varint_step(value, read, b) {
+            Varint::Done(value) => return Some((value, i)),
+            Varint::More(more) => value = more,
+        }
+    }
+    // `varint_step` is done at the ninth byte.
+    None
+}
+
 /// Checks the structure of `bytes` as a changeset (`marker` `b'T'`) or patchset (`b'P'`) and
 /// returns the number of changes.
 pub(crate) fn check(bytes: &[u8], marker: u8) -> Result<usize, Malformed> {
@@ -598,6 +721,75 @@ mod tests {
         assert!(check(b"P\x02\x01\x00t\x00\x09\x00\x05", b'P').is_err());
         let update = b"T\x02\x01\x00t\x00\x17\x00\x03\x01k\x05\x00\x03\x01v";
         assert_eq!(check(update, b'T'), Ok(1));
+    }
+
+    /// What a surveying checker fed `input` in one slice lists, or `None` if it refuses it.
+    fn checker_sections(input: &[u8]) -> Option<Vec<Section>> {
+        let mut checker = Checker::new(None).surveying();
+        checker.feed(input).ok()?;
+        checker.finish().ok()?;
+        Some(checker.sections().to_vec())
+    }
+
+    #[test]
+    fn the_whole_blob_walk_agrees_with_the_checker() {
+        let mut two_tables = INSERT_ONE.to_vec();
+        two_tables.extend_from_slice(&INSERT_ONE[6..]);
+        two_tables.extend_from_slice(b"T\x01\x01u\x00\x09\x00\x03\x01k");
+        // t(k, i, r) keyed on k: an UPDATE with integer, real and NULL old values.
+        let mut update = b"T\x03\x01\x00\x00t\x00\x17\x01\x01".to_vec();
+        update.extend_from_slice(&7i64.to_be_bytes());
+        update.push(0x02);
+        update.extend_from_slice(&1.5f64.to_bits().to_be_bytes());
+        update.extend_from_slice(b"\x05\x00\x01");
+        update.extend_from_slice(&8i64.to_be_bytes());
+        update.push(0x00);
+        // A 200-byte text, whose length takes two varint bytes.
+        let mut long_text = b"T\x01\x01t\x00\x12\x00\x03\x81\x48".to_vec();
+        long_text.extend_from_slice(&[b'x'; 200]);
+        let seeds: [&[u8]; 11] = [
+            b"",
+            INSERT_ONE,
+            &two_tables,
+            &update,
+            &long_text,
+            b"P\x02\x01\x00t\x00\x09\x00\x03\x01k\x17\x00\x03\x01k\x00",
+            // A patchset DELETE in a table without a key carries no field.
+            b"P\x01\x00t\x00\x09\x00\x09\x01",
+            // A header with no change, then another table.
+            b"T\x01\x01t\x00T\x01\x01u\x00\x12\x00\x05",
+            // Refused: a patchset DELETE whose key is NULL, an UPDATE whose old key is undefined.
+            b"P\x02\x01\x00t\x00\x09\x00\x05",
+            b"T\x02\x01\x00t\x00\x17\x00\x00\x00\x00\x03\x01v",
+            // Refused: a table of no column.
+            b"T\x00t\x00",
+        ];
+        let mut inputs = Vec::new();
+        for seed in seeds {
+            inputs.extend((0..=seed.len()).map(|len| seed[..len].to_vec()));
+            for at in 0..seed.len() {
+                for byte in [
+                    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x09, 0x12, 0x17, 0x50, 0x54, 0x7f, 0x80,
+                    0xff,
+                ] {
+                    let mut mutated = seed.to_vec();
+                    mutated[at] = byte;
+                    inputs.push(mutated);
+                }
+            }
+        }
+        let mut accepted = 0;
+        for input in &inputs {
+            let expected = checker_sections(input);
+            accepted += usize::from(expected.is_some());
+            assert_eq!(sections(input), expected, "{input:02x?}");
+        }
+        // Both verdicts occur often enough for the comparison to mean something.
+        let refused = inputs.len() - accepted;
+        assert!(
+            accepted > 100 && refused > 100,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 
     #[test]

@@ -319,6 +319,53 @@ async fn apply_on_a_transaction_joins_it() {
     assert_eq!(dump(&target, "t").await, before);
 }
 
+#[tokio::test]
+async fn a_failed_apply_on_a_transaction_undoes_itself_and_keeps_the_transaction() {
+    let (src, _d1) = file_db().await;
+    seed(&src, 0).await;
+    src.execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let cs = captured(
+        &src,
+        &["t", "u"],
+        "INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('x')",
+    )
+    .await;
+    let (target, _d2) = file_db().await;
+    seed(&target, 0).await;
+    target
+        .execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let tx = target.begin().await.unwrap();
+    tx.execute("INSERT INTO t VALUES (7, 'mine', 0.0, NULL)", &[])
+        .await
+        .unwrap();
+    let mine = dump(tx.as_session(), "t").await;
+    // The filter passes the first table and panics on the second, after the first table's
+    // changes were applied: those go, the transaction's own row stays.
+    let calls = AtomicUsize::new(0);
+    let err = apply(tx.as_session(), &cs)
+        .filter(move |_| {
+            assert!(calls.fetch_add(1, Ordering::Relaxed) == 0, "filter bug");
+            true
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CallbackPanicked { .. }), "{err}");
+    assert_eq!(dump(tx.as_session(), "t").await, mine);
+    assert!(dump(tx.as_session(), "u").await.is_empty());
+    // A conflict aborts the apply alone too.
+    tx.execute("INSERT INTO u VALUES ('x')", &[]).await.unwrap();
+    let err = apply(tx.as_session(), &cs).await.unwrap_err();
+    assert!(matches!(err, Error::Aborted { .. }), "{err}");
+    assert_eq!(dump(tx.as_session(), "t").await, mine);
+    tx.commit().await.unwrap();
+    assert_eq!(dump(&target, "t").await, mine);
+    assert_eq!(dump(&target, "u").await, [[Value::Text("x".into())]]);
+}
+
 /// A changeset inserting rows `1..=n` into `t`.
 async fn bulk_insert(n: i64) -> changeset::Changeset {
     let (db, _dir) = file_db().await;
