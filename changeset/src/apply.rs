@@ -507,12 +507,23 @@ impl<'a> Apply<'a> {
         };
         let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
         let inline = matches!(&self.source, Source::Blob(blob) if blob.len() <= INLINE_APPLY_MAX);
+        let mut hooks = Hooks::new(self.handler, self.filter, self.log, Arc::clone(&cancel.0));
+        // A blob's tables are listed and checked against the schema now; a stream's only once
+        // SQLite has read it.
+        let surveyed = match &self.source {
+            Source::Blob(blob) => {
+                let tables = survey(blob, self.kind)?;
+                hooks.tables = compatibility_cached(&mut guard.guard, &tables).await?;
+                Some(tables)
+            }
+            Source::Stream(_) => None,
+        };
         let mut job = Job {
             source: Some(self.source),
-            kind: self.kind,
             flags,
             savepoint: in_transaction,
-            hooks: Hooks::new(self.handler, self.filter, self.log, Arc::clone(&cancel.0)),
+            surveyed,
+            hooks,
         };
         if inline {
             let result = guard.guard.with_raw(|db| job.run(db)).await?;
@@ -599,11 +610,12 @@ impl Drop for CancelOnDrop {
 struct Job {
     /// Taken by `run`.
     source: Option<Source>,
-    kind: &'static str,
     flags: c_int,
     /// Whether to wrap the apply in a savepoint: it joins the caller's transaction (an apply
     /// that opened its own transaction rolls that back on failure instead).
     savepoint: bool,
+    /// A blob's tables (their compatibility is in `hooks.tables` already).
+    surveyed: Option<HashMap<String, TableInfo>>,
     hooks: Hooks,
 }
 
@@ -621,12 +633,7 @@ impl Job {
             Some(Source::Stream(reader)) => (None, Some(Input::new(Checked::surveying(reader)))),
             None => return Err(Error::Misuse("an apply runs once")),
         };
-        let mut tables = HashMap::new();
-        if let Some(blob) = &blob {
-            tables = survey(blob, self.kind)?;
-            // SAFETY: `db` comes from `with_raw*`, so it is valid and locked for this call.
-            self.hooks.tables = unsafe { compatibility(db, &tables)? };
-        }
+        let mut tables = self.surveyed.take().unwrap_or_default();
         // A stream is surveyed as SQLite reads it; its tables are checked afterwards.
         self.hooks.streaming = stream.is_some();
         // Inside the caller's transaction, a savepoint undoes the apply alone when it fails,
@@ -780,6 +787,21 @@ pub(crate) unsafe fn compatibility(
     Ok(out)
 }
 
+/// [`compatibility`], with each table's key layout kept on the connection while its schema does
+/// not change ([`PinnedGuard::schema_cached`]): reading it anew costs about a tenth of applying
+/// a one-row changeset (SQLite prepares a pragma anew on every run).
+async fn compatibility_cached(
+    guard: &mut PinnedGuard,
+    tables: &HashMap<String, TableInfo>,
+) -> Result<HashMap<String, (usize, Option<SkipReason>)>, Error> {
+    let mut out = HashMap::with_capacity(tables.len());
+    for (name, info) in tables {
+        let pk = crate::capture::table_pk(guard, name).await?;
+        out.insert(name.clone(), (info.changes, compatible(pk, info)));
+    }
+    Ok(out)
+}
+
 /// Why changes recorded with `info`'s header cannot apply to `main.<name>`, if they cannot.
 ///
 /// # Safety
@@ -790,15 +812,21 @@ pub(crate) unsafe fn table_compatibility(
     info: &TableInfo,
 ) -> Result<Option<SkipReason>, Error> {
     // SAFETY: `db` is valid and locked (the caller's promise).
-    let Some(mut pk) = (unsafe { ffi::table_pk(db, name)? }) else {
-        return Ok(Some(SkipReason::Missing));
+    Ok(compatible(unsafe { ffi::table_pk(db, name)? }, info))
+}
+
+/// Why changes recorded with `info`'s header cannot apply to a table whose key layout is `pk`
+/// (see [`ffi::table_pk`]; `None`: no such table), if they cannot.
+fn compatible(pk: Option<Vec<u8>>, info: &TableInfo) -> Option<SkipReason> {
+    let Some(mut pk) = pk else {
+        return Some(SkipReason::Missing);
     };
     // SQLite 3.42+ keys a table without a PRIMARY KEY by an implicit leading `_rowid_` column,
     // in recording and in applying alike.
     if pk.iter().all(|&p| p == 0) && Capability::ImplicitPrimaryKey.is_available() {
         pk.insert(0, 1);
     }
-    Ok(if pk.len() < info.n_col {
+    if pk.len() < info.n_col {
         Some(SkipReason::TooFewColumns {
             expected: info.n_col,
             found: pk.len(),
@@ -807,7 +835,7 @@ pub(crate) unsafe fn table_compatibility(
         Some(SkipReason::PrimaryKeyMismatch)
     } else {
         None
-    })
+    }
 }
 
 /// The callbacks of one apply and what they have counted.

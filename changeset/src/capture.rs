@@ -369,7 +369,10 @@ impl Recording {
 /// The primary-key layout of `table` (see [`ffi::table_pk`]), kept on the connection while its
 /// schema does not change: reading it costs a tenth of a one-row capture (SQLite prepares a
 /// pragma anew on every run).
-async fn table_pk(guard: &mut PinnedGuard, table: &str) -> Result<Option<Vec<u8>>, Error> {
+pub(crate) async fn table_pk(
+    guard: &mut PinnedGuard,
+    table: &str,
+) -> Result<Option<Vec<u8>>, Error> {
     guard
         .schema_cached("liteorm_changeset::table_pk", table, |db| {
             // SAFETY: `db` comes from `schema_cached`: valid and locked for this closure.

@@ -461,3 +461,40 @@ async fn corrupt_bytes_are_rejected_before_anything_is_written() {
         "empty is a valid changeset"
     );
 }
+
+/// The target's key layouts are kept on a parked connection between applies; a schema change
+/// made through another connection in between must be seen.
+#[tokio::test]
+async fn apply_sees_schema_changes_between_applies() {
+    let (db, _dir) = file_db().await;
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+        .await
+        .unwrap();
+    let other = db.pin().await.unwrap();
+    let cs = changeset::capture(&db, &["t"], |s: SqliteSession| async move {
+        s.execute("INSERT INTO t VALUES (1, 'a')", &[]).await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    other
+        .session()
+        .execute_batch("DELETE FROM t")
+        .await
+        .unwrap();
+    let report = changeset::apply(&db, &cs).await.unwrap();
+    assert_eq!((report.applied, report.skipped_tables.len()), (1, 0));
+    other
+        .session()
+        .execute_batch("DROP TABLE t; CREATE TABLE t(id, v, PRIMARY KEY(v))")
+        .await
+        .unwrap();
+    let report = changeset::apply(&db, &cs).await.unwrap();
+    assert_eq!(report.applied, 0);
+    assert_eq!(report.skipped_tables.len(), 1, "{report:?}");
+    assert_eq!(
+        report.skipped_tables[0].reason,
+        SkipReason::PrimaryKeyMismatch
+    );
+    other.release().await;
+}
