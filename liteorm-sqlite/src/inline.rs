@@ -42,14 +42,13 @@ pub(crate) struct RawLock {
 }
 
 /// Values read from the schema of `main` by namespace and key, and a statement that tells
-/// whether that schema changed since: SQLite re-prepares a statement on its next step after
-/// the schema it reads changed (through this connection or another), and counts it.
+/// whether that schema may have changed since (see `RawLock::schema_unchanged`).
 #[derive(Default)]
 struct SchemaMemo {
     /// Declared first, so finalized while the handle is still locked.
     watch: Option<Statement>,
-    /// The watch's re-prepare count when `values` was last known current.
-    reprepared: c_int,
+    /// The schema cookie and the watch's re-prepare count when `values` was last known current.
+    seen: Option<(i64, c_int)>,
     values: HashMap<&'static str, HashMap<Box<str>, Box<dyn Any + Send>>>,
 }
 
@@ -210,17 +209,21 @@ impl RawLock {
     }
 
     /// Whether the values kept in `self.schema` are still current; forgets them if not. Steps
-    /// the watch statement (a read of `main`'s schema table that returns no row), which SQLite
-    /// re-prepares first if the schema changed. `false` if that cannot be told.
+    /// the watch statement, `PRAGMA main.schema_version`: the schema cookie it reads changes
+    /// with every schema change committed by any connection, and SQLite re-prepares the
+    /// statement (and counts it) after anything that expires this connection's statements,
+    /// which includes its own schema changes and a rollback of them. (Also some harmless
+    /// things: `sqlite3changeset_apply` sets a pragma that expires every statement.) `false` if
+    /// that cannot be told.
     fn schema_unchanged(&mut self) -> bool {
-        const WATCH: &str = "SELECT 1 FROM main.sqlite_master LIMIT 0";
+        const WATCH: &str = "PRAGMA main.schema_version";
         let db = self.db;
         let memo = &mut self.schema;
         if memo.watch.is_none() {
             memo.values.clear();
             // SAFETY: `db` is valid and locked for us.
             memo.watch = unsafe { Statement::prepare(db, WATCH) };
-            memo.reprepared = 0;
+            memo.seen = None;
         }
         let Some(watch) = &memo.watch else {
             return false;
@@ -228,21 +231,18 @@ impl RawLock {
         let stmt = watch.stmt.as_ptr();
         // SAFETY: `stmt` is a live statement of `db`, which is locked for us; it is reset
         // before anything else runs.
-        let (rc, reprepared) = unsafe {
-            let rc = ffi::sqlite3_step(stmt);
+        let seen = unsafe {
+            let row = ffi::sqlite3_step(stmt) == ffi::SQLITE_ROW;
+            let cookie = ffi::sqlite3_column_int64(stmt, 0);
             ffi::sqlite3_reset(stmt);
-            let count = ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
-            (rc, count)
+            let reprepared = ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
+            row.then_some((cookie, reprepared))
         };
-        if rc != ffi::SQLITE_DONE {
-            memo.values.clear();
-            return false;
-        }
-        if reprepared != memo.reprepared {
-            memo.reprepared = reprepared;
+        if seen.is_none() || seen != memo.seen {
             memo.values.clear();
         }
-        true
+        memo.seen = seen;
+        seen.is_some()
     }
 
     /// The cached statement for `sql`, prepared on first use, if it may run inline now with

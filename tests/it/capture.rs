@@ -380,3 +380,44 @@ async fn tables_lists_each_changed_table_once_in_stored_order() {
     assert_eq!(cs.tables().unwrap(), stored);
     assert!(changeset::Changeset::default().tables().unwrap().is_empty());
 }
+
+/// A table check made inside a transaction that changed the schema and then rolled back must
+/// not outlive it, even when another connection then brings the schema cookie back to the same
+/// number with a different table.
+#[tokio::test]
+async fn the_table_check_forgets_schema_read_in_a_rolled_back_transaction() {
+    let (db, _dir) = file_db().await;
+    let mine = db.pin().await.unwrap();
+    let other = db.pin().await.unwrap();
+    let s = mine.session();
+    let tx = s.begin().await.unwrap();
+    tx.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+        .await
+        .unwrap();
+    let cs = capture(tx.as_session(), &["t"], |s: SqliteSession| async move {
+        s.execute("INSERT INTO t VALUES (1, 'a')", &[]).await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(cs.changes().unwrap().len(), 1);
+    tx.rollback().await.unwrap();
+    // The same schema cookie as inside the rolled-back transaction, another table.
+    other
+        .session()
+        .execute_batch("CREATE TABLE t(id, v)")
+        .await
+        .unwrap();
+    let err = capture(&s, &["t"], |s: SqliteSession| async move {
+        s.execute("INSERT INTO t VALUES (2, 'b')", &[]).await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::NoPrimaryKey(ref t) if t == "t"),
+        "{err}"
+    );
+    other.release().await;
+    mine.release().await;
+}
