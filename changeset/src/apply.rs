@@ -653,8 +653,11 @@ impl Job {
         // undo a failed apply already, and each savepoint level costs per page the apply
         // changes: the page is copied to the sub-journal before its first change.
         let flags = self.flags | sys::SQLITE_CHANGESETAPPLY_NOSAVEPOINT;
+        // SQLite records every omitted or replaced conflict for the rebase buffer, and then
+        // discards it for a patchset: not asking for it there saves that work per conflict.
+        let rebase = self.kind != <crate::Patchset as sealed::Changes>::KIND;
         // SAFETY: as above.
-        let applied = unsafe { ffi::apply(db, input, flags, &mut self.hooks, true) };
+        let applied = unsafe { ffi::apply(db, input, flags, &mut self.hooks, rebase) };
         let (rc, rebase) = match applied {
             Ok((rc, rebase)) => (Ok(rc), rebase),
             Err(err) => (Err(err), Arc::from(&[][..])),

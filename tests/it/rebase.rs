@@ -125,6 +125,27 @@ async fn without_rebasing_the_local_changes_conflict_on_the_other_side() {
 }
 
 #[tokio::test]
+async fn a_patchset_apply_has_an_empty_rebase_buffer_even_with_omitted_conflicts() {
+    let (db, _dir) = file_db().await;
+    db.execute_batch(BASE).await.unwrap();
+    let ps = changeset::Capture::new(&db)
+        .tables(["doc"])
+        .patchset(|s| async move {
+            s.execute("DELETE FROM doc WHERE id = 2", &[]).await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    // The row is gone already: the delete conflicts, and the handler omits it.
+    let report = apply(&db, &ps)
+        .on_conflict(|_| ConflictAction::Omit)
+        .await
+        .unwrap();
+    assert_eq!(report.omitted, 1);
+    assert!(report.rebase.is_empty());
+}
+
+#[tokio::test]
 async fn an_apply_without_resolved_conflicts_has_an_empty_rebase_buffer() {
     let (db, _dir) = file_db().await;
     db.execute_batch(BASE).await.unwrap();
