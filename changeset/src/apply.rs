@@ -520,6 +520,7 @@ impl<'a> Apply<'a> {
         };
         let mut job = Job {
             source: Some(self.source),
+            kind: self.kind,
             flags,
             savepoint: in_transaction,
             surveyed,
@@ -610,6 +611,7 @@ impl Drop for CancelOnDrop {
 struct Job {
     /// Taken by `run`.
     source: Option<Source>,
+    kind: &'static str,
     flags: c_int,
     /// Whether to wrap the apply in a savepoint: it joins the caller's transaction (an apply
     /// that opened its own transaction rolls that back on failure instead).
