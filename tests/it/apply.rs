@@ -179,23 +179,7 @@ async fn panicking_conflict_handler_rolls_back_and_reports() {
 
 #[tokio::test]
 async fn panicking_filter_rolls_back_everything_already_applied() {
-    let (src, _d1) = file_db().await;
-    seed(&src, 0).await;
-    src.execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY)")
-        .await
-        .unwrap();
-    let cs = captured(
-        &src,
-        &["t", "u"],
-        "INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('x')",
-    )
-    .await;
-    let (target, _d2) = file_db().await;
-    seed(&target, 0).await;
-    target
-        .execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY)")
-        .await
-        .unwrap();
+    let (cs, target, _dirs) = two_table_changeset_and_target().await;
     // The filter passes the first table and panics on the second: the first table's changes,
     // already applied by then, must be rolled back too.
     let calls = AtomicUsize::new(0);
@@ -321,23 +305,7 @@ async fn apply_on_a_transaction_joins_it() {
 
 #[tokio::test]
 async fn a_failed_apply_on_a_transaction_undoes_itself_and_keeps_the_transaction() {
-    let (src, _d1) = file_db().await;
-    seed(&src, 0).await;
-    src.execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY)")
-        .await
-        .unwrap();
-    let cs = captured(
-        &src,
-        &["t", "u"],
-        "INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('x')",
-    )
-    .await;
-    let (target, _d2) = file_db().await;
-    seed(&target, 0).await;
-    target
-        .execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY)")
-        .await
-        .unwrap();
+    let (cs, target, _dirs) = two_table_changeset_and_target().await;
     let tx = target.begin().await.unwrap();
     tx.execute("INSERT INTO t VALUES (7, 'mine', 0.0, NULL)", &[])
         .await
@@ -497,4 +465,28 @@ async fn apply_sees_schema_changes_between_applies() {
         SkipReason::PrimaryKeyMismatch
     );
     other.release().await;
+}
+
+/// A changeset inserting one row into `t` and one into `u`, and a target that has both tables
+/// (empty); the temporary directories live as long as the returned value.
+async fn two_table_changeset_and_target()
+-> (changeset::Changeset, SqliteSession, [tempfile::TempDir; 2]) {
+    let (src, d1) = file_db().await;
+    seed(&src, 0).await;
+    src.execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let cs = captured(
+        &src,
+        &["t", "u"],
+        "INSERT INTO t VALUES (1, 'a', 0.0, NULL); INSERT INTO u VALUES ('x')",
+    )
+    .await;
+    let (target, d2) = file_db().await;
+    seed(&target, 0).await;
+    target
+        .execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY)")
+        .await
+        .unwrap();
+    (cs, target, [d1, d2])
 }
