@@ -434,9 +434,10 @@ pub(crate) unsafe fn table_pk(
     db: NonNull<ffi::sqlite3>,
     table: &str,
 ) -> Result<Option<Vec<u8>>, Error> {
-    let Some(sql) = table_pk_sql(table) else {
-        return Ok(None);
-    };
+    // The pragma itself, not the `pragma_table_info` table-valued function, which prepares this
+    // same pragma inside on every run. The name is quoted as an identifier; rows come in column
+    // order. No table name holds a NUL.
+    let sql = format!("PRAGMA main.table_info(\"{}\")", table.replace('"', "\"\""));
     let Ok(sql) = CString::new(sql) else {
         return Ok(None);
     };
@@ -449,31 +450,8 @@ pub(crate) unsafe fn table_pk(
         // SAFETY: `db` is valid and locked.
         return Err(unsafe { db_error(db, rc, "reading table schema") });
     };
-    // SAFETY: `stmt` is a fresh statement of `db` for `table_pk_sql`.
-    let result = unsafe { read_table_pk(db, stmt) };
-    // SAFETY: `stmt` is live and not used after this.
-    unsafe { ffi::sqlite3_finalize(stmt.as_ptr()) };
-    result
-}
-
-/// The statement that [`read_table_pk`] reads: the pragma itself, not the `pragma_table_info`
-/// table-valued function, which prepares this same pragma inside on every run (doubling the
-/// cost of a small capture or apply). `None` for a name holding a NUL (no table has one).
-fn table_pk_sql(table: &str) -> Option<String> {
-    (!table.contains('\0'))
-        .then(|| format!("PRAGMA main.table_info(\"{}\")", table.replace('"', "\"\"")))
-}
-
-/// Steps a statement of [`table_pk_sql`] (prepared, or reset) to the end: see [`table_pk`].
-///
-/// # Safety
-/// `db` is valid and locked, and `stmt` is one of its statements, for [`table_pk_sql`].
-unsafe fn read_table_pk(
-    db: NonNull<ffi::sqlite3>,
-    stmt: NonNull<ffi::sqlite3_stmt>,
-) -> Result<Option<Vec<u8>>, Error> {
     let mut pk = Vec::new();
-    loop {
+    let result = loop {
         // SAFETY: `stmt` is a live statement on the locked `db`.
         match unsafe { ffi::sqlite3_step(stmt.as_ptr()) } {
             ffi::SQLITE_ROW => {
@@ -484,12 +462,14 @@ unsafe fn read_table_pk(
                 // and headers and compatibility checks must agree with SQLite's.
                 pk.push(position.to_le_bytes()[0]);
             }
-            ffi::SQLITE_DONE => break,
+            ffi::SQLITE_DONE => break Ok((!pk.is_empty()).then_some(pk)),
             // SAFETY: `db` is valid and locked.
-            rc => return Err(unsafe { db_error(db, rc, "reading table schema") }),
+            rc => break Err(unsafe { db_error(db, rc, "reading table schema") }),
         }
-    }
-    Ok((!pk.is_empty()).then_some(pk))
+    };
+    // SAFETY: `stmt` is live and not used after this.
+    unsafe { ffi::sqlite3_finalize(stmt.as_ptr()) };
+    result
 }
 
 /// Runs `sql` with text parameters `params` (`?1`, `?2`, ...) and returns every row, each column
