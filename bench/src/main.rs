@@ -37,7 +37,7 @@ workloads (WORKLOADS.md, plus stall and replication):
   conflicts  --rows N   (default 100000)  N updates, N/2 DATA conflicts omitted by a handler
   stall      --rows N   (default 1000000) lateness of a 1 ms ticker task during an apply
   replication --iters K (default 10000)   one-row transactions recorded by a ChangeLog and
-                                          applied by a Replica (liteorm only, no raw side)
+                                          applied by a Replica; raw: the same with direct calls
 
 options:
   --reps R        repetitions; every timed figure is the median (default 5)

@@ -12,12 +12,13 @@ usage: cargo xtask bench [--rows N] [--iters K] [--reps R] [--db mem|file] [work
   capture apply small conflicts stall replication nats) with WORKLOADS.md's defaults (rows
   100000, iters 10000, reps 5, db mem; stall: rows 1000000). --rows applies to every row-based
   workload, stall too; --iters to small and replication. Prints one JSON line per
-  implementation (liteorm, raw) and one of ratios per workload (replication: liteorm only).
+  implementation (liteorm, raw) and one of ratios per workload (nats: liteorm only).
 
   nats: one-row transactions recorded on a primary and applied on a follower through NATS
   JetStream on loopback (liteorm-nats's nats_bench example; it starts its own `nats-server -js`,
-  which must be installed). One JSON line per scenario (record_only, burst, paced): throughput
-  and p50/p99 end-to-end lag. --iters sets its transaction count (default 2000).
+  which scripts/install-deps.sh installs when it is missing). One JSON line per scenario
+  (record_only, burst, paced): throughput and p50/p99 end-to-end lag. --iters sets its
+  transaction count (default 2000).
 ";
 
 /// Every workload, in the order they run by default.
@@ -102,6 +103,16 @@ fn workload_args(workload: &str, forwarded: &[(String, String)]) -> Vec<String> 
     args
 }
 
+/// Whether `nats-server` (which the `nats` workload starts) is on the `PATH`.
+fn nats_server_installed() -> bool {
+    Command::new("nats-server")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
 /// Runs `cargo xtask bench` with `args` (everything after `bench`).
 pub(crate) fn bench(root: &Path, args: &[String]) -> ExitCode {
     if args.iter().any(|a| matches!(a.as_str(), "-h" | "--help")) {
@@ -115,6 +126,17 @@ pub(crate) fn bench(root: &Path, args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if opts.workloads.iter().any(|w| w == "nats") && !nats_server_installed() {
+        // The project's own script installs it (with the rest of the test matrix's packages).
+        let script = root.join("scripts").join("install-deps.sh");
+        match Command::new("bash").arg(&script).status() {
+            Ok(status) if status.success() => {}
+            other => {
+                eprintln!("xtask: `bash {}` failed ({other:?})", script.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(&cargo);
     build
