@@ -527,13 +527,14 @@ impl<'a> Apply<'a> {
             hooks,
         };
         if inline {
-            let result = guard.guard.with_raw(|db| job.run(db)).await?;
+            // An apply changes no schema, so the key layouts kept on the connection stay valid.
+            let result = guard.guard.with_raw_same_schema(|db| job.run(db)).await?;
             return guard.end(result).await;
         }
         let task = tokio::task::spawn_blocking(move || {
             // The guard (and with it the connection) lives on this thread until the apply is
             // over, whatever happens to the future that spawned it.
-            let result = match guard.guard.with_raw_blocking(|db| job.run(db)) {
+            let result = match guard.guard.with_raw_same_schema_blocking(|db| job.run(db)) {
                 Ok(result) => futures::executor::block_on(guard.end(result)),
                 Err(err) => Err(err.into()),
             };

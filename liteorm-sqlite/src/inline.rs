@@ -208,13 +208,34 @@ impl RawLock {
         Ok(value)
     }
 
+    /// Runs `f`, which does not change the schema but may expire the connection's statements
+    /// (as `sqlite3changeset_apply` does, through a pragma), keeping the values of
+    /// [`Self::schema_memo`] across it: they are kept if they were current before `f` and the
+    /// schema cookie is the same after it. (What `f` must not do is what the cookie cannot
+    /// tell: end a transaction in which the schema changed, and change it again.)
+    pub(crate) fn keeping_schema<R>(&mut self, f: impl FnOnce(NonNull<ffi::sqlite3>) -> R) -> R {
+        let before = self
+            .schema_unchanged()
+            .then_some(self.schema.seen)
+            .flatten();
+        let result = f(self.db);
+        if let Some((cookie, _)) = before {
+            let after = self.watch_step();
+            if after.is_some_and(|(now, _)| now == cookie) {
+                // Only the re-prepare count moved: `f`'s expiry, which changed nothing.
+                self.schema.seen = after;
+            }
+        }
+        result
+    }
+
     /// Whether the values kept in `self.schema` are still current; forgets them if not. Steps
     /// the watch statement, `PRAGMA main.schema_version`: the schema cookie it reads changes
     /// with every schema change committed by any connection, and SQLite re-prepares the
     /// statement (and counts it) after anything that expires this connection's statements,
     /// which includes its own schema changes and a rollback of them. (Also some harmless
-    /// things: `sqlite3changeset_apply` sets a pragma that expires every statement.) `false` if
-    /// that cannot be told.
+    /// things: `sqlite3changeset_apply` sets a pragma that expires every statement, which
+    /// [`Self::keeping_schema`] forgives.) `false` if that cannot be told.
     fn schema_unchanged(&mut self) -> bool {
         const WATCH: &str = "PRAGMA main.schema_version";
         let db = self.db;
@@ -225,24 +246,28 @@ impl RawLock {
             memo.watch = unsafe { Statement::prepare(db, WATCH) };
             memo.seen = None;
         }
-        let Some(watch) = &memo.watch else {
-            return false;
-        };
-        let stmt = watch.stmt.as_ptr();
-        // SAFETY: `stmt` is a live statement of `db`, which is locked for us; it is reset
-        // before anything else runs.
-        let seen = unsafe {
-            let row = ffi::sqlite3_step(stmt) == ffi::SQLITE_ROW;
-            let cookie = ffi::sqlite3_column_int64(stmt, 0);
-            ffi::sqlite3_reset(stmt);
-            let reprepared = ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
-            row.then_some((cookie, reprepared))
-        };
+        let seen = self.watch_step();
+        let memo = &mut self.schema;
         if seen.is_none() || seen != memo.seen {
             memo.values.clear();
         }
         memo.seen = seen;
         seen.is_some()
+    }
+
+    /// Steps the watch statement: the schema cookie and the statement's re-prepare count, or
+    /// `None` if it cannot run.
+    fn watch_step(&mut self) -> Option<(i64, c_int)> {
+        let stmt = self.schema.watch.as_ref()?.stmt.as_ptr();
+        // SAFETY: `stmt` is a live statement of `self.db`, which is locked for us; it is reset
+        // before anything else runs.
+        unsafe {
+            let row = ffi::sqlite3_step(stmt) == ffi::SQLITE_ROW;
+            let cookie = ffi::sqlite3_column_int64(stmt, 0);
+            ffi::sqlite3_reset(stmt);
+            let reprepared = ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
+            row.then_some((cookie, reprepared))
+        }
     }
 
     /// The cached statement for `sql`, prepared on first use, if it may run inline now with

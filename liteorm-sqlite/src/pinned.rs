@@ -360,6 +360,28 @@ impl PinnedGuard {
         Ok(self.guard.raw().await?.schema_memo(namespace, key, read))
     }
 
+    /// Like [`Self::with_raw`], for an `f` that changes no schema but may expire the connection's
+    /// prepared statements, as `sqlite3changeset_apply` does (through `PRAGMA
+    /// defer_foreign_keys`): what [`Self::schema_cached`] keeps stays valid across `f`, where
+    /// the expiry alone would have it read anew. A schema change `f` makes anyway is still
+    /// noticed (by the schema cookie), unless `f` also ends the transaction that made an earlier
+    /// one.
+    pub async fn with_raw_same_schema<R>(
+        &mut self,
+        f: impl FnOnce(NonNull<ffi::sqlite3>) -> R,
+    ) -> Result<R> {
+        Ok(self.guard.raw().await?.keeping_schema(f))
+    }
+
+    /// [`Self::with_raw_same_schema`] for a thread that may block (see
+    /// [`Self::with_raw_blocking`]).
+    pub fn with_raw_same_schema_blocking<R>(
+        &mut self,
+        f: impl FnOnce(NonNull<ffi::sqlite3>) -> R,
+    ) -> Result<R> {
+        Ok(self.guard.raw_blocking()?.keeping_schema(f))
+    }
+
     /// Like [`Self::with_raw`], for a thread that may block (`spawn_blocking`, or `Drop` cleanup):
     /// waits synchronously for the worker to hand over the handle, which it does between commands.
     pub fn with_raw_blocking<R>(
