@@ -73,6 +73,12 @@ fn capture_runs() {
     assert_eq!(lines[1]["changeset_ops"], 220);
     // The split a wrapper cannot measure is reported as null, not made up.
     assert!(lines[0]["mix_with_ms"].is_null());
+    assert!(lines[0]["session_create_delete_ms"].is_null());
+    assert!(
+        lines[1]["session_create_delete_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0)
+    );
     assert!(lines[1]["mix_with_ms"].is_number());
 }
 
