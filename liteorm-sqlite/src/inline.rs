@@ -5,11 +5,12 @@
 //! out, the result back). A pinned connection may instead keep sqlx's handle lock across
 //! statements ([`RawLock`]) and step its own cache of prepared statements inline, with the same
 //! value and row conversions and the same error codes as the sqlx path. Statements that could
-//! wait for another connection's lock (a write, or any statement, on a file database outside a
-//! write transaction), that carry several statements or named parameters, or whose parameter
-//! count does not match, go through sqlx as before, so that waits happen on sqlx's thread.
-//! Transaction control that may wait (`BEGIN IMMEDIATE`, `COMMIT` on a file) is first tried
-//! inline with a zero busy timeout, and goes to sqlx only if another connection holds the lock.
+//! wait for another connection's lock (any statement on a file database outside a write
+//! transaction) and transaction control that may wait (`BEGIN IMMEDIATE`, `COMMIT` on a file)
+//! are tried inline with a zero busy timeout, and go to sqlx only if another connection holds
+//! the lock, so that waits happen on sqlx's thread, never on an async task. SQL that carries
+//! several statements or named parameters, or whose parameter count does not match, goes
+//! through sqlx as before.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -105,7 +106,7 @@ impl RawLock {
             // SAFETY: `db` is locked for us and `statement` is one of its statements. `None`
             // (a shared-cache lock met before anything ran) falls through to `sqlite3_exec`,
             // which reports it.
-            if let Some(result) = unsafe { statement.run(db, &[], false) } {
+            if let Some(result) = unsafe { statement.run(db, &[], false, false) } {
                 return result.map(drop);
             }
         }
@@ -140,12 +141,9 @@ impl RawLock {
     /// without running anything, when the connection has no busy timeout: it may have a custom
     /// busy handler, which could wait.
     pub(crate) fn exec_without_waiting(&mut self, sql: &str) -> Option<Result<(), Error>> {
-        // SAFETY: `self.db` is valid and locked for us.
-        let timeout = unsafe { busy_timeout(self.db) }?;
-        if timeout <= 0 {
-            return None;
-        }
-        // SAFETY: as above; this replaces the timeout handler that `timeout` describes.
+        let timeout = self.busy_timeout()?;
+        // SAFETY: `self.db` is valid and locked for us; this replaces the timeout handler that
+        // `timeout` describes.
         unsafe { ffi::sqlite3_busy_timeout(self.db.as_ptr(), 0) };
         let result = self.exec(sql);
         // SAFETY: as above; read before anything else can set another error code.
@@ -161,18 +159,64 @@ impl RawLock {
     /// Runs `sql` for its effect and returns the rows it changed (`sqlite3_changes`, as sqlx
     /// reports it); `None` if the statement has to go through sqlx (nothing was run).
     pub(crate) fn execute(&mut self, sql: &str, params: &[Value]) -> Option<Result<u64, Error>> {
-        let db = self.db;
-        let statement = self.prepared(sql, params.len())?;
-        // SAFETY: `db` is locked for us and `statement` is one of its statements (see `prepared`).
-        unsafe { statement.run(db, params, false) }.map(|run| run.map(|(changes, _)| changes))
+        self.run_inline(sql, params, false)
+            .map(|run| run.map(|(changes, _)| changes))
     }
 
     /// Runs `sql` and returns its rows; `None` if it has to go through sqlx (nothing was run).
     pub(crate) fn query(&mut self, sql: &str, params: &[Value]) -> Option<Result<Vec<Row>, Error>> {
+        self.run_inline(sql, params, true)
+            .map(|run| run.map(|(_, rows)| rows))
+    }
+
+    /// Runs the cached statement for `sql` inline; `None` if it has to go through sqlx (nothing
+    /// was run). A statement that could wait for another connection's lock ([`may_wait`]) must
+    /// not wait here, on an async task: it runs with the busy timeout set to zero, and if the
+    /// lock is taken (it then has done nothing, see [`Statement::run`]) it goes to sqlx, whose
+    /// worker thread waits up to the timeout. Without a busy timeout (a custom busy handler,
+    /// which could wait too) such a statement goes to sqlx at once.
+    fn run_inline(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        collect: bool,
+    ) -> Option<Result<(u64, Vec<Row>), Error>> {
         let db = self.db;
-        let statement = self.prepared(sql, params.len())?;
-        // SAFETY: as in `execute`.
-        unsafe { statement.run(db, params, true) }.map(|run| run.map(|(_, rows)| rows))
+        // SAFETY: `db` is valid and locked for us.
+        let timeout = if unsafe { may_wait(db) } {
+            Some(self.busy_timeout()?)
+        } else {
+            None
+        };
+        let statement = self.cached(sql).filter(|s| s.n_params == params.len())?;
+        // SAFETY: `db` is locked for us and `statement` is one of its statements (see `cached`);
+        // the timeout handler that `timeout` describes is replaced for the run, then put back.
+        unsafe {
+            if timeout.is_some() {
+                ffi::sqlite3_busy_timeout(db.as_ptr(), 0);
+            }
+            let run = statement.run(db, params, collect, timeout.is_some());
+            if let Some(timeout) = timeout {
+                ffi::sqlite3_busy_timeout(db.as_ptr(), timeout);
+            }
+            run
+        }
+    }
+
+    /// The connection's busy timeout in milliseconds (`PRAGMA busy_timeout`, from the statement
+    /// cache); `None` if it could not be read or is zero: no busy handler, or one set by
+    /// `sqlite3_busy_handler` (which may wait).
+    fn busy_timeout(&mut self) -> Option<c_int> {
+        let stmt = self.cached("PRAGMA busy_timeout")?.stmt.as_ptr();
+        // SAFETY: `stmt` is a live statement of `self.db`, which is locked for us; it is reset
+        // before anything else runs. The pragma touches no file.
+        let timeout = unsafe {
+            let row = ffi::sqlite3_step(stmt) == ffi::SQLITE_ROW;
+            let timeout = ffi::sqlite3_column_int(stmt, 0);
+            ffi::sqlite3_reset(stmt);
+            row.then_some(timeout)
+        };
+        timeout.filter(|&t| t > 0)
     }
 
     /// What `read` returns for `key` in `namespace`: kept from an earlier call if the schema
@@ -270,16 +314,6 @@ impl RawLock {
         }
     }
 
-    /// The cached statement for `sql`, prepared on first use, if it may run inline now with
-    /// `n_params` parameters.
-    fn prepared(&mut self, sql: &str, n_params: usize) -> Option<&mut Statement> {
-        // SAFETY: `self.db` is valid and locked for us.
-        if unsafe { may_wait(self.db) } {
-            return None;
-        }
-        self.cached(sql).filter(|s| s.n_params == n_params)
-    }
-
     /// The cached statement for `sql`, prepared on first use; `None` if `sql` is not exactly
     /// one statement with positional parameters only, or does not prepare.
     fn cached(&mut self, sql: &str) -> Option<&mut Statement> {
@@ -309,34 +343,6 @@ unsafe fn may_wait(db: NonNull<ffi::sqlite3>) -> bool {
     }
     // SAFETY: the caller's promise.
     unsafe { is_file(db) }
-}
-
-/// The connection's busy timeout in milliseconds (`PRAGMA busy_timeout`: 0 when it has no busy
-/// handler or one set by `sqlite3_busy_handler`); `None` if it could not be read.
-///
-/// # Safety
-/// `db` is valid and locked.
-unsafe fn busy_timeout(db: NonNull<ffi::sqlite3>) -> Option<c_int> {
-    let mut stmt = ptr::null_mut();
-    // SAFETY: the caller's promise; the SQL is NUL-terminated. The pragma touches no file.
-    let rc = unsafe {
-        ffi::sqlite3_prepare_v2(
-            db.as_ptr(),
-            c"PRAGMA busy_timeout".as_ptr(),
-            -1,
-            &mut stmt,
-            ptr::null_mut(),
-        )
-    };
-    let stmt = NonNull::new(stmt)?;
-    // SAFETY: `stmt` is a live statement of `db`, finalized once, below.
-    let timeout = unsafe {
-        (rc == ffi::SQLITE_OK && ffi::sqlite3_step(stmt.as_ptr()) == ffi::SQLITE_ROW)
-            .then(|| ffi::sqlite3_column_int(stmt.as_ptr(), 0))
-    };
-    // SAFETY: as above.
-    unsafe { ffi::sqlite3_finalize(stmt.as_ptr()) };
-    timeout
 }
 
 /// Whether `main` of `db` is a file database.
@@ -404,8 +410,13 @@ impl Statement {
     }
 
     /// Binds `params`, steps to the end and resets. Returns the changes and (when `collect`)
-    /// the rows; `None` if the statement met a shared-cache lock before doing anything, so that
-    /// sqlx (which waits for the unlock) runs it instead.
+    /// the rows; `None` if the statement met a shared-cache lock before doing anything, or (when
+    /// `busy_to_sqlx`) a file lock held by another connection, so that sqlx (which waits for the
+    /// unlock) runs it instead.
+    ///
+    /// A file lock is only ever taken at the first step: reading or writing starts by taking
+    /// it, and an autocommit statement that cannot commit for a lock is rolled back whole.
+    /// (A page cache spill that cannot get its lock is not an error: the cache grows instead.)
     ///
     /// # Safety
     /// `db` is valid and locked, and owns this statement.
@@ -414,12 +425,13 @@ impl Statement {
         db: NonNull<ffi::sqlite3>,
         params: &[Value],
         collect: bool,
+        busy_to_sqlx: bool,
     ) -> Option<Result<(u64, Vec<Row>), Error>> {
         let stmt = self.stmt.as_ptr();
         // SAFETY: the caller's promise for every call below; the statement is reset when this
         // returns, so no step is left half-way.
         unsafe {
-            let result = self.bind_and_step(db, params, collect);
+            let result = self.bind_and_step(db, params, collect, busy_to_sqlx);
             ffi::sqlite3_reset(stmt);
             ffi::sqlite3_clear_bindings(stmt);
             result
@@ -433,6 +445,7 @@ impl Statement {
         db: NonNull<ffi::sqlite3>,
         params: &[Value],
         collect: bool,
+        busy_to_sqlx: bool,
     ) -> Option<Result<(u64, Vec<Row>), Error>> {
         let stmt = self.stmt.as_ptr();
         for (i, param) in params.iter().enumerate() {
@@ -489,6 +502,7 @@ impl Statement {
                 ffi::SQLITE_ROW => {}
                 ffi::SQLITE_DONE => break,
                 rc if first && rc & 0xff == ffi::SQLITE_LOCKED => return None,
+                rc if first && busy_to_sqlx && rc & 0xff == ffi::SQLITE_BUSY => return None,
                 _ => {
                     // SAFETY: the caller's promise.
                     return Some(Err(unsafe { db_error(db) }));

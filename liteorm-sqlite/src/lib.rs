@@ -15,12 +15,14 @@
 //! an operation is done: it keeps it, out of any transaction, handle lock and statements
 //! included, for [`SqliteSession::linger`] (10 ms by default), so that its next statement,
 //! transaction or capture starts at once (see [`SqliteSession::linger`] for when it goes back).
-//! Only statements that cannot wait for another connection's lock run inline (inside a write
-//! transaction, or on an in-memory database); the others, and SQL holding several statements
-//! or named parameters, go through sqlx's worker. Transaction control of pinned connections
-//! (`BEGIN`, savepoints, `COMMIT`, `ROLLBACK`) is liteorm's own and runs inline the same way,
-//! except `BEGIN IMMEDIATE` and the outermost `COMMIT` on a file database when another
-//! connection holds the lock: those wait on sqlx's worker thread. A long statement run inline
+//! Nothing waits inline: a statement that could wait for another connection's lock (on a file
+//! database, outside a write transaction) runs inline with a zero busy timeout, and only if
+//! the lock is taken does it run again on sqlx's worker, which waits up to the busy timeout (a
+//! statement that meets a lock has done nothing yet). SQL holding several statements or named
+//! parameters goes through sqlx's worker. Transaction control of pinned connections (`BEGIN`,
+//! savepoints, `COMMIT`, `ROLLBACK`) is liteorm's own and runs inline the same way: `BEGIN
+//! IMMEDIATE` and the outermost `COMMIT` on a file database wait on sqlx's worker thread when
+//! another connection holds the lock. A long statement run inline
 //! (an `UPDATE` of a million rows on an in-memory database, say) occupies its executor thread
 //! until it finishes, like any other CPU-bound work in an async task: run such work from
 //! `tokio::task::spawn_blocking` if the other tasks of that thread must keep running meanwhile.

@@ -34,8 +34,6 @@ pub(crate) const DEFAULT_LINGER: Duration = Duration::from_millis(10);
 pub(crate) struct Parking {
     pool: SqlitePool,
     linger: Duration,
-    /// Whether the pool's database is a file.
-    file: bool,
     state: Mutex<State>,
 }
 
@@ -53,11 +51,10 @@ struct State {
 }
 
 impl Parking {
-    pub(crate) fn new(pool: SqlitePool, linger: Duration, file: bool) -> Self {
+    pub(crate) fn new(pool: SqlitePool, linger: Duration) -> Self {
         Parking {
             pool,
             linger,
-            file,
             state: Mutex::new(State::default()),
         }
     }
@@ -71,12 +68,6 @@ impl Parking {
         self.state
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-    }
-
-    /// Whether the database is a file, on which statements outside a write transaction do not
-    /// run inline (so that a lone statement gains nothing from a parked connection).
-    pub(crate) fn is_file(&self) -> bool {
-        self.file
     }
 
     /// The most recently parked connection, or one from the pool.

@@ -227,16 +227,6 @@ impl PinnedConnection {
         }
     }
 
-    /// A connection taken from the pool that goes straight back to it when released.
-    pub(crate) fn unparked(conn: PoolConnection<Sqlite>, info: Arc<SqliteInfo>) -> Self {
-        PinnedConnection {
-            slot: Arc::new(Mutex::new(Held::new(conn))),
-            info,
-            owner: true,
-            home: None,
-        }
-    }
-
     pub(crate) fn shared(slot: Slot, info: Arc<SqliteInfo>) -> Self {
         PinnedConnection {
             slot,

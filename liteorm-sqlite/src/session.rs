@@ -91,14 +91,8 @@ impl SqliteSession {
             .await
             .map_err(convert::error)?;
         let info = Arc::new(SqliteInfo::new(row.0, row.1, row.2));
-        let file: bool = sqlx::query_scalar(
-            "SELECT coalesce((SELECT file <> '' FROM pragma_database_list WHERE name = 'main'), 0)",
-        )
-        .fetch_one(&pool)
-        .await
-        .map_err(convert::error)?;
         Ok(SqliteSession {
-            target: Target::Pool(Arc::new(Parking::new(pool, DEFAULT_LINGER, file))),
+            target: Target::Pool(Arc::new(Parking::new(pool, DEFAULT_LINGER))),
             info,
         })
     }
@@ -119,11 +113,7 @@ impl SqliteSession {
     pub fn linger(&self, linger: Duration) -> Self {
         match &self.target {
             Target::Pool(parking) => SqliteSession {
-                target: Target::Pool(Arc::new(Parking::new(
-                    parking.pool().clone(),
-                    linger,
-                    parking.is_file(),
-                ))),
+                target: Target::Pool(Arc::new(Parking::new(parking.pool().clone(), linger))),
                 info: Arc::clone(&self.info),
             },
             Target::Pinned(_) => self.clone(),
@@ -203,29 +193,20 @@ impl SqliteSession {
         })
     }
 
-    /// Runs one statement's `body` on a connection, with whether it may try to run inline:
-    /// the pinned connection (inline); for a pool-backed session on an in-memory database, a
-    /// parked or newly taken connection, which is parked again after the statement (inline);
-    /// on a file database, where a statement outside a transaction always goes through sqlx,
-    /// any pool connection (not inline).
+    /// Runs one statement's `body` on a connection: the pinned one, or for a pool-backed session
+    /// a parked or newly taken connection, which is parked again after the statement.
     async fn run<'a, R>(
         &'a self,
-        body: impl FnOnce(PinnedGuard, bool) -> liteorm_core::BoxFuture<'a, Result<R>>,
+        body: impl FnOnce(PinnedGuard) -> liteorm_core::BoxFuture<'a, Result<R>>,
     ) -> Result<R> {
         match &self.target {
             Target::Pinned(slot) => {
                 let guard = PinnedGuard::new_from(Arc::clone(slot).lock_owned().await)?;
-                body(guard, true).await
+                body(guard).await
             }
-            Target::Pool(parking) => {
-                let inline = !parking.is_file();
-                let pinned = if inline {
-                    self.pin().await?
-                } else {
-                    let conn = parking.pool().acquire().await.map_err(convert::error)?;
-                    PinnedConnection::unparked(conn, Arc::clone(&self.info))
-                };
-                let result = body(pinned.lock().await?, inline).await;
+            Target::Pool(_) => {
+                let pinned = self.pin().await?;
+                let result = body(pinned.lock().await?).await;
                 pinned.release().await;
                 result
             }
@@ -253,9 +234,9 @@ impl Session for SqliteSession {
     }
 
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.run(|mut guard, inline| {
+        self.run(|mut guard| {
             Box::pin(async move {
-                if inline && let Some(changes) = guard.execute_inline(sql, params).await? {
+                if let Some(changes) = guard.execute_inline(sql, params).await? {
                     return Ok(changes);
                 }
                 let query =
@@ -268,14 +249,14 @@ impl Session for SqliteSession {
     }
 
     async fn execute_batch(&self, sql: &str) -> Result<()> {
-        self.run(|mut guard, _| Box::pin(async move { guard.execute_batch(sql).await }))
+        self.run(|mut guard| Box::pin(async move { guard.execute_batch(sql).await }))
             .await
     }
 
     async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.run(|mut guard, inline| {
+        self.run(|mut guard| {
             Box::pin(async move {
-                if inline && let Some(rows) = guard.query_inline(sql, params).await? {
+                if let Some(rows) = guard.query_inline(sql, params).await? {
                     return Ok(rows);
                 }
                 let query =

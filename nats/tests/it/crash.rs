@@ -99,6 +99,11 @@ async fn a_follower_killed_mid_stream_resumes_exactly_once() {
     assert_eq!(content(&replica_db).await, content(&primary).await);
 }
 
+/// Entries the killed publisher publishes: enough that an uninterrupted run takes well over the
+/// 60 ms kill delay (300 once did, before reading the log ran inline), so the worker is killed
+/// at least once.
+const PUBLISHED: u64 = 1500;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_killed_mid_stream_publishes_every_entry_once() {
     let server = NatsServer::start();
@@ -106,7 +111,7 @@ async fn a_publisher_killed_mid_stream_publishes_every_entry_once() {
     let stream = ChangeStream::new("killpublisher").unwrap();
     let (primary, dir) = db_with_schema().await;
     let log = ChangeLog::open(&primary).await.unwrap();
-    record_many(&log, 300).await;
+    record_many(&log, PUBLISHED).await;
     let primary_path = db_file(dir.path());
     let url = server.url();
     let args = ["publish", &url, stream.db(), path_str(&primary_path), "8"];
@@ -119,8 +124,11 @@ async fn a_publisher_killed_mid_stream_publishes_every_entry_once() {
     // Exactly the log, in order: position n holds seq n, and nothing else is there.
     let handle = js.get_stream(stream.name()).await.unwrap();
     let state = handle.cached_info().state.clone();
-    assert_eq!((state.messages, state.last_sequence), (300, 300));
-    for seq in [1, 2, 150, 299, 300] {
+    assert_eq!(
+        (state.messages, state.last_sequence),
+        (PUBLISHED, PUBLISHED)
+    );
+    for seq in [1, 2, PUBLISHED / 2, PUBLISHED - 1, PUBLISHED] {
         let message = handle.get_raw_message(seq).await.unwrap();
         let header = message.headers.get("Liteorm-Seq").unwrap().as_str();
         assert_eq!(header, seq.to_string());
@@ -133,7 +141,7 @@ async fn a_publisher_killed_mid_stream_publishes_every_entry_once() {
     let (replica_db, _d2) = db_with_schema().await;
     let mut follower = follower(&js, &stream, &replica_db, "replica").await;
     let done = follower.catch_up().await.unwrap();
-    assert_eq!((done.applied, done.last_seq), (300, 300));
+    assert_eq!((done.applied, done.last_seq), (PUBLISHED, PUBLISHED));
     assert_eq!(follower.source().redeliveries_skipped(), 0);
     assert_eq!(content(&replica_db).await, content(&primary).await);
 }
