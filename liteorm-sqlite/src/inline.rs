@@ -142,18 +142,28 @@ impl RawLock {
     /// busy handler, which could wait.
     pub(crate) fn exec_without_waiting(&mut self, sql: &str) -> Option<Result<(), Error>> {
         let timeout = self.busy_timeout()?;
-        // SAFETY: `self.db` is valid and locked for us; this replaces the timeout handler that
-        // `timeout` describes.
-        unsafe { ffi::sqlite3_busy_timeout(self.db.as_ptr(), 0) };
-        let result = self.exec(sql);
-        // SAFETY: as above; read before anything else can set another error code.
-        let busy = unsafe { ffi::sqlite3_errcode(self.db.as_ptr()) } & 0xff == ffi::SQLITE_BUSY;
-        // SAFETY: as above; puts the original timeout handler back.
-        unsafe { ffi::sqlite3_busy_timeout(self.db.as_ptr(), timeout) };
+        let (result, busy) = self.without_waiting(timeout, |lock| {
+            let result = lock.exec(sql);
+            // SAFETY: `lock.db` is valid and locked for us; read before anything else can set
+            // another error code.
+            let code = unsafe { ffi::sqlite3_errcode(lock.db.as_ptr()) };
+            (result, code & 0xff == ffi::SQLITE_BUSY)
+        });
         match result {
             Err(_) if busy => None,
             result => Some(result),
         }
+    }
+
+    /// Runs `f` with the busy timeout set to zero, then puts back `timeout`, the timeout handler
+    /// the connection had.
+    fn without_waiting<R>(&mut self, timeout: c_int, f: impl FnOnce(&mut Self) -> R) -> R {
+        // SAFETY: `self.db` is valid and locked for us.
+        unsafe { ffi::sqlite3_busy_timeout(self.db.as_ptr(), 0) };
+        let result = f(self);
+        // SAFETY: as above.
+        unsafe { ffi::sqlite3_busy_timeout(self.db.as_ptr(), timeout) };
+        result
     }
 
     /// Runs `sql` for its effect and returns the rows it changed (`sqlite3_changes`, as sqlx
@@ -181,25 +191,18 @@ impl RawLock {
         params: &[Value],
         collect: bool,
     ) -> Option<Result<(u64, Vec<Row>), Error>> {
-        let db = self.db;
-        // SAFETY: `db` is valid and locked for us.
-        let timeout = if unsafe { may_wait(db) } {
-            Some(self.busy_timeout()?)
-        } else {
-            None
+        let run = |lock: &mut Self, busy_to_sqlx| {
+            let db = lock.db;
+            let statement = lock.cached(sql).filter(|s| s.n_params == params.len())?;
+            // SAFETY: `db` is locked for us and `statement` is one of its statements.
+            unsafe { statement.run(db, params, collect, busy_to_sqlx) }
         };
-        let statement = self.cached(sql).filter(|s| s.n_params == params.len())?;
-        // SAFETY: `db` is locked for us and `statement` is one of its statements (see `cached`);
-        // the timeout handler that `timeout` describes is replaced for the run, then put back.
-        unsafe {
-            if timeout.is_some() {
-                ffi::sqlite3_busy_timeout(db.as_ptr(), 0);
-            }
-            let run = statement.run(db, params, collect, timeout.is_some());
-            if let Some(timeout) = timeout {
-                ffi::sqlite3_busy_timeout(db.as_ptr(), timeout);
-            }
-            run
+        // SAFETY: `self.db` is valid and locked for us.
+        if unsafe { may_wait(self.db) } {
+            let timeout = self.busy_timeout()?;
+            self.without_waiting(timeout, |lock| run(lock, true))
+        } else {
+            run(self, false)
         }
     }
 
@@ -258,10 +261,11 @@ impl RawLock {
     /// schema cookie is the same after it. (What `f` must not do is what the cookie cannot
     /// tell: end a transaction in which the schema changed, and change it again.)
     pub(crate) fn keeping_schema<R>(&mut self, f: impl FnOnce(NonNull<ffi::sqlite3>) -> R) -> R {
-        let before = self
-            .schema_unchanged()
-            .then_some(self.schema.seen)
-            .flatten();
+        let before = if self.schema_unchanged() {
+            self.schema.seen
+        } else {
+            None
+        };
         let result = f(self.db);
         if let Some((cookie, _)) = before {
             let after = self.watch_step();
