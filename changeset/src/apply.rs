@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::PinnedGuard;
 use liteorm_sqlite::ffi as sys;
+use tokio::task::JoinHandle;
 
 use crate::ffi::{self, ApplyHooks, ApplyInput, Input, IterRef};
 use crate::iter::Change;
@@ -487,6 +488,16 @@ impl<'a> Apply<'a> {
     async fn run(self) -> Result<ApplyReport, Error> {
         let sqlite = gate::sqlite(self.session, "applying a changeset")?;
         let flags = self.flags.bits(self.kind)?;
+        let inline = matches!(&self.source, Source::Blob(blob) if blob.len() <= INLINE_APPLY_MAX);
+        // A large blob is listed on another thread while SQLite applies it: the listing reads
+        // every byte (about 1 ms per 4 MB), and only the report needs it.
+        let listing = match &self.source {
+            Source::Blob(blob) if !inline => {
+                let (blob, kind) = (Arc::clone(blob), self.kind);
+                Some(tokio::task::spawn_blocking(move || survey(&blob, kind)))
+            }
+            _ => None,
+        };
         let pinned = sqlite.pin().await?;
         let mut guard = pinned.lock().await?;
         // Outside a transaction, take the write lock before applying: waiting for it (up to the
@@ -506,24 +517,23 @@ impl<'a> Apply<'a> {
             open: !in_transaction,
         };
         let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
-        let inline = matches!(&self.source, Source::Blob(blob) if blob.len() <= INLINE_APPLY_MAX);
         let mut hooks = Hooks::new(self.handler, self.filter, self.log, Arc::clone(&cancel.0));
-        // A blob's tables are listed and checked against the schema now; a stream's only once
-        // SQLite has read it.
-        let surveyed = match &self.source {
-            Source::Blob(blob) => {
-                let tables = survey(blob, self.kind)?;
-                hooks.tables = compatibility_cached(&mut guard.guard, &tables).await?;
-                Some(tables)
-            }
-            Source::Stream(_) => None,
+        // A small blob's tables are listed and checked against the schema now; a large blob's
+        // and a stream's once SQLite has applied it.
+        let tables = match (&self.source, listing) {
+            (_, Some(listing)) => Tables::Listing(listing),
+            (Source::Blob(blob), None) => Tables::Checked(survey(blob, self.kind)?),
+            (Source::Stream(_), None) => Tables::Streamed,
         };
-        let mut job = Job {
-            source: Some(self.source),
+        if let Tables::Checked(tables) = &tables {
+            hooks.tables = compatibility_cached(&mut guard.guard, tables).await?;
+        }
+        let job = Job {
+            source: self.source,
             kind: self.kind,
             flags,
             savepoint: in_transaction,
-            surveyed,
+            tables,
             hooks,
         };
         if inline {
@@ -610,16 +620,26 @@ impl Drop for CancelOnDrop {
 
 /// One apply's inputs, movable to a blocking thread.
 struct Job {
-    /// Taken by `run`.
-    source: Option<Source>,
+    source: Source,
     kind: &'static str,
     flags: c_int,
     /// Whether to wrap the apply in a savepoint: it joins the caller's transaction (an apply
     /// that opened its own transaction rolls that back on failure instead).
     savepoint: bool,
-    /// A blob's tables (their compatibility is in `hooks.tables` already).
-    surveyed: Option<HashMap<String, TableInfo>>,
+    tables: Tables,
     hooks: Hooks,
+}
+
+/// What an apply knows of its input's tables when SQLite starts on it.
+enum Tables {
+    /// Listed and checked against the schema: their compatibility is in `hooks.tables`, and the
+    /// filter skips the incompatible ones.
+    Checked(HashMap<String, TableInfo>),
+    /// A large blob, being listed on another thread meanwhile. SQLite skips incompatible tables
+    /// itself; the report names them afterwards.
+    Listing(JoinHandle<Result<HashMap<String, TableInfo>, Error>>),
+    /// A stream, listed as SQLite reads it (and then as for `Listing`).
+    Streamed,
 }
 
 /// Per table of the blob: its header and how many changes it has.
@@ -630,19 +650,24 @@ pub(crate) struct TableInfo {
 }
 
 impl Job {
-    fn run(&mut self, db: NonNull<sys::sqlite3>) -> Result<ApplyReport, Error> {
-        let (blob, mut stream) = match self.source.take() {
-            Some(Source::Blob(blob)) => (Some(blob), None),
-            Some(Source::Stream(reader)) => (None, Some(Input::new(Checked::surveying(reader)))),
-            None => return Err(Error::Misuse("an apply runs once")),
+    fn run(self, db: NonNull<sys::sqlite3>) -> Result<ApplyReport, Error> {
+        let Job {
+            source,
+            kind,
+            flags,
+            savepoint,
+            tables,
+            mut hooks,
+        } = self;
+        let (blob, mut stream) = match source {
+            Source::Blob(blob) => (Some(blob), None),
+            Source::Stream(reader) => (None, Some(Input::new(Checked::surveying(reader)))),
         };
-        let mut tables = self.surveyed.take().unwrap_or_default();
-        // A stream is surveyed as SQLite reads it; its tables are checked afterwards.
-        self.hooks.streaming = stream.is_some();
+        hooks.deferred = !matches!(tables, Tables::Checked(_));
         // Inside the caller's transaction, a savepoint undoes the apply alone when it fails,
         // also when a callback failed although SQLite finished (a filter panic, say). An apply
         // in its own transaction needs none: a failure rolls the whole transaction back.
-        if self.savepoint {
+        if savepoint {
             // SAFETY: as above.
             unsafe { ffi::exec(db, c"SAVEPOINT liteorm_apply", "starting the apply")? };
         }
@@ -655,25 +680,41 @@ impl Job {
         // SQLite's own savepoint would only nest inside liteorm's savepoint or transaction, which
         // undo a failed apply already, and each savepoint level costs per page the apply
         // changes: the page is copied to the sub-journal before its first change.
-        let flags = self.flags | sys::SQLITE_CHANGESETAPPLY_NOSAVEPOINT;
+        let sqlite_flags = flags | sys::SQLITE_CHANGESETAPPLY_NOSAVEPOINT;
         // SQLite records every omitted or replaced conflict for the rebase buffer, and then
         // discards it for a patchset: not asking for it there saves that work per conflict.
-        let rebase = self.kind != <crate::Patchset as sealed::Changes>::KIND;
+        let rebase = kind != <crate::Patchset as sealed::Changes>::KIND;
         // SAFETY: as above.
-        let applied = unsafe { ffi::apply(db, input, flags, &mut self.hooks, rebase) };
+        let applied = unsafe { ffi::apply(db, input, sqlite_flags, &mut hooks, rebase) };
         let (rc, rebase) = match applied {
             Ok((rc, rebase)) => (Ok(rc), rebase),
             Err(err) => (Err(err), Arc::from(&[][..])),
         };
+        // A large blob that does not list is malformed: that is the error to report, whatever
+        // SQLite made of it.
+        let (listed, listing_error) = match tables {
+            Tables::Checked(tables) => (Some(tables), None),
+            Tables::Listing(listing) => {
+                // The task did not run only if the runtime is shutting down: list here then.
+                let listed = futures::executor::block_on(listing)
+                    .unwrap_or_else(|_| survey(blob.as_deref().unwrap_or_default(), kind));
+                match listed {
+                    Ok(tables) => (Some(tables), None),
+                    Err(err) => (None, Some(err)),
+                }
+            }
+            Tables::Streamed => (None, None),
+        };
         let stream_error = stream.as_mut().and_then(|s| s.error.take());
-        let failure = match rc {
+        let mut failure = match rc {
+            _ if listing_error.is_some() => listing_error,
             Err(err) => Some(err),
             Ok(_) if stream_error.is_some() => stream_error.map(ffi::StreamError::into_error),
-            Ok(_) if self.hooks.failure.is_some() => self.hooks.failure.take(),
-            Ok(_) if self.hooks.cancel.load(Ordering::Relaxed) => Some(Error::Cancelled),
+            Ok(_) if hooks.failure.is_some() => hooks.failure.take(),
+            Ok(_) if hooks.cancel.load(Ordering::Relaxed) => Some(Error::Cancelled),
             Ok(rc)
                 if rc != sys::SQLITE_OK
-                    && self.flags & sys::SQLITE_CHANGESETAPPLY_INVERT != 0
+                    && flags & sys::SQLITE_CHANGESETAPPLY_INVERT != 0
                     && stream.as_ref().and_then(|s| s.reader.checker().marker())
                         == Some(format::PATCHSET) =>
             {
@@ -685,7 +726,21 @@ impl Job {
             }
             Ok(_) => None,
         };
-        let ended = if self.savepoint {
+        let tables = match (listed, &stream) {
+            (Some(tables), _) => tables,
+            (None, Some(stream)) => stream_tables(stream.reader.checker().sections()),
+            (None, None) => HashMap::new(),
+        };
+        // Tables listed only now are checked before the savepoint ends, so that a failure to
+        // read the schema undoes the apply too.
+        if failure.is_none() && hooks.deferred {
+            // SAFETY: as above.
+            match unsafe { compatibility(db, &tables) } {
+                Ok(compat) => hooks.account_deferred(&compat),
+                Err(err) => failure = Some(err),
+            }
+        }
+        let ended = if savepoint {
             let end: &std::ffi::CStr = if failure.is_some() {
                 c"ROLLBACK TO liteorm_apply; RELEASE liteorm_apply"
             } else {
@@ -700,13 +755,7 @@ impl Job {
             return Err(failure);
         }
         ended?;
-        if let Some(stream) = &stream {
-            tables = stream_tables(stream.reader.checker().sections());
-            // SAFETY: as above.
-            let compat = unsafe { compatibility(db, &tables)? };
-            self.hooks.account_streamed(&compat);
-        }
-        let mut report = std::mem::take(&mut self.hooks.report);
+        let mut report = hooks.report;
         report.changes = tables.values().map(|t| t.changes).sum();
         report.applied = report.attempted - report.omitted.min(report.attempted);
         report.rebase = RebaseBuffer::trusted(rebase);
@@ -743,8 +792,9 @@ fn same_run(run: &str, next: &str) -> bool {
 }
 
 /// Lists a blob's tables, their headers and change counts with the bounds-checked byte walk of
-/// [`format`] (no value is decoded and SQLite's iterator is not involved); a malformed blob
-/// fails here, before anything is written.
+/// [`format`] (no value is decoded and SQLite's iterator is not involved). A malformed blob
+/// fails here: before anything is written for a small blob, alongside SQLite's apply (which is
+/// then undone) for a large one.
 pub(crate) fn survey(blob: &[u8], kind: &'static str) -> Result<HashMap<String, TableInfo>, Error> {
     // The fast walk accepts exactly what the checker accepts; only the checker says why not.
     let mut sections = match format::sections(blob) {
@@ -859,10 +909,11 @@ struct Hooks {
     report: ApplyReport,
     failure: Option<Error>,
     table_cache: Option<Arc<str>>,
-    /// Whether the input is a stream, whose tables are only known as SQLite reads them.
-    streaming: bool,
-    /// For a stream: the tables the filter let through, in order.
-    streamed: Vec<String>,
+    /// Whether the input's tables are checked only after SQLite applied it (a stream, or a
+    /// large blob listed meanwhile): SQLite skips incompatible tables itself then.
+    deferred: bool,
+    /// When deferred: the tables the filter let through, in order.
+    passed: Vec<String>,
 }
 
 impl Hooks {
@@ -882,15 +933,15 @@ impl Hooks {
             report: ApplyReport::default(),
             failure: None,
             table_cache: None,
-            streaming: false,
-            streamed: Vec::new(),
+            deferred: false,
+            passed: Vec::new(),
         }
     }
 
-    /// After a streamed apply: counts the changes of the tables the filter let through, now that
-    /// the stream's tables and their compatibility are known.
-    fn account_streamed(&mut self, compat: &HashMap<String, (usize, Option<SkipReason>)>) {
-        for table in std::mem::take(&mut self.streamed) {
+    /// After a deferred apply: counts the changes of the tables the filter let through, now
+    /// that the input's tables and their compatibility are known.
+    fn account_deferred(&mut self, compat: &HashMap<String, (usize, Option<SkipReason>)>) {
+        for table in std::mem::take(&mut self.passed) {
             match compat.get(&table) {
                 Some((changes, None)) => self.report.attempted += changes,
                 Some((changes, Some(reason))) => self.report.skipped_tables.push(SkippedTable {
@@ -936,10 +987,10 @@ impl ApplyHooks for Hooks {
                 }
                 false
             }
-            // A stream: SQLite skips an incompatible table itself; `account_streamed` reports it.
-            None if self.streaming => {
-                if !self.streamed.iter().any(|t| t == table) {
-                    self.streamed.push(table.to_owned());
+            // SQLite skips an incompatible table itself; `account_deferred` reports it.
+            None if self.deferred => {
+                if !self.passed.iter().any(|t| t == table) {
+                    self.passed.push(table.to_owned());
                 }
                 true
             }

@@ -290,6 +290,107 @@ async fn incompatible_tables_are_skipped_and_reported() {
     assert!(dump(&target, "b").await.is_empty());
 }
 
+/// A blob over 16 KiB is listed on another thread while SQLite applies it (SQLite then skips
+/// the incompatible tables itself), a smaller one before: both must report the same. The two
+/// changesets differ only in the size of one value.
+#[tokio::test]
+async fn a_large_blob_reports_what_a_small_one_reports() {
+    async fn applied(pad: i64, in_transaction: bool) -> (changeset::ApplyReport, Vec<Value>) {
+        let (src, _d1) = file_db().await;
+        src.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v); CREATE TABLE gone(id INTEGER PRIMARY KEY); \
+             CREATE TABLE other(id INTEGER PRIMARY KEY); CREATE TABLE b(id INTEGER PRIMARY KEY, x, y)",
+        )
+        .await
+        .unwrap();
+        let cs = capture(&src, &[], move |s| async move {
+            s.execute(
+                "INSERT INTO t VALUES (1, zeroblob(?1))",
+                &[Value::Integer(pad)],
+            )
+            .await?;
+            s.execute_batch(
+                "INSERT INTO t VALUES (2, 'theirs'); INSERT INTO gone VALUES (1), (2); \
+                 INSERT INTO other VALUES (1); INSERT INTO b VALUES (1, 1, 1)",
+            )
+            .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(cs.len() > 16 * 1024, pad > 16 * 1024, "pad {pad}");
+        let (target, _d2) = file_db().await;
+        target
+            .execute_batch(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (2, 'mine'); \
+                 CREATE TABLE other(id INTEGER PRIMARY KEY); CREATE TABLE b(id INTEGER PRIMARY KEY, x)",
+            )
+            .await
+            .unwrap();
+        fn applying<'a>(
+            session: &'a dyn Session,
+            cs: &changeset::Changeset,
+        ) -> changeset::Apply<'a> {
+            apply(session, cs)
+                .filter(|table| table != "other")
+                .on_conflict(|_| ConflictAction::Replace)
+        }
+        let report = if in_transaction {
+            let tx = target.begin().await.unwrap();
+            let report = applying(tx.as_session(), &cs).await.unwrap();
+            tx.commit().await.unwrap();
+            report
+        } else {
+            applying(&target, &cs).await.unwrap()
+        };
+        let rows = target
+            .query("SELECT length(v) FROM t ORDER BY id", &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .flat_map(|row| row.into_values())
+            .collect();
+        (report, rows)
+    }
+    for in_transaction in [false, true] {
+        let (small, small_rows) = applied(10, in_transaction).await;
+        let (large, large_rows) = applied(20_000, in_transaction).await;
+        assert_eq!(large, small, "in a transaction: {in_transaction}");
+        assert_eq!(
+            (
+                large.changes,
+                large.attempted,
+                large.applied,
+                large.replaced
+            ),
+            (6, 2, 2, 1)
+        );
+        assert_eq!(large.filtered_tables, ["other"]);
+        let mut skipped: Vec<_> = large
+            .skipped_tables
+            .iter()
+            .map(|s| (s.table.as_str(), s.changes, s.reason.clone()))
+            .collect();
+        skipped.sort_by_key(|s| s.0);
+        assert_eq!(
+            skipped,
+            [
+                (
+                    "b",
+                    1,
+                    SkipReason::TooFewColumns {
+                        expected: 3,
+                        found: 2
+                    }
+                ),
+                ("gone", 2, SkipReason::Missing),
+            ]
+        );
+        assert_eq!(small_rows, [Value::Integer(10), Value::Integer(6)]);
+        assert_eq!(large_rows, [Value::Integer(20_000), Value::Integer(6)]);
+    }
+}
+
 #[tokio::test]
 async fn apply_on_a_transaction_joins_it() {
     let cs = three_changes().await;
