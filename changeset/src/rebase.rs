@@ -92,7 +92,10 @@ impl fmt::Debug for RebaseBuffer {
 /// let remote = edit(&there, "theirs").await?;
 ///
 /// // Apply theirs here, keeping ours where they conflict...
-/// let report = apply(&here, &remote).on_conflict(|_| ConflictAction::Omit).await?;
+/// let report = apply(&here, &remote)
+///     .on_conflict(|_| ConflictAction::Omit)
+///     .rebase_buffer()
+///     .await?;
 /// // ...and send ours there rebased on that decision: it now applies without a conflict.
 /// let mut rebaser = Rebaser::new()?;
 /// rebaser.configure(&report.rebase)?;

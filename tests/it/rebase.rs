@@ -51,6 +51,7 @@ async fn scenario(action: ConflictAction) -> Outcome {
     .await;
     let report = apply(&here, &remote)
         .on_conflict(move |_| action)
+        .rebase_buffer()
         .await
         .unwrap();
     assert_eq!(report.conflicts.values().map(|c| c.seen).sum::<usize>(), 2);
@@ -97,6 +98,44 @@ async fn rebased_local_changes_converge_when_remote_won() {
     snapshot("rebase_remote_won_replace", &outcome);
 }
 
+/// SQLite copies every resolved conflict into the rebase buffer only when asked: without
+/// `rebase_buffer()` the same resolutions leave it empty (and the apply is the same).
+#[tokio::test]
+async fn the_rebase_buffer_is_only_kept_when_asked_for() {
+    let remote_and_target = || async {
+        let (here, d1) = file_db().await;
+        let (there, d2) = file_db().await;
+        for db in [&here, &there] {
+            db.execute_batch(BASE).await.unwrap();
+        }
+        here.execute_batch("UPDATE doc SET title = 'ours' WHERE id = 1")
+            .await
+            .unwrap();
+        let remote = captured(
+            &there,
+            &["doc"],
+            "UPDATE doc SET title = 'theirs' WHERE id = 1",
+        )
+        .await;
+        (here, remote, [d1, d2])
+    };
+    let (plain_db, remote, _d1) = remote_and_target().await;
+    let plain = apply(&plain_db, &remote)
+        .on_conflict(|_| ConflictAction::Omit)
+        .await
+        .unwrap();
+    let (asked_db, remote, _d2) = remote_and_target().await;
+    let asked = apply(&asked_db, &remote)
+        .on_conflict(|_| ConflictAction::Omit)
+        .rebase_buffer()
+        .await
+        .unwrap();
+    assert_eq!((plain.omitted, asked.omitted), (1, 1));
+    assert!(plain.rebase.is_empty());
+    assert!(!asked.rebase.is_empty());
+    assert_eq!(dump(&plain_db, "doc").await, dump(&asked_db, "doc").await);
+}
+
 #[tokio::test]
 async fn without_rebasing_the_local_changes_conflict_on_the_other_side() {
     let (here, _d1) = file_db().await;
@@ -139,6 +178,7 @@ async fn a_patchset_apply_has_an_empty_rebase_buffer_even_with_omitted_conflicts
     // The row is gone already: the delete conflicts, and the handler omits it.
     let report = apply(&db, &ps)
         .on_conflict(|_| ConflictAction::Omit)
+        .rebase_buffer()
         .await
         .unwrap();
     assert_eq!(report.omitted, 1);
@@ -151,7 +191,7 @@ async fn an_apply_without_resolved_conflicts_has_an_empty_rebase_buffer() {
     db.execute_batch(BASE).await.unwrap();
     let cs = captured(&db, &["doc"], "DELETE FROM doc WHERE id = 2").await;
     apply(&db, &cs.invert().unwrap()).await.unwrap();
-    let report = apply(&db, &cs).await.unwrap();
+    let report = apply(&db, &cs).rebase_buffer().await.unwrap();
     assert!(report.rebase.is_empty());
     let mut rebaser = Rebaser::new().unwrap();
     rebaser.configure(&report.rebase).unwrap();
