@@ -195,9 +195,9 @@ impl SqliteSession {
 
     /// Runs one statement's `body` on a connection: the pinned one, or for a pool-backed session
     /// a parked or newly taken connection, which is parked again after the statement.
-    async fn run<'a, R>(
-        &'a self,
-        body: impl FnOnce(PinnedGuard) -> liteorm_core::BoxFuture<'a, Result<R>>,
+    async fn run<R, F: Future<Output = Result<R>>>(
+        &self,
+        body: impl FnOnce(PinnedGuard) -> F,
     ) -> Result<R> {
         match &self.target {
             Target::Pinned(slot) => {
@@ -234,36 +234,32 @@ impl Session for SqliteSession {
     }
 
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.run(|mut guard| {
-            Box::pin(async move {
-                if let Some(changes) = guard.execute_inline(sql, params).await? {
-                    return Ok(changes);
-                }
-                let query =
-                    sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
-                let done = guard.connection().execute(query).await;
-                guard.sqlx_result(done).map(|done| done.rows_affected())
-            })
+        self.run(|mut guard| async move {
+            if let Some(changes) = guard.execute_inline(sql, params).await? {
+                return Ok(changes);
+            }
+            let query =
+                sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
+            let done = guard.connection().execute(query).await;
+            guard.sqlx_result(done).map(|done| done.rows_affected())
         })
         .await
     }
 
     async fn execute_batch(&self, sql: &str) -> Result<()> {
-        self.run(|mut guard| Box::pin(async move { guard.execute_batch(sql).await }))
+        self.run(|mut guard| async move { guard.execute_batch(sql).await })
             .await
     }
 
     async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.run(|mut guard| {
-            Box::pin(async move {
-                if let Some(rows) = guard.query_inline(sql, params).await? {
-                    return Ok(rows);
-                }
-                let query =
-                    sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
-                let rows = guard.connection().fetch_all(query).await;
-                convert::rows(guard.sqlx_result(rows)?)
-            })
+        self.run(|mut guard| async move {
+            if let Some(rows) = guard.query_inline(sql, params).await? {
+                return Ok(rows);
+            }
+            let query =
+                sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
+            let rows = guard.connection().fetch_all(query).await;
+            convert::rows(guard.sqlx_result(rows)?)
         })
         .await
     }
