@@ -431,15 +431,22 @@ impl Statement {
         collect: bool,
         busy_to_sqlx: bool,
     ) -> Option<Result<(u64, Vec<Row>), Error>> {
-        let stmt = self.stmt.as_ptr();
-        // SAFETY: the caller's promise for every call below; the statement is reset when this
-        // returns, so no step is left half-way.
-        unsafe {
-            let result = self.bind_and_step(db, params, collect, busy_to_sqlx);
-            ffi::sqlite3_reset(stmt);
-            ffi::sqlite3_clear_bindings(stmt);
-            result
+        /// Resets the statement and clears its bindings when `run` returns or unwinds: no
+        /// step is left half-way, and SQLite holds no pointer into `params` afterwards.
+        struct Reset(*mut ffi::sqlite3_stmt);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                // SAFETY: `run`'s caller's promise: the statement is live and its connection
+                // locked for us.
+                unsafe {
+                    ffi::sqlite3_reset(self.0);
+                    ffi::sqlite3_clear_bindings(self.0);
+                }
+            }
         }
+        let _reset = Reset(self.stmt.as_ptr());
+        // SAFETY: the caller's promise.
+        unsafe { self.bind_and_step(db, params, collect, busy_to_sqlx) }
     }
 
     /// # Safety
@@ -455,7 +462,9 @@ impl Statement {
         for (i, param) in params.iter().enumerate() {
             // `prepare` checked that the statement has `params.len()` parameters, a c_int.
             let index = c_int::try_from(i + 1).unwrap_or(c_int::MAX);
-            // SAFETY: the caller's promise; SQLITE_TRANSIENT makes SQLite copy text and blobs.
+            // SAFETY: the caller's promise. Text and blobs are bound without a copy
+            // (SQLITE_STATIC): `params` outlives `run`, which clears the bindings before it
+            // returns. An empty one is copied, so that SQLite never keeps a dangling pointer.
             let rc = unsafe {
                 match param {
                     Value::Null => ffi::sqlite3_bind_null(stmt, index),
@@ -466,7 +475,7 @@ impl Statement {
                         index,
                         v.as_ptr().cast(),
                         v.len() as u64,
-                        ffi::SQLITE_TRANSIENT(),
+                        borrowed(v.len()),
                         UTF8,
                     ),
                     Value::Blob(v) => ffi::sqlite3_bind_blob64(
@@ -474,7 +483,7 @@ impl Statement {
                         index,
                         v.as_ptr().cast(),
                         v.len() as u64,
-                        ffi::SQLITE_TRANSIENT(),
+                        borrowed(v.len()),
                     ),
                 }
             };
@@ -520,6 +529,16 @@ impl Statement {
         // SAFETY: the caller's promise. sqlx reports `sqlite3_changes` after the statement.
         let changes = unsafe { ffi::sqlite3_changes(db.as_ptr()) };
         Some(Ok((u64::try_from(changes).unwrap_or(0), rows)))
+    }
+}
+
+/// The destructor to bind `len` bytes that outlive the statement's use of them with: none
+/// (SQLITE_STATIC), or for an empty value, whose pointer may dangle, a copy (SQLITE_TRANSIENT).
+fn borrowed(len: usize) -> ffi::sqlite3_destructor_type {
+    if len == 0 {
+        ffi::SQLITE_TRANSIENT()
+    } else {
+        ffi::SQLITE_STATIC()
     }
 }
 
