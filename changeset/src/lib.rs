@@ -16,7 +16,7 @@
 //! - [`Diff`]: the changeset between a table of another database and the one in `main`.
 //! - [`Changegroup`]: many changesets merged into one, optionally conformed to a schema.
 //! - [`Apply`] flags (invert, no savepoint, ignore no-ops, FK no action) and a [`Rebaser`] fed
-//!   by the [`RebaseBuffer`] every apply returns.
+//!   by the [`RebaseBuffer`] an apply returns when asked ([`Apply::rebase_buffer`]).
 //! - [`stream`]: apply, invert, concat, merge and iterate changesets over `Read`/`Write` in
 //!   bounded memory.
 //!

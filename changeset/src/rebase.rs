@@ -10,9 +10,11 @@ use crate::format::{Checker, Section};
 use crate::{Changeset, Error, format};
 
 /// How an apply resolved its conflicts, in SQLite's rebase format: what a [`Rebaser`] needs to
-/// rebase local changes over the changes that were applied. Every apply returns one in
-/// [`ApplyReport::rebase`](crate::ApplyReport::rebase); it is empty when no conflict was resolved
-/// with `Omit` or `Replace` (and always for a patchset). Owned, `Send + Sync`, cheap to clone.
+/// rebase local changes over the changes that were applied. An apply returns one in
+/// [`ApplyReport::rebase`](crate::ApplyReport::rebase) when asked with
+/// [`Apply::rebase_buffer`](crate::Apply::rebase_buffer); it is empty otherwise, when no conflict
+/// was resolved with `Omit` or `Replace`, and always for a patchset. Owned, `Send + Sync`, cheap
+/// to clone.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct RebaseBuffer(Arc<[u8]>);
 
