@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use libsqlite3_sys as ffi;
 use liteorm_core::{Error, Row, Value};
+use rustc_hash::FxHashMap;
 use sqlx::sqlite::LockedSqliteHandle;
 
 use crate::DIALECT;
@@ -35,7 +36,11 @@ const CACHE_MAX: usize = 64;
 /// worker.
 pub(crate) struct RawLock {
     /// Declared before `_handle`, so dropped (finalized) while the handle is still locked.
-    statements: HashMap<Box<str>, Option<Statement>>,
+    /// `None` for SQL that cannot run inline.
+    statements: Vec<Option<Statement>>,
+    /// Where the statement of each SQL text is in `statements` (looked up on every statement,
+    /// so with a fast hash: the keys are the application's own SQL).
+    by_sql: FxHashMap<Box<str>, usize>,
     /// Values read from the schema, kept while it does not change (see `schema_memo`).
     schema: SchemaMemo,
     db: NonNull<ffi::sqlite3>,
@@ -71,7 +76,8 @@ impl RawLock {
     /// on it through sqlx (nor is it closed or returned to the pool) until the value is dropped.
     pub(crate) unsafe fn new(mut handle: LockedSqliteHandle<'static>) -> Self {
         RawLock {
-            statements: HashMap::new(),
+            statements: Vec::new(),
+            by_sql: FxHashMap::default(),
             schema: SchemaMemo::default(),
             db: handle.as_raw_handle(),
             _handle: handle,
@@ -321,15 +327,21 @@ impl RawLock {
     /// The cached statement for `sql`, prepared on first use; `None` if `sql` is not exactly
     /// one statement with positional parameters only, or does not prepare.
     fn cached(&mut self, sql: &str) -> Option<&mut Statement> {
-        if !self.statements.contains_key(sql) {
-            if self.statements.len() >= CACHE_MAX {
-                self.statements.clear();
+        let index = match self.by_sql.get(sql) {
+            Some(&index) => index,
+            None => {
+                if self.statements.len() >= CACHE_MAX {
+                    self.by_sql.clear();
+                    self.statements.clear();
+                }
+                // SAFETY: `self.db` is valid and locked for us.
+                let statement = unsafe { Statement::prepare(self.db, sql) };
+                self.statements.push(statement);
+                self.by_sql.insert(sql.into(), self.statements.len() - 1);
+                self.statements.len() - 1
             }
-            // SAFETY: `self.db` is valid and locked for us.
-            let statement = unsafe { Statement::prepare(self.db, sql) };
-            self.statements.insert(sql.into(), statement);
-        }
-        self.statements.get_mut(sql)?.as_mut()
+        };
+        self.statements.get_mut(index)?.as_mut()
     }
 }
 
