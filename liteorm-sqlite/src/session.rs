@@ -201,8 +201,11 @@ impl SqliteSession {
     ) -> Result<R> {
         match &self.target {
             Target::Pinned(slot) => {
-                let guard = PinnedGuard::new_from(Arc::clone(slot).lock_owned().await)?;
-                body(guard).await
+                let held = match Arc::clone(slot).try_lock_owned() {
+                    Ok(held) => held,
+                    Err(_) => Arc::clone(slot).lock_owned().await,
+                };
+                body(PinnedGuard::new_from(held)?).await
             }
             Target::Pool(_) => {
                 let pinned = self.pin().await?;
