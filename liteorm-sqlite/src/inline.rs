@@ -217,15 +217,10 @@ impl RawLock {
     /// `sqlite3_busy_handler` (which may wait).
     fn busy_timeout(&mut self) -> Option<c_int> {
         let stmt = self.cached("PRAGMA busy_timeout")?.stmt.as_ptr();
-        // SAFETY: `stmt` is a live statement of `self.db`, which is locked for us; it is reset
-        // before anything else runs. The pragma touches no file.
-        let timeout = unsafe {
-            let row = ffi::sqlite3_step(stmt) == ffi::SQLITE_ROW;
-            let timeout = ffi::sqlite3_column_int(stmt, 0);
-            ffi::sqlite3_reset(stmt);
-            row.then_some(timeout)
-        };
-        timeout.filter(|&t| t > 0)
+        // SAFETY: `stmt` is a live statement of `self.db`, which is locked for us. The pragma
+        // touches no file.
+        let timeout = unsafe { pragma_value(stmt) }?;
+        c_int::try_from(timeout).ok().filter(|&t| t > 0)
     }
 
     /// What `read` returns for `key` in `namespace`: kept from an earlier call if the schema
@@ -313,14 +308,11 @@ impl RawLock {
     /// `None` if it cannot run.
     fn watch_step(&mut self) -> Option<(i64, c_int)> {
         let stmt = self.schema.watch.as_ref()?.stmt.as_ptr();
-        // SAFETY: `stmt` is a live statement of `self.db`, which is locked for us; it is reset
-        // before anything else runs.
+        // SAFETY: `stmt` is a live statement of `self.db`, which is locked for us.
         unsafe {
-            let row = ffi::sqlite3_step(stmt) == ffi::SQLITE_ROW;
-            let cookie = ffi::sqlite3_column_int64(stmt, 0);
-            ffi::sqlite3_reset(stmt);
+            let cookie = pragma_value(stmt)?;
             let reprepared = ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
-            row.then_some((cookie, reprepared))
+            Some((cookie, reprepared))
         }
     }
 
@@ -359,6 +351,20 @@ unsafe fn may_wait(db: NonNull<ffi::sqlite3>) -> bool {
     }
     // SAFETY: the caller's promise.
     unsafe { is_file(db) }
+}
+
+/// Steps `stmt`, a pragma that returns one integer, and resets it; `None` if it returned no row.
+///
+/// # Safety
+/// `stmt` is a live statement whose connection is locked for us.
+unsafe fn pragma_value(stmt: *mut ffi::sqlite3_stmt) -> Option<i64> {
+    // SAFETY: the caller's promise; the statement is reset before anything else runs.
+    unsafe {
+        let row = ffi::sqlite3_step(stmt) == ffi::SQLITE_ROW;
+        let value = ffi::sqlite3_column_int64(stmt, 0);
+        ffi::sqlite3_reset(stmt);
+        row.then_some(value)
+    }
 }
 
 /// Whether `main` of `db` is a file database.
