@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use changeset::{ChangeOp, ConflictAction};
+use liteorm_changeset::{ChangeOp, ConflictAction};
 use liteorm_core::{Session, Value};
 use tokio::runtime::Runtime;
 
@@ -86,7 +86,9 @@ fn decode_raw(blob: &[u8]) -> BenchResult<Vec<Replay>> {
 }
 
 /// Decodes the changeset for liteorm's replay: statement and parameters per change.
-fn decode_lite(changes: &changeset::Changeset) -> BenchResult<Vec<(&'static str, Vec<Value>)>> {
+fn decode_lite(
+    changes: &liteorm_changeset::Changeset,
+) -> BenchResult<Vec<(&'static str, Vec<Value>)>> {
     let get = |side: &[Option<Value>], i: usize, what: &str| -> BenchResult<Value> {
         side.get(i)
             .cloned()
@@ -203,9 +205,9 @@ fn raw_rep(mode: DbMode, n: i64, inserts: &[RowData]) -> BenchResult<Rep> {
 
 async fn lite_rep(mode: DbMode, n: i64, inserts: &[[Value; 5]]) -> BenchResult<Rep> {
     let source = LiteDb::populated(mode, n).await?;
-    let cs = changeset::capture(&source.session, &["t"], |s| async move {
+    let cs = liteorm_changeset::capture(&source.session, &["t"], |s| async move {
         lite::mix(&s, inserts).await?;
-        Ok::<_, changeset::Error>(())
+        Ok::<_, liteorm_changeset::Error>(())
     })
     .await?;
     let mixed = source.with_raw(fingerprint).await?;
@@ -216,13 +218,13 @@ async fn lite_rep(mode: DbMode, n: i64, inserts: &[[Value; 5]]) -> BenchResult<R
     let calls = Arc::new(AtomicU64::new(0));
     let abort_counting = |calls: &Arc<AtomicU64>| {
         let calls = Arc::clone(calls);
-        move |_: &changeset::Conflict| {
+        move |_: &liteorm_changeset::Conflict| {
             calls.fetch_add(1, Ordering::Relaxed);
             ConflictAction::Abort
         }
     };
     let start = Instant::now();
-    let report = changeset::apply(&target.session, &cs)
+    let report = liteorm_changeset::apply(&target.session, &cs)
         .on_conflict(abort_counting(&calls))
         .await?;
     let apply = ms(start.elapsed());
@@ -235,7 +237,7 @@ async fn lite_rep(mode: DbMode, n: i64, inserts: &[[Value; 5]]) -> BenchResult<R
     let inverse = cs.invert()?;
     let invert = ms(start.elapsed());
     let start = Instant::now();
-    let inverse_report = changeset::apply(&target.session, &inverse)
+    let inverse_report = liteorm_changeset::apply(&target.session, &inverse)
         .on_conflict(abort_counting(&calls))
         .await?;
     let invert_apply = ms(start.elapsed());

@@ -127,9 +127,9 @@ async fn lite_rep(mode: DbMode, n: i64, inserts: &[[Value; 5]]) -> BenchResult<R
 
     let db = LiteDb::populated(mode, n).await?;
     let start = Instant::now();
-    let changeset = changeset::capture(&db.session, &["t"], |s| async move {
+    let changeset = liteorm_changeset::capture(&db.session, &["t"], |s| async move {
         lite::mix(&s, inserts).await?;
-        Ok::<_, changeset::Error>(())
+        Ok::<_, liteorm_changeset::Error>(())
     })
     .await?;
     let capture = ms(start.elapsed());
@@ -137,11 +137,11 @@ async fn lite_rep(mode: DbMode, n: i64, inserts: &[[Value; 5]]) -> BenchResult<R
 
     let db = LiteDb::populated(mode, n).await?;
     let start = Instant::now();
-    let patchset = changeset::Capture::new(&db.session)
+    let patchset = liteorm_changeset::Capture::new(&db.session)
         .tables(["t"])
         .patchset(|s| async move {
             lite::mix(&s, inserts).await?;
-            Ok::<_, changeset::Error>(())
+            Ok::<_, liteorm_changeset::Error>(())
         })
         .await?;
     let capture_patchset = ms(start.elapsed());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use changeset::{ConflictAction, ConflictKind};
+use liteorm_changeset::{ConflictAction, ConflictKind};
 use liteorm_core::Session;
 use tokio::runtime::Runtime;
 
@@ -35,11 +35,14 @@ pub(crate) fn raw_updates(mode: DbMode, n: i64) -> BenchResult<Vec<u8>> {
 }
 
 /// The same changeset, recorded through liteorm.
-pub(crate) async fn lite_updates(mode: DbMode, n: i64) -> BenchResult<changeset::Changeset> {
+pub(crate) async fn lite_updates(
+    mode: DbMode,
+    n: i64,
+) -> BenchResult<liteorm_changeset::Changeset> {
     let source = LiteDb::populated(mode, n).await?;
-    let cs = changeset::capture(&source.session, &["t"], |s| async move {
+    let cs = liteorm_changeset::capture(&source.session, &["t"], |s| async move {
         s.execute(MIX_UPDATE, &[]).await?;
-        Ok::<_, changeset::Error>(())
+        Ok::<_, liteorm_changeset::Error>(())
     })
     .await?;
     source.close().await;
@@ -88,7 +91,7 @@ fn raw_rep(mode: DbMode, n: i64) -> BenchResult<Rep> {
 /// it takes the lazy view of `on_conflict_ref`, as an application handler like it would.
 fn omit_data(
     calls: &Arc<AtomicU64>,
-) -> impl for<'c> FnMut(&changeset::ConflictRef<'c>) -> ConflictAction + Send + 'static {
+) -> impl for<'c> FnMut(&liteorm_changeset::ConflictRef<'c>) -> ConflictAction + Send + 'static {
     let calls = Arc::clone(calls);
     move |conflict| {
         calls.fetch_add(1, Ordering::Relaxed);
@@ -108,7 +111,7 @@ async fn lite_rep(mode: DbMode, n: i64) -> BenchResult<Rep> {
     target.session.execute(CONFLICT_SETUP, &[]).await?;
     let calls = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let report = changeset::apply(&target.session, &cs)
+    let report = liteorm_changeset::apply(&target.session, &cs)
         .on_conflict_ref(omit_data(&calls))
         .await?;
     let apply = ms(start.elapsed());
@@ -126,7 +129,7 @@ async fn lite_rep(mode: DbMode, n: i64) -> BenchResult<Rep> {
     let clean_db = LiteDb::populated(mode, n).await?;
     let clean_calls = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    changeset::apply(&clean_db.session, &cs)
+    liteorm_changeset::apply(&clean_db.session, &cs)
         .on_conflict_ref(omit_data(&clean_calls))
         .await?;
     let clean = ms(start.elapsed());

@@ -102,9 +102,9 @@ async fn lite_rep(mode: DbMode, rows: &[[Value; 5]]) -> BenchResult<Rep> {
     let (mut session, mut bytes) = (Vec::with_capacity(rows.len()), Vec::new());
     for row in rows {
         let start = Instant::now();
-        let cs = changeset::capture(&db.session, &["t"], |s| async move {
+        let cs = liteorm_changeset::capture(&db.session, &["t"], |s| async move {
             s.execute(INSERT, row).await?;
-            Ok::<_, changeset::Error>(())
+            Ok::<_, liteorm_changeset::Error>(())
         })
         .await?;
         let len = cs.len();
@@ -114,9 +114,9 @@ async fn lite_rep(mode: DbMode, rows: &[[Value; 5]]) -> BenchResult<Rep> {
     }
     // The per-transaction changeset is dropped inside the timer; check one outside it.
     let extra = lite::values(&RowData::new(expected + 1));
-    let one = changeset::capture(&db.session, &["t"], |s| async move {
+    let one = liteorm_changeset::capture(&db.session, &["t"], |s| async move {
         s.execute(INSERT, &extra).await?;
-        Ok::<_, changeset::Error>(())
+        Ok::<_, liteorm_changeset::Error>(())
     })
     .await?;
     let counts = count_ops(one.as_bytes())?;

@@ -94,7 +94,7 @@ fn lite_rep(rt: &Runtime, mode: DbMode, n: i64) -> BenchResult<Rep> {
     let session = target.session.clone();
     let blob = cs.clone();
     let start = Instant::now();
-    let task = rt.spawn(async move { changeset::apply(&session, &blob).await });
+    let task = rt.spawn(async move { liteorm_changeset::apply(&session, &blob).await });
     let report = rt.block_on(task)??;
     let apply = ms(start.elapsed());
     stop.store(true, Ordering::Relaxed);

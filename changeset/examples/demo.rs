@@ -4,7 +4,7 @@
 //! Run with `cargo run -p liteorm-changeset --example demo [DIR]` (files go to DIR, default a
 //! fresh temporary directory).
 
-use changeset::{Change, ChangeOp, ConflictAction, ConflictKind, apply, capture};
+use liteorm_changeset::{Change, ChangeOp, ConflictAction, ConflictKind, apply, capture};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
 
@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[3.into(), "cy".into(), 0.into()],
         )
         .await?;
-        Ok::<_, changeset::Error>(())
+        Ok::<_, liteorm_changeset::Error>(())
     })
     .await?;
     println!("\ncaptured a changeset of {} bytes:", changes.len());

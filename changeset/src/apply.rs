@@ -287,18 +287,18 @@ type Filter = Box<dyn FnMut(&str) -> bool + Send>;
 /// rebase buffer of its conflict resolutions in [`ApplyReport::rebase`].
 ///
 /// ```
-/// use changeset::{ConflictAction, apply, capture};
+/// use liteorm_changeset::{ConflictAction, apply, capture};
 /// use liteorm_core::Session;
 /// use liteorm_sqlite::SqliteSession;
 ///
 /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-/// # async fn main() -> Result<(), changeset::Error> {
+/// # async fn main() -> Result<(), liteorm_changeset::Error> {
 /// let db = SqliteSession::open_in_memory().await?;
 /// db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a')")
 ///     .await?;
 /// let delete = capture(&db, &["t"], |s| async move {
 ///     s.execute("DELETE FROM t WHERE id = 1", &[]).await?;
-///     Ok::<_, changeset::Error>(())
+///     Ok::<_, liteorm_changeset::Error>(())
 /// })
 /// .await?;
 ///
@@ -458,9 +458,9 @@ impl<'a> Apply<'a> {
     /// decisions depend on the conflict kind or the table alone. Replaces a handler set before.
     ///
     /// ```
-    /// use changeset::{ConflictAction, ConflictKind};
-    /// # async fn demo(db: &dyn liteorm_core::Session, cs: &changeset::Changeset) -> Result<(), changeset::Error> {
-    /// let report = changeset::apply(db, cs)
+    /// use liteorm_changeset::{ConflictAction, ConflictKind};
+    /// # async fn demo(db: &dyn liteorm_core::Session, cs: &liteorm_changeset::Changeset) -> Result<(), liteorm_changeset::Error> {
+    /// let report = liteorm_changeset::apply(db, cs)
     ///     .on_conflict_ref(|c| match (c.kind, c.table()) {
     ///         (ConflictKind::Data, Some("cache")) => ConflictAction::Replace,
     ///         (ConflictKind::Data | ConflictKind::NotFound, _) => ConflictAction::Omit,

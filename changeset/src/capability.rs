@@ -15,7 +15,7 @@ pub const SQLITE_BUILD_VERSION: &str = env!("LITEORM_CHANGESET_SQLITE_VERSION");
 /// [`Capability::is_available`] first to pick another path instead.
 ///
 /// ```
-/// use changeset::Capability;
+/// use liteorm_changeset::Capability;
 ///
 /// for capability in Capability::ALL {
 ///     println!(

@@ -60,12 +60,12 @@ where
 /// been recorded so far.
 ///
 /// ```
-/// use changeset::Capture;
+/// use liteorm_changeset::Capture;
 /// use liteorm_core::Session;
 /// use liteorm_sqlite::SqliteSession;
 ///
 /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-/// # async fn main() -> Result<(), changeset::Error> {
+/// # async fn main() -> Result<(), liteorm_changeset::Error> {
 /// let db = SqliteSession::open_in_memory().await?;
 /// db.execute_batch(
 ///     "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT);
@@ -87,7 +87,7 @@ where
 ///         recorder.set_indirect(true).await?;
 ///         s.execute("INSERT INTO users VALUES (2, 'bob')", &[]).await?;
 ///         assert!(!recorder.is_empty().await?);
-///         Ok::<_, changeset::Error>(())
+///         Ok::<_, liteorm_changeset::Error>(())
 ///     })
 ///     .await?;
 /// let mut recorded: Vec<_> = changes

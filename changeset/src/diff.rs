@@ -25,12 +25,12 @@ const ALIAS: &str = "liteorm_diff";
 /// [`Error::SchemaMismatch`] saying how they differ.
 ///
 /// ```
-/// use changeset::{Diff, apply};
+/// use liteorm_changeset::{Diff, apply};
 /// use liteorm_core::Session;
 /// use liteorm_sqlite::SqliteSession;
 ///
 /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-/// # async fn main() -> Result<(), changeset::Error> {
+/// # async fn main() -> Result<(), liteorm_changeset::Error> {
 /// let dir = tempfile::tempdir()?;
 /// let path = |name| dir.path().join(name).to_string_lossy().into_owned();
 /// let live = SqliteSession::open(&path("live.db")).await?;

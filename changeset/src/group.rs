@@ -24,12 +24,12 @@ use crate::{Error, gate};
 /// [`stream::merge`](crate::stream::merge).
 ///
 /// ```
-/// use changeset::{Changegroup, Changeset, capture};
+/// use liteorm_changeset::{Changegroup, Changeset, capture};
 /// use liteorm_core::Session;
 /// use liteorm_sqlite::SqliteSession;
 ///
 /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-/// # async fn main() -> Result<(), changeset::Error> {
+/// # async fn main() -> Result<(), liteorm_changeset::Error> {
 /// let db = SqliteSession::open_in_memory().await?;
 /// db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").await?;
 /// let mut steps = Vec::new();
@@ -40,7 +40,7 @@ use crate::{Error, gate};
 /// ] {
 ///     steps.push(capture(&db, &["t"], move |s| async move {
 ///         s.execute(sql, &[]).await?;
-///         Ok::<_, changeset::Error>(())
+///         Ok::<_, liteorm_changeset::Error>(())
 ///     }).await?);
 /// }
 ///
@@ -51,7 +51,7 @@ use crate::{Error, gate};
 /// assert_eq!(changes[0].new[1], Some("c".into()));
 ///
 /// // Or pick changes one by one (SQLite 3.46+).
-/// if changeset::Capability::ChangegroupAddChange.is_available() {
+/// if liteorm_changeset::Capability::ChangegroupAddChange.is_available() {
 ///     let mut group = Changegroup::new()?;
 ///     group.add_filtered(&steps[0], |change| change.primary_key() == [2.into()])?;
 ///     assert_eq!(group.output()?.changes()?.len(), 1);

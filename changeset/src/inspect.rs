@@ -162,18 +162,18 @@ pub(crate) fn to_sql(
 /// Column names per table, to render changes as SQL with real names.
 ///
 /// ```
-/// use changeset::{ColumnNames, capture};
+/// use liteorm_changeset::{ColumnNames, capture};
 /// use liteorm_core::Session;
 /// use liteorm_sqlite::SqliteSession;
 ///
 /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-/// # async fn main() -> Result<(), changeset::Error> {
+/// # async fn main() -> Result<(), liteorm_changeset::Error> {
 /// let db = SqliteSession::open_in_memory().await?;
 /// db.execute_batch("CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)").await?;
 /// let changes = capture(&db, &["users"], |s| async move {
 ///     s.execute("INSERT INTO users VALUES (1, 'ada')", &[]).await?;
 ///     s.execute("UPDATE users SET name = 'Ada' WHERE id = 1", &[]).await?;
-///     Ok::<_, changeset::Error>(())
+///     Ok::<_, liteorm_changeset::Error>(())
 /// })
 /// .await?;
 ///

@@ -24,12 +24,12 @@
 //! [`Error::Unsupported`] naming the version they need.
 //!
 //! ```
-//! use changeset::{ConflictAction, ConflictKind, apply, capture};
+//! use liteorm_changeset::{ConflictAction, ConflictKind, apply, capture};
 //! use liteorm_core::Session;
 //! use liteorm_sqlite::SqliteSession;
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-//! # async fn main() -> Result<(), changeset::Error> {
+//! # async fn main() -> Result<(), liteorm_changeset::Error> {
 //! let primary = SqliteSession::open_in_memory().await?;
 //! let replica = SqliteSession::open_in_memory().await?;
 //! for db in [&primary, &replica] {
@@ -39,7 +39,7 @@
 //! // Record what the closure does, through the pinned session it is handed.
 //! let changes = capture(&primary, &["users"], |s| async move {
 //!     s.execute("INSERT INTO users VALUES (?, ?)", &[1.into(), "ada".into()]).await?;
-//!     Ok::<_, changeset::Error>(())
+//!     Ok::<_, liteorm_changeset::Error>(())
 //! })
 //! .await?;
 //!

@@ -74,12 +74,12 @@ impl fmt::Debug for RebaseBuffer {
 /// other database converges on what this one has. Patchsets cannot be rebased.
 ///
 /// ```
-/// use changeset::{ConflictAction, Rebaser, apply, capture};
+/// use liteorm_changeset::{ConflictAction, Rebaser, apply, capture};
 /// use liteorm_core::Session;
 /// use liteorm_sqlite::SqliteSession;
 ///
 /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-/// # async fn main() -> Result<(), changeset::Error> {
+/// # async fn main() -> Result<(), liteorm_changeset::Error> {
 /// let here = SqliteSession::open_in_memory().await?;
 /// let there = SqliteSession::open_in_memory().await?;
 /// for db in [&here, &there] {
@@ -88,7 +88,7 @@ impl fmt::Debug for RebaseBuffer {
 /// }
 /// let edit = |db, title: &'static str| capture(db, &["doc"], move |s| async move {
 ///     s.execute("UPDATE doc SET title = ? WHERE id = 1", &[title.into()]).await?;
-///     Ok::<_, changeset::Error>(())
+///     Ok::<_, liteorm_changeset::Error>(())
 /// });
 /// let local = edit(&here, "ours").await?;
 /// let remote = edit(&there, "theirs").await?;
@@ -108,7 +108,7 @@ impl fmt::Debug for RebaseBuffer {
 /// # Ok(())
 /// # }
 ///
-/// async fn title(db: &SqliteSession) -> Result<String, changeset::Error> {
+/// async fn title(db: &SqliteSession) -> Result<String, liteorm_changeset::Error> {
 ///     Ok(db.query("SELECT title FROM doc", &[]).await?[0].try_get(0)?)
 /// }
 /// ```

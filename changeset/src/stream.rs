@@ -14,18 +14,18 @@
 //! [`Error::Invalid`] naming the change and byte offset, before SQLite can act on it.
 //!
 //! ```
-//! use changeset::{capture, stream};
+//! use liteorm_changeset::{capture, stream};
 //! use liteorm_core::Session;
 //! use liteorm_sqlite::SqliteSession;
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-//! # async fn main() -> Result<(), changeset::Error> {
+//! # async fn main() -> Result<(), liteorm_changeset::Error> {
 //! let dir = tempfile::tempdir()?;
 //! let db = SqliteSession::open_in_memory().await?;
 //! db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").await?;
 //! let changes = capture(&db, &["t"], |s| async move {
 //!     s.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')", &[]).await?;
-//!     Ok::<_, changeset::Error>(())
+//!     Ok::<_, liteorm_changeset::Error>(())
 //! })
 //! .await?;
 //! let path = dir.path().join("changes.bin");
@@ -212,18 +212,18 @@ fn mixed_kinds(checkers: [&Checker; 2]) -> Result<(), Error> {
 /// it on a blocking thread (`spawn_blocking`). It ends after the first error.
 ///
 /// ```
-/// # fn main() -> Result<(), changeset::Error> {
+/// # fn main() -> Result<(), liteorm_changeset::Error> {
 /// // One insert into t(id PRIMARY KEY, v): (1, 'ab').
 /// let bytes: &[u8] = b"T\x02\x01\x00t\x00\x12\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x03\x02ab";
-/// let ops: Vec<_> = changeset::stream::changes(bytes)?
+/// let ops: Vec<_> = liteorm_changeset::stream::changes(bytes)?
 ///     .map(|change| change.map(|c| (c.table.to_string(), c.op)))
 ///     .collect::<Result<_, _>>()?;
-/// assert_eq!(ops, [("t".to_owned(), changeset::ChangeOp::Insert)]);
+/// assert_eq!(ops, [("t".to_owned(), liteorm_changeset::ChangeOp::Insert)]);
 ///
 /// // A stream that stops in the middle of a change is an error, not a shorter changeset.
 /// let truncated = &bytes[..bytes.len() - 1];
-/// let last = changeset::stream::changes(truncated)?.last();
-/// assert!(matches!(last, Some(Err(changeset::Error::Invalid { .. }))));
+/// let last = liteorm_changeset::stream::changes(truncated)?.last();
+/// assert!(matches!(last, Some(Err(liteorm_changeset::Error::Invalid { .. }))));
 /// # Ok(())
 /// # }
 /// ```

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use changeset::{Capture, Changeset, ConflictAction, ConflictKind, Patchset};
+use liteorm_changeset::{Capture, Changeset, ConflictAction, ConflictKind, Patchset};
 use liteorm_core::Session;
 use liteorm_fuzz::{ApplyTarget, BASE_ROWS, SCHEMA, join_pair};
 use liteorm_sqlite::SqliteSession;
@@ -133,7 +133,7 @@ async fn changeset(db: &SqliteSession, sql: &'static str) -> Result<Changeset, E
     let cs = Capture::new(db)
         .changeset(|s| async move {
             s.execute_batch(sql).await?;
-            Ok::<_, changeset::Error>(())
+            Ok::<_, liteorm_changeset::Error>(())
         })
         .await?;
     Ok(cs)
@@ -143,7 +143,7 @@ async fn patchset(db: &SqliteSession, sql: &'static str) -> Result<Patchset, Err
     let ps = Capture::new(db)
         .patchset(|s| async move {
             s.execute_batch(sql).await?;
-            Ok::<_, changeset::Error>(())
+            Ok::<_, liteorm_changeset::Error>(())
         })
         .await?;
     Ok(ps)
@@ -221,11 +221,11 @@ async fn rebase_seeds() -> Result<Seeds, Error> {
                 continue;
             };
             let target = base().await?;
-            if changeset::apply(&target, &local).await.is_err() {
+            if liteorm_changeset::apply(&target, &local).await.is_err() {
                 continue;
             }
             let mut turn = 0_usize;
-            let Ok(report) = changeset::apply(&target, &remote)
+            let Ok(report) = liteorm_changeset::apply(&target, &remote)
                 .on_conflict(move |conflict| {
                     turn += 1;
                     match conflict.kind {

@@ -10,7 +10,7 @@
 
 use std::io::Read;
 
-use changeset::{
+use liteorm_changeset::{
     Apply, Change, ChangeOp, Changegroup, Changeset, ConflictAction, ConflictKind, Patchset,
     RebaseBuffer, Rebaser, apply, stream,
 };
@@ -275,7 +275,7 @@ fn group_of<C>(
     b: &C,
     filtered: bool,
     parity: usize,
-    validate: fn(&[u8]) -> changeset::Result<usize>,
+    validate: fn(&[u8]) -> liteorm_changeset::Result<usize>,
 ) where
     C: Counted,
     Changegroup<C>: Grouping<C>,
@@ -338,53 +338,53 @@ impl Counted for Patchset {
 /// The calls of [`Changegroup`] that [`group_of`] makes, for both kinds.
 pub trait Grouping<C>: Sized {
     /// `new`.
-    fn new_group() -> changeset::Result<Self>;
+    fn new_group() -> liteorm_changeset::Result<Self>;
     /// `add`.
-    fn add_one(&mut self, changes: &C) -> changeset::Result<&mut Self>;
+    fn add_one(&mut self, changes: &C) -> liteorm_changeset::Result<&mut Self>;
     /// `add_filtered`.
     fn add_some(
         &mut self,
         changes: &C,
         keep: &mut dyn FnMut(&Change) -> bool,
-    ) -> changeset::Result<&mut Self>;
+    ) -> liteorm_changeset::Result<&mut Self>;
     /// `output`, as bytes.
-    fn output_bytes(&self) -> changeset::Result<Vec<u8>>;
+    fn output_bytes(&self) -> liteorm_changeset::Result<Vec<u8>>;
 }
 
 impl Grouping<Changeset> for Changegroup<Changeset> {
-    fn new_group() -> changeset::Result<Self> {
+    fn new_group() -> liteorm_changeset::Result<Self> {
         Changegroup::new()
     }
-    fn add_one(&mut self, changes: &Changeset) -> changeset::Result<&mut Self> {
+    fn add_one(&mut self, changes: &Changeset) -> liteorm_changeset::Result<&mut Self> {
         self.add(changes)
     }
     fn add_some(
         &mut self,
         changes: &Changeset,
         keep: &mut dyn FnMut(&Change) -> bool,
-    ) -> changeset::Result<&mut Self> {
+    ) -> liteorm_changeset::Result<&mut Self> {
         self.add_filtered(changes, keep)
     }
-    fn output_bytes(&self) -> changeset::Result<Vec<u8>> {
+    fn output_bytes(&self) -> liteorm_changeset::Result<Vec<u8>> {
         self.output().map(|c| c.as_bytes().to_vec())
     }
 }
 
 impl Grouping<Patchset> for Changegroup<Patchset> {
-    fn new_group() -> changeset::Result<Self> {
+    fn new_group() -> liteorm_changeset::Result<Self> {
         Changegroup::new()
     }
-    fn add_one(&mut self, changes: &Patchset) -> changeset::Result<&mut Self> {
+    fn add_one(&mut self, changes: &Patchset) -> liteorm_changeset::Result<&mut Self> {
         self.add(changes)
     }
     fn add_some(
         &mut self,
         changes: &Patchset,
         keep: &mut dyn FnMut(&Change) -> bool,
-    ) -> changeset::Result<&mut Self> {
+    ) -> liteorm_changeset::Result<&mut Self> {
         self.add_filtered(changes, keep)
     }
-    fn output_bytes(&self) -> changeset::Result<Vec<u8>> {
+    fn output_bytes(&self) -> liteorm_changeset::Result<Vec<u8>> {
         self.output().map(|c| c.as_bytes().to_vec())
     }
 }

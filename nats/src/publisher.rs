@@ -84,7 +84,7 @@ impl Publisher {
             .cloned()
             // `ChangeLog::open` accepted it, so it is SQLite; keep the typed error regardless.
             .ok_or_else(|| {
-                liteorm_replication::Error::Changeset(changeset::Error::Unsupported {
+                liteorm_replication::Error::Changeset(liteorm_changeset::Error::Unsupported {
                     capability: "change log publishing",
                     dialect: primary.dialect(),
                 })

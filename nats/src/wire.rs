@@ -18,7 +18,7 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::StreamMessage;
 use bytes::Bytes;
-use changeset::Changeset;
+use liteorm_changeset::Changeset;
 use liteorm_replication::{EntryKind, LogEntry};
 
 use crate::{Error, Result};

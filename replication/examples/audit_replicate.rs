@@ -5,7 +5,7 @@
 //! Run with `cargo run -p liteorm-replication --example audit_replicate [DIR]` (files go to DIR,
 //! default a fresh temporary directory).
 
-use changeset::{ChangeOp, ConflictAction, ConflictKind};
+use liteorm_changeset::{ChangeOp, ConflictAction, ConflictKind};
 use liteorm_core::{Session, Value};
 use liteorm_replication::{
     ChangeLog, ConflictPolicy, Error, LogFilter, LogTableSource, Meta, Replica,

@@ -9,7 +9,7 @@ pub enum Error {
     Session(#[from] liteorm_core::Error),
     /// Capturing or applying a changeset failed.
     #[error(transparent)]
-    Changeset(#[from] changeset::Error),
+    Changeset(#[from] liteorm_changeset::Error),
     /// No log entry has this seq.
     #[error("no change log entry with seq {0}")]
     NoSuchEntry(u64),
@@ -28,7 +28,7 @@ pub enum Error {
         /// The entry that could not be applied.
         seq: u64,
         /// Why.
-        source: Box<changeset::Error>,
+        source: Box<liteorm_changeset::Error>,
     },
     /// An entry touches tables the replica does not have in a compatible form (missing, fewer
     /// columns, another primary key); the replica stopped before it.
@@ -37,7 +37,7 @@ pub enum Error {
         /// The entry that could not be applied.
         seq: u64,
         /// The tables and why each is incompatible.
-        tables: Vec<changeset::SkippedTable>,
+        tables: Vec<liteorm_changeset::SkippedTable>,
     },
     /// A stored log entry is malformed.
     #[error("corrupt change log entry {seq}: {reason}")]
@@ -52,7 +52,7 @@ pub enum Error {
     Source(String),
 }
 
-fn describe(tables: &[changeset::SkippedTable]) -> String {
+fn describe(tables: &[liteorm_changeset::SkippedTable]) -> String {
     let each: Vec<String> = tables
         .iter()
         .map(|t| format!("{} ({:?})", t.table, t.reason))

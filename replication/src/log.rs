@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use changeset::{ApplyReport, Capture, Changeset, apply};
+use liteorm_changeset::{ApplyReport, Capture, Changeset, apply};
 use liteorm_core::{Row, Session, Value};
 use liteorm_sqlite::SqliteSession;
 use tokio::sync::mpsc;
@@ -247,7 +247,7 @@ impl ChangeLog {
     where
         F: FnOnce(SqliteSession) -> Fut,
         Fut: Future<Output = Result<(), E>> + Send,
-        E: From<Error> + From<changeset::Error>,
+        E: From<Error> + From<liteorm_changeset::Error>,
     {
         self.record_as(meta, EntryKind::Change, f).await
     }
@@ -261,7 +261,7 @@ impl ChangeLog {
     where
         F: FnOnce(SqliteSession) -> Fut,
         Fut: Future<Output = Result<(), E>> + Send,
-        E: From<Error> + From<changeset::Error>,
+        E: From<Error> + From<liteorm_changeset::Error>,
     {
         let tx = self.db.begin_immediate().await.map_err(Error::from)?;
         let mut capture = Capture::new(tx.session());
@@ -445,7 +445,7 @@ pub(crate) fn sqlite(session: &dyn Session) -> Result<SqliteSession> {
         .downcast_ref::<SqliteSession>()
         .cloned()
         .ok_or_else(|| {
-            Error::Changeset(changeset::Error::Unsupported {
+            Error::Changeset(liteorm_changeset::Error::Unsupported {
                 capability: "change logs and replication",
                 dialect: session.dialect(),
             })

@@ -1,6 +1,6 @@
 //! A conflict policy per conflict kind, for reverts and replicas.
 
-use changeset::{Conflict, ConflictAction, ConflictKind};
+use liteorm_changeset::{Conflict, ConflictAction, ConflictKind};
 
 /// What to do for each kind of conflict. The default aborts on every kind, which stops a replica
 /// (or fails a revert) with an error naming the entry and changes nothing.

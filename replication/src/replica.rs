@@ -1,6 +1,6 @@
 //! The replica side: applying log entries in seq order, exactly once.
 
-use changeset::apply;
+use liteorm_changeset::apply;
 use liteorm_core::{Session, Transaction, Value};
 use liteorm_sqlite::{SqliteSession, SqliteTransaction};
 
@@ -118,7 +118,7 @@ impl Replica {
                     },
                 ));
             }
-            let stopped = |source: changeset::Error| {
+            let stopped = |source: liteorm_changeset::Error| {
                 (
                     i,
                     Error::Stopped {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use changeset::{ConflictAction, ConflictKind, Error, SkipReason, apply, capture};
+use liteorm_changeset::{ConflictAction, ConflictKind, Error, SkipReason, apply, capture};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
 use sqlx::sqlite::SqlitePoolOptions;
@@ -13,7 +13,7 @@ use sqlx::sqlite::SqlitePoolOptions;
 use crate::support::{captured, dump, file_db, seed};
 
 /// A changeset over `t` (seeded with 3 rows): update 1, delete 2, insert 4.
-async fn three_changes() -> changeset::Changeset {
+async fn three_changes() -> liteorm_changeset::Changeset {
     let (db, _dir) = file_db().await;
     seed(&db, 3).await;
     capture(&db, &["t"], |s| async move {
@@ -295,7 +295,10 @@ async fn incompatible_tables_are_skipped_and_reported() {
 /// changesets differ only in the size of one value.
 #[tokio::test]
 async fn a_large_blob_reports_what_a_small_one_reports() {
-    async fn applied(pad: i64, in_transaction: bool) -> (changeset::ApplyReport, Vec<Value>) {
+    async fn applied(
+        pad: i64,
+        in_transaction: bool,
+    ) -> (liteorm_changeset::ApplyReport, Vec<Value>) {
         let (src, _d1) = file_db().await;
         src.execute_batch(
             "CREATE TABLE t(id INTEGER PRIMARY KEY, v); CREATE TABLE gone(id INTEGER PRIMARY KEY); \
@@ -329,8 +332,8 @@ async fn a_large_blob_reports_what_a_small_one_reports() {
             .unwrap();
         fn applying<'a>(
             session: &'a dyn Session,
-            cs: &changeset::Changeset,
-        ) -> changeset::Apply<'a> {
+            cs: &liteorm_changeset::Changeset,
+        ) -> liteorm_changeset::Apply<'a> {
             apply(session, cs)
                 .filter(|table| table != "other")
                 .on_conflict(|_| ConflictAction::Replace)
@@ -436,7 +439,7 @@ async fn a_failed_apply_on_a_transaction_undoes_itself_and_keeps_the_transaction
 }
 
 /// A changeset inserting rows `1..=n` into `t`.
-async fn bulk_insert(n: i64) -> changeset::Changeset {
+async fn bulk_insert(n: i64) -> liteorm_changeset::Changeset {
     let (db, _dir) = file_db().await;
     seed(&db, 0).await;
     capture(&db, &["t"], move |s| async move {
@@ -522,11 +525,11 @@ async fn corrupt_bytes_are_rejected_before_anything_is_written() {
     let cs = three_changes().await;
     let mut bytes = cs.as_bytes().to_vec();
     bytes.truncate(bytes.len() - 3);
-    let err = changeset::Changeset::from_bytes(bytes).unwrap_err();
+    let err = liteorm_changeset::Changeset::from_bytes(bytes).unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
-    assert!(changeset::Changeset::from_bytes(b"garbage".to_vec()).is_err());
+    assert!(liteorm_changeset::Changeset::from_bytes(b"garbage".to_vec()).is_err());
     assert!(
-        changeset::Changeset::from_bytes(Vec::new()).is_ok(),
+        liteorm_changeset::Changeset::from_bytes(Vec::new()).is_ok(),
         "empty is a valid changeset"
     );
 }
@@ -540,7 +543,7 @@ async fn apply_sees_schema_changes_between_applies() {
         .await
         .unwrap();
     let other = db.pin().await.unwrap();
-    let cs = changeset::capture(&db, &["t"], |s: SqliteSession| async move {
+    let cs = liteorm_changeset::capture(&db, &["t"], |s: SqliteSession| async move {
         s.execute("INSERT INTO t VALUES (1, 'a')", &[]).await?;
         Ok::<_, Error>(())
     })
@@ -551,14 +554,14 @@ async fn apply_sees_schema_changes_between_applies() {
         .execute_batch("DELETE FROM t")
         .await
         .unwrap();
-    let report = changeset::apply(&db, &cs).await.unwrap();
+    let report = liteorm_changeset::apply(&db, &cs).await.unwrap();
     assert_eq!((report.applied, report.skipped_tables.len()), (1, 0));
     other
         .session()
         .execute_batch("DROP TABLE t; CREATE TABLE t(id, v, PRIMARY KEY(v))")
         .await
         .unwrap();
-    let report = changeset::apply(&db, &cs).await.unwrap();
+    let report = liteorm_changeset::apply(&db, &cs).await.unwrap();
     assert_eq!(report.applied, 0);
     assert_eq!(report.skipped_tables.len(), 1, "{report:?}");
     assert_eq!(
@@ -570,8 +573,11 @@ async fn apply_sees_schema_changes_between_applies() {
 
 /// A changeset inserting one row into `t` and one into `u`, and a target that has both tables
 /// (empty); the temporary directories live as long as the returned value.
-async fn two_table_changeset_and_target()
--> (changeset::Changeset, SqliteSession, [tempfile::TempDir; 2]) {
+async fn two_table_changeset_and_target() -> (
+    liteorm_changeset::Changeset,
+    SqliteSession,
+    [tempfile::TempDir; 2],
+) {
     let (src, d1) = file_db().await;
     seed(&src, 0).await;
     src.execute_batch("CREATE TABLE u(k TEXT PRIMARY KEY)")

@@ -1,7 +1,7 @@
 //! The `sqlite3changeset_apply_v2` flags on `Apply`: invert, no savepoint, ignore no-ops and
 //! foreign keys without actions, each with its version requirement.
 
-use changeset::{Capture, ConflictAction, ConflictKind, Error, apply};
+use liteorm_changeset::{Capture, ConflictAction, ConflictKind, Error, apply};
 use liteorm_core::Session;
 use liteorm_sqlite::SqliteSession;
 
@@ -44,7 +44,7 @@ async fn the_conflict_handler_sees_inverted_changes() {
     assert_eq!(conflict.kind, ConflictKind::Conflict);
     assert_eq!(
         conflict.change.as_ref().unwrap().op,
-        changeset::ChangeOp::Insert
+        liteorm_changeset::ChangeOp::Insert
     );
 }
 

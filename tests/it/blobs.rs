@@ -1,6 +1,6 @@
 //! Invert and concat: pure functions over the blob, no connection needed.
 
-use changeset::{ChangeOp, Changeset, Error, Patchset, apply};
+use liteorm_changeset::{ChangeOp, Changeset, Error, Patchset, apply};
 use liteorm_core::Value;
 
 use crate::support::{captured, dump, file_db, seed};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use changeset::{Capture, ChangeOp, Error, capture, live_session_objects};
+use liteorm_changeset::{Capture, ChangeOp, Error, capture, live_session_objects};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
 use sqlx::sqlite::SqlitePoolOptions;
@@ -242,7 +242,7 @@ async fn patchset_is_smaller_and_omits_old_values() {
         delete.old[1], None,
         "a patchset delete carries only the key"
     );
-    assert!(changeset::Changeset::from_bytes(ps.as_bytes().to_vec()).is_err());
+    assert!(liteorm_changeset::Changeset::from_bytes(ps.as_bytes().to_vec()).is_err());
 }
 
 #[tokio::test]
@@ -378,7 +378,12 @@ async fn tables_lists_each_changed_table_once_in_stored_order() {
     }
     assert_eq!(stored.len(), 2);
     assert_eq!(cs.tables().unwrap(), stored);
-    assert!(changeset::Changeset::default().tables().unwrap().is_empty());
+    assert!(
+        liteorm_changeset::Changeset::default()
+            .tables()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// A table check made inside a transaction that changed the schema and then rolled back must

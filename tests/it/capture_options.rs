@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use changeset::{
+use liteorm_changeset::{
     Capability, Capture, ChangeOp, ColumnNames, Error, Recorder, apply, live_session_objects,
 };
 use liteorm_core::{Session, Value};
@@ -11,7 +11,7 @@ use liteorm_core::{Session, Value};
 use crate::support::{db_path, dump, file_db, seed};
 
 /// (id, op, indirect) of every change, sorted by id.
-fn summary(cs: &changeset::Changeset) -> Vec<(i64, ChangeOp, bool)> {
+fn summary(cs: &liteorm_changeset::Changeset) -> Vec<(i64, ChangeOp, bool)> {
     let mut out: Vec<_> = cs
         .iter()
         .map(|c| {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use changeset::{ApplyReport, Conflict, ConflictAction, ConflictKind, apply};
+use liteorm_changeset::{ApplyReport, Conflict, ConflictAction, ConflictKind, apply};
 use liteorm_core::{Session, Value};
 use serde::Serialize;
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use changeset::{Changeset, apply};
+use liteorm_changeset::{Changeset, apply};
 
 use crate::support::{captured, dump, file_db, seed};
 
@@ -133,7 +133,7 @@ async fn liteorm_applies_a_changeset_the_sqlite3_shell_recorded() {
     let (again, _adir) = file_db().await;
     seed(&again, 6).await;
     let ours = captured(&again, &["t"], MIX).await;
-    let key = |c: &changeset::Change| {
+    let key = |c: &liteorm_changeset::Change| {
         (
             c.primary_key()[0].to_string(),
             format!("{:?}{:?}{:?}", c.op, c.old, c.new),

@@ -1,7 +1,7 @@
 //! Diff: the changeset that turns a table of another database into the one in `main`, from a
 //! file or an attached schema, and clear errors when the two do not match.
 
-use changeset::{Diff, Error, apply};
+use liteorm_changeset::{Diff, Error, apply};
 use liteorm_core::Session;
 use liteorm_sqlite::SqliteSession;
 
@@ -46,7 +46,7 @@ async fn a_diff_from_a_file_turns_it_into_main() {
         .await
         .unwrap();
     let mut sql: Vec<String> = cs
-        .to_sql(&changeset::ColumnNames::of(&live).await.unwrap())
+        .to_sql(&liteorm_changeset::ColumnNames::of(&live).await.unwrap())
         .unwrap()
         .lines()
         .map(String::from)
@@ -110,7 +110,7 @@ async fn a_diff_from_a_schema_attached_to_a_pinned_session() {
         .unwrap();
     let changes = cs.changes().unwrap();
     assert_eq!(changes.len(), 1);
-    assert_eq!(changes[0].op, changeset::ChangeOp::Delete);
+    assert_eq!(changes[0].op, liteorm_changeset::ChangeOp::Delete);
     // A pool session has no such schema on its connections.
     let err = Diff::from_schema(&live, "old")
         .changeset()

@@ -1,6 +1,6 @@
 //! The capability gate: changeset APIs on a dialect that is not SQLite give a typed error.
 
-use changeset::{Error, apply, capture};
+use liteorm_changeset::{Error, apply, capture};
 use liteorm_core::Dialect;
 use liteorm_tests::{MEM_DIALECT, MemSession};
 
@@ -34,7 +34,7 @@ async fn capture_on_another_dialect_is_unsupported_not_a_panic() {
 #[tokio::test]
 async fn apply_on_another_dialect_is_unsupported() {
     let db = MemSession::new();
-    let err = apply(&db, &changeset::Changeset::default())
+    let err = apply(&db, &liteorm_changeset::Changeset::default())
         .await
         .unwrap_err();
     assert!(
@@ -47,7 +47,7 @@ async fn apply_on_another_dialect_is_unsupported() {
 async fn a_transaction_of_another_dialect_is_unsupported_too() {
     let db = MemSession::new();
     let tx = liteorm_core::Session::begin(&db).await.unwrap();
-    let err = apply(tx.as_session(), &changeset::Changeset::default())
+    let err = apply(tx.as_session(), &liteorm_changeset::Changeset::default())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");

@@ -1,7 +1,7 @@
 //! Changegroups: merging many changesets or patchsets into one, picking single changes, and
 //! conforming changes recorded before a schema change to the current schema.
 
-use changeset::{Capture, Changegroup, Changeset, Error, Patchset, apply};
+use liteorm_changeset::{Capture, Changegroup, Changeset, Error, Patchset, apply};
 use liteorm_core::{Session, Value};
 
 use crate::support::{captured, dump, file_db, seed};

@@ -1,7 +1,7 @@
 //! Inspect: changes as typed entries, the stable JSON format and SQL rendering (snapshotted),
 //! the lazy iterator, and validation errors that name the change and byte.
 
-use changeset::{Capture, ChangeOp, Changeset, ColumnNames, Error, Patchset};
+use liteorm_changeset::{Capture, ChangeOp, Changeset, ColumnNames, Error, Patchset};
 use liteorm_core::{Session, Value};
 
 use crate::support::{captured, file_db, seed};
@@ -231,7 +231,7 @@ async fn column_names_of_another_dialect_is_unsupported() {
         .unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     // Without names a change still renders, by position.
-    let change = changeset::Change {
+    let change = liteorm_changeset::Change {
         table: "t".into(),
         op: ChangeOp::Delete,
         indirect: false,

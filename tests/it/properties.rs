@@ -3,7 +3,7 @@
 //! invert ∘ invert is the identity, applying the inverse restores the original, concat applies
 //! like both halves in order, and a patchset applies like the changeset.
 
-use changeset::{ApplyReport, Capture, ChangeOp, Changeset, Patchset, apply};
+use liteorm_changeset::{ApplyReport, Capture, ChangeOp, Changeset, Patchset, apply};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
 use proptest::prelude::*;
@@ -519,8 +519,9 @@ async fn run(db: &dyn Session, statements: &[Statement]) {
 
 fn writes(
     statements: Vec<Statement>,
-) -> impl FnOnce(SqliteSession) -> futures::future::BoxFuture<'static, Result<(), changeset::Error>>
-{
+) -> impl FnOnce(
+    SqliteSession,
+) -> futures::future::BoxFuture<'static, Result<(), liteorm_changeset::Error>> {
     move |s| {
         Box::pin(async move {
             for (sql, params) in &statements {
@@ -706,7 +707,7 @@ async fn without_rowid_integers_read_back_per_the_linked_sqlite() {
         WITHOUT ROWID";
     let source = SqliteSession::open_in_memory().await.unwrap();
     source.execute_batch(schema).await.unwrap();
-    let cs = changeset::capture(&source, &["t"], |s| async move {
+    let cs = liteorm_changeset::capture(&source, &["t"], |s| async move {
         s.execute("INSERT INTO t VALUES (?, NULL, NULL, '')", &[KEY.into()])
             .await?;
         s.execute(
@@ -714,7 +715,7 @@ async fn without_rowid_integers_read_back_per_the_linked_sqlite() {
             &[f64::NEG_INFINITY.into(), KEY.into()],
         )
         .await?;
-        Ok::<_, changeset::Error>(())
+        Ok::<_, liteorm_changeset::Error>(())
     })
     .await
     .unwrap();

@@ -1,7 +1,7 @@
 //! Rebasing: local changes rewritten with the conflict resolutions of an apply of remote changes
 //! apply cleanly on the remote side, and both sides converge.
 
-use changeset::{ColumnNames, ConflictAction, Error, RebaseBuffer, Rebaser, apply};
+use liteorm_changeset::{ColumnNames, ConflictAction, Error, RebaseBuffer, Rebaser, apply};
 use liteorm_core::{Session, Value};
 use serde::Serialize;
 
@@ -167,7 +167,7 @@ async fn without_rebasing_the_local_changes_conflict_on_the_other_side() {
 async fn a_patchset_apply_has_an_empty_rebase_buffer_even_with_omitted_conflicts() {
     let (db, _dir) = file_db().await;
     db.execute_batch(BASE).await.unwrap();
-    let ps = changeset::Capture::new(&db)
+    let ps = liteorm_changeset::Capture::new(&db)
         .tables(["doc"])
         .patchset(|s| async move {
             s.execute("DELETE FROM doc WHERE id = 2", &[]).await?;

@@ -2,7 +2,7 @@
 //! process, made SQLite read out of bounds, or broke an invariant of the apply report, and must
 //! now be refused by `from_bytes`, end in an error, or be handled and reported correctly.
 
-use changeset::{
+use liteorm_changeset::{
     ChangeOp, Changeset, ConflictAction, Error, Patchset, SkipReason, SkippedTable, apply,
 };
 use liteorm_core::Session;
@@ -310,7 +310,7 @@ async fn a_key_of_more_than_255_columns_applies_like_sqlite_records_it() {
     let insert = format!("INSERT INTO big VALUES ({})", values.join(", "));
     let source = SqliteSession::open_in_memory().await.unwrap();
     source.execute_batch(&schema).await.unwrap();
-    let cs = changeset::capture(&source, &["big"], move |s| async move {
+    let cs = liteorm_changeset::capture(&source, &["big"], move |s| async move {
         s.execute_batch(&insert).await?;
         Ok::<_, Error>(())
     })
@@ -349,9 +349,9 @@ const LOCAL_CHANGES_FOR_THAT_REBASE: &[u8] = b"T\x04\x01\x00\x00\x00t\x00\x09\x0
 
 #[test]
 fn rebase_over_resolutions_for_a_differently_keyed_table_is_refused() {
-    let buffer = changeset::RebaseBuffer::from_bytes(REBASE_BUFFER_WITH_OTHER_KEY).unwrap();
+    let buffer = liteorm_changeset::RebaseBuffer::from_bytes(REBASE_BUFFER_WITH_OTHER_KEY).unwrap();
     let local = Changeset::from_bytes(LOCAL_CHANGES_FOR_THAT_REBASE).unwrap();
-    let mut rebaser = changeset::Rebaser::new().unwrap();
+    let mut rebaser = liteorm_changeset::Rebaser::new().unwrap();
     rebaser.configure(&buffer).unwrap();
     match rebaser.rebase(&local) {
         Err(Error::SchemaMismatch { table, .. }) => assert_eq!(table, "pair"),
@@ -386,9 +386,9 @@ const LOCAL_CHANGES_REBASED_TO_A_NULL_KEY: &[u8] =
 
 #[test]
 fn a_rebase_that_would_write_a_null_key_is_an_error() {
-    let buffer = changeset::RebaseBuffer::from_bytes(REBASE_BUFFER_FOR_NULL_KEY).unwrap();
+    let buffer = liteorm_changeset::RebaseBuffer::from_bytes(REBASE_BUFFER_FOR_NULL_KEY).unwrap();
     let local = Changeset::from_bytes(LOCAL_CHANGES_REBASED_TO_A_NULL_KEY).unwrap();
-    let mut rebaser = changeset::Rebaser::new().unwrap();
+    let mut rebaser = liteorm_changeset::Rebaser::new().unwrap();
     rebaser.configure(&buffer).unwrap();
     match rebaser.rebase(&local) {
         Err(Error::Invalid { kind, reason, .. }) => {

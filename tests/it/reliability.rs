@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use changeset::{Capture, Changeset, ConflictAction, Error, apply};
+use liteorm_changeset::{Capture, Changeset, ConflictAction, Error, apply};
 use liteorm_core::{Session, Value};
 use liteorm_replication::{ChangeLog, LogFilter, Meta};
 use liteorm_sqlite::SqliteSession;
@@ -97,7 +97,7 @@ async fn reset(db: &SqliteSession) {
 /// `allowed` contents. Returns which.
 async fn settled(db: &SqliteSession, path: &str, allowed: &[&[Vec<Value>]]) -> usize {
     let start = Instant::now();
-    while changeset::live_session_objects(path) != 0 {
+    while liteorm_changeset::live_session_objects(path) != 0 {
         assert!(
             start.elapsed() < SETTLE,
             "a session object outlived its capture"
@@ -454,7 +454,7 @@ async fn conflict_handler_panicking_at_every_call_rolls_back() {
         db.execute_batch(DIVERGE).await.unwrap();
         let diverged = dump(&db, "t").await;
         let (count, call) = calls(usize::MAX);
-        let handler = move |_: &changeset::Conflict| {
+        let handler = move |_: &liteorm_changeset::Conflict| {
             call();
             ConflictAction::Replace
         };
@@ -635,14 +635,14 @@ async fn owner_task(db: SqliteSession, task: i64, deadline: Instant) -> usize {
             .unwrap();
 
         // Exactly this round's writes: no other task's row, none missing.
-        let mut seen: Vec<(changeset::ChangeOp, Vec<Value>)> = cs
+        let mut seen: Vec<(liteorm_changeset::ChangeOp, Vec<Value>)> = cs
             .changes()
             .unwrap()
             .into_iter()
             .map(|change| {
                 assert_eq!(&*change.table, "t");
                 let values = match change.op {
-                    changeset::ChangeOp::Insert => change.new.clone(),
+                    liteorm_changeset::ChangeOp::Insert => change.new.clone(),
                     _ => change.old.clone(),
                 };
                 (change.op, values.into_iter().flatten().collect())
@@ -650,13 +650,13 @@ async fn owner_task(db: SqliteSession, task: i64, deadline: Instant) -> usize {
             .collect();
         seen.sort_by_key(|(_, values)| format!("{values:?}"));
         let mut expected = vec![(
-            changeset::ChangeOp::Insert,
+            liteorm_changeset::ChangeOp::Insert,
             vec![id.into(), name.clone().into(), round.into()],
         )];
         if round >= 1 {
             // The update's old record: the key and the old value of the changed column.
             let old = vec![(id - 1).into(), (round - 1).into()];
-            expected.push((changeset::ChangeOp::Update, old));
+            expected.push((liteorm_changeset::ChangeOp::Update, old));
         }
         if round >= 2 && round % 3 == 2 {
             let deleted = vec![
@@ -664,7 +664,7 @@ async fn owner_task(db: SqliteSession, task: i64, deadline: Instant) -> usize {
                 format!("{task}-{}", round - 2).into(),
                 (round - 2 + 1000).into(),
             ];
-            expected.push((changeset::ChangeOp::Delete, deleted));
+            expected.push((liteorm_changeset::ChangeOp::Delete, deleted));
         }
         expected.sort_by_key(|(_, values)| format!("{values:?}"));
         assert_eq!(seen, expected, "task {task} round {round}");
@@ -706,7 +706,7 @@ async fn eight_tasks_capture_and_apply_on_one_pool_of_four() {
         let rounds = rounds.unwrap();
         assert!(rounds >= 3, "task {task} ran only {rounds} rounds");
     }
-    assert_eq!(changeset::live_session_objects(&path), 0);
+    assert_eq!(liteorm_changeset::live_session_objects(&path), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

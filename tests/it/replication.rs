@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use changeset::{ConflictAction, ConflictKind};
+use liteorm_changeset::{ConflictAction, ConflictKind};
 use liteorm_core::{Session, Value};
 use liteorm_replication::{
     ChangeLog, ChannelSource, ConflictPolicy, EntryKind, Error, LogEntry, LogFilter,
@@ -170,7 +170,7 @@ async fn revert_of_a_row_changed_later_is_a_conflict_not_an_overwrite() {
         .revert(1, ConflictPolicy::abort(), Meta::actor("auditor"))
         .await
         .unwrap_err();
-    let Error::Changeset(changeset::Error::Aborted { conflict }) = &err else {
+    let Error::Changeset(liteorm_changeset::Error::Aborted { conflict }) = &err else {
         panic!("{err}")
     };
     assert_eq!(conflict.kind, ConflictKind::Data);
@@ -396,7 +396,10 @@ async fn log_and_replica_need_the_sqlite_dialect() {
     let other = liteorm_tests::MemSession::new();
     let err = ChangeLog::open(&other).await.err().unwrap();
     assert!(
-        matches!(err, Error::Changeset(changeset::Error::Unsupported { .. })),
+        matches!(
+            err,
+            Error::Changeset(liteorm_changeset::Error::Unsupported { .. })
+        ),
         "{err}"
     );
     assert!(Replica::open(&other).await.is_err());

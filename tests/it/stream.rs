@@ -7,7 +7,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::process::Command;
 use std::time::Instant;
 
-use changeset::{Capture, ConflictAction, Error, Patchset, apply, stream};
+use liteorm_changeset::{Capture, ConflictAction, Error, Patchset, apply, stream};
 use liteorm_core::Session;
 use liteorm_sqlite::SqliteSession;
 
@@ -90,7 +90,7 @@ async fn stream_invert_concat_and_merge_match_the_blob_apis_byte_for_byte() {
         .map(|cs| trickle(cs.as_bytes()))
         .collect();
     let merged = stream::merge(inputs, Vec::new()).await.unwrap();
-    let group = changeset::Changegroup::merge([&a, &b, &c]).unwrap();
+    let group = liteorm_changeset::Changegroup::merge([&a, &b, &c]).unwrap();
     assert_eq!(merged, group.as_bytes());
 }
 
@@ -309,7 +309,7 @@ async fn the_big_changeset_writer_writes_what_sqlite_records() {
         .unwrap();
     let path = dir.path().join("small.bin");
     write_big_changeset(&path, 3);
-    let written = changeset::Changeset::from_bytes(std::fs::read(&path).unwrap()).unwrap();
+    let written = liteorm_changeset::Changeset::from_bytes(std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(apply(&db, &written).await.unwrap().applied, 3);
     // SQLite's own record of inserting those rows: the inverse of deleting them.
     let deleted = captured(&db, &["big"], "DELETE FROM big").await;

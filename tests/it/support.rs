@@ -61,10 +61,10 @@ pub(crate) async fn captured(
     db: &dyn Session,
     tables: &[&str],
     sql: &'static str,
-) -> changeset::Changeset {
-    changeset::capture(db, tables, move |s| async move {
+) -> liteorm_changeset::Changeset {
+    liteorm_changeset::capture(db, tables, move |s| async move {
         s.execute_batch(sql).await?;
-        Ok::<_, changeset::Error>(())
+        Ok::<_, liteorm_changeset::Error>(())
     })
     .await
     .expect("capture")

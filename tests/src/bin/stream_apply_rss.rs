@@ -26,7 +26,7 @@ async fn run(changeset: &str, database: &str) -> Result<String, Box<dyn std::err
     let db = SqliteSession::open(database).await?;
     let input = BufReader::with_capacity(1 << 16, File::open(changeset)?);
     let baseline = peak_rss_kib()?;
-    let report = changeset::stream::apply(&db, input).await?;
+    let report = liteorm_changeset::stream::apply(&db, input).await?;
     let peak = peak_rss_kib()?;
     Ok(format!(
         "baseline_kib={baseline} peak_kib={peak} changes={} applied={}",
