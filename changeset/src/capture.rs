@@ -38,9 +38,24 @@ where
 /// A capture being configured.
 ///
 /// The closure receives a [`SqliteSession`] pinned to the one connection on which the recording
-/// session object lives: only statements run through it are recorded (changes made through any
-/// other handle, such as another pool connection, are not). The closure runs inside a transaction
-/// that capture opens (a savepoint when `session` is already in one):
+/// session object lives. What is recorded is what runs on that connection:
+///
+/// - statements, transactions and raw work through the session the closure is handed (and, with
+///   sqlx, queries executed on it);
+/// - statements of any pool-backed [`SqliteSession`] on the **same pool**, used on the capture's
+///   task while the closure runs: they are routed to the recording connection
+///   ([`PinnedConnection::route`](liteorm_sqlite::PinnedConnection::route)), so an application that keeps writing through its own
+///   session handle inside the closure is recorded too.
+///
+/// Anything else (another pool, a task spawned from the closure, a plain sqlx pool query, an
+/// ORM's own pool connection) runs on another connection and is **not** recorded; it cannot
+/// commit unnoticed meanwhile either: capture takes the database's write lock when it starts
+/// (`BEGIN IMMEDIATE`), so such a write waits up to its connection's busy timeout (or its pool's
+/// acquire timeout, if the capture holds the pool's last connection) and then fails with a
+/// "database is locked" error (or a pool timeout), and nothing of it is written.
+///
+/// The closure runs inside a transaction that capture opens (a savepoint when `session` is
+/// already in one):
 ///
 /// - `Ok` from the closure: the changes are committed and returned as a changeset, together, or
 ///   neither (if producing the changeset fails, the transaction is rolled back).
@@ -236,7 +251,10 @@ impl<'s> Capture<'s> {
         // Declared before the closure's future so that, on cancellation, it is dropped after it
         // (and so after any statement future that still holds the connection).
         let recording = Recording::start(pinned, self.tables.as_deref(), self.options).await?;
-        f(recording.pinned.session(), recording.recorder()).await?;
+        // Writes the closure makes through a pool-backed session on the same pool are routed to
+        // the recording connection (and so recorded), on this task.
+        let work = f(recording.pinned.session(), recording.recorder());
+        recording.pinned.route(work).await?;
         Ok(recording.finish(patchset).await?)
     }
 }
@@ -298,7 +316,11 @@ impl Recording {
             })
             .await??;
         *lock(&recording.session) = Some(session);
-        recording.depth = Some(guard.begin().await?);
+        // The write lock from the start: a write through another connection meanwhile waits
+        // (up to its busy timeout) and fails, instead of committing unrecorded before the
+        // closure's first write; and concurrent captures queue instead of failing with
+        // `SQLITE_BUSY_SNAPSHOT` when the one that read first writes second.
+        recording.depth = Some(guard.begin_immediate().await?);
         Ok(recording)
     }
 

@@ -47,7 +47,9 @@ mod info;
 mod inline;
 mod parking;
 mod pinned;
+mod routing;
 mod session;
+mod sqlx_compat;
 
 pub use info::{HOW_TO_ENABLE_SESSIONS, SqliteInfo};
 pub use libsqlite3_sys as ffi;

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::convert;
 use crate::pinned::Held;
+use crate::sqlx_compat::{self, PoolId};
 
 /// How long a connection stays parked without use, unless the session says otherwise.
 pub(crate) const DEFAULT_LINGER: Duration = Duration::from_millis(10);
@@ -33,6 +34,7 @@ pub(crate) const DEFAULT_LINGER: Duration = Duration::from_millis(10);
 /// The parked connections of one pool-backed session and its clones.
 pub(crate) struct Parking {
     pool: SqlitePool,
+    pool_id: PoolId,
     linger: Duration,
     state: Mutex<State>,
 }
@@ -53,6 +55,7 @@ struct State {
 impl Parking {
     pub(crate) fn new(pool: SqlitePool, linger: Duration) -> Self {
         Parking {
+            pool_id: sqlx_compat::pool_id(&pool),
             pool,
             linger,
             state: Mutex::new(State::default()),
@@ -61,6 +64,10 @@ impl Parking {
 
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    pub(crate) fn pool_id(&self) -> PoolId {
+        self.pool_id
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

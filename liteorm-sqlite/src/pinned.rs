@@ -6,12 +6,13 @@ use std::sync::Arc;
 use liteorm_core::{Error, Result, Row, Value};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{LockedSqliteHandle, Sqlite, SqliteConnection};
-use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
+use sqlx::{AssertSqlSafe, Executor as _};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::inline::RawLock;
 use crate::parking::Parking;
-use crate::{SqliteInfo, SqliteSession, convert};
+use crate::sqlx_compat::PoolId;
+use crate::{SqliteInfo, SqliteSession, convert, routing, sqlx_compat};
 
 /// The shared home of a pinned connection.
 pub(crate) type Slot = Arc<Mutex<Held>>;
@@ -41,7 +42,7 @@ pub(crate) struct Held {
     /// after a ping when this is set, which keeps at most one leftover at any time, also when
     /// a future is cancelled midway (the flag is set before `lock_handle` runs, and cleared
     /// only once the worker has answered a later command: it reads commands in order).
-    /// A connection comes out of the pool with none: sqlx pings every connection it takes back.
+    /// A connection comes out of the pool with none (sqlx_compat, assumption 3).
     unlock_queued: bool,
 }
 
@@ -51,7 +52,7 @@ impl Held {
             raw: None,
             conn: Some(conn),
             depth: 0,
-            unlock_queued: false,
+            unlock_queued: sqlx_compat::FRESH_FROM_POOL_UNLOCK_QUEUED,
         }
     }
 
@@ -132,12 +133,7 @@ impl Held {
     async fn raw(&mut self) -> Result<&mut RawLock> {
         if self.raw.is_none() {
             let conn = self.conn.as_deref_mut().ok_or(RELEASED)?;
-            if self.unlock_queued {
-                conn.ping().await.map_err(convert::error)?;
-                self.unlock_queued = false;
-            }
-            self.unlock_queued = true;
-            let handle = conn.lock_handle().await.map_err(convert::error)?;
+            let handle = sqlx_compat::lock_handle(conn, &mut self.unlock_queued).await?;
             // SAFETY: see `Held::keep`.
             self.raw = Some(unsafe { Self::keep(handle) });
         }
@@ -148,35 +144,24 @@ impl Held {
     fn raw_blocking(&mut self) -> Result<&mut RawLock> {
         if self.raw.is_none() {
             let conn = self.conn.as_deref_mut().ok_or(RELEASED)?;
-            if self.unlock_queued {
-                futures::executor::block_on(conn.ping()).map_err(convert::error)?;
-                self.unlock_queued = false;
-            }
-            self.unlock_queued = true;
-            let handle = futures::executor::block_on(conn.lock_handle()).map_err(convert::error)?;
+            let handle = sqlx_compat::lock_handle_blocking(conn, &mut self.unlock_queued)?;
             // SAFETY: see `Held::keep`.
             self.raw = Some(unsafe { Self::keep(handle) });
         }
         self.raw.as_mut().ok_or(RELEASED)
     }
 
-    /// Erases the lifetime of a handle lock on `self.conn`, to keep it in `self.raw`.
+    /// Keeps a handle lock on `self.conn` in `self.raw`, its lifetime erased.
     ///
     /// # Safety
-    /// `handle` locks `self.conn`'s connection. This is sound because `Held` upholds what the
-    /// borrow would: nothing touches the connection while `raw` is set, and `raw` is cleared
-    /// before the connection is used through sqlx (`conn`), taken out (`take`) or dropped
-    /// (field order, and `Drop` takes it out first). `raw` and `conn` only ever move together
-    /// (`leave`), and moving them keeps the lock valid: it is a guard on a mutex in the
-    /// connection worker's shared state on the heap, not on the `PoolConnection` value.
+    /// `handle` locks `self.conn`'s connection. This upholds what
+    /// [`sqlx_compat::erase_lifetime`] asks: nothing touches the connection while `raw` is set,
+    /// and `raw` is cleared before the connection is used through sqlx (`conn`), taken out
+    /// (`take`) or dropped (field order, and `Drop` takes it out first). `raw` and `conn` only
+    /// ever move together (`leave`), which the lock survives (sqlx_compat, assumption 1).
     unsafe fn keep(handle: LockedSqliteHandle<'_>) -> RawLock {
-        // SAFETY: the caller's promise (see above); only the lifetime changes.
-        unsafe {
-            RawLock::new(std::mem::transmute::<
-                LockedSqliteHandle<'_>,
-                LockedSqliteHandle<'static>,
-            >(handle))
-        }
+        // SAFETY: the caller's promise (see above).
+        unsafe { RawLock::new(sqlx_compat::erase_lifetime(handle)) }
     }
 }
 
@@ -211,6 +196,8 @@ fn rollback_sql(depth: usize) -> String {
 pub struct PinnedConnection {
     slot: Slot,
     info: Arc<SqliteInfo>,
+    /// The pool the connection came from, if known (for [`Self::route`]).
+    pool: Option<PoolId>,
     owner: bool,
     /// Where an owned connection goes when released: parked for the next operation of the
     /// session it came from, or (`None`) straight back to the pool.
@@ -222,15 +209,17 @@ impl PinnedConnection {
         PinnedConnection {
             slot: Arc::new(Mutex::new(held)),
             info,
+            pool: Some(home.pool_id()),
             owner: true,
             home: Some(home),
         }
     }
 
-    pub(crate) fn shared(slot: Slot, info: Arc<SqliteInfo>) -> Self {
+    pub(crate) fn shared(slot: Slot, info: Arc<SqliteInfo>, pool: Option<PoolId>) -> Self {
         PinnedConnection {
             slot,
             info,
+            pool,
             owner: false,
             home: None,
         }
@@ -239,12 +228,26 @@ impl PinnedConnection {
     /// Another handle on the same connection that does not own it (releasing or dropping it
     /// leaves the connection pinned).
     pub fn share(&self) -> Self {
-        Self::shared(Arc::clone(&self.slot), Arc::clone(&self.info))
+        Self::shared(Arc::clone(&self.slot), Arc::clone(&self.info), self.pool)
     }
 
     /// A session whose statements all run on this connection.
     pub fn session(&self) -> SqliteSession {
-        SqliteSession::pinned(Arc::clone(&self.slot), Arc::clone(&self.info))
+        SqliteSession::pinned(Arc::clone(&self.slot), Arc::clone(&self.info), self.pool)
+    }
+
+    /// Runs `fut` with every pool-backed [`SqliteSession`] on this connection's pool routed to
+    /// this connection, on the task that polls `fut`: their statements, transactions (then
+    /// savepoints) and pins run here, inside whatever transaction is open on it. Capture uses
+    /// it so that writes the closure makes through the application's own pool-backed session
+    /// (or anything built on the same sqlx pool that goes through liteorm) are recorded. Tasks
+    /// spawned from `fut` are not routed. Without a known pool (a connection pinned some other
+    /// way) this just runs `fut`.
+    pub async fn route<F: Future>(&self, fut: F) -> F::Output {
+        match self.pool {
+            Some(pool) => routing::scope(pool, Arc::clone(&self.slot), fut).await,
+            None => fut.await,
+        }
     }
 
     /// Whether this pin took the connection from the pool (and gives it back when released),

@@ -12,7 +12,8 @@ use sqlx::{AssertSqlSafe, Executor as _};
 
 use crate::parking::{DEFAULT_LINGER, Parking};
 use crate::pinned::Slot;
-use crate::{DIALECT, PinnedConnection, PinnedGuard, SqliteInfo, convert};
+use crate::sqlx_compat::PoolId;
+use crate::{DIALECT, PinnedConnection, PinnedGuard, SqliteInfo, convert, routing};
 
 /// A liteorm [`Session`] on SQLite.
 ///
@@ -29,7 +30,8 @@ pub struct SqliteSession {
 #[derive(Clone)]
 enum Target {
     Pool(Arc<Parking>),
-    Pinned(Slot),
+    /// A pinned connection, and the pool it came from if known.
+    Pinned(Slot, Option<PoolId>),
 }
 
 impl SqliteSession {
@@ -116,7 +118,7 @@ impl SqliteSession {
                 target: Target::Pool(Arc::new(Parking::new(parking.pool().clone(), linger))),
                 info: Arc::clone(&self.info),
             },
-            Target::Pinned(_) => self.clone(),
+            Target::Pinned(..) => self.clone(),
         }
     }
 
@@ -133,9 +135,9 @@ impl SqliteSession {
         }
     }
 
-    pub(crate) fn pinned(slot: Slot, info: Arc<SqliteInfo>) -> Self {
+    pub(crate) fn pinned(slot: Slot, info: Arc<SqliteInfo>, pool: Option<PoolId>) -> Self {
         SqliteSession {
-            target: Target::Pinned(slot),
+            target: Target::Pinned(slot, pool),
             info,
         }
     }
@@ -149,22 +151,30 @@ impl SqliteSession {
     pub fn pool(&self) -> Option<&SqlitePool> {
         match &self.target {
             Target::Pool(parking) => Some(parking.pool()),
-            Target::Pinned(_) => None,
+            Target::Pinned(..) => None,
         }
     }
 
     /// Whether every statement of this session runs on one physical connection.
     pub fn is_pinned(&self) -> bool {
-        matches!(self.target, Target::Pinned(_))
+        matches!(self.target, Target::Pinned(..))
     }
 
     /// Holds one physical connection: a pool-backed session takes the one it keeps (see
     /// [`Self::linger`]) or acquires one from the pool; a pinned
     /// session (a transaction, or a session handed out by a capability crate) shares its own, so
-    /// that work on the pin joins the transaction already open on it.
+    /// that work on the pin joins the transaction already open on it. So does a pool-backed
+    /// session inside [`PinnedConnection::route`] (a capture's closure) on the same pool.
     pub async fn pin(&self) -> Result<PinnedConnection> {
         match &self.target {
             Target::Pool(parking) => {
+                if let Some(slot) = routing::routed(parking.pool_id()) {
+                    return Ok(PinnedConnection::shared(
+                        slot,
+                        Arc::clone(&self.info),
+                        Some(parking.pool_id()),
+                    ));
+                }
                 let held = parking.acquire().await?;
                 Ok(PinnedConnection::acquired(
                     held,
@@ -172,9 +182,10 @@ impl SqliteSession {
                     Arc::clone(parking),
                 ))
             }
-            Target::Pinned(slot) => Ok(PinnedConnection::shared(
+            Target::Pinned(slot, pool) => Ok(PinnedConnection::shared(
                 Arc::clone(slot),
                 Arc::clone(&self.info),
+                *pool,
             )),
         }
     }
@@ -200,7 +211,7 @@ impl SqliteSession {
         body: impl FnOnce(PinnedGuard) -> F,
     ) -> Result<R> {
         match &self.target {
-            Target::Pinned(slot) => {
+            Target::Pinned(slot, _) => {
                 let held = match Arc::clone(slot).try_lock_owned() {
                     Ok(held) => held,
                     Err(_) => Arc::clone(slot).lock_owned().await,

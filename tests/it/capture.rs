@@ -96,32 +96,6 @@ async fn capture_of_listed_tables_ignores_the_others() {
     assert_eq!(&*changes[0].table, "u");
 }
 
-#[tokio::test]
-async fn capture_does_not_record_writes_through_another_connection() {
-    let (db, _dir) = file_db().await;
-    seed(&db, 0).await;
-    let outside = db.clone();
-    let cs = capture(&db, &["t"], move |s| async move {
-        // Another pool connection (autocommit), then the pinned session.
-        outside
-            .execute("INSERT INTO t VALUES (1, 'outside', 0.0, NULL)", &[])
-            .await?;
-        s.execute("INSERT INTO t VALUES (2, 'inside', 0.0, NULL)", &[])
-            .await?;
-        Ok::<_, Error>(())
-    })
-    .await
-    .unwrap();
-    let changes = cs.changes().unwrap();
-    assert_eq!(changes.len(), 1);
-    assert_eq!(changes[0].primary_key(), [Value::Integer(2)]);
-    assert_eq!(
-        dump(&db, "t").await.len(),
-        2,
-        "both writes are in the database"
-    );
-}
-
 #[derive(Debug, PartialEq)]
 enum AppError {
     Business(&'static str),

@@ -20,6 +20,7 @@ mod rebase;
 mod regressions;
 mod reliability;
 mod replication;
+mod routing;
 mod session;
 mod stream;
 mod support;
