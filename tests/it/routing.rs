@@ -233,3 +233,28 @@ async fn a_cancelled_capture_undoes_routed_writes_and_frees_the_connection() {
     .expect("capture after cancellations");
     assert_eq!(inserted(&changes), [(1, "after".to_owned())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_log_records_writes_through_the_applications_own_session() {
+    use liteorm_replication::{ChangeLog, LogFilter, Meta};
+
+    let (db, _dir) = file_db(Duration::from_secs(5)).await;
+    let log = ChangeLog::open(&db).await.expect("log");
+    let app = db.clone();
+    let seq = log
+        .record(Meta::actor("ada"), |s| async move {
+            s.execute("INSERT INTO t VALUES (1, 'closure session')", &[]).await?;
+            app.execute("INSERT INTO t VALUES (2, 'app session')", &[]).await?;
+            Ok::<_, liteorm_replication::Error>(())
+        })
+        .await
+        .expect("record")
+        .expect("something changed");
+    let entries = log.entries(&LogFilter::all()).await.expect("entries");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].seq, seq);
+    assert_eq!(
+        inserted(&entries[0].changeset),
+        [(1, "closure session".to_owned()), (2, "app session".to_owned())]
+    );
+}
