@@ -21,5 +21,6 @@ mod regressions;
 mod reliability;
 mod replication;
 mod session;
+mod sqlx_executor;
 mod stream;
 mod support;
