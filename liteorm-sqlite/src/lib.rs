@@ -27,6 +27,13 @@
 //! until it finishes, like any other CPU-bound work in an async task: run such work from
 //! `tokio::task::spawn_blocking` if the other tasks of that thread must keep running meanwhile.
 //!
+//! `&SqliteSession` is also a [`sqlx::Executor`], so an app's own sqlx queries (`sqlx::query`,
+//! `query_as`, `fetch_*`, `FromRow`, the `query!` macros) run on it, and inside a capture on
+//! the recording connection (see the `executor` module's notes). With both
+//! [`liteorm_core::Session`] and [`sqlx::Executor`] imported, `s.execute(..)` is ambiguous:
+//! call `Session::execute(&s, ..)`, or leave `sqlx::Executor` unimported (sqlx's own
+//! `query(..).execute(&s)` does not need it).
+//!
 //! ```
 //! use liteorm_core::{Session, Value};
 //! use liteorm_sqlite::SqliteSession;
@@ -43,6 +50,7 @@
 //! ```
 
 mod convert;
+mod executor;
 mod info;
 mod inline;
 mod parking;

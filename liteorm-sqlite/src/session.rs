@@ -204,6 +204,28 @@ impl SqliteSession {
         })
     }
 
+    /// The connection for one command run through sqlx's API (see `executor`): the pinned one,
+    /// or for a pool-backed session the one [`Self::pin`] gives, with the pin that gives it back
+    /// once dropped (after the guard).
+    pub(crate) async fn command_connection(
+        &self,
+    ) -> Result<(PinnedGuard, Option<PinnedConnection>)> {
+        match &self.target {
+            Target::Pinned(slot) => {
+                let held = match Arc::clone(slot).try_lock_owned() {
+                    Ok(held) => held,
+                    Err(_) => Arc::clone(slot).lock_owned().await,
+                };
+                Ok((PinnedGuard::new_from(held)?, None))
+            }
+            Target::Pool(_) => {
+                let pinned = self.pin().await?;
+                let guard = pinned.lock().await?;
+                Ok((guard, Some(pinned)))
+            }
+        }
+    }
+
     /// Runs one statement's `body` on a connection: the pinned one, or for a pool-backed session
     /// a parked or newly taken connection, which is parked again after the statement.
     async fn run<R, F: Future<Output = Result<R>>>(
@@ -333,7 +355,7 @@ impl Session for SqliteTransaction {
         &self.session
     }
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.session.execute(sql, params).await
+        Session::execute(&self.session, sql, params).await
     }
     async fn execute_batch(&self, sql: &str) -> Result<()> {
         self.session.execute_batch(sql).await

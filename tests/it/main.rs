@@ -22,5 +22,6 @@ mod reliability;
 mod replication;
 mod routing;
 mod session;
+mod sqlx_executor;
 mod stream;
 mod support;

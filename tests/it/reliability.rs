@@ -191,6 +191,53 @@ async fn patchset_capture_dropped_at_every_await_leaves_nothing_behind() {
     capture_dropped_at_every_await(true).await;
 }
 
+/// [`writes`] through sqlx's query API on the capture's session, with a stream read partway
+/// and a liteorm query in between: the await points inside sqlx's commands (its worker's
+/// answers) are dropped at too.
+async fn sqlx_writes(s: SqliteSession) -> Result<(), Error> {
+    let driver = |e: sqlx::Error| Error::Session(liteorm_core::Error::Driver(Box::new(e)));
+    sqlx::query("UPDATE t SET n = ? WHERE id = 1")
+        .bind(10_i64)
+        .execute(&s)
+        .await
+        .map_err(driver)?;
+    {
+        let mut ids = sqlx::query_scalar::<_, i64>("SELECT id FROM t ORDER BY id").fetch(&s);
+        futures::TryStreamExt::try_next(&mut ids)
+            .await
+            .map_err(driver)?;
+    }
+    s.query("SELECT count(*) FROM t", &[]).await?;
+    sqlx::query("DELETE FROM t WHERE id = 2")
+        .execute(&s)
+        .await
+        .map_err(driver)?;
+    s.execute("INSERT INTO t VALUES (4, 'd', 4)", &[]).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_of_sqlx_queries_dropped_at_every_await_leaves_nothing_behind() {
+    let (db, path, _dir) = small_pool().await;
+    db.execute_batch(SCHEMA).await.unwrap();
+    let dropped = drop_at_every_await(
+        &db,
+        &path,
+        || async {
+            let changes = Capture::new(&db)
+                .tables(["t"])
+                .changeset(sqlx_writes)
+                .await
+                .unwrap();
+            assert_eq!(changes.changes().unwrap().len(), 3);
+        },
+        &[&before(), &after_writes()],
+        1,
+    )
+    .await;
+    assert!(dropped >= 4, "only {dropped} await points");
+}
+
 /// Drops a changeset (or patchset) capture of [`writes`] at every await point.
 async fn capture_dropped_at_every_await(patchset: bool) {
     let (db, path, _dir) = small_pool().await;
