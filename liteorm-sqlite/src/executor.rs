@@ -33,8 +33,6 @@ struct Lease {
     _pin: Option<PinnedConnection>,
 }
 
-/// sqlx's error for a liteorm error met while taking the connection: a sqlx error it wraps as
-/// it was, anything else as an I/O error whose source is the liteorm error.
 impl SqliteSession {
     async fn lease(&self) -> liteorm_core::Result<Lease> {
         let (guard, pin) = self.command_connection().await?;
@@ -42,6 +40,8 @@ impl SqliteSession {
     }
 }
 
+/// sqlx's error for a liteorm error met while taking the connection: a sqlx error it wraps as
+/// it was, anything else as an I/O error whose source is the liteorm error.
 fn to_sqlx(err: liteorm_core::Error) -> sqlx::Error {
     match err {
         liteorm_core::Error::Driver(inner) => match inner.downcast::<sqlx::Error>() {

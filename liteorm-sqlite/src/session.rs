@@ -211,7 +211,7 @@ impl SqliteSession {
         &self,
     ) -> Result<(PinnedGuard, Option<PinnedConnection>)> {
         match &self.target {
-            Target::Pinned(slot) => {
+            Target::Pinned(slot, _) => {
                 let held = match Arc::clone(slot).try_lock_owned() {
                     Ok(held) => held,
                     Err(_) => Arc::clone(slot).lock_owned().await,
