@@ -10,7 +10,8 @@
 //! It also stops the build, with the fix in the message, when libsqlite3-sys compiled its bundled
 //! SQLite without the session extension: the pregenerated bindings declare the session API
 //! either way, so such a build would otherwise end in undefined `sqlite3changeset_*` symbols at
-//! link time. A linked system library is checked at run time instead (`liteorm_sqlite::SqliteInfo`).
+//! link time. A linked system library is checked at run time instead
+//! (`liteorm_sqlite::SqliteInfo`).
 
 use std::env;
 use std::fs;
@@ -72,8 +73,9 @@ fn main() {
 
 /// What a project needs so that the bundled SQLite has the session extension; printed when it
 /// does not. The README's "Use it in your project" section gives the same lines.
-const SESSION_FIX: &str = r#"liteorm-changeset needs SQLite's session extension, but libsqlite3-sys compiled its bundled
-SQLite without it (it would fail to link with undefined `sqlite3changeset_*` symbols).
+const SESSION_FIX: &str = r#"liteorm-changeset needs SQLite's session extension, but libsqlite3-sys
+compiled its bundled SQLite without it (it would fail to link with undefined
+`sqlite3changeset_*` symbols).
 Add this to `.cargo/config.toml` at the root of your project (next to its Cargo.toml):
 
 [env]
