@@ -6,6 +6,12 @@
 //! bundled copy, bindgen for a system one), so a function or constant newer than the header is
 //! not declared at all. Code that calls one is compiled only under its cfg; without it the public
 //! API returns `Error::Unsupported` naming the SQLite version it needs.
+//!
+//! It also stops the build, with the fix in the message, when libsqlite3-sys compiled its bundled
+//! SQLite without the session extension: the pregenerated bindings declare the session API
+//! either way, so such a build would otherwise end in undefined `sqlite3changeset_*` symbols at
+//! link time. A linked system library is checked at run time instead
+//! (`liteorm_sqlite::SqliteInfo`).
 
 use std::env;
 use std::fs;
@@ -32,6 +38,8 @@ const FEATURES: &[(&str, u32)] = &[
 const FALLBACK: (&str, u32) = ("3.34.1", 3_034_001);
 
 fn main() {
+    // First, so that a failure's output is the message alone.
+    check_bundled_session();
     for (cfg, _) in FEATURES {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
@@ -61,6 +69,79 @@ fn main() {
         }
     }
     println!("cargo::rustc-env=LITEORM_CHANGESET_SQLITE_VERSION={version}");
+}
+
+/// What a project needs so that the bundled SQLite has the session extension; printed when it
+/// does not. The README's "Use it in your project" section gives the same lines.
+const SESSION_FIX: &str = r#"liteorm-changeset needs SQLite's session extension, but libsqlite3-sys
+compiled its bundled SQLite without it (it would fail to link with undefined
+`sqlite3changeset_*` symbols).
+Add this to `.cargo/config.toml` at the root of your project (next to its Cargo.toml):
+
+[env]
+LIBSQLITE3_FLAGS = "-DSQLITE_ENABLE_SESSION -DSQLITE_ENABLE_PREUPDATE_HOOK"
+
+(no libclang needed), or, with libclang installed, enable the `session` feature of
+libsqlite3-sys in your Cargo.toml (bindgen then generates the bindings):
+
+libsqlite3-sys = { version = "0.37", features = ["session"] }
+
+or link the system's libsqlite3 (built with the session extension) with the
+`liteorm-sqlite/system-sqlite` feature and LIBSQLITE3_SYS_USE_PKG_CONFIG=1."#;
+
+/// Fails the build when libsqlite3-sys's bundled SQLite lacks the session extension.
+///
+/// The evidence is the static library itself (libsqlite3-sys exports its directory as
+/// `DEP_SQLITE3_LIB_DIR` for bundled builds only): whatever enabled the extension (the
+/// `LIBSQLITE3_FLAGS` it reads, its `session` feature), the library defines
+/// `sqlite3changeset_start` or it does not. The check only fails when the library is readable and
+/// names `sqlite3_open_v2`, so a format it cannot see symbol names in is never a false alarm.
+fn check_bundled_session() {
+    println!("cargo::rerun-if-env-changed=DEP_SQLITE3_LIB_DIR");
+    println!("cargo::rerun-if-env-changed=LIBSQLITE3_FLAGS");
+    println!("cargo::rerun-if-env-changed=DOCS_RS");
+    // docs.rs builds without the project's config, and documentation never links.
+    if env::var_os("DOCS_RS").is_some() {
+        return;
+    }
+    let linked = env::var_os("LIBSQLITE3_SYS_USE_PKG_CONFIG").is_some_and(|v| v != "0");
+    let Some(dir) = env::var_os("DEP_SQLITE3_LIB_DIR").filter(|_| !linked) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let Some(archive) = [
+        "libsqlite3.a",
+        "sqlite3.lib",
+        "libsqlcipher.a",
+        "sqlcipher.lib",
+    ]
+    .iter()
+    .map(|name| dir.join(name))
+    .find(|path| path.is_file()) else {
+        return;
+    };
+    println!("cargo::rerun-if-changed={}", archive.display());
+    let Ok(bytes) = fs::read(&archive) else {
+        return;
+    };
+    if contains(&bytes, b"sqlite3_open_v2\0") && !contains(&bytes, b"sqlite3changeset_start\0") {
+        let flags = env::var("LIBSQLITE3_FLAGS").map_or_else(
+            |_| "LIBSQLITE3_FLAGS is not set".to_owned(),
+            |flags| format!("LIBSQLITE3_FLAGS is {flags:?}"),
+        );
+        println!(
+            "cargo::error=the bundled SQLite has no session extension ({flags}); \
+             the fix is below"
+        );
+        eprintln!("{SESSION_FIX}");
+        std::process::exit(1);
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }
 
 /// The SQLite version the bindings were generated for: from the header when it can be found,

@@ -1,6 +1,6 @@
 //! `liteorm-bench`: the workloads of `shared/bench/WORKLOADS.md` (plus `stall` and
 //! `replication`), each run for
-//! liteorm (async, through the `Session` trait and the `changeset` API on a multi-thread tokio
+//! liteorm (async, through the `Session` trait and the `liteorm_changeset` API on a multi-thread tokio
 //! runtime) and for a raw baseline (synchronous libsqlite3-sys calls on one connection) in the
 //! same process, printing one JSON line per implementation and one with the liteorm/raw ratios.
 //!

@@ -1,4 +1,4 @@
-//! The changeset crate's error type.
+//! The error type of liteorm-changeset.
 
 use liteorm_core::Dialect;
 

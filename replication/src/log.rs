@@ -232,9 +232,9 @@ impl ChangeLog {
         self
     }
 
-    /// Also sends every committed entry to `sender` (e.g. for a [`ChannelSource`]
-    /// (crate::ChannelSource) replica in the same process). The log table stays the record of
-    /// truth: if the receiver is gone, entries are only logged.
+    /// Also sends every committed entry to `sender` (e.g. for a
+    /// [`ChannelSource`](crate::ChannelSource) replica in the same process). The log table stays
+    /// the record of truth: if the receiver is gone, entries are only logged.
     pub fn publish_to(mut self, sender: mpsc::Sender<LogEntry>) -> Self {
         self.publish = Some(sender);
         self

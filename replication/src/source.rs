@@ -64,8 +64,8 @@ impl ChangeSource for LogTableSource {
     }
 }
 
-/// Entries pushed through an in-process channel, e.g. by [`ChangeLog::publish_to`]
-/// (crate::ChangeLog::publish_to).
+/// Entries pushed through an in-process channel, e.g. by
+/// [`ChangeLog::publish_to`](crate::ChangeLog::publish_to).
 pub struct ChannelSource {
     receiver: mpsc::Receiver<LogEntry>,
     pending: VecDeque<LogEntry>,

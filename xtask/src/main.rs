@@ -8,6 +8,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod bench;
+mod downstream;
 mod fuzz;
 
 const USAGE: &str = "\
@@ -16,11 +17,17 @@ usage: cargo xtask <command> [options]
 commands:
   test [--keep-going] [--cell NAME]...
         install missing system deps (scripts/install-deps.sh), tidy, `cargo fmt --check`,
-        then per cell: clippy -D warnings, tests (nextest if available), doc tests.
+        then per cell: clippy -D warnings, tests (nextest if available), doc tests; and in
+        the bundled cell: docs of the published crates with -D warnings, `cargo publish
+        --workspace --dry-run`, and the downstream check (a project outside the workspace set
+        up as the README says builds and runs, and fails with the documented message without
+        its .cargo/config.toml)
         --keep-going  run every step and cell even after a failure, then summarize
         --cell NAME   only run the named cell (repeatable); cells: bundled, system
   tidy  check that every .rs file starts with a `//!` line and has no ignored tests
         or todo/unimplemented/dbg macros
+  downstream
+        only the downstream check of `test` (bundled SQLite)
   bench [--rows N] [--iters K] [--reps R] [--db mem|file] [workload...]
         build liteorm-bench in release and run the benchmarks (`cargo xtask bench --help`)
   fuzz [--time S] [--sanitizer address|none] [target...]
@@ -63,6 +70,11 @@ fn main() -> ExitCode {
             }
         }
         Some("tidy") => usage_error("`tidy` takes no options"),
+        Some("downstream") if args.len() == 1 => match downstream::check(&root) {
+            Outcome::Pass => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        },
+        Some("downstream") => usage_error("`downstream` takes no options"),
         Some("bench") => bench::bench(&root, &args[1..]),
         Some("fuzz") => fuzz::fuzz(&root, &args[1..]),
         Some("-h" | "--help" | "help") => {
@@ -199,12 +211,22 @@ impl fmt::Display for Outcome {
     }
 }
 
-const CELL_STEPS: [&str; 3] = ["clippy", "test", "doctest"];
+const CELL_STEPS: [&str; 6] = ["clippy", "test", "doctest", "docs", "package", "downstream"];
+
+/// The crates published to crates.io whose docs must build without warnings (the CLI is a
+/// binary: docs.rs has nothing to show for it).
+const DOC_CRATES: &[&str] = &[
+    "liteorm-core",
+    "liteorm-sqlite",
+    "liteorm-changeset",
+    "liteorm-replication",
+    "liteorm-nats",
+];
 
 struct CellReport {
     cell: Cell,
     version: String,
-    steps: [Outcome; 3],
+    steps: [Outcome; 6],
     elapsed: Option<Duration>,
 }
 
@@ -221,10 +243,30 @@ impl Runner {
     }
 
     fn run(&mut self, cmd: &mut Command) -> Outcome {
+        self.step_untimed(|| {
+            let start = Instant::now();
+            let outcome = run(cmd);
+            println!("({outcome} in {})", format_duration(start.elapsed()));
+            outcome
+        })
+    }
+
+    /// Runs a step that is not one command, with its name and how long it took in the log.
+    fn step(&mut self, name: &str, f: impl FnOnce() -> Outcome) -> Outcome {
+        self.step_untimed(|| {
+            println!("$ cargo xtask {name}");
+            let start = Instant::now();
+            let outcome = f();
+            println!("{name}: {outcome} in {}", format_duration(start.elapsed()));
+            outcome
+        })
+    }
+
+    fn step_untimed(&mut self, f: impl FnOnce() -> Outcome) -> Outcome {
         if !self.go() {
             return Outcome::NotRun;
         }
-        let outcome = run(cmd);
+        let outcome = f();
         if outcome == Outcome::Fail {
             self.failed = true;
         }
@@ -266,7 +308,7 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
         let mut report = CellReport {
             cell,
             version: "?".to_owned(),
-            steps: [Outcome::NotRun; 3],
+            steps: [Outcome::NotRun; 6],
             elapsed: None,
         };
         if !runner.go() {
@@ -311,6 +353,19 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
             runner.run(&mut cell_cmd(&["test", "--workspace"], &["--no-fail-fast"]))
         };
         report.steps[2] = runner.run(&mut cell_cmd(&["test", "--workspace", "--doc"], &[]));
+        // What a user or crates.io sees does not depend on the SQLite the suite links: once.
+        if cell == Cell::Bundled {
+            let mut docs = cell_cmd(&["doc", "--no-deps"], &[]);
+            for krate in DOC_CRATES {
+                docs.args(["-p", krate]);
+            }
+            report.steps[3] = runner.run(docs.env("RUSTDOCFLAGS", "-D warnings"));
+            report.steps[4] = runner.run(&mut cell_cmd(
+                &["publish", "--workspace", "--dry-run", "--allow-dirty"],
+                &[],
+            ));
+            report.steps[5] = runner.step("downstream", || downstream::check(root));
+        }
 
         let elapsed = start.elapsed();
         report.elapsed = Some(elapsed);
@@ -339,13 +394,13 @@ fn print_summary(checks: &[(&str, Outcome)], reports: &[CellReport]) {
     println!("checks: {}", checks.join(", "));
     print!("{:<8}  {:<8}", "cell", "SQLite");
     for step in CELL_STEPS {
-        print!("  {step:<7}");
+        print!("  {step:<10}");
     }
     println!("  time");
     for report in reports {
         print!("{:<8}  {:<8}", report.cell.name(), report.version);
         for outcome in report.steps {
-            print!("  {outcome:<7}");
+            print!("  {outcome:<10}");
         }
         println!(
             "  {}",
