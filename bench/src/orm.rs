@@ -51,6 +51,7 @@ mod t {
 struct Rep {
     seaorm_plain: f64,
     seaorm_record: f64,
+    seaorm_capture: f64,
     sqlx_plain: f64,
     sqlx_capture: f64,
     /// What SQLite's session extension adds to the same mix (raw calls): the part of the
@@ -156,6 +157,26 @@ async fn rep(common: &Common, n: i64, inserts: &[RowData]) -> BenchResult<(Rep, 
     );
     let print_seaorm_record = finish(db).await?;
 
+    // SeaORM inside a bare capture (no log entry): the record figure without the log's part.
+    let db = fresh(common, n).await?;
+    let start = Instant::now();
+    let changes = liteorm_seaorm::capture(&db.session, &["t"], |conn| async move {
+        seaorm_mix(&conn, inserts).await?;
+        Ok::<_, liteorm_seaorm::Error>(())
+    })
+    .await?;
+    let seaorm_capture = ms(start.elapsed());
+    assert_eq!(
+        changes.changes()?.len() as i64,
+        n + n / 10,
+        "content check failed: the changeset holds the mix"
+    );
+    let print_seaorm_capture = finish(db).await?;
+    assert_eq!(
+        print_seaorm_capture, print_seaorm_record,
+        "content check failed: capture and record leave the same table"
+    );
+
     // sqlx on a pool connection in a sqlx transaction.
     let db = fresh(common, n).await?;
     let pool = db.session.pool().ok_or("no pool")?.clone();
@@ -188,6 +209,7 @@ async fn rep(common: &Common, n: i64, inserts: &[RowData]) -> BenchResult<(Rep, 
         Rep {
             seaorm_plain,
             seaorm_record,
+            seaorm_capture,
             sqlx_plain,
             sqlx_capture,
             session_floor: crate::capture::raw_session_cost(common.db, n, inserts)?,
@@ -224,8 +246,13 @@ pub(crate) fn run(rt: &Runtime, common: &Common, n: i64) -> BenchResult<()> {
         .int("row_ops", row_ops)
         .ms("plain_ms", seaorm_plain)
         .ms("recorded_ms", seaorm_record)
+        .ms("captured_ms", med(|r| r.seaorm_capture))
         .str("plain", "SeaORM transaction on the DatabaseConnection")
         .str("recorded", "liteorm_seaorm::record (capture + log entry)")
+        .str(
+            "captured",
+            "liteorm_seaorm::capture (changeset included, no log)",
+        )
         .str("content_checks", "passed");
     seaorm.print();
     let mut sqlx = Line::new("orm", "sqlx", common);
