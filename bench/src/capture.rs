@@ -76,6 +76,14 @@ pub(crate) fn raw_mix(h: Handle<'_>, inserts: &[RowData]) -> BenchResult<()> {
     h.exec("COMMIT")
 }
 
+/// What SQLite's session extension itself adds to the mix (raw calls, one connection): a
+/// session's whole life with the changeset (`capture_ms`) minus the mix without one. The floor
+/// under any capture's overhead, which the `orm` workload reports next to its own.
+pub(crate) fn raw_session_cost(mode: DbMode, n: i64, inserts: &[RowData]) -> BenchResult<f64> {
+    let rep = raw_rep(mode, n, inserts)?;
+    Ok(rep.capture - rep.mix_without)
+}
+
 fn raw_rep(mode: DbMode, n: i64, inserts: &[RowData]) -> BenchResult<Rep> {
     let plain = Db::open(mode)?;
     populate(plain.handle(), n)?;

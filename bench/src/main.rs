@@ -17,6 +17,7 @@ mod capture;
 mod common;
 mod conflicts;
 mod lite;
+mod orm;
 mod raw;
 mod replication;
 mod small;
@@ -38,6 +39,9 @@ workloads (WORKLOADS.md, plus stall and replication):
   stall      --rows N   (default 1000000) lateness of a 1 ms ticker task during an apply
   replication --iters K (default 10000)   one-row transactions recorded by a ChangeLog and
                                           applied by a Replica; raw: the same with direct calls
+  orm        --rows N   (default 100000)  the capture mix through SeaORM inside record and
+                                          through sqlx queries inside capture, against the
+                                          same writes with no capture (liteorm only)
 
 options:
   --reps R        repetitions; every timed figure is the median (default 5)
@@ -147,6 +151,7 @@ fn run(args: &Args) -> BenchResult<()> {
         "conflicts" => conflicts::run(&rt, &common, rows(100_000)),
         "stall" => stall::run(&rt, &common, rows(1_000_000)),
         "replication" => replication::run(&rt, &common, args.iters.unwrap_or(10_000)),
+        "orm" => orm::run(&rt, &common, rows(100_000)),
         other => Err(format!("unknown workload `{other}`\n\n{USAGE}").into()),
     }
 }

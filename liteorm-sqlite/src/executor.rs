@@ -13,6 +13,11 @@
 //! be running is finished by the worker before the next liteorm statement takes the handle
 //! lock again (the worker reads its commands in order; see `Held::unlock_queued`).
 //!
+//! One statement at a time, as on sqlx's `&mut SqliteConnection` (where the borrow checker
+//! enforces it): while a `fetch` stream of a pinned session is open, any other statement on that
+//! session waits until the stream is dropped. A loop that writes while it reads a stream of the
+//! same session therefore waits for itself: read with `fetch_all` first, then write.
+//!
 //! sqlx's transactions (`Acquire`, `Connection::begin`) are not offered: liteorm runs the
 //! transaction control of its sessions itself, so nest with [`liteorm_core::Session::begin`]
 //! (a savepoint inside a capture), whose transaction's session is again an executor.
