@@ -10,10 +10,11 @@
 //! savepoints: one rolled back is not recorded.
 //!
 //! Writes through the app's `DatabaseConnection` itself run on other pool connections and are
-//! *not* recorded: inside the closure, write through the connection it gets. Inside [`record`]
-//! (which begins with `BEGIN IMMEDIATE`, so it holds the write lock) such a write waits for the
-//! busy timeout and fails with "database is locked" rather than slip in unrecorded; on a
-//! one-connection pool it waits for the pool's acquire timeout instead.
+//! *not* recorded: inside the closure, write through the connection it gets. [`capture`] and
+//! [`record`] begin with `BEGIN IMMEDIATE`, so they hold the write lock: such a write waits for
+//! the busy timeout and fails with "database is locked" rather than slip in unrecorded (on a
+//! pool whose only connection the capture holds, it waits for the pool's acquire timeout
+//! instead).
 //!
 //! Revert, replicas and the log itself are liteorm's, unchanged; [`EntityColumns`] names an
 //! entity's columns when rendering recorded changes.

@@ -627,3 +627,41 @@ async fn a_write_through_the_outer_connection_during_record_fails_instead_of_goi
     let (_, books) = snapshot(&db).await;
     assert_eq!(books.iter().map(|b| b.id).collect::<Vec<_>>(), [1, 2, 60]);
 }
+
+/// The same for a bare capture, even before the closure's first write: capture takes the write
+/// lock when it starts, so the outer write cannot commit unrecorded ahead of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_the_outer_connection_during_capture_fails_even_before_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outer-capture.db");
+    let options = SqliteSession::options(path.to_str().unwrap())
+        .unwrap()
+        .busy_timeout(Duration::from_millis(200));
+    let pool = SqliteSession::pool_options()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let db = DatabaseConnection::from(pool);
+    let schema = Schema::new(DbBackend::Sqlite);
+    db.execute(&schema.create_table_from_entity(author::Entity))
+        .await
+        .unwrap();
+    db.execute(&schema.create_table_from_entity(book::Entity))
+        .await
+        .unwrap();
+    seed(&db).await;
+    let session = sqlite_session(&db).await.unwrap();
+    let outer = db.clone();
+    let changes = liteorm_seaorm::capture(&session, &[], |conn| async move {
+        let err = book(61, 1, "outer", 1.0).insert(&outer).await.unwrap_err();
+        assert!(err.to_string().contains("locked"), "{err}");
+        book(60, 1, "recorded", 1.0).insert(&conn).await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(changes.changes().unwrap().len(), 1);
+    let (_, books) = snapshot(&db).await;
+    assert_eq!(books.iter().map(|b| b.id).collect::<Vec<_>>(), [1, 2, 60]);
+}

@@ -243,8 +243,10 @@ async fn the_change_log_records_writes_through_the_applications_own_session() {
     let app = db.clone();
     let seq = log
         .record(Meta::actor("ada"), |s| async move {
-            s.execute("INSERT INTO t VALUES (1, 'closure session')", &[]).await?;
-            app.execute("INSERT INTO t VALUES (2, 'app session')", &[]).await?;
+            s.execute("INSERT INTO t VALUES (1, 'closure session')", &[])
+                .await?;
+            app.execute("INSERT INTO t VALUES (2, 'app session')", &[])
+                .await?;
             Ok::<_, liteorm_replication::Error>(())
         })
         .await
@@ -255,6 +257,9 @@ async fn the_change_log_records_writes_through_the_applications_own_session() {
     assert_eq!(entries[0].seq, seq);
     assert_eq!(
         inserted(&entries[0].changeset),
-        [(1, "closure session".to_owned()), (2, "app session".to_owned())]
+        [
+            (1, "closure session".to_owned()),
+            (2, "app session".to_owned())
+        ]
     );
 }
