@@ -220,6 +220,7 @@ const DOC_CRATES: &[&str] = &[
     "liteorm-sqlite",
     "liteorm-changeset",
     "liteorm-replication",
+    "liteorm-seaorm",
     "liteorm-nats",
 ];
 
