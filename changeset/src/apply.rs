@@ -1,22 +1,21 @@
 //! Applying a changeset or patchset to a database: conflict handler, table filter, report.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::c_int;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::io::Read;
 use std::pin::Pin;
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::PinnedGuard;
-use liteorm_sqlite::ffi as sys;
 use tokio::task::JoinHandle;
 
-use crate::ffi::{self, ApplyHooks, ApplyInput, Input, IterRef};
-use crate::iter::Change;
+use crate::change::Change;
+use crate::ffi::{
+    self, ApplyFlags, ApplyHooks, ApplyInput, Handle, Input, IterRef, RawConflict, Verdict,
+};
 use crate::stream::Checked;
 use crate::{Capability, Error, RebaseBuffer, format, gate};
 
@@ -42,15 +41,14 @@ pub enum ConflictKind {
 }
 
 impl ConflictKind {
-    fn from_code(code: c_int) -> Option<Self> {
-        Some(match code {
-            sys::SQLITE_CHANGESET_DATA => ConflictKind::Data,
-            sys::SQLITE_CHANGESET_NOTFOUND => ConflictKind::NotFound,
-            sys::SQLITE_CHANGESET_CONFLICT => ConflictKind::Conflict,
-            sys::SQLITE_CHANGESET_CONSTRAINT => ConflictKind::Constraint,
-            sys::SQLITE_CHANGESET_FOREIGN_KEY => ConflictKind::ForeignKey,
-            _ => return None,
-        })
+    fn from_raw(raw: RawConflict) -> Self {
+        match raw {
+            RawConflict::Data => ConflictKind::Data,
+            RawConflict::NotFound => ConflictKind::NotFound,
+            RawConflict::Conflict => ConflictKind::Conflict,
+            RawConflict::Constraint => ConflictKind::Constraint,
+            RawConflict::ForeignKey => ConflictKind::ForeignKey,
+        }
     }
 
     /// Whether [`ConflictAction::Replace`] is a legal answer (only `Data` and `Conflict`).
@@ -123,7 +121,7 @@ impl ConflictRef<'_> {
         if self.kind == ConflictKind::ForeignKey {
             return Ok(None);
         }
-        self.iter.change(&mut None).map(Some)
+        Ok(Some(Change::from(self.iter.change(&mut None)?)))
     }
 
     /// The conflicting row of the target database, decoded (for `Data` and `Conflict`).
@@ -131,7 +129,7 @@ impl ConflictRef<'_> {
         match self.kind {
             ConflictKind::Data | ConflictKind::Conflict => {
                 let change = self.iter.change(&mut None)?;
-                Ok(Some(self.iter.conflicting_row(change.column_count())?))
+                Ok(Some(self.iter.conflicting_row(change.pk.len())?))
             }
             _ => Ok(None),
         }
@@ -175,7 +173,7 @@ fn read_conflict(
             foreign_key_violations: iter.fk_conflicts(),
         });
     }
-    let change = iter.change(table_cache)?;
+    let change = Change::from(iter.change(table_cache)?);
     let conflicting_row = match kind {
         ConflictKind::Data | ConflictKind::Conflict => {
             Some(iter.conflicting_row(change.column_count())?)
@@ -346,32 +344,22 @@ struct Flags {
 
 impl Flags {
     /// The C flags, or why this SQLite cannot honour them.
-    fn bits(self, kind: &'static str) -> Result<c_int, Error> {
-        let mut bits = 0;
-        if self.no_savepoint {
-            bits |= sys::SQLITE_CHANGESETAPPLY_NOSAVEPOINT;
-        }
-        if self.invert {
-            if kind == "patchset" {
-                return Err(Error::Misuse("a patchset cannot be inverted"));
-            }
-            bits |= sys::SQLITE_CHANGESETAPPLY_INVERT;
+    fn checked(self, kind: &'static str) -> Result<ApplyFlags, Error> {
+        if self.invert && kind == "patchset" {
+            return Err(Error::Misuse("a patchset cannot be inverted"));
         }
         if self.ignore_noop {
             Capability::IgnoreNoop.require()?;
-            #[cfg(sqlite_has_ignorenoop)]
-            {
-                bits |= sys::SQLITE_CHANGESETAPPLY_IGNORENOOP;
-            }
         }
         if self.fk_no_action {
             Capability::FkNoAction.require()?;
-            #[cfg(sqlite_has_fknoaction)]
-            {
-                bits |= sys::SQLITE_CHANGESETAPPLY_FKNOACTION;
-            }
         }
-        Ok(bits)
+        Ok(ApplyFlags {
+            no_savepoint: self.no_savepoint,
+            invert: self.invert,
+            ignore_noop: self.ignore_noop,
+            fk_no_action: self.fk_no_action,
+        })
     }
 }
 
@@ -503,7 +491,7 @@ impl<'a> Apply<'a> {
 
     async fn run(self) -> Result<ApplyReport, Error> {
         let sqlite = gate::sqlite(self.session, "applying a changeset")?;
-        let flags = self.flags.bits(self.kind)?;
+        let flags = self.flags.checked(self.kind)?;
         let inline = matches!(&self.source, Source::Blob(blob) if blob.len() <= INLINE_APPLY_MAX);
         // A large blob is listed on another thread while SQLite applies it: the listing reads
         // every byte (about 1 ms per 4 MB), and only the report needs it.
@@ -521,10 +509,7 @@ impl<'a> Apply<'a> {
         // the FFI call, where it could starve the task that holds the lock. (A deferred
         // transaction would also fail at once with SQLITE_BUSY_SNAPSHOT in WAL mode when
         // another connection writes between SQLite's schema reads and its first write.)
-        // SAFETY: `db` comes from `with_raw`: valid and locked for this closure.
-        let in_transaction = guard
-            .with_raw(|db| unsafe { ffi::in_transaction(db) })
-            .await?;
+        let in_transaction = guard.with_raw(ffi::in_transaction).await?;
         if !in_transaction {
             guard.begin_immediate().await?;
         }
@@ -639,7 +624,7 @@ impl Drop for CancelOnDrop {
 struct Job {
     source: Source,
     kind: &'static str,
-    flags: c_int,
+    flags: ApplyFlags,
     /// Whether to wrap the apply in a savepoint: it joins the caller's transaction (an apply
     /// that opened its own transaction rolls that back on failure instead).
     savepoint: bool,
@@ -669,7 +654,7 @@ pub(crate) struct TableInfo {
 }
 
 impl Job {
-    fn run(self, db: NonNull<sys::sqlite3>) -> Result<ApplyReport, Error> {
+    fn run(self, db: Handle<'_>) -> Result<ApplyReport, Error> {
         let Job {
             source,
             kind,
@@ -688,8 +673,7 @@ impl Job {
         // also when a callback failed although SQLite finished (a filter panic, say). An apply
         // in its own transaction needs none: a failure rolls the whole transaction back.
         if savepoint {
-            // SAFETY: as above.
-            unsafe { ffi::exec(db, c"SAVEPOINT liteorm_apply", "starting the apply")? };
+            ffi::exec(db, c"SAVEPOINT liteorm_apply", "starting the apply")?;
         }
         let input = match (&blob, stream.as_mut()) {
             (Some(blob), _) => ApplyInput::Blob(blob),
@@ -700,15 +684,17 @@ impl Job {
         // SQLite's own savepoint would only nest inside liteorm's savepoint or transaction, which
         // undo a failed apply already, and each savepoint level costs per page the apply
         // changes: the page is copied to the sub-journal before its first change.
-        let sqlite_flags = flags | sys::SQLITE_CHANGESETAPPLY_NOSAVEPOINT;
+        let sqlite_flags = ApplyFlags {
+            no_savepoint: true,
+            ..flags
+        };
         // SQLite records every omitted or replaced conflict for the rebase buffer, and then
         // discards it for a patchset: not asking for it there saves that work per conflict.
         let rebase = rebase && kind != <crate::Patchset as sealed::Changes>::KIND;
-        // SAFETY: as above.
-        let applied = unsafe { ffi::apply(db, input, sqlite_flags, &mut hooks, rebase) };
-        let (rc, rebase) = match applied {
-            Ok((rc, rebase)) => (Ok(rc), rebase),
-            Err(err) => (Err(err), Arc::from(&[][..])),
+        let applied = ffi::apply(db, input, sqlite_flags, &mut hooks, rebase);
+        let (outcome, rebase) = match applied {
+            Ok((outcome, rebase)) => (Ok(outcome), rebase),
+            Err(err) => (Err(Error::from(err)), Arc::from(&[][..])),
         };
         // A large blob that does not list is malformed: that is the error to report, whatever
         // SQLite made of it.
@@ -726,25 +712,21 @@ impl Job {
             Tables::Streamed => (None, None),
         };
         let stream_error = stream.as_mut().and_then(|s| s.error.take());
-        let mut failure = match rc {
+        let mut failure = match outcome {
             _ if listing_error.is_some() => listing_error,
             Err(err) => Some(err),
-            Ok(_) if stream_error.is_some() => stream_error.map(ffi::StreamError::into_error),
+            Ok(_) if stream_error.is_some() => stream_error.map(Error::from),
             Ok(_) if hooks.failure.is_some() => hooks.failure.take(),
             Ok(_) if hooks.cancel.load(Ordering::Relaxed) => Some(Error::Cancelled),
-            Ok(rc)
-                if rc != sys::SQLITE_OK
-                    && flags & sys::SQLITE_CHANGESETAPPLY_INVERT != 0
+            Ok(Err(_))
+                if flags.invert
                     && stream.as_ref().and_then(|s| s.reader.checker().marker())
                         == Some(format::PATCHSET) =>
             {
                 Some(Error::Misuse("a patchset cannot be inverted"))
             }
-            Ok(rc) if rc != sys::SQLITE_OK => {
-                // SAFETY: as above.
-                Some(unsafe { ffi::db_error(db, rc, "sqlite3changeset_apply") })
-            }
-            Ok(_) => None,
+            Ok(Err(err)) => Some(err.into()),
+            Ok(Ok(())) => None,
         };
         let tables = match (listed, &stream) {
             (Some(tables), _) => tables,
@@ -754,8 +736,7 @@ impl Job {
         // Tables listed only now are checked before the savepoint ends, so that a failure to
         // read the schema undoes the apply too.
         if failure.is_none() && hooks.deferred {
-            // SAFETY: as above.
-            match unsafe { compatibility(db, &tables) } {
+            match compatibility(db, &tables) {
                 Ok(compat) => hooks.account_deferred(&compat),
                 Err(err) => failure = Some(err),
             }
@@ -766,8 +747,7 @@ impl Job {
             } else {
                 c"RELEASE liteorm_apply"
             };
-            // SAFETY: as above.
-            unsafe { ffi::exec(db, end, "ending the apply") }
+            ffi::exec(db, end, "ending the apply").map_err(Error::from)
         } else {
             Ok(())
         };
@@ -847,17 +827,13 @@ fn merge(tables: &mut HashMap<String, TableInfo>, name: String, run: TableInfo) 
 
 /// Checks each table against the target schema as SQLite does (same name, at least as many
 /// columns, same primary key columns), so skipped tables can be reported.
-///
-/// # Safety
-/// `db` is valid and locked.
-pub(crate) unsafe fn compatibility(
-    db: NonNull<sys::sqlite3>,
+pub(crate) fn compatibility(
+    db: Handle<'_>,
     tables: &HashMap<String, TableInfo>,
 ) -> Result<HashMap<String, (usize, Option<SkipReason>)>, Error> {
     let mut out = HashMap::with_capacity(tables.len());
     for (name, info) in tables {
-        // SAFETY: `db` is valid and locked (the caller's promise).
-        let reason = unsafe { table_compatibility(db, name, info)? };
+        let reason = table_compatibility(db, name, info)?;
         out.insert(name.clone(), (info.changes, reason));
     }
     Ok(out)
@@ -879,16 +855,12 @@ async fn compatibility_cached(
 }
 
 /// Why changes recorded with `info`'s header cannot apply to `main.<name>`, if they cannot.
-///
-/// # Safety
-/// `db` is valid and locked.
-pub(crate) unsafe fn table_compatibility(
-    db: NonNull<sys::sqlite3>,
+pub(crate) fn table_compatibility(
+    db: Handle<'_>,
     name: &str,
     info: &TableInfo,
 ) -> Result<Option<SkipReason>, Error> {
-    // SAFETY: `db` is valid and locked (the caller's promise).
-    Ok(compatible(unsafe { ffi::table_pk(db, name)? }, info))
+    Ok(compatible(ffi::table_pk(db, name)?, info))
 }
 
 /// Why changes recorded with `info`'s header cannot apply to a table whose key layout is `pk`
@@ -974,9 +946,9 @@ impl Hooks {
         }
     }
 
-    fn fail(&mut self, error: Error) -> c_int {
+    fn fail(&mut self, error: Error) -> Verdict {
         self.failure.get_or_insert(error);
-        sys::SQLITE_CHANGESET_ABORT
+        Verdict::Abort
     }
 }
 
@@ -1019,9 +991,9 @@ impl ApplyHooks for Hooks {
         }
     }
 
-    fn conflict(&mut self, code: c_int, iter: IterRef<'_>) -> c_int {
-        let Some(kind) = ConflictKind::from_code(code) else {
-            return self.fail(ffi::code_error(sys::SQLITE_MISUSE, "unknown conflict kind"));
+    fn conflict(&mut self, kind: Option<RawConflict>, iter: IterRef<'_>) -> Verdict {
+        let Some(kind) = kind.map(ConflictKind::from_raw) else {
+            return self.fail(ffi::misuse("unknown conflict kind").into());
         };
         // The owned conflict, decoded before the handler for `on_conflict`, and otherwise only
         // when the outcome needs it (an error, or the conflict log).
@@ -1055,19 +1027,19 @@ impl ApplyHooks for Hooks {
                 if kind != ConflictKind::ForeignKey {
                     self.report.omitted += 1;
                 }
-                sys::SQLITE_CHANGESET_OMIT
+                Verdict::Omit
             }
             ConflictAction::Replace if kind.allows_replace() => {
                 counts.replaced += 1;
                 self.report.replaced += 1;
-                sys::SQLITE_CHANGESET_REPLACE
+                Verdict::Replace
             }
             ConflictAction::Replace => {
                 return match conflict {
                     Some(conflict) => self.fail(Error::IllegalReplace {
                         conflict: Box::new(conflict),
                     }),
-                    None => sys::SQLITE_CHANGESET_ABORT,
+                    None => Verdict::Abort,
                 };
             }
             ConflictAction::Abort => {
@@ -1075,7 +1047,7 @@ impl ApplyHooks for Hooks {
                     Some(conflict) => self.fail(Error::Aborted {
                         conflict: Box::new(conflict),
                     }),
-                    None => sys::SQLITE_CHANGESET_ABORT,
+                    None => Verdict::Abort,
                 };
             }
         };

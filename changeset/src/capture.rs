@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::executor::block_on as futures_lite_block_on;
 use liteorm_core::Session;
+use liteorm_sqlite::raw::MemoKey;
 use liteorm_sqlite::{PinnedConnection, PinnedGuard, SqliteSession};
 
-use crate::ffi::{self, RawSession, TableFilter, TableFilterFn};
+use crate::ffi::{self, Handle, RawSession, TableFilter, TableFilterFn};
 use crate::{Capability, Changeset, Error, Patchset, gate};
 
 /// Sessions whose recorded data is larger than this generate their changeset on a blocking
@@ -282,19 +283,18 @@ impl Recording {
         }
         let session = guard
             .with_raw(|db| -> Result<RawSession, Error> {
-                // SAFETY: `db` comes from `with_raw`: valid and locked for this closure.
-                unsafe {
-                    let mut session = RawSession::create(db)?;
-                    let attached = configure(&mut session, options).and_then(|()| match tables {
-                        None => session.attach(None),
-                        Some(tables) => tables.iter().try_for_each(|t| session.attach(Some(t))),
-                    });
-                    if let Err(err) = attached {
-                        session.delete();
-                        return Err(err);
-                    }
-                    Ok(session)
+                let mut session = RawSession::create(db)?;
+                let attached = configure(db, &mut session, options).and_then(|()| match tables {
+                    None => Ok(session.attach(db, None)?),
+                    Some(tables) => Ok(tables
+                        .iter()
+                        .try_for_each(|t| session.attach(db, Some(t)))?),
+                });
+                if let Err(err) = attached {
+                    session.delete(db);
+                    return Err(err);
                 }
+                Ok(session)
             })
             .await??;
         *lock(&recording.session) = Some(session);
@@ -324,7 +324,7 @@ impl Recording {
         }
         let shared = Arc::clone(&self.session);
         let used = guard
-            .with_raw(move |_db| {
+            .with_raw(move |db| {
                 let session = lock(&shared);
                 let session = session.as_ref().ok_or(Error::TransactionEnded)?;
                 if let Some(message) = session.filter_panic() {
@@ -334,8 +334,7 @@ impl Recording {
                         message,
                     });
                 }
-                // SAFETY: `db` comes from `with_raw`: valid and locked for this closure.
-                Ok(unsafe { session.memory_used() })
+                Ok(session.memory_used(db))
             })
             .await??;
         let (blob, mut guard) = if used <= INLINE_GENERATE_MAX {
@@ -366,6 +365,9 @@ impl Recording {
     }
 }
 
+/// Key layouts by table name, kept on the connection (see [`table_pk`]).
+const TABLE_PK: MemoKey<Option<Vec<u8>>> = MemoKey::new("liteorm_changeset::table_pk");
+
 /// The primary-key layout of `table` (see [`ffi::table_pk`]), kept on the connection while its
 /// schema does not change: reading it costs a tenth of a one-row capture (SQLite prepares a
 /// pragma anew on every run).
@@ -374,64 +376,50 @@ pub(crate) async fn table_pk(
     table: &str,
 ) -> Result<Option<Vec<u8>>, Error> {
     guard
-        .schema_cached("liteorm_changeset::table_pk", table, |db| {
-            // SAFETY: `db` comes from `schema_cached`: valid and locked for this closure.
-            unsafe { ffi::table_pk(db, table) }
-        })
+        .schema_cached(TABLE_PK, table, |db| ffi::table_pk(db, table))
         .await?
+        .map_err(Error::from)
 }
 
 /// Checks that capture's transaction is still open, then generates the blob and deletes the
 /// session (also when generating fails).
 fn generate_and_delete(
-    db: std::ptr::NonNull<liteorm_sqlite::ffi::sqlite3>,
+    db: Handle<'_>,
     session: RawSession,
     patchset: bool,
 ) -> Result<Arc<[u8]>, Error> {
-    // SAFETY: `db` comes from `with_raw*`: valid and locked for this call; `session` lives on it.
-    unsafe {
-        let result = if ffi::in_transaction(db) {
-            session.generate(db, patchset)
-        } else {
-            Err(Error::TransactionEnded)
-        };
-        session.delete();
-        result
-    }
+    let result = if ffi::in_transaction(db) {
+        session.generate(db, patchset).map_err(Error::from)
+    } else {
+        Err(Error::TransactionEnded)
+    };
+    session.delete(db);
+    result
 }
 
-/// Sets up a new session object as `options` say, before any table is attached.
-///
-/// # Safety
-/// The session's connection is locked.
-unsafe fn configure(session: &mut RawSession, options: Options) -> Result<(), Error> {
+/// Sets up a new session object on `db` as `options` say, before any table is attached.
+fn configure(db: Handle<'_>, session: &mut RawSession, options: Options) -> Result<(), Error> {
     if options.track_size {
         Capability::ChangesetSize.require()?;
         #[cfg(sqlite_has_changeset_size)]
-        // SAFETY: the caller's promise.
-        unsafe {
-            session.track_size()?;
-        }
+        session.track_size(db)?;
     }
     if options.implicit_pk {
         Capability::ImplicitPrimaryKey.require()?;
         #[cfg(sqlite_has_implicit_pk)]
-        // SAFETY: the caller's promise.
-        unsafe {
-            session.implicit_pk()?;
-        }
+        session.implicit_pk(db)?;
     }
-    // SAFETY: the caller's promise.
-    unsafe {
-        if options.indirect {
-            session.indirect(true);
-        }
-        if let Some(filter) = options.filter {
-            session.set_table_filter(TableFilter {
+    if options.indirect {
+        session.indirect(db, true);
+    }
+    if let Some(filter) = options.filter {
+        session.set_table_filter(
+            db,
+            TableFilter {
                 filter,
                 panicked: None,
-            });
-        }
+            },
+        );
     }
     Ok(())
 }
@@ -453,7 +441,7 @@ impl Recorder {
     /// Runs `f` on the session object while the connection is locked.
     async fn with_session<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&RawSession) -> T + Send + 'static,
+        f: impl FnOnce(&RawSession, Handle<'_>) -> T + Send + 'static,
     ) -> Result<T, Error> {
         const OVER: Error = Error::Misuse("the capture this Recorder belongs to is over");
         if lock(&self.session).is_none() {
@@ -462,7 +450,7 @@ impl Recorder {
         let mut guard = self.pinned.lock().await?;
         let session = Arc::clone(&self.session);
         guard
-            .with_raw(move |_db| lock(&session).as_ref().map(f))
+            .with_raw(move |db| lock(&session).as_ref().map(|s| f(s, db)))
             .await?
             .ok_or(OVER)
     }
@@ -472,29 +460,24 @@ impl Recorder {
     /// earlier still appears with its final values, because a changeset pairs the recorded old
     /// values with the row as it is when the capture ends.
     pub async fn set_enabled(&self, enabled: bool) -> Result<(), Error> {
-        // SAFETY: `with_session` runs this while the session's connection is locked.
-        self.with_session(move |s| unsafe { s.enable(enabled) })
-            .await
+        self.with_session(move |s, db| s.enable(db, enabled)).await
     }
 
     /// Marks the changes recorded from now on as indirect (`true`) or direct
     /// (`sqlite3session_indirect`).
     pub async fn set_indirect(&self, indirect: bool) -> Result<(), Error> {
-        // SAFETY: `with_session` runs this while the session's connection is locked.
-        self.with_session(move |s| unsafe { s.indirect(indirect) })
+        self.with_session(move |s, db| s.indirect(db, indirect))
             .await
     }
 
     /// Whether nothing has been recorded yet (`sqlite3session_isempty`).
     pub async fn is_empty(&self) -> Result<bool, Error> {
-        // SAFETY: `with_session` runs this while the session's connection is locked.
-        self.with_session(|s| unsafe { s.is_empty() }).await
+        self.with_session(|s, db| s.is_empty(db)).await
     }
 
     /// Bytes of heap the session object uses (`sqlite3session_memory_used`).
     pub async fn memory_used(&self) -> Result<u64, Error> {
-        // SAFETY: `with_session` runs this while the session's connection is locked.
-        let used = self.with_session(|s| unsafe { s.memory_used() }).await?;
+        let used = self.with_session(|s, db| s.memory_used(db)).await?;
         Ok(u64::try_from(used).unwrap_or(0))
     }
 
@@ -510,8 +493,7 @@ impl Recorder {
         }
         #[cfg(sqlite_has_changeset_size)]
         {
-            // SAFETY: `with_session` runs this while the session's connection is locked.
-            let size = self.with_session(|s| unsafe { s.changeset_size() }).await?;
+            let size = self.with_session(|s, db| s.changeset_size(db)).await?;
             Ok(u64::try_from(size).unwrap_or(0))
         }
         #[cfg(not(sqlite_has_changeset_size))]
@@ -585,7 +567,6 @@ fn undo(guard: &mut PinnedGuard, session: Option<RawSession>, depth: Option<usiz
         let _ = guard.rollback_levels_blocking(depth);
     }
     if let Some(session) = session {
-        // SAFETY: `db` comes from `with_raw_blocking`: valid and locked; the session lives on it.
-        let _ = guard.with_raw_blocking(|_db| unsafe { session.delete() });
+        let _ = guard.with_raw_blocking(|db| session.delete(db));
     }
 }

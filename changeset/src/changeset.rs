@@ -4,8 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::change::Change;
 use crate::inspect::{self, ColumnNames};
-use crate::iter::{self, Change, ChangeIter};
+use crate::iter::{self, ChangeIter};
 use crate::{Error, ffi, format};
 
 /// The first byte of every table section: `T` in a changeset, `P` in a patchset.

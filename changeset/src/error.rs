@@ -3,6 +3,7 @@
 use liteorm_core::Dialect;
 
 use crate::apply::Conflict;
+use crate::ffi::{RawError, StreamError};
 
 /// Errors from capturing, inspecting, transforming or applying changesets.
 #[derive(Debug, thiserror::Error)]
@@ -115,3 +116,50 @@ fn on_table(conflict: &Conflict) -> String {
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<RawError> for Error {
+    fn from(err: RawError) -> Self {
+        match err {
+            RawError::Sqlite {
+                code,
+                message,
+                context,
+            } => Error::Sqlite {
+                code,
+                message,
+                context,
+            },
+            RawError::TooLarge { len } => Error::TooLarge { len },
+            RawError::InvalidName(name) => Error::InvalidName(name),
+            RawError::Stream(err) => err.into(),
+        }
+    }
+}
+
+impl From<StreamError> for Error {
+    /// A reader's structure error (an `InvalidData` error wrapping the checker's finding)
+    /// becomes [`Error::Invalid`], other I/O errors [`Error::Io`].
+    fn from(err: StreamError) -> Self {
+        match err {
+            StreamError::Io(err) => {
+                if err.kind() == std::io::ErrorKind::InvalidData
+                    && let Some(found) = err
+                        .get_ref()
+                        .and_then(|e| e.downcast_ref::<crate::format::Malformed>())
+                {
+                    return Error::Invalid {
+                        kind: "changeset stream",
+                        entry: found.entry,
+                        offset: Some(found.offset),
+                        reason: found.reason.clone(),
+                    };
+                }
+                Error::Io(err)
+            }
+            StreamError::Panicked(message) => Error::CallbackPanicked {
+                callback: "stream reader or writer",
+                message,
+            },
+        }
+    }
+}

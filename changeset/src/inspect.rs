@@ -48,7 +48,7 @@ use std::fmt::Write as _;
 use liteorm_core::{Session, Value};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::iter::{Change, ChangeOp};
+use crate::change::{Change, ChangeOp};
 use crate::{Error, gate};
 
 impl ChangeOp {

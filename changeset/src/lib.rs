@@ -60,12 +60,17 @@
 //! # }
 //! ```
 
+#![deny(unsafe_code)]
+
 mod apply;
 mod capability;
 mod capture;
+mod change;
 mod changeset;
 mod diff;
 mod error;
+// The one module allowed `unsafe`: every call into libsqlite3-sys.
+#[allow(unsafe_code)]
 mod ffi;
 mod format;
 mod gate;
@@ -81,12 +86,13 @@ pub use apply::{
 };
 pub use capability::{Capability, SQLITE_BUILD_VERSION};
 pub use capture::{Capture, Recorder, capture};
+pub use change::{Change, ChangeOp};
 pub use changeset::{Changeset, Patchset};
 pub use diff::Diff;
 pub use error::{Error, Result};
 pub use group::Changegroup;
 pub use inspect::ColumnNames;
-pub use iter::{Change, ChangeIter, ChangeOp};
+pub use iter::ChangeIter;
 pub use rebase::{RebaseBuffer, Rebaser};
 
 /// How many SQLite session objects (open captures) exist right now on connections to the

@@ -47,9 +47,10 @@ use liteorm_core::Session;
 
 use crate::Error;
 use crate::apply::Apply;
+use crate::change::Change;
 use crate::ffi::{self, Input, Output, RawChangegroup, StreamIter};
 use crate::format::{self, Checker};
-use crate::iter::{Change, invalid};
+use crate::iter::invalid;
 
 /// A reader that checks the structure of what passes through it, so that what it hands on is
 /// always a well-formed prefix of a changeset or patchset, and its end is the end of a complete
@@ -250,18 +251,22 @@ impl<R: Read> Iterator for ChangeStream<R> {
         let entry = self.entry;
         self.entry += 1;
         let change = match iter.advance() {
-            Ok(true) => iter.current().change(&mut self.table).map_err(|err| {
-                let kind = match iter.reader().checker().marker() {
-                    Some(format::PATCHSET) => "patchset",
-                    _ => "changeset",
-                };
-                invalid(kind, entry, &err)
-            }),
+            Ok(true) => iter
+                .current()
+                .change(&mut self.table)
+                .map(Change::from)
+                .map_err(|err| {
+                    let kind = match iter.reader().checker().marker() {
+                        Some(format::PATCHSET) => "patchset",
+                        _ => "changeset",
+                    };
+                    invalid(kind, entry, err)
+                }),
             Ok(false) => {
                 self.iter = None;
                 return None;
             }
-            Err(err) => Err(err),
+            Err(err) => Err(err.into()),
         };
         if change.is_err() {
             self.iter = None;
