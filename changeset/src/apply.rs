@@ -13,88 +13,18 @@ use liteorm_sqlite::PinnedGuard;
 use tokio::task::JoinHandle;
 
 use crate::change::Change;
+use crate::conflict::{Conflict, ConflictAction, ConflictKind};
 use crate::ffi::{
     self, ApplyFlags, ApplyHooks, ApplyInput, Handle, Input, IterRef, RawConflict, Verdict,
 };
 use crate::stream::Checked;
 use crate::{Capability, Error, RebaseBuffer, format, gate};
 
-use crate::changeset::sealed;
+use crate::changeset::{BlobKind, sealed};
 
 /// Blobs up to this size are applied on the calling task; larger ones on a blocking thread so
 /// that the executor keeps running other tasks.
 const INLINE_APPLY_MAX: usize = 16 * 1024;
-
-/// Why applying a change conflicted with the target database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ConflictKind {
-    /// The row exists but its values differ from the change's old values (UPDATE, DELETE).
-    Data,
-    /// No row with the change's primary key exists (UPDATE, DELETE).
-    NotFound,
-    /// A row with the inserted primary key already exists (INSERT).
-    Conflict,
-    /// The change would violate a constraint (NOT NULL, UNIQUE, CHECK, ...).
-    Constraint,
-    /// The applied changes leave foreign key violations; reported once, at the end.
-    ForeignKey,
-}
-
-impl ConflictKind {
-    fn from_raw(raw: RawConflict) -> Self {
-        match raw {
-            RawConflict::Data => ConflictKind::Data,
-            RawConflict::NotFound => ConflictKind::NotFound,
-            RawConflict::Conflict => ConflictKind::Conflict,
-            RawConflict::Constraint => ConflictKind::Constraint,
-            RawConflict::ForeignKey => ConflictKind::ForeignKey,
-        }
-    }
-
-    /// Whether [`ConflictAction::Replace`] is a legal answer (only `Data` and `Conflict`).
-    pub fn allows_replace(self) -> bool {
-        matches!(self, ConflictKind::Data | ConflictKind::Conflict)
-    }
-}
-
-impl fmt::Display for ConflictKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
-
-/// A conflict handler's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ConflictAction {
-    /// Skip this change (for `ForeignKey`: commit the apply despite the violations).
-    Omit,
-    /// Overwrite the target row with the change (only for `Data` and `Conflict`; anything else
-    /// aborts the apply with [`Error::IllegalReplace`]).
-    Replace,
-    /// Abort the whole apply: nothing is applied.
-    Abort,
-}
-
-/// One conflict, as the handler sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Conflict {
-    /// Why the change conflicted.
-    pub kind: ConflictKind,
-    /// The change being applied; `None` only for [`ConflictKind::ForeignKey`], which is about the
-    /// apply as a whole.
-    pub change: Option<Change>,
-    /// The row in the target database that conflicts (for `Data` and `Conflict`).
-    pub conflicting_row: Option<Vec<Value>>,
-    /// How many foreign key constraints are violated (for `ForeignKey`; otherwise 0).
-    pub foreign_key_violations: usize,
-}
-
-impl Conflict {
-    /// The table of the conflicting change.
-    pub fn table(&self) -> Option<&str> {
-        self.change.as_ref().map(|c| &*c.table)
-    }
-}
 
 /// One conflict as a borrowed view that decodes values only when asked, for
 /// [`Apply::on_conflict_ref`]: a handler that decides on [`ConflictRef::kind`] or
@@ -190,6 +120,7 @@ fn read_conflict(
 
 /// Per conflict kind: how often it occurred and what the handler answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConflictCounts {
     /// Conflicts of this kind.
     pub seen: usize,
@@ -201,6 +132,7 @@ pub struct ConflictCounts {
 
 /// Why a table of the changeset was not applied to.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SkipReason {
     /// The target database has no such table.
     Missing,
@@ -233,6 +165,7 @@ impl fmt::Display for SkipReason {
 /// A table whose changes were not applied because the target schema is not compatible (SQLite
 /// skips such tables without an error; liteorm reports them).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SkippedTable {
     /// The table.
     pub table: String,
@@ -244,6 +177,7 @@ pub struct SkippedTable {
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ApplyReport {
     /// Changes in the changeset.
     pub changes: usize,
@@ -280,7 +214,7 @@ type Filter = Box<dyn FnMut(&str) -> bool + Send>;
 /// [`stream::apply`](crate::stream::apply) for a changeset read from a stream).
 ///
 /// Besides the conflict handler, table filter and log, the builder sets SQLite's
-/// `sqlite3changeset_apply_v2` flags: [`Apply::no_savepoint`], [`Apply::invert`],
+/// `sqlite3changeset_apply_v2` flags: [`Apply::invert`],
 /// [`Apply::ignore_noop`] and [`Apply::fk_no_action`]; [`Apply::rebase_buffer`] asks for the
 /// rebase buffer of its conflict resolutions in [`ApplyReport::rebase`].
 ///
@@ -319,7 +253,8 @@ type Filter = Box<dyn FnMut(&str) -> bool + Send>;
 pub struct Apply<'a> {
     session: &'a dyn Session,
     source: Source,
-    kind: &'static str,
+    /// The blob's kind; `None` for a stream (its table headers tell).
+    kind: Option<BlobKind>,
     handler: Option<Handler>,
     filter: Option<Filter>,
     log: bool,
@@ -336,7 +271,6 @@ enum Source {
 /// The `sqlite3changeset_apply_v2` flags asked for.
 #[derive(Debug, Clone, Copy, Default)]
 struct Flags {
-    no_savepoint: bool,
     invert: bool,
     ignore_noop: bool,
     fk_no_action: bool,
@@ -344,8 +278,8 @@ struct Flags {
 
 impl Flags {
     /// The C flags, or why this SQLite cannot honour them.
-    fn checked(self, kind: &'static str) -> Result<ApplyFlags, Error> {
-        if self.invert && kind == "patchset" {
+    fn checked(self, kind: Option<BlobKind>) -> Result<ApplyFlags, Error> {
+        if self.invert && kind == Some(BlobKind::Patchset) {
             return Err(Error::Misuse("a patchset cannot be inverted"));
         }
         if self.ignore_noop {
@@ -354,8 +288,11 @@ impl Flags {
         if self.fk_no_action {
             Capability::FkNoAction.require()?;
         }
+        // SQLite's own savepoint would only nest inside liteorm's savepoint or transaction, which
+        // undo a failed apply already, and each savepoint level costs per page the apply
+        // changes: the page is copied to the sub-journal before its first change.
         Ok(ApplyFlags {
-            no_savepoint: self.no_savepoint,
+            no_savepoint: true,
             invert: self.invert,
             ignore_noop: self.ignore_noop,
             fk_no_action: self.fk_no_action,
@@ -371,11 +308,11 @@ impl Flags {
 /// joins it. Large blobs are applied on a blocking thread with the connection moved there, so the
 /// executor keeps running; dropping the future interrupts the apply, which then rolls back.
 pub fn apply<'a, C: sealed::Changes>(session: &'a dyn Session, changes: &C) -> Apply<'a> {
-    Apply::new(session, Source::Blob(changes.blob()), C::KIND)
+    Apply::new(session, Source::Blob(changes.blob()), Some(C::KIND))
 }
 
 impl<'a> Apply<'a> {
-    fn new(session: &'a dyn Session, source: Source, kind: &'static str) -> Self {
+    fn new(session: &'a dyn Session, source: Source, kind: Option<BlobKind>) -> Self {
         Apply {
             session,
             source,
@@ -390,16 +327,7 @@ impl<'a> Apply<'a> {
 
     /// An apply of the changeset or patchset `input` reads, checked as SQLite pulls from it.
     pub(crate) fn from_stream(session: &'a dyn Session, input: Box<dyn Read + Send>) -> Self {
-        Apply::new(session, Source::Stream(input), "changeset stream")
-    }
-
-    /// Asks SQLite not to wrap the apply in its own savepoint
-    /// (`SQLITE_CHANGESETAPPLY_NOSAVEPOINT`). Every apply already runs that way: liteorm's own
-    /// transaction (outside one) or savepoint (inside the caller's) undoes everything when it
-    /// fails, so SQLite's would only add work per changed page. Kept for callers that ask.
-    pub fn no_savepoint(mut self) -> Self {
-        self.flags.no_savepoint = true;
-        self
+        Apply::new(session, Source::Stream(input), None)
     }
 
     /// Applies the inverse of the changeset, as [`Changeset::invert`](crate::Changeset::invert)
@@ -490,14 +418,14 @@ impl<'a> Apply<'a> {
     }
 
     async fn run(self) -> Result<ApplyReport, Error> {
-        let sqlite = gate::sqlite(self.session, "applying a changeset")?;
+        let sqlite = gate::gate(self.session, "applying a changeset")?;
         let flags = self.flags.checked(self.kind)?;
         let inline = matches!(&self.source, Source::Blob(blob) if blob.len() <= INLINE_APPLY_MAX);
         // A large blob is listed on another thread while SQLite applies it: the listing reads
         // every byte (about 1 ms per 4 MB), and only the report needs it.
         let listing = match &self.source {
             Source::Blob(blob) if !inline => {
-                let (blob, kind) = (Arc::clone(blob), self.kind);
+                let (blob, kind) = (Arc::clone(blob), self.kind.unwrap_or(BlobKind::Changeset));
                 Some(tokio::task::spawn_blocking(move || survey(&blob, kind)))
             }
             _ => None,
@@ -523,7 +451,9 @@ impl<'a> Apply<'a> {
         // and a stream's once SQLite has applied it.
         let tables = match (&self.source, listing) {
             (_, Some(listing)) => Tables::Listing(listing),
-            (Source::Blob(blob), None) => Tables::Checked(survey(blob, self.kind)?),
+            (Source::Blob(blob), None) => {
+                Tables::Checked(survey(blob, self.kind.unwrap_or(BlobKind::Changeset))?)
+            }
             (Source::Stream(_), None) => Tables::Streamed,
         };
         if let Tables::Checked(tables) = &tables {
@@ -556,10 +486,7 @@ impl<'a> Apply<'a> {
         });
         match task.await {
             Ok(result) => result,
-            Err(join) => Err(Error::CallbackPanicked {
-                callback: "apply task",
-                message: join.to_string(),
-            }),
+            Err(join) => Err(Error::task_failed("apply task", join)),
         }
     }
 }
@@ -623,7 +550,7 @@ impl Drop for CancelOnDrop {
 /// One apply's inputs, movable to a blocking thread.
 struct Job {
     source: Source,
-    kind: &'static str,
+    kind: Option<BlobKind>,
     flags: ApplyFlags,
     /// Whether to wrap the apply in a savepoint: it joins the caller's transaction (an apply
     /// that opened its own transaction rolls that back on failure instead).
@@ -681,17 +608,10 @@ impl Job {
             // The source was one or the other.
             (None, None) => ApplyInput::Blob(&[]),
         };
-        // SQLite's own savepoint would only nest inside liteorm's savepoint or transaction, which
-        // undo a failed apply already, and each savepoint level costs per page the apply
-        // changes: the page is copied to the sub-journal before its first change.
-        let sqlite_flags = ApplyFlags {
-            no_savepoint: true,
-            ..flags
-        };
         // SQLite records every omitted or replaced conflict for the rebase buffer, and then
         // discards it for a patchset: not asking for it there saves that work per conflict.
-        let rebase = rebase && kind != <crate::Patchset as sealed::Changes>::KIND;
-        let applied = ffi::apply(db, input, sqlite_flags, &mut hooks, rebase);
+        let rebase = rebase && kind != Some(BlobKind::Patchset);
+        let applied = ffi::apply(db, input, flags, &mut hooks, rebase);
         let (outcome, rebase) = match applied {
             Ok((outcome, rebase)) => (Ok(outcome), rebase),
             Err(err) => (Err(Error::from(err)), Arc::from(&[][..])),
@@ -702,8 +622,10 @@ impl Job {
             Tables::Checked(tables) => (Some(tables), None),
             Tables::Listing(listing) => {
                 // The task did not run only if the runtime is shutting down: list here then.
-                let listed = futures::executor::block_on(listing)
-                    .unwrap_or_else(|_| survey(blob.as_deref().unwrap_or_default(), kind));
+                let listed = futures::executor::block_on(listing).unwrap_or_else(|_| {
+                    let kind = kind.unwrap_or(BlobKind::Changeset);
+                    survey(blob.as_deref().unwrap_or_default(), kind)
+                });
                 match listed {
                     Ok(tables) => (Some(tables), None),
                     Err(err) => (None, Some(err)),
@@ -795,7 +717,7 @@ fn same_run(run: &str, next: &str) -> bool {
 /// [`format`] (no value is decoded and SQLite's iterator is not involved). A malformed blob
 /// fails here: before anything is written for a small blob, alongside SQLite's apply (which is
 /// then undone) for a large one.
-pub(crate) fn survey(blob: &[u8], kind: &'static str) -> Result<HashMap<String, TableInfo>, Error> {
+pub(crate) fn survey(blob: &[u8], kind: BlobKind) -> Result<HashMap<String, TableInfo>, Error> {
     // The fast walk accepts exactly what the checker accepts; only the checker says why not.
     let mut sections = match format::sections(blob) {
         Some(sections) => sections,
@@ -805,7 +727,7 @@ pub(crate) fn survey(blob: &[u8], kind: &'static str) -> Result<HashMap<String, 
                 .feed(blob)
                 .and_then(|()| checker.finish().map(drop))
                 .map_err(|m| Error::Invalid {
-                    kind,
+                    kind: kind.name(),
                     entry: m.entry,
                     offset: Some(m.offset),
                     reason: m.reason,

@@ -185,7 +185,53 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        self.run(false, |s, _| f(s)).await.map(Changeset::trusted)
+        let ((), blob) = self.run(false, |s, _| f(s)).await?;
+        Ok(Changeset::trusted(blob))
+    }
+
+    /// Like [`Capture::changeset`], for a closure that also returns a value: returns the value
+    /// and the changeset.
+    ///
+    /// ```
+    /// use liteorm_changeset::Capture;
+    /// use liteorm_core::Session;
+    /// use liteorm_sqlite::SqliteSession;
+    ///
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> Result<(), liteorm_changeset::Error> {
+    /// let db = SqliteSession::open_in_memory().await?;
+    /// db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").await?;
+    /// let (inserted, changes) = Capture::new(&db)
+    ///     .changeset_returning(|s| async move {
+    ///         let n = s.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')", &[]).await?;
+    ///         Ok::<_, liteorm_changeset::Error>(n)
+    ///     })
+    ///     .await?;
+    /// assert_eq!(inserted, 2);
+    /// assert_eq!(changes.changes()?.len(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn changeset_returning<F, Fut, T, E>(self, f: F) -> Result<(T, Changeset), E>
+    where
+        F: FnOnce(SqliteSession) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send,
+        E: From<Error>,
+    {
+        let (value, blob) = self.run(false, |s, _| f(s)).await?;
+        Ok((value, Changeset::trusted(blob)))
+    }
+
+    /// Like [`Capture::patchset`], for a closure that also returns a value: returns the value
+    /// and the patchset.
+    pub async fn patchset_returning<F, Fut, T, E>(self, f: F) -> Result<(T, Patchset), E>
+    where
+        F: FnOnce(SqliteSession) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send,
+        E: From<Error>,
+    {
+        let (value, blob) = self.run(true, |s, _| f(s)).await?;
+        Ok((value, Patchset::trusted(blob)))
     }
 
     /// Runs `f` and returns its changes as a patchset.
@@ -195,7 +241,8 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        self.run(true, |s, _| f(s)).await.map(Patchset::trusted)
+        let ((), blob) = self.run(true, |s, _| f(s)).await?;
+        Ok(Patchset::trusted(blob))
     }
 
     /// Runs `f`, which also gets a [`Recorder`] for the session object, and returns its changes
@@ -206,7 +253,8 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        self.run(false, f).await.map(Changeset::trusted)
+        let ((), blob) = self.run(false, f).await?;
+        Ok(Changeset::trusted(blob))
     }
 
     /// Runs `f`, which also gets a [`Recorder`] for the session object, and returns its changes
@@ -217,16 +265,17 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        self.run(true, f).await.map(Patchset::trusted)
+        let ((), blob) = self.run(true, f).await?;
+        Ok(Patchset::trusted(blob))
     }
 
-    async fn run<F, Fut, E>(self, patchset: bool, f: F) -> Result<Arc<[u8]>, E>
+    async fn run<F, Fut, T, E>(self, patchset: bool, f: F) -> Result<(T, Arc<[u8]>), E>
     where
         F: FnOnce(SqliteSession, Recorder) -> Fut,
-        Fut: Future<Output = Result<(), E>> + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
         E: From<Error>,
     {
-        let sqlite = gate::sqlite(self.session, "capturing a changeset")?;
+        let sqlite = gate::gate(self.session, "capturing a changeset")?;
         if self.options.track_size {
             Capability::ChangesetSize.require()?;
         }
@@ -237,8 +286,8 @@ impl<'s> Capture<'s> {
         // Declared before the closure's future so that, on cancellation, it is dropped after it
         // (and so after any statement future that still holds the connection).
         let recording = Recording::start(pinned, self.tables.as_deref(), self.options).await?;
-        f(recording.pinned.session(), recording.recorder()).await?;
-        Ok(recording.finish(patchset).await?)
+        let value = f(recording.pinned.session(), recording.recorder()).await?;
+        Ok((value, recording.finish(patchset).await?))
     }
 }
 
@@ -352,11 +401,8 @@ impl Recording {
                 let blob = guard.with_raw_blocking(|db| generate_and_delete(db, session, patchset));
                 (blob, guard)
             });
-            task.await.map_err(|join| Error::Sqlite {
-                code: -1,
-                message: join.to_string(),
-                context: "generating the changeset",
-            })?
+            task.await
+                .map_err(|join| Error::task_failed("changeset generating task", join))?
         };
         let blob = blob??;
         guard.commit().await?;

@@ -101,7 +101,7 @@ impl<'s> Diff<'s> {
     }
 
     async fn run(self, patchset: bool) -> Result<Arc<[u8]>, Error> {
-        let sqlite = gate::sqlite(self.session, "diffing databases")?;
+        let sqlite = gate::gate(self.session, "diffing databases")?;
         let (attach, schema, shown) = match self.from {
             From::File(path) => {
                 // ATTACH would create a missing file and diff against an empty database.
@@ -136,10 +136,8 @@ impl<'s> Diff<'s> {
             drop(pinned);
             diffed
         });
-        task.await.map_err(|join| Error::CallbackPanicked {
-            callback: "diff task",
-            message: join.to_string(),
-        })??
+        task.await
+            .map_err(|join| Error::task_failed("diff task", join))??
     }
 }
 

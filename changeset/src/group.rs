@@ -8,6 +8,7 @@ use std::sync::Arc;
 use liteorm_core::Session;
 
 use crate::change::Change;
+use crate::changeset::BlobKind;
 use crate::changeset::sealed::Changes;
 use crate::ffi::{self, Handle, RawChangegroup, RawError};
 use crate::format::{Checker, Section};
@@ -126,13 +127,13 @@ impl<C: Changes> Changegroup<C> {
             while added.is_ok()
                 && iter
                     .advance()
-                    .map_err(|e| crate::iter::invalid(C::KIND, entry, e))?
+                    .map_err(|e| crate::iter::invalid(C::KIND.name(), entry, e))?
             {
                 let change = iter
                     .current()
                     .change(&mut table)
                     .map(Change::from)
-                    .map_err(|e| crate::iter::invalid(C::KIND, entry, e))?;
+                    .map_err(|e| crate::iter::invalid(C::KIND.name(), entry, e))?;
                 if keep(&change) {
                     added = self.raw.add_change(&iter);
                 }
@@ -161,7 +162,7 @@ impl<C: Changes> Changegroup<C> {
     where
         I: IntoIterator<Item = C>,
     {
-        let sqlite = gate::sqlite(session, "merging changes to a schema")?;
+        let sqlite = gate::gate(session, "merging changes to a schema")?;
         crate::Capability::ChangegroupSchema.require()?;
         let blobs: Vec<Arc<[u8]>> = inputs.into_iter().map(|c| c.blob()).collect();
         let pinned = sqlite.pin().await?;
@@ -172,10 +173,9 @@ impl<C: Changes> Changegroup<C> {
             drop(pinned);
             merged
         });
-        let merged = task.await.map_err(|join| Error::CallbackPanicked {
-            callback: "changegroup task",
-            message: join.to_string(),
-        })???;
+        let merged = task
+            .await
+            .map_err(|join| Error::task_failed("changegroup task", join))???;
         Ok(C::from_trusted(merged))
     }
 
@@ -265,7 +265,7 @@ fn merge_to_schema<C: Changes>(_db: Handle<'_>, _blobs: &[Arc<[u8]>]) -> Result<
 
 /// The first table of `blob` that does not fit `main` of `db`, as an error.
 #[cfg(sqlite_has_changegroup_schema)]
-fn schema_mismatch(db: Handle<'_>, blob: &[u8], kind: &'static str) -> Option<Error> {
+fn schema_mismatch(db: Handle<'_>, blob: &[u8], kind: BlobKind) -> Option<Error> {
     let tables = crate::apply::survey(blob, kind).ok()?;
     let mut names: Vec<&String> = tables.keys().collect();
     names.sort();

@@ -220,7 +220,7 @@ impl ColumnNames {
 
     /// The names of every table of the `main` database of `session`.
     pub async fn of(session: &dyn Session) -> Result<Self, Error> {
-        gate::sqlite(session, "reading column names")?;
+        gate::gate(session, "reading column names")?;
         let rows = session
             .query(
                 "SELECT m.name, p.name FROM main.sqlite_schema AS m, \

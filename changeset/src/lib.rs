@@ -67,6 +67,7 @@ mod capability;
 mod capture;
 mod change;
 mod changeset;
+mod conflict;
 mod diff;
 mod error;
 // The one module allowed `unsafe`: every call into libsqlite3-sys.
@@ -80,16 +81,15 @@ mod iter;
 mod rebase;
 pub mod stream;
 
-pub use apply::{
-    Apply, ApplyReport, Conflict, ConflictAction, ConflictCounts, ConflictKind, ConflictRef,
-    SkipReason, SkippedTable, apply,
-};
+pub use apply::{Apply, ApplyReport, ConflictCounts, ConflictRef, SkipReason, SkippedTable, apply};
 pub use capability::{Capability, SQLITE_BUILD_VERSION};
 pub use capture::{Capture, Recorder, capture};
 pub use change::{Change, ChangeOp};
 pub use changeset::{Changeset, Patchset};
+pub use conflict::{Conflict, ConflictAction, ConflictKind};
 pub use diff::Diff;
 pub use error::{Error, Result};
+pub use gate::gate;
 pub use group::Changegroup;
 pub use inspect::ColumnNames;
 pub use iter::ChangeIter;

@@ -48,6 +48,7 @@ use liteorm_core::Session;
 use crate::Error;
 use crate::apply::Apply;
 use crate::change::Change;
+use crate::changeset::BlobKind;
 use crate::ffi::{self, Input, Output, RawChangegroup, StreamIter};
 use crate::format::{self, Checker};
 use crate::iter::invalid;
@@ -104,10 +105,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(job)
         .await
-        .map_err(|join| Error::CallbackPanicked {
-            callback: "stream task",
-            message: join.to_string(),
-        })?
+        .map_err(|join| Error::task_failed("stream task", join))?
 }
 
 /// Applies the changeset or patchset `input` reads to the `main` database of `session`.
@@ -256,11 +254,8 @@ impl<R: Read> Iterator for ChangeStream<R> {
                 .change(&mut self.table)
                 .map(Change::from)
                 .map_err(|err| {
-                    let kind = match iter.reader().checker().marker() {
-                        Some(format::PATCHSET) => "patchset",
-                        _ => "changeset",
-                    };
-                    invalid(kind, entry, err)
+                    let kind = BlobKind::of_marker(iter.reader().checker().marker());
+                    invalid(kind.name(), entry, err)
                 }),
             Ok(false) => {
                 self.iter = None;

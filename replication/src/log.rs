@@ -270,15 +270,11 @@ impl ChangeLog {
         }
         let changes = capture.changeset(f).await?;
         if changes.is_empty() {
-            liteorm_core::Transaction::commit(Box::new(tx))
-                .await
-                .map_err(Error::from)?;
+            tx.commit().await.map_err(Error::from)?;
             return Ok(None);
         }
         let entry = self.append(&tx, meta, kind, changes).await?;
-        liteorm_core::Transaction::commit(Box::new(tx))
-            .await
-            .map_err(Error::from)?;
+        tx.commit().await.map_err(Error::from)?;
         let seq = entry.seq;
         if let Some(sender) = &self.publish
             && sender.send(entry).await.is_err()
@@ -438,16 +434,8 @@ impl ChangeLog {
     }
 }
 
-/// The SQLite session behind `session`, or the typed capability error.
+/// The SQLite session behind `session`, or the typed capability error (the changeset crate's
+/// gate).
 pub(crate) fn sqlite(session: &dyn Session) -> Result<SqliteSession> {
-    session
-        .as_any()
-        .downcast_ref::<SqliteSession>()
-        .cloned()
-        .ok_or_else(|| {
-            Error::Changeset(liteorm_changeset::Error::Unsupported {
-                capability: "change logs and replication",
-                dialect: session.dialect(),
-            })
-        })
+    Ok(liteorm_changeset::gate(session, "change logs and replication")?.clone())
 }
