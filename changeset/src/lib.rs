@@ -62,6 +62,10 @@
 
 #![deny(unsafe_code)]
 
+// First: its macro is used by the modules below (macros are scoped by textual order).
+#[macro_use]
+mod capability_table;
+
 mod apply;
 mod capability;
 mod capture;
