@@ -41,7 +41,7 @@
 //! # }
 //! ```
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 
 use liteorm_core::Session;
 
@@ -50,54 +50,8 @@ use crate::apply::Apply;
 use crate::change::Change;
 use crate::changeset::BlobKind;
 use crate::ffi::{self, Input, Output, RawChangegroup, StreamIter};
-use crate::format::{self, Checker};
+use crate::format::{self, Checked, Checker};
 use crate::iter::invalid;
-
-/// A reader that checks the structure of what passes through it, so that what it hands on is
-/// always a well-formed prefix of a changeset or patchset, and its end is the end of a complete
-/// one (otherwise it fails with an `InvalidData` error carrying the checker's finding).
-pub(crate) struct Checked<R> {
-    inner: R,
-    checker: Checker,
-}
-
-impl<R> Checked<R> {
-    /// Checks a changeset or a patchset, whichever the first byte says.
-    pub(crate) fn new(inner: R) -> Self {
-        Checked {
-            inner,
-            checker: Checker::new(None),
-        }
-    }
-
-    /// Also records the table sections (see [`Checker::surveying`]).
-    pub(crate) fn surveying(inner: R) -> Self {
-        Checked {
-            inner,
-            checker: Checker::new(None).surveying(),
-        }
-    }
-
-    pub(crate) fn checker(&self) -> &Checker {
-        &self.checker
-    }
-}
-
-impl<R: Read> Read for Checked<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let n = self.inner.read(buf)?;
-        let checked = if n == 0 {
-            self.checker.finish().map(drop)
-        } else {
-            self.checker.feed(&buf[..n])
-        };
-        checked.map_err(|malformed| io::Error::new(io::ErrorKind::InvalidData, malformed))?;
-        Ok(n)
-    }
-}
 
 /// Runs `job` on a blocking thread.
 async fn blocking<T: Send + 'static>(

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use tokio::task::JoinHandle;
 
 use crate::ffi::{self, ApplyFlags, ApplyInput, Handle, Input};
-use crate::stream::Checked;
-use crate::{Error, RebaseBuffer, format};
+use crate::format::{self, Checked};
+use crate::{Error, RebaseBuffer};
 
 use crate::changeset::BlobKind;
 
