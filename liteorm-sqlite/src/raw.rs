@@ -23,6 +23,23 @@ pub use libsqlite3_sys::sqlite3;
 /// `Copy`, so that a callee can pass it on; neither `Send` nor `Sync`, and the closures of
 /// [`PinnedGuard::with_raw`] get it for a lifetime they cannot name, so it cannot outlive the
 /// access it stands for.
+///
+/// A handle cannot leave the closure it was given to:
+///
+/// ```compile_fail
+/// # async fn escape(guard: &mut liteorm_sqlite::PinnedGuard) {
+/// let escaped = guard.with_raw(|db| db).await;
+/// # }
+/// ```
+///
+/// nor move to another thread:
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// fn escape(db: liteorm_sqlite::raw::Handle<'_>) {
+///     send(db);
+/// }
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Handle<'a> {
     db: NonNull<sqlite3>,
