@@ -18,21 +18,19 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[macro_use]
+#[path = "src/capability_table.rs"]
+mod capability_table;
+
+/// Lists each capability's cfg and first SQLite release (as `SQLITE_VERSION_NUMBER`).
+macro_rules! cfgs {
+    ($($variant:ident, $cfg:ident, $version:literal, $number:literal, $what:literal;)*) => {
+        &[$((stringify!($cfg), $number)),*]
+    };
+}
+
 /// Each cfg and the first SQLite release (as `SQLITE_VERSION_NUMBER`) that has the feature.
-const FEATURES: &[(&str, u32)] = &[
-    // sqlite3session_changeset_size, SQLITE_SESSION_OBJCONFIG_SIZE.
-    ("sqlite_has_changeset_size", 3_036_000),
-    // SQLITE_CHANGESETAPPLY_IGNORENOOP.
-    ("sqlite_has_ignorenoop", 3_042_000),
-    // SQLITE_SESSION_OBJCONFIG_ROWID, and apply's implicit `_rowid_` key for tables without one.
-    ("sqlite_has_implicit_pk", 3_042_000),
-    // SQLITE_CHANGESETAPPLY_FKNOACTION.
-    ("sqlite_has_fknoaction", 3_044_000),
-    // sqlite3changegroup_schema.
-    ("sqlite_has_changegroup_schema", 3_044_000),
-    // sqlite3changegroup_add_change.
-    ("sqlite_has_changegroup_add_change", 3_046_000),
-];
+const FEATURES: &[(&str, u32)] = capability_table!(cfgs);
 
 /// The oldest SQLite libsqlite3-sys accepts from pkg-config; assumed when nothing else is found.
 const FALLBACK: (&str, u32) = ("3.34.1", 3_034_001);

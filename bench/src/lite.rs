@@ -68,7 +68,7 @@ impl LiteDb {
             .with_raw(|db| {
                 // SAFETY: `with_raw` hands out a valid handle that sqlx's worker does not touch
                 // until the closure returns, and the `Handle` does not escape the closure.
-                f(unsafe { Handle::from_raw(db) })
+                f(unsafe { Handle::from_raw(db.as_non_null()) })
             })
             .await?;
         drop(guard);

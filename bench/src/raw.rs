@@ -1,14 +1,13 @@
 //! Thin synchronous wrappers over the raw SQLite C API (connections, statements, sessions,
 //! changesets) for the baseline: no sqlx, no async, one connection per database.
 //!
-//! They use the same libsqlite3-sys (and so the same linked SQLite) as liteorm, through
-//! `liteorm_sqlite::ffi`. Every `unsafe` call lives in this module.
+//! They use the same libsqlite3-sys (and so the same linked SQLite) as liteorm. Every `unsafe` call lives in this module.
 
 use std::ffi::{CStr, CString, c_int, c_void};
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 
-use liteorm_sqlite::ffi;
+use libsqlite3_sys as ffi;
 use tempfile::TempDir;
 
 use crate::common::{BenchResult, DbMode, RowData};

@@ -59,64 +59,59 @@ impl Capability {
 
     /// The first SQLite release that has it.
     pub fn min_version(self) -> &'static str {
-        match self {
-            Capability::ChangesetSize => "3.36.0",
-            Capability::IgnoreNoop | Capability::ImplicitPrimaryKey => "3.42.0",
-            Capability::FkNoAction | Capability::ChangegroupSchema => "3.44.0",
-            Capability::ChangegroupAddChange => "3.46.0",
+        macro_rules! version {
+            ($($variant:ident, $cfg:ident, $version:literal, $number:literal, $what:literal;)*) => {
+                match self {
+                    $(Capability::$variant => $version,)*
+                }
+            };
         }
+        capability_table!(version)
     }
 
     fn min_version_number(self) -> i32 {
-        match self {
-            Capability::ChangesetSize => 3_036_000,
-            Capability::IgnoreNoop | Capability::ImplicitPrimaryKey => 3_042_000,
-            Capability::FkNoAction | Capability::ChangegroupSchema => 3_044_000,
-            Capability::ChangegroupAddChange => 3_046_000,
+        macro_rules! number {
+            ($($variant:ident, $cfg:ident, $version:literal, $number:literal, $what:literal;)*) => {
+                match self {
+                    $(Capability::$variant => $number,)*
+                }
+            };
         }
+        capability_table!(number)
     }
 
     /// Whether this build has it: compiled in (the headers declare it) and the SQLite library
     /// loaded at run time is recent enough (a dynamically linked one can be older than its
     /// headers, and would silently ignore an unknown flag).
     pub fn is_available(self) -> bool {
-        let compiled = match self {
-            Capability::ChangesetSize => cfg!(sqlite_has_changeset_size),
-            Capability::IgnoreNoop => cfg!(sqlite_has_ignorenoop),
-            Capability::ImplicitPrimaryKey => cfg!(sqlite_has_implicit_pk),
-            Capability::FkNoAction => cfg!(sqlite_has_fknoaction),
-            Capability::ChangegroupSchema => cfg!(sqlite_has_changegroup_schema),
-            Capability::ChangegroupAddChange => cfg!(sqlite_has_changegroup_add_change),
-        };
+        macro_rules! compiled {
+            ($($variant:ident, $cfg:ident, $version:literal, $number:literal, $what:literal;)*) => {
+                match self {
+                    $(Capability::$variant => cfg!($cfg),)*
+                }
+            };
+        }
+        let compiled = capability_table!(compiled);
         compiled && ffi::libversion_number() >= self.min_version_number()
     }
 
     /// What [`Error::Unsupported`] says is missing.
     fn description(self) -> &'static str {
         macro_rules! needs {
-            ($what:literal, $version:literal) => {
-                concat!(
-                    $what,
-                    " (needs SQLite >= ",
-                    $version,
-                    "; this build has ",
-                    env!("LITEORM_CHANGESET_SQLITE_VERSION"),
-                    ")"
-                )
+            ($($variant:ident, $cfg:ident, $version:literal, $number:literal, $what:literal;)*) => {
+                match self {
+                    $(Capability::$variant => concat!(
+                        $what,
+                        " (needs SQLite >= ",
+                        $version,
+                        "; this build has ",
+                        env!("LITEORM_CHANGESET_SQLITE_VERSION"),
+                        ")"
+                    ),)*
+                }
             };
         }
-        match self {
-            Capability::ChangesetSize => needs!("the changeset size estimate", "3.36.0"),
-            Capability::IgnoreNoop => needs!("the IGNORENOOP apply flag", "3.42.0"),
-            Capability::ImplicitPrimaryKey => {
-                needs!("recording tables without a PRIMARY KEY", "3.42.0")
-            }
-            Capability::FkNoAction => needs!("the FKNOACTION apply flag", "3.44.0"),
-            Capability::ChangegroupSchema => needs!("changegroup schemas", "3.44.0"),
-            Capability::ChangegroupAddChange => {
-                needs!("adding single changes to a changegroup", "3.46.0")
-            }
-        }
+        capability_table!(needs)
     }
 
     /// `Ok` if available, else the typed error.

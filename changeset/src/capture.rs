@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::executor::block_on as futures_lite_block_on;
 use liteorm_core::Session;
+use liteorm_sqlite::raw::MemoKey;
 use liteorm_sqlite::{PinnedConnection, PinnedGuard, SqliteSession};
 
-use crate::ffi::{self, RawSession, TableFilter, TableFilterFn};
+use crate::ffi::{self, Handle, RawSession, TableFilter, TableFilterFn};
 use crate::{Capability, Changeset, Error, Patchset, gate};
 
 /// Sessions whose recorded data is larger than this generate their changeset on a blocking
@@ -199,7 +200,53 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        self.run(false, |s, _| f(s)).await.map(Changeset::trusted)
+        let ((), blob) = self.run(false, |s, _| f(s)).await?;
+        Ok(Changeset::trusted(blob))
+    }
+
+    /// Like [`Capture::changeset`], for a closure that also returns a value: returns the value
+    /// and the changeset.
+    ///
+    /// ```
+    /// use liteorm_changeset::Capture;
+    /// use liteorm_core::Session;
+    /// use liteorm_sqlite::SqliteSession;
+    ///
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> Result<(), liteorm_changeset::Error> {
+    /// let db = SqliteSession::open_in_memory().await?;
+    /// db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").await?;
+    /// let (inserted, changes) = Capture::new(&db)
+    ///     .changeset_returning(|s| async move {
+    ///         let n = s.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')", &[]).await?;
+    ///         Ok::<_, liteorm_changeset::Error>(n)
+    ///     })
+    ///     .await?;
+    /// assert_eq!(inserted, 2);
+    /// assert_eq!(changes.changes()?.len(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn changeset_returning<F, Fut, T, E>(self, f: F) -> Result<(T, Changeset), E>
+    where
+        F: FnOnce(SqliteSession) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send,
+        E: From<Error>,
+    {
+        let (value, blob) = self.run(false, |s, _| f(s)).await?;
+        Ok((value, Changeset::trusted(blob)))
+    }
+
+    /// Like [`Capture::patchset`], for a closure that also returns a value: returns the value
+    /// and the patchset.
+    pub async fn patchset_returning<F, Fut, T, E>(self, f: F) -> Result<(T, Patchset), E>
+    where
+        F: FnOnce(SqliteSession) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send,
+        E: From<Error>,
+    {
+        let (value, blob) = self.run(true, |s, _| f(s)).await?;
+        Ok((value, Patchset::trusted(blob)))
     }
 
     /// Runs `f` and returns its changes as a patchset.
@@ -209,7 +256,8 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        self.run(true, |s, _| f(s)).await.map(Patchset::trusted)
+        let ((), blob) = self.run(true, |s, _| f(s)).await?;
+        Ok(Patchset::trusted(blob))
     }
 
     /// Runs `f`, which also gets a [`Recorder`] for the session object, and returns its changes
@@ -220,7 +268,8 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        self.run(false, f).await.map(Changeset::trusted)
+        let ((), blob) = self.run(false, f).await?;
+        Ok(Changeset::trusted(blob))
     }
 
     /// Runs `f`, which also gets a [`Recorder`] for the session object, and returns its changes
@@ -231,16 +280,17 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        self.run(true, f).await.map(Patchset::trusted)
+        let ((), blob) = self.run(true, f).await?;
+        Ok(Patchset::trusted(blob))
     }
 
-    async fn run<F, Fut, E>(self, patchset: bool, f: F) -> Result<Arc<[u8]>, E>
+    async fn run<F, Fut, T, E>(self, patchset: bool, f: F) -> Result<(T, Arc<[u8]>), E>
     where
         F: FnOnce(SqliteSession, Recorder) -> Fut,
-        Fut: Future<Output = Result<(), E>> + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
         E: From<Error>,
     {
-        let sqlite = gate::sqlite(self.session, "capturing a changeset")?;
+        let sqlite = gate::gate(self.session, "capturing a changeset")?;
         if self.options.track_size {
             Capability::ChangesetSize.require()?;
         }
@@ -254,8 +304,8 @@ impl<'s> Capture<'s> {
         // Writes the closure makes through a pool-backed session on the same pool are routed to
         // the recording connection (and so recorded), on this task.
         let work = f(recording.pinned.session(), recording.recorder());
-        recording.pinned.route(work).await?;
-        Ok(recording.finish(patchset).await?)
+        let value = recording.pinned.route(work).await?;
+        Ok((value, recording.finish(patchset).await?))
     }
 }
 
@@ -300,19 +350,18 @@ impl Recording {
         }
         let session = guard
             .with_raw(|db| -> Result<RawSession, Error> {
-                // SAFETY: `db` comes from `with_raw`: valid and locked for this closure.
-                unsafe {
-                    let mut session = RawSession::create(db)?;
-                    let attached = configure(&mut session, options).and_then(|()| match tables {
-                        None => session.attach(None),
-                        Some(tables) => tables.iter().try_for_each(|t| session.attach(Some(t))),
-                    });
-                    if let Err(err) = attached {
-                        session.delete();
-                        return Err(err);
-                    }
-                    Ok(session)
+                let mut session = RawSession::create(db)?;
+                let attached = configure(db, &mut session, options).and_then(|()| match tables {
+                    None => Ok(session.attach(db, None)?),
+                    Some(tables) => Ok(tables
+                        .iter()
+                        .try_for_each(|t| session.attach(db, Some(t)))?),
+                });
+                if let Err(err) = attached {
+                    session.delete(db);
+                    return Err(err);
                 }
+                Ok(session)
             })
             .await??;
         *lock(&recording.session) = Some(session);
@@ -346,7 +395,7 @@ impl Recording {
         }
         let shared = Arc::clone(&self.session);
         let used = guard
-            .with_raw(move |_db| {
+            .with_raw(move |db| {
                 let session = lock(&shared);
                 let session = session.as_ref().ok_or(Error::TransactionEnded)?;
                 if let Some(message) = session.filter_panic() {
@@ -356,8 +405,7 @@ impl Recording {
                         message,
                     });
                 }
-                // SAFETY: `db` comes from `with_raw`: valid and locked for this closure.
-                Ok(unsafe { session.memory_used() })
+                Ok(session.memory_used(db))
             })
             .await??;
         let (blob, mut guard) = if used <= INLINE_GENERATE_MAX {
@@ -375,11 +423,8 @@ impl Recording {
                 let blob = guard.with_raw_blocking(|db| generate_and_delete(db, session, patchset));
                 (blob, guard)
             });
-            task.await.map_err(|join| Error::Sqlite {
-                code: -1,
-                message: join.to_string(),
-                context: "generating the changeset",
-            })?
+            task.await
+                .map_err(|join| Error::task_failed("changeset generating task", join))?
         };
         let blob = blob??;
         guard.commit().await?;
@@ -387,6 +432,9 @@ impl Recording {
         Ok(blob)
     }
 }
+
+/// Key layouts by table name, kept on the connection (see [`table_pk`]).
+const TABLE_PK: MemoKey<Option<Vec<u8>>> = MemoKey::new("liteorm_changeset::table_pk");
 
 /// The primary-key layout of `table` (see [`ffi::table_pk`]), kept on the connection while its
 /// schema does not change: reading it costs a tenth of a one-row capture (SQLite prepares a
@@ -396,64 +444,50 @@ pub(crate) async fn table_pk(
     table: &str,
 ) -> Result<Option<Vec<u8>>, Error> {
     guard
-        .schema_cached("liteorm_changeset::table_pk", table, |db| {
-            // SAFETY: `db` comes from `schema_cached`: valid and locked for this closure.
-            unsafe { ffi::table_pk(db, table) }
-        })
+        .schema_cached(TABLE_PK, table, |db| ffi::table_pk(db, table))
         .await?
+        .map_err(Error::from)
 }
 
 /// Checks that capture's transaction is still open, then generates the blob and deletes the
 /// session (also when generating fails).
 fn generate_and_delete(
-    db: std::ptr::NonNull<liteorm_sqlite::ffi::sqlite3>,
+    db: Handle<'_>,
     session: RawSession,
     patchset: bool,
 ) -> Result<Arc<[u8]>, Error> {
-    // SAFETY: `db` comes from `with_raw*`: valid and locked for this call; `session` lives on it.
-    unsafe {
-        let result = if ffi::in_transaction(db) {
-            session.generate(db, patchset)
-        } else {
-            Err(Error::TransactionEnded)
-        };
-        session.delete();
-        result
-    }
+    let result = if ffi::in_transaction(db) {
+        session.generate(db, patchset).map_err(Error::from)
+    } else {
+        Err(Error::TransactionEnded)
+    };
+    session.delete(db);
+    result
 }
 
-/// Sets up a new session object as `options` say, before any table is attached.
-///
-/// # Safety
-/// The session's connection is locked.
-unsafe fn configure(session: &mut RawSession, options: Options) -> Result<(), Error> {
+/// Sets up a new session object on `db` as `options` say, before any table is attached.
+fn configure(db: Handle<'_>, session: &mut RawSession, options: Options) -> Result<(), Error> {
     if options.track_size {
         Capability::ChangesetSize.require()?;
         #[cfg(sqlite_has_changeset_size)]
-        // SAFETY: the caller's promise.
-        unsafe {
-            session.track_size()?;
-        }
+        session.track_size(db)?;
     }
     if options.implicit_pk {
         Capability::ImplicitPrimaryKey.require()?;
         #[cfg(sqlite_has_implicit_pk)]
-        // SAFETY: the caller's promise.
-        unsafe {
-            session.implicit_pk()?;
-        }
+        session.implicit_pk(db)?;
     }
-    // SAFETY: the caller's promise.
-    unsafe {
-        if options.indirect {
-            session.indirect(true);
-        }
-        if let Some(filter) = options.filter {
-            session.set_table_filter(TableFilter {
+    if options.indirect {
+        session.indirect(db, true);
+    }
+    if let Some(filter) = options.filter {
+        session.set_table_filter(
+            db,
+            TableFilter {
                 filter,
                 panicked: None,
-            });
-        }
+            },
+        );
     }
     Ok(())
 }
@@ -475,7 +509,7 @@ impl Recorder {
     /// Runs `f` on the session object while the connection is locked.
     async fn with_session<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&RawSession) -> T + Send + 'static,
+        f: impl FnOnce(&RawSession, Handle<'_>) -> T + Send + 'static,
     ) -> Result<T, Error> {
         const OVER: Error = Error::Misuse("the capture this Recorder belongs to is over");
         if lock(&self.session).is_none() {
@@ -484,7 +518,7 @@ impl Recorder {
         let mut guard = self.pinned.lock().await?;
         let session = Arc::clone(&self.session);
         guard
-            .with_raw(move |_db| lock(&session).as_ref().map(f))
+            .with_raw(move |db| lock(&session).as_ref().map(|s| f(s, db)))
             .await?
             .ok_or(OVER)
     }
@@ -494,29 +528,24 @@ impl Recorder {
     /// earlier still appears with its final values, because a changeset pairs the recorded old
     /// values with the row as it is when the capture ends.
     pub async fn set_enabled(&self, enabled: bool) -> Result<(), Error> {
-        // SAFETY: `with_session` runs this while the session's connection is locked.
-        self.with_session(move |s| unsafe { s.enable(enabled) })
-            .await
+        self.with_session(move |s, db| s.enable(db, enabled)).await
     }
 
     /// Marks the changes recorded from now on as indirect (`true`) or direct
     /// (`sqlite3session_indirect`).
     pub async fn set_indirect(&self, indirect: bool) -> Result<(), Error> {
-        // SAFETY: `with_session` runs this while the session's connection is locked.
-        self.with_session(move |s| unsafe { s.indirect(indirect) })
+        self.with_session(move |s, db| s.indirect(db, indirect))
             .await
     }
 
     /// Whether nothing has been recorded yet (`sqlite3session_isempty`).
     pub async fn is_empty(&self) -> Result<bool, Error> {
-        // SAFETY: `with_session` runs this while the session's connection is locked.
-        self.with_session(|s| unsafe { s.is_empty() }).await
+        self.with_session(|s, db| s.is_empty(db)).await
     }
 
     /// Bytes of heap the session object uses (`sqlite3session_memory_used`).
     pub async fn memory_used(&self) -> Result<u64, Error> {
-        // SAFETY: `with_session` runs this while the session's connection is locked.
-        let used = self.with_session(|s| unsafe { s.memory_used() }).await?;
+        let used = self.with_session(|s, db| s.memory_used(db)).await?;
         Ok(u64::try_from(used).unwrap_or(0))
     }
 
@@ -532,8 +561,7 @@ impl Recorder {
         }
         #[cfg(sqlite_has_changeset_size)]
         {
-            // SAFETY: `with_session` runs this while the session's connection is locked.
-            let size = self.with_session(|s| unsafe { s.changeset_size() }).await?;
+            let size = self.with_session(|s, db| s.changeset_size(db)).await?;
             Ok(u64::try_from(size).unwrap_or(0))
         }
         #[cfg(not(sqlite_has_changeset_size))]
@@ -607,7 +635,6 @@ fn undo(guard: &mut PinnedGuard, session: Option<RawSession>, depth: Option<usiz
         let _ = guard.rollback_levels_blocking(depth);
     }
     if let Some(session) = session {
-        // SAFETY: `db` comes from `with_raw_blocking`: valid and locked; the session lives on it.
-        let _ = guard.with_raw_blocking(|_db| unsafe { session.delete() });
+        let _ = guard.with_raw_blocking(|db| session.delete(db));
     }
 }

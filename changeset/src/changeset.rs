@@ -4,16 +4,47 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::change::Change;
 use crate::inspect::{self, ColumnNames};
-use crate::iter::{self, Change, ChangeIter};
+use crate::iter::{self, ChangeIter};
 use crate::{Error, ffi, format};
 
 /// The first byte of every table section: `T` in a changeset, `P` in a patchset.
 const CHANGESET_TABLE: u8 = format::CHANGESET;
 const PATCHSET_TABLE: u8 = format::PATCHSET;
 
+pub(crate) use sealed::BlobKind;
+
 pub(crate) mod sealed {
     use std::sync::Arc;
+
+    /// Which of the two blob formats a blob is in.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum BlobKind {
+        /// Old and new values of every changed column.
+        Changeset,
+        /// Only the key of a deleted row, only new values of an updated one.
+        Patchset,
+    }
+
+    impl BlobKind {
+        /// `"changeset"` or `"patchset"`, as errors name it.
+        pub(crate) const fn name(self) -> &'static str {
+            match self {
+                BlobKind::Changeset => "changeset",
+                BlobKind::Patchset => "patchset",
+            }
+        }
+
+        /// The kind a table header marker (`T` or `P`) says; a changeset when none was seen.
+        pub(crate) fn of_marker(marker: Option<u8>) -> Self {
+            if marker == Some(crate::format::PATCHSET) {
+                BlobKind::Patchset
+            } else {
+                BlobKind::Changeset
+            }
+        }
+    }
 
     /// Implemented by [`Changeset`](crate::Changeset) and [`Patchset`](crate::Patchset).
     pub trait Changes: Sized {
@@ -21,8 +52,8 @@ pub(crate) mod sealed {
         fn blob(&self) -> Arc<[u8]>;
         /// Wraps bytes SQLite produced for this process.
         fn from_trusted(bytes: Arc<[u8]>) -> Self;
-        /// `"changeset"` or `"patchset"`.
-        const KIND: &'static str;
+        /// Changeset or patchset.
+        const KIND: BlobKind;
         /// The table header marker, `T` or `P`.
         const MARKER: u8;
     }
@@ -170,7 +201,7 @@ macro_rules! blob_type {
             fn from_trusted(bytes: Arc<[u8]>) -> Self {
                 $name(bytes)
             }
-            const KIND: &'static str = $kind;
+            const KIND: BlobKind = BlobKind::$name;
             const MARKER: u8 = $marker;
         }
     };

@@ -3,13 +3,11 @@
 
 use std::ffi::CString;
 use std::path::PathBuf;
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 use liteorm_core::Session;
-use liteorm_sqlite::ffi as sys;
 
-use crate::ffi::{self, RawSession};
+use crate::ffi::{self, Handle, RawSession};
 use crate::{Changeset, Error, Patchset, gate};
 
 /// The schema name a database file is attached under while it is diffed.
@@ -103,7 +101,7 @@ impl<'s> Diff<'s> {
     }
 
     async fn run(self, patchset: bool) -> Result<Arc<[u8]>, Error> {
-        let sqlite = gate::sqlite(self.session, "diffing databases")?;
+        let sqlite = gate::gate(self.session, "diffing databases")?;
         let (attach, schema, shown) = match self.from {
             From::File(path) => {
                 // ATTACH would create a missing file and diff against an empty database.
@@ -138,10 +136,8 @@ impl<'s> Diff<'s> {
             drop(pinned);
             diffed
         });
-        task.await.map_err(|join| Error::CallbackPanicked {
-            callback: "diff task",
-            message: join.to_string(),
-        })??
+        task.await
+            .map_err(|join| Error::task_failed("diff task", join))??
     }
 }
 
@@ -158,105 +154,82 @@ struct Target {
 }
 
 impl Target {
-    fn diff(&self, db: NonNull<sys::sqlite3>) -> Result<Arc<[u8]>, Error> {
+    fn diff(&self, db: Handle<'_>) -> Result<Arc<[u8]>, Error> {
         let Some(path) = &self.attach else {
             return self.diff_attached(db);
         };
-        // SAFETY: `db` comes from `with_raw_blocking`, valid and locked for this call.
-        unsafe {
-            ffi::query_text(
-                db,
-                c"ATTACH DATABASE ?1 AS liteorm_diff",
-                &[path],
-                "attaching the database to diff from",
-            )?;
-        }
+        ffi::query_text(
+            db,
+            c"ATTACH DATABASE ?1 AS liteorm_diff",
+            &[path],
+            "attaching the database to diff from",
+        )?;
         let diffed = self.diff_attached(db);
-        // SAFETY: as above.
-        let detached = unsafe {
-            ffi::query_text(
-                db,
-                c"DETACH DATABASE liteorm_diff",
-                &[],
-                "detaching the database",
-            )
-        };
+        let detached = ffi::query_text(
+            db,
+            c"DETACH DATABASE liteorm_diff",
+            &[],
+            "detaching the database",
+        );
         let diffed = diffed?;
         detached?;
         Ok(diffed)
     }
 
-    fn diff_attached(&self, db: NonNull<sys::sqlite3>) -> Result<Arc<[u8]>, Error> {
-        // SAFETY: `db` comes from `with_raw_blocking`, valid and locked for this call (and so
-        // for every call below).
-        let attached = unsafe {
-            ffi::query_text(
-                db,
-                c"SELECT 1 FROM pragma_database_list WHERE name = ?1",
-                &[&self.schema],
-                "listing attached databases",
-            )?
-        };
+    fn diff_attached(&self, db: Handle<'_>) -> Result<Arc<[u8]>, Error> {
+        let attached = ffi::query_text(
+            db,
+            c"SELECT 1 FROM pragma_database_list WHERE name = ?1",
+            &[&self.schema],
+            "listing attached databases",
+        )?;
         if attached.is_empty() {
             return Err(Error::NoSuchSchema(self.schema.clone()));
         }
         let tables = self.tables(db)?;
         let from = CString::new(self.schema.as_str())
             .map_err(|_| Error::InvalidName(self.schema.clone()))?;
-        // SAFETY: as above.
-        let session = unsafe { RawSession::create(db)? };
+        let session = RawSession::create(db)?;
         let diffed = (|| {
             for table in &tables {
                 let name =
                     CString::new(table.as_str()).map_err(|_| Error::InvalidName(table.clone()))?;
                 // `sqlite3session_diff` is documented to attach the table itself, but SQLite
                 // 3.40.1 then records nothing (3.51 does): attach it first, which both accept.
-                // SAFETY: as above; the session lives on `db`.
-                unsafe { session.attach(Some(table))? };
-                // SAFETY: as above.
-                unsafe { session.diff(db, &from, &name) }.map_err(|(rc, message)| {
-                    if rc == sys::SQLITE_SCHEMA {
+                session.attach(db, Some(table))?;
+                session.diff(db, &from, &name).map_err(|err| {
+                    if err.is_schema() {
                         self.mismatch(db, table)
                     } else {
-                        Error::Sqlite {
-                            code: rc,
-                            message,
-                            context: "sqlite3session_diff",
-                        }
+                        err.into()
                     }
                 })?;
             }
-            // SAFETY: as above.
-            unsafe { session.generate(db, self.patchset) }
+            Ok::<_, Error>(session.generate(db, self.patchset)?)
         })();
-        // SAFETY: as above.
-        unsafe { session.delete() };
+        session.delete(db);
         diffed
     }
 
     /// The tables to diff: the listed ones, checked to exist with a key, or every keyed table.
-    fn tables(&self, db: NonNull<sys::sqlite3>) -> Result<Vec<String>, Error> {
+    fn tables(&self, db: Handle<'_>) -> Result<Vec<String>, Error> {
         if self.tables.is_empty() {
-            // SAFETY: `db` is valid and locked (see `diff_attached`).
-            let rows = unsafe {
-                ffi::query_text(
-                    db,
-                    c"SELECT m.name FROM main.sqlite_schema AS m WHERE m.type = 'table' \
-                      AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
-                      AND EXISTS (SELECT 1 FROM pragma_table_info(m.name, 'main') WHERE pk > 0) \
-                      ORDER BY m.name",
-                    &[],
-                    "listing tables",
-                )?
-            };
+            let rows = ffi::query_text(
+                db,
+                c"SELECT m.name FROM main.sqlite_schema AS m WHERE m.type = 'table' \
+                  AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+                  AND EXISTS (SELECT 1 FROM pragma_table_info(m.name, 'main') WHERE pk > 0) \
+                  ORDER BY m.name",
+                &[],
+                "listing tables",
+            )?;
             return Ok(rows
                 .into_iter()
                 .filter_map(|mut row| row.remove(0))
                 .collect());
         }
         for table in &self.tables {
-            // SAFETY: as above.
-            match unsafe { ffi::table_pk(db, table)? } {
+            match ffi::table_pk(db, table)? {
                 None => return Err(Error::NoSuchTable(table.clone())),
                 Some(pk) if pk.iter().all(|&p| p == 0) => {
                     return Err(Error::NoPrimaryKey(table.clone()));
@@ -268,17 +241,14 @@ impl Target {
     }
 
     /// How `table` differs between the two databases.
-    fn mismatch(&self, db: NonNull<sys::sqlite3>, table: &str) -> Error {
+    fn mismatch(&self, db: Handle<'_>, table: &str) -> Error {
         let describe = |schema: &str| -> Result<String, Error> {
-            // SAFETY: `db` is valid and locked (see `diff_attached`).
-            let rows = unsafe {
-                ffi::query_text(
-                    db,
-                    c"SELECT name, pk FROM pragma_table_info(?1, ?2) ORDER BY cid",
-                    &[table, schema],
-                    "reading table schema",
-                )?
-            };
+            let rows = ffi::query_text(
+                db,
+                c"SELECT name, pk FROM pragma_table_info(?1, ?2) ORDER BY cid",
+                &[table, schema],
+                "reading table schema",
+            )?;
             let columns: Vec<String> = rows
                 .into_iter()
                 .map(|row| {

@@ -1,8 +1,9 @@
 //! The error type of liteorm-changeset.
 
-use liteorm_core::Dialect;
+use liteorm_core::{Dialect, SqliteCode};
 
-use crate::apply::Conflict;
+use crate::conflict::Conflict;
+use crate::ffi::{RawError, StreamError};
 
 /// Errors from capturing, inspecting, transforming or applying changesets.
 #[derive(Debug, thiserror::Error)]
@@ -16,14 +17,15 @@ pub enum Error {
         /// The dialect of the session it was asked of.
         dialect: Dialect,
     },
-    /// A statement run through the session failed.
+    /// A statement run through the session failed. (The session's
+    /// [`liteorm_core::Error::Unsupported`] arrives as [`Error::Unsupported`], never here.)
     #[error(transparent)]
-    Session(#[from] liteorm_core::Error),
+    Session(liteorm_core::Error),
     /// A session-extension call failed.
     #[error("{context}: {message} (SQLite code {code})")]
     Sqlite {
         /// SQLite's (extended) result code.
-        code: i32,
+        code: SqliteCode,
         /// SQLite's message.
         message: String,
         /// The call that failed.
@@ -83,6 +85,15 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// A background task of the operation (the blocking thread an apply, capture, diff, merge
+    /// or stream runs on) panicked or was cancelled; nothing was applied.
+    #[error("the {task} failed: {message}; nothing was applied")]
+    TaskFailed {
+        /// Which task.
+        task: &'static str,
+        /// The panic message, or why the task did not finish.
+        message: String,
+    },
     /// An apply was cancelled before it finished; nothing was applied.
     #[error("the apply was cancelled; nothing was applied")]
     Cancelled,
@@ -115,3 +126,79 @@ fn on_table(conflict: &Conflict) -> String {
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<RawError> for Error {
+    fn from(err: RawError) -> Self {
+        match err {
+            RawError::Sqlite {
+                code,
+                message,
+                context,
+            } => Error::Sqlite {
+                code: SqliteCode(code),
+                message,
+                context,
+            },
+            RawError::TooLarge { len } => Error::TooLarge { len },
+            RawError::InvalidName(name) => Error::InvalidName(name),
+            RawError::Stream(err) => err.into(),
+        }
+    }
+}
+
+impl From<StreamError> for Error {
+    /// A reader's structure error (an `InvalidData` error wrapping the checker's finding)
+    /// becomes [`Error::Invalid`], other I/O errors [`Error::Io`].
+    fn from(err: StreamError) -> Self {
+        match err {
+            StreamError::Io(err) => {
+                if err.kind() == std::io::ErrorKind::InvalidData
+                    && let Some(found) = err
+                        .get_ref()
+                        .and_then(|e| e.downcast_ref::<crate::format::Malformed>())
+                {
+                    return Error::Invalid {
+                        kind: "changeset stream",
+                        entry: found.entry,
+                        offset: Some(found.offset),
+                        reason: found.reason.clone(),
+                    };
+                }
+                Error::Io(err)
+            }
+            StreamError::Panicked(message) => Error::CallbackPanicked {
+                callback: "stream reader or writer",
+                message,
+            },
+        }
+    }
+}
+
+impl From<liteorm_core::Error> for Error {
+    /// Keeps one shape for "unsupported": the session's [`liteorm_core::Error::Unsupported`]
+    /// becomes [`Error::Unsupported`].
+    fn from(err: liteorm_core::Error) -> Self {
+        match err {
+            liteorm_core::Error::Unsupported {
+                capability,
+                dialect,
+            } => Error::Unsupported {
+                capability,
+                dialect,
+            },
+            other => Error::Session(other),
+        }
+    }
+}
+
+impl Error {
+    /// The failure of a background task (see [`Error::TaskFailed`]).
+    pub(crate) fn task_failed(task: &'static str, join: tokio::task::JoinError) -> Self {
+        let message = if join.is_panic() {
+            crate::ffi::panic_message(join.into_panic().as_ref())
+        } else {
+            join.to_string()
+        };
+        Error::TaskFailed { task, message }
+    }
+}

@@ -14,6 +14,7 @@
 //! change or table header is incomplete, so SQLite never sees a truncated one either.
 
 use std::fmt;
+use std::io::{self, Read};
 
 /// Op bytes (SQLITE_INSERT, SQLITE_UPDATE, SQLITE_DELETE).
 const INSERT: u8 = 0x12;
@@ -595,6 +596,52 @@ pub(crate) fn check(bytes: &[u8], marker: u8) -> Result<usize, Malformed> {
     let mut checker = Checker::new(Some(marker));
     checker.feed(bytes)?;
     checker.finish()
+}
+
+/// A reader that checks the structure of what passes through it, so that what it hands on is
+/// always a well-formed prefix of a changeset or patchset, and its end is the end of a complete
+/// one (otherwise it fails with an `InvalidData` error carrying the checker's finding).
+pub(crate) struct Checked<R> {
+    inner: R,
+    checker: Checker,
+}
+
+impl<R> Checked<R> {
+    /// Checks a changeset or a patchset, whichever the first byte says.
+    pub(crate) fn new(inner: R) -> Self {
+        Checked {
+            inner,
+            checker: Checker::new(None),
+        }
+    }
+
+    /// Also records the table sections (see [`Checker::surveying`]).
+    pub(crate) fn surveying(inner: R) -> Self {
+        Checked {
+            inner,
+            checker: Checker::new(None).surveying(),
+        }
+    }
+
+    pub(crate) fn checker(&self) -> &Checker {
+        &self.checker
+    }
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        let checked = if n == 0 {
+            self.checker.finish().map(drop)
+        } else {
+            self.checker.feed(&buf[..n])
+        };
+        checked.map_err(|malformed| io::Error::new(io::ErrorKind::InvalidData, malformed))?;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,20 @@ use liteorm_sqlite::SqliteSession;
 
 use crate::Error;
 
-/// The SQLite session behind `session`, if it is one whose SQLite has the session extension.
-pub(crate) fn sqlite<'s>(
+/// The SQLite session behind `session`, if it is one whose SQLite has the session extension;
+/// otherwise [`Error::Unsupported`] naming `capability` (what was asked for, e.g. `"change
+/// logs"`) and the session's dialect. Every crate built on changesets gates with this.
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), liteorm_changeset::Error> {
+/// let db = liteorm_sqlite::SqliteSession::open_in_memory().await?;
+/// let sqlite = liteorm_changeset::gate(&db, "my capability")?;
+/// assert!(sqlite.info().session_extension);
+/// # Ok(())
+/// # }
+/// ```
+pub fn gate<'s>(
     session: &'s dyn Session,
     capability: &'static str,
 ) -> Result<&'s SqliteSession, Error> {

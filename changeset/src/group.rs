@@ -3,16 +3,15 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 use liteorm_core::Session;
-use liteorm_sqlite::ffi as sys;
 
+use crate::change::Change;
+use crate::changeset::BlobKind;
 use crate::changeset::sealed::Changes;
-use crate::ffi::{self, RawChangegroup};
+use crate::ffi::{self, Handle, RawChangegroup, RawError};
 use crate::format::{Checker, Section};
-use crate::iter::Change;
 use crate::{Error, gate};
 
 /// Many changesets (or many patchsets, never mixed) merged into one, as if one session had
@@ -60,7 +59,7 @@ use crate::{Error, gate};
 /// # }
 /// ```
 pub struct Changegroup<C> {
-    raw: RawChangegroup,
+    raw: RawChangegroup<'static>,
     /// The header of every table added so far, to explain a schema mismatch.
     headers: HashMap<String, Vec<u8>>,
     /// An add failed: SQLite leaves the group in an undefined state.
@@ -99,8 +98,8 @@ impl<C: Changes> Changegroup<C> {
         self.usable()?;
         let blob = changes.blob();
         let sections = sections::<C>(&blob);
-        let rc = self.raw.add(&blob)?;
-        self.added(rc, sections, "sqlite3changegroup_add")?;
+        let added = self.raw.add(&blob);
+        self.added(added, sections)?;
         Ok(self)
     }
 
@@ -124,22 +123,23 @@ impl<C: Changes> Changegroup<C> {
             // with a spare byte after it (see `ffi::padded`).
             let spare = ffi::padded(&blob);
             let mut iter = ffi::ChangesetIter::start(&spare[..blob.len()])?;
-            let (mut table, mut entry, mut rc) = (None, 0, sys::SQLITE_OK);
-            while rc == sys::SQLITE_OK
+            let (mut table, mut entry, mut added) = (None, 0, Ok(()));
+            while added.is_ok()
                 && iter
                     .advance()
-                    .map_err(|e| crate::iter::invalid(C::KIND, entry, &e))?
+                    .map_err(|e| crate::iter::invalid(C::KIND.name(), entry, e))?
             {
                 let change = iter
                     .current()
                     .change(&mut table)
-                    .map_err(|e| crate::iter::invalid(C::KIND, entry, &e))?;
+                    .map(Change::from)
+                    .map_err(|e| crate::iter::invalid(C::KIND.name(), entry, e))?;
                 if keep(&change) {
-                    rc = self.raw.add_change(&iter);
+                    added = self.raw.add_change(&iter);
                 }
                 entry += 1;
             }
-            self.added(rc, sections, "sqlite3changegroup_add_change")?;
+            self.added(added, sections)?;
         }
         #[cfg(not(sqlite_has_changegroup_add_change))]
         let _ = (changes, keep);
@@ -162,7 +162,7 @@ impl<C: Changes> Changegroup<C> {
     where
         I: IntoIterator<Item = C>,
     {
-        let sqlite = gate::sqlite(session, "merging changes to a schema")?;
+        let sqlite = gate::gate(session, "merging changes to a schema")?;
         crate::Capability::ChangegroupSchema.require()?;
         let blobs: Vec<Arc<[u8]>> = inputs.into_iter().map(|c| c.blob()).collect();
         let pinned = sqlite.pin().await?;
@@ -173,10 +173,9 @@ impl<C: Changes> Changegroup<C> {
             drop(pinned);
             merged
         });
-        let merged = task.await.map_err(|join| Error::CallbackPanicked {
-            callback: "changegroup task",
-            message: join.to_string(),
-        })???;
+        let merged = task
+            .await
+            .map_err(|join| Error::task_failed("changegroup task", join))???;
         Ok(C::from_trusted(merged))
     }
 
@@ -191,18 +190,18 @@ impl<C: Changes> Changegroup<C> {
     }
 
     /// Records the outcome of an add of the changes with these `sections`.
-    fn added(
-        &mut self,
-        rc: std::ffi::c_int,
-        sections: Vec<Section>,
-        context: &'static str,
-    ) -> Result<(), Error> {
-        if rc == sys::SQLITE_OK {
-            for section in sections {
-                self.headers.entry(section.table).or_insert(section.pk);
+    fn added(&mut self, added: Result<(), RawError>, sections: Vec<Section>) -> Result<(), Error> {
+        let err = match added {
+            Ok(()) => {
+                for section in sections {
+                    self.headers.entry(section.table).or_insert(section.pk);
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
+            // Refused before SQLite saw it (too large): the group is as it was.
+            Err(err) if err.code().is_none() => return Err(err.into()),
+            Err(err) => err,
+        };
         self.broken = true;
         let mismatch = sections.iter().find_map(|section| {
             let earlier = self.headers.get(&section.table)?;
@@ -217,7 +216,7 @@ impl<C: Changes> Changegroup<C> {
                 ),
             })
         });
-        Err(mismatch.unwrap_or_else(|| ffi::code_error(rc, context)))
+        Err(mismatch.unwrap_or_else(|| err.into()))
     }
 }
 
@@ -241,55 +240,37 @@ fn sections<C: Changes>(blob: &[u8]) -> Vec<Section> {
 
 /// Merges `blobs` conformed to the schema of `main` of `db`.
 #[cfg(sqlite_has_changegroup_schema)]
-fn merge_to_schema<C: Changes>(
-    db: NonNull<sys::sqlite3>,
-    blobs: &[Arc<[u8]>],
-) -> Result<Arc<[u8]>, Error> {
+fn merge_to_schema<C: Changes>(db: Handle<'_>, blobs: &[Arc<[u8]>]) -> Result<Arc<[u8]>, Error> {
     // The group reads the schema through `db`, so it lives and dies inside this call, while the
     // connection is locked.
     let mut group = RawChangegroup::new()?;
-    // SAFETY: `db` comes from `with_raw_blocking`: valid and locked until this returns, and the
-    // group is dropped before that.
-    unsafe { group.schema(db)? };
+    group.schema(db)?;
     for blob in blobs {
-        let rc = group.add(blob)?;
-        if rc == sys::SQLITE_SCHEMA {
-            // SAFETY: as above.
-            return Err(unsafe { schema_mismatch(db, blob, C::KIND) }
-                .unwrap_or_else(|| ffi::code_error(rc, "sqlite3changegroup_add")));
-        }
-        if rc != sys::SQLITE_OK {
-            return Err(ffi::code_error(rc, "sqlite3changegroup_add"));
+        match group.add(blob) {
+            Ok(()) => {}
+            Err(err) if err.is_schema() => {
+                return Err(schema_mismatch(db, blob, C::KIND).unwrap_or_else(|| err.into()));
+            }
+            Err(err) => return Err(err.into()),
         }
     }
-    group.output()
+    Ok(group.output()?)
 }
 
 #[cfg(not(sqlite_has_changegroup_schema))]
-fn merge_to_schema<C: Changes>(
-    _db: NonNull<sys::sqlite3>,
-    _blobs: &[Arc<[u8]>],
-) -> Result<Arc<[u8]>, Error> {
+fn merge_to_schema<C: Changes>(_db: Handle<'_>, _blobs: &[Arc<[u8]>]) -> Result<Arc<[u8]>, Error> {
     crate::Capability::ChangegroupSchema.require()?;
     Err(Error::Misuse("changegroup schemas are not compiled in"))
 }
 
 /// The first table of `blob` that does not fit `main` of `db`, as an error.
-///
-/// # Safety
-/// `db` is valid and locked.
 #[cfg(sqlite_has_changegroup_schema)]
-unsafe fn schema_mismatch(
-    db: NonNull<sys::sqlite3>,
-    blob: &[u8],
-    kind: &'static str,
-) -> Option<Error> {
+fn schema_mismatch(db: Handle<'_>, blob: &[u8], kind: BlobKind) -> Option<Error> {
     let tables = crate::apply::survey(blob, kind).ok()?;
     let mut names: Vec<&String> = tables.keys().collect();
     names.sort();
     names.into_iter().find_map(|name| {
-        // SAFETY: the caller's promise.
-        let reason = unsafe { crate::apply::table_compatibility(db, name, &tables[name]) };
+        let reason = crate::apply::table_compatibility(db, name, &tables[name]);
         match reason {
             Ok(Some(reason)) => Some(Error::SchemaMismatch {
                 table: name.clone(),

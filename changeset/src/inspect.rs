@@ -48,7 +48,7 @@ use std::fmt::Write as _;
 use liteorm_core::{Session, Value};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::iter::{Change, ChangeOp};
+use crate::change::{Change, ChangeOp};
 use crate::{Error, gate};
 
 impl ChangeOp {
@@ -220,7 +220,7 @@ impl ColumnNames {
 
     /// The names of every table of the `main` database of `session`.
     pub async fn of(session: &dyn Session) -> Result<Self, Error> {
-        gate::sqlite(session, "reading column names")?;
+        gate::gate(session, "reading column names")?;
         let rows = session
             .query(
                 "SELECT m.name, p.name FROM main.sqlite_schema AS m, \

@@ -60,12 +60,22 @@
 //! # }
 //! ```
 
+#![deny(unsafe_code)]
+
+// First: its macro is used by the modules below (macros are scoped by textual order).
+#[macro_use]
+mod capability_table;
+
 mod apply;
 mod capability;
 mod capture;
+mod change;
 mod changeset;
+mod conflict;
 mod diff;
 mod error;
+// The one module allowed `unsafe`: every call into libsqlite3-sys.
+#[allow(unsafe_code)]
 mod ffi;
 mod format;
 mod gate;
@@ -75,18 +85,18 @@ mod iter;
 mod rebase;
 pub mod stream;
 
-pub use apply::{
-    Apply, ApplyReport, Conflict, ConflictAction, ConflictCounts, ConflictKind, ConflictRef,
-    SkipReason, SkippedTable, apply,
-};
+pub use apply::{Apply, ApplyReport, ConflictCounts, ConflictRef, SkipReason, SkippedTable, apply};
 pub use capability::{Capability, SQLITE_BUILD_VERSION};
 pub use capture::{Capture, Recorder, capture};
+pub use change::{Change, ChangeOp};
 pub use changeset::{Changeset, Patchset};
+pub use conflict::{Conflict, ConflictAction, ConflictKind};
 pub use diff::Diff;
 pub use error::{Error, Result};
+pub use gate::gate;
 pub use group::Changegroup;
 pub use inspect::ColumnNames;
-pub use iter::{Change, ChangeIter, ChangeOp};
+pub use iter::ChangeIter;
 pub use rebase::{RebaseBuffer, Rebaser};
 
 /// How many SQLite session objects (open captures) exist right now on connections to the

@@ -41,61 +41,17 @@
 //! # }
 //! ```
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 
 use liteorm_core::Session;
 
 use crate::Error;
 use crate::apply::Apply;
+use crate::change::Change;
+use crate::changeset::BlobKind;
 use crate::ffi::{self, Input, Output, RawChangegroup, StreamIter};
-use crate::format::{self, Checker};
-use crate::iter::{Change, invalid};
-
-/// A reader that checks the structure of what passes through it, so that what it hands on is
-/// always a well-formed prefix of a changeset or patchset, and its end is the end of a complete
-/// one (otherwise it fails with an `InvalidData` error carrying the checker's finding).
-pub(crate) struct Checked<R> {
-    inner: R,
-    checker: Checker,
-}
-
-impl<R> Checked<R> {
-    /// Checks a changeset or a patchset, whichever the first byte says.
-    pub(crate) fn new(inner: R) -> Self {
-        Checked {
-            inner,
-            checker: Checker::new(None),
-        }
-    }
-
-    /// Also records the table sections (see [`Checker::surveying`]).
-    pub(crate) fn surveying(inner: R) -> Self {
-        Checked {
-            inner,
-            checker: Checker::new(None).surveying(),
-        }
-    }
-
-    pub(crate) fn checker(&self) -> &Checker {
-        &self.checker
-    }
-}
-
-impl<R: Read> Read for Checked<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let n = self.inner.read(buf)?;
-        let checked = if n == 0 {
-            self.checker.finish().map(drop)
-        } else {
-            self.checker.feed(&buf[..n])
-        };
-        checked.map_err(|malformed| io::Error::new(io::ErrorKind::InvalidData, malformed))?;
-        Ok(n)
-    }
-}
+use crate::format::{self, Checked, Checker};
+use crate::iter::invalid;
 
 /// Runs `job` on a blocking thread.
 async fn blocking<T: Send + 'static>(
@@ -103,10 +59,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(job)
         .await
-        .map_err(|join| Error::CallbackPanicked {
-            callback: "stream task",
-            message: join.to_string(),
-        })?
+        .map_err(|join| Error::task_failed("stream task", join))?
 }
 
 /// Applies the changeset or patchset `input` reads to the `main` database of `session`.
@@ -250,18 +203,19 @@ impl<R: Read> Iterator for ChangeStream<R> {
         let entry = self.entry;
         self.entry += 1;
         let change = match iter.advance() {
-            Ok(true) => iter.current().change(&mut self.table).map_err(|err| {
-                let kind = match iter.reader().checker().marker() {
-                    Some(format::PATCHSET) => "patchset",
-                    _ => "changeset",
-                };
-                invalid(kind, entry, &err)
-            }),
+            Ok(true) => iter
+                .current()
+                .change(&mut self.table)
+                .map(Change::from)
+                .map_err(|err| {
+                    let kind = BlobKind::of_marker(iter.reader().checker().marker());
+                    invalid(kind.name(), entry, err)
+                }),
             Ok(false) => {
                 self.iter = None;
                 return None;
             }
-            Err(err) => Err(err),
+            Err(err) => Err(err.into()),
         };
         if change.is_err() {
             self.iter = None;

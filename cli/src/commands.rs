@@ -10,7 +10,7 @@ use changeset::{
     Patchset,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use liteorm_core::{Session, Transaction, Value};
+use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
 use sqlx::sqlite::SqlitePoolOptions;
 
@@ -272,17 +272,14 @@ pub(crate) async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     let report = match result {
         Ok(report) => report,
         Err(err) => {
-            Box::new(tx).rollback().await?;
+            tx.rollback().await?;
             return Err(err.into());
         }
     };
     if args.dry_run {
-        Box::new(tx).rollback().await?;
+        tx.rollback().await?;
     } else {
-        Box::new(tx)
-            .commit()
-            .await
-            .map_err(|e| named(&args.db, e.into()))?;
+        tx.commit().await.map_err(|e| named(&args.db, e.into()))?;
     }
     let out = if args.json {
         report_json(&report, args.dry_run)?

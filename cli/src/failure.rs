@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::Path;
 
+use liteorm_core::SqliteCode;
+
 /// A failure of a command.
 #[derive(Debug)]
 pub(crate) enum Failure {
@@ -60,16 +62,11 @@ impl fmt::Display for Failure {
     }
 }
 
-/// SQLite primary result codes that get their own exit code.
-const SQLITE_BUSY: i32 = 5;
-const SQLITE_LOCKED: i32 = 6;
-const SQLITE_CANTOPEN: i32 = 14;
-const SQLITE_NOTADB: i32 = 26;
-
-fn by_sqlite_code(code: Option<i32>, message: String) -> Failure {
-    match code.map(|c| c & 0xff) {
-        Some(SQLITE_BUSY | SQLITE_LOCKED) => Failure::Locked(message),
-        Some(SQLITE_CANTOPEN | SQLITE_NOTADB) => Failure::NotADatabase(message),
+/// The failure for SQLite result `code`: some primary codes get their own exit code.
+fn by_sqlite_code(code: Option<SqliteCode>, message: String) -> Failure {
+    match code.map(SqliteCode::primary) {
+        Some(SqliteCode::BUSY | SqliteCode::LOCKED) => Failure::Locked(message),
+        Some(SqliteCode::CANTOPEN | SqliteCode::NOTADB) => Failure::NotADatabase(message),
         _ => Failure::Sql(message),
     }
 }
@@ -77,9 +74,7 @@ fn by_sqlite_code(code: Option<i32>, message: String) -> Failure {
 impl From<liteorm_core::Error> for Failure {
     fn from(err: liteorm_core::Error) -> Self {
         let code = match &err {
-            liteorm_core::Error::Database { code, .. } => {
-                code.as_deref().and_then(|c| c.parse().ok())
-            }
+            liteorm_core::Error::Database { code, .. } => *code,
             _ => None,
         };
         match &err {
@@ -98,7 +93,8 @@ impl From<changeset::Error> for Failure {
             }
             changeset::Error::Aborted { .. }
             | changeset::Error::IllegalReplace { .. }
-            | changeset::Error::CallbackPanicked { .. } => Failure::Aborted(err.to_string()),
+            | changeset::Error::CallbackPanicked { .. }
+            | changeset::Error::TaskFailed { .. } => Failure::Aborted(err.to_string()),
             changeset::Error::NoSuchTable(_)
             | changeset::Error::NoPrimaryKey(_)
             | changeset::Error::SchemaMismatch { .. } => Failure::Sql(err.to_string()),

@@ -10,12 +10,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The database rejected a statement.
-    #[error("{dialect} error{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+    #[error("{dialect} error{}: {message}", code.map(|c| format!(" {c}")).unwrap_or_default())]
     Database {
         /// The dialect that reported the error.
         dialect: Dialect,
-        /// The dialect's error code (for SQLite, the extended result code as text), if any.
-        code: Option<String>,
+        /// SQLite's extended result code, if the database reported one.
+        code: Option<SqliteCode>,
         /// The database's message.
         message: String,
     },
@@ -49,4 +49,57 @@ pub enum Error {
     /// Any other failure of the underlying driver (I/O, pool timeout, worker crash).
     #[error(transparent)]
     Driver(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+/// A SQLite result code, extended as SQLite reports it (`SQLITE_CONSTRAINT_PRIMARYKEY` is 1555):
+/// the one numeric code type of every liteorm layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SqliteCode(pub i32);
+
+impl SqliteCode {
+    /// `SQLITE_ERROR`.
+    pub const ERROR: SqliteCode = SqliteCode(1);
+    /// `SQLITE_ABORT`.
+    pub const ABORT: SqliteCode = SqliteCode(4);
+    /// `SQLITE_BUSY`.
+    pub const BUSY: SqliteCode = SqliteCode(5);
+    /// `SQLITE_LOCKED`.
+    pub const LOCKED: SqliteCode = SqliteCode(6);
+    /// `SQLITE_NOMEM`.
+    pub const NOMEM: SqliteCode = SqliteCode(7);
+    /// `SQLITE_CORRUPT`.
+    pub const CORRUPT: SqliteCode = SqliteCode(11);
+    /// `SQLITE_CANTOPEN`.
+    pub const CANTOPEN: SqliteCode = SqliteCode(14);
+    /// `SQLITE_SCHEMA`.
+    pub const SCHEMA: SqliteCode = SqliteCode(17);
+    /// `SQLITE_CONSTRAINT`.
+    pub const CONSTRAINT: SqliteCode = SqliteCode(19);
+    /// `SQLITE_MISUSE`.
+    pub const MISUSE: SqliteCode = SqliteCode(21);
+    /// `SQLITE_NOTADB`.
+    pub const NOTADB: SqliteCode = SqliteCode(26);
+
+    /// The primary code (the low byte): `SQLITE_CONSTRAINT` for `SQLITE_CONSTRAINT_PRIMARYKEY`.
+    pub const fn primary(self) -> SqliteCode {
+        SqliteCode(self.0 & 0xff)
+    }
+
+    /// Whether the database was locked by another connection (`SQLITE_BUSY` or
+    /// `SQLITE_LOCKED`, in any extended form): trying again later may succeed.
+    pub const fn is_busy(self) -> bool {
+        matches!(self.primary(), SqliteCode::BUSY | SqliteCode::LOCKED)
+    }
+}
+
+impl std::fmt::Display for SqliteCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl From<i32> for SqliteCode {
+    fn from(code: i32) -> Self {
+        SqliteCode(code)
+    }
 }

@@ -11,7 +11,7 @@ mod row;
 mod session;
 mod value;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, SqliteCode};
 pub use row::{ColumnIndex, FromValue, Row};
 pub use session::{BoxFuture, Dialect, Session, Transaction, transaction};
 pub use value::{Value, ValueRef};

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use liteorm_core::{Error, Row, Value};
+use liteorm_core::{Error, Row, SqliteCode, Value};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Column, Row as _, TypeInfo, ValueRef};
 
@@ -13,7 +13,8 @@ pub(crate) fn error(err: sqlx::Error) -> Error {
     match err {
         sqlx::Error::Database(db) => Error::Database {
             dialect: DIALECT,
-            code: db.code().map(|c| c.into_owned()),
+            // sqlx reports SQLite's extended result code as its decimal text.
+            code: db.code().and_then(|c| c.parse().ok()).map(SqliteCode),
             message: db.message().to_owned(),
         },
         other => Error::Driver(Box::new(other)),

@@ -584,7 +584,7 @@ unsafe fn db_error(db: NonNull<ffi::sqlite3>) -> Error {
     };
     Error::Database {
         dialect: DIALECT,
-        code: Some(code.to_string()),
+        code: Some(liteorm_core::SqliteCode(code)),
         message,
     }
 }

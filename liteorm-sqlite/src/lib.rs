@@ -5,7 +5,8 @@
 //! a transaction, or when a capability crate hands a closure a session that must run on the same
 //! connection as its own raw `sqlite3*` work). Capability crates get that connection through
 //! [`SqliteSession::pin`], and raw handle access only inside sqlx's `lock_handle()` guard through
-//! [`PinnedGuard::with_raw`] / [`PinnedGuard::with_raw_blocking`].
+//! [`PinnedGuard::with_raw`] / [`PinnedGuard::with_raw_blocking`], which hand a closure a
+//! [`raw::Handle`] (see [`raw`]).
 //!
 //! Statements of a pinned session (a transaction, or the session a capture hands its closure)
 //! run *inline*, on the calling task's thread, on liteorm's own prepared statements, while
@@ -55,12 +56,12 @@ mod info;
 mod inline;
 mod parking;
 mod pinned;
+pub mod raw;
 mod routing;
 mod session;
 mod sqlx_compat;
 
 pub use info::{HOW_TO_ENABLE_SESSIONS, SqliteInfo};
-pub use libsqlite3_sys as ffi;
 pub use pinned::{PinnedConnection, PinnedGuard};
 pub use session::{SqliteSession, SqliteTransaction};
 

@@ -1,6 +1,5 @@
-//! One physical connection held for the duration of an operation, and raw `sqlite3*` access to it.
+//! One physical connection held for the duration of an operation (raw `sqlite3*` access to it is in `raw`).
 
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 use liteorm_core::{Error, Result, Row, Value};
@@ -322,67 +321,14 @@ impl PinnedGuard {
             .expect("PinnedGuard holds a connection by construction")
     }
 
-    /// Runs `f` with the raw `sqlite3*` handle inside sqlx's `lock_handle()` guard, so that
-    /// sqlx's worker thread makes no FFI call on the connection meanwhile. The pointer is only
-    /// valid inside `f`.
-    ///
-    /// The guard is kept after `f` returns (until something runs on the connection through
-    /// sqlx, or it goes back to the pool), so that further raw calls and inline statements on
-    /// the pinned connection need no trip to sqlx's worker thread.
-    pub async fn with_raw<R>(&mut self, f: impl FnOnce(NonNull<ffi::sqlite3>) -> R) -> Result<R> {
-        let raw = self.guard.raw().await?;
-        Ok(f(raw.db()))
+    /// sqlx's handle lock on the connection, for the raw interface (see [`crate::raw`]).
+    pub(crate) async fn raw_lock(&mut self) -> Result<&mut RawLock> {
+        self.guard.raw().await
     }
 
-    /// What `read` (given the raw handle, inside sqlx's handle lock as [`Self::with_raw`])
-    /// returns for `key` in `namespace`, kept per connection while the schema of `main` does
-    /// not change: for facts about tables (their columns, keys) that are read often and change
-    /// rarely. Changes made through this connection or any other are noticed (SQLite re-prepares
-    /// a watch statement on its next step after any change to the schema), so at most a change
-    /// made concurrently with the call is missed, as with reading it anew. Only `Ok` values are
-    /// kept, and only while the connection stays pinned or parked with sqlx's handle lock.
-    pub async fn schema_cached<T, E>(
-        &mut self,
-        namespace: &'static str,
-        key: &str,
-        read: impl FnOnce(NonNull<ffi::sqlite3>) -> std::result::Result<T, E>,
-    ) -> Result<std::result::Result<T, E>>
-    where
-        T: Clone + Send + 'static,
-    {
-        Ok(self.guard.raw().await?.schema_memo(namespace, key, read))
-    }
-
-    /// Like [`Self::with_raw`], for an `f` that changes no schema but may expire the connection's
-    /// prepared statements, as `sqlite3changeset_apply` does (through `PRAGMA
-    /// defer_foreign_keys`): what [`Self::schema_cached`] keeps stays valid across `f`, where
-    /// the expiry alone would have it read anew. A schema change `f` makes anyway is still
-    /// noticed (by the schema cookie), unless `f` also ends the transaction that made an earlier
-    /// one.
-    pub async fn with_raw_same_schema<R>(
-        &mut self,
-        f: impl FnOnce(NonNull<ffi::sqlite3>) -> R,
-    ) -> Result<R> {
-        Ok(self.guard.raw().await?.keeping_schema(f))
-    }
-
-    /// [`Self::with_raw_same_schema`] for a thread that may block (see
-    /// [`Self::with_raw_blocking`]).
-    pub fn with_raw_same_schema_blocking<R>(
-        &mut self,
-        f: impl FnOnce(NonNull<ffi::sqlite3>) -> R,
-    ) -> Result<R> {
-        Ok(self.guard.raw_blocking()?.keeping_schema(f))
-    }
-
-    /// Like [`Self::with_raw`], for a thread that may block (`spawn_blocking`, or `Drop` cleanup):
-    /// waits synchronously for the worker to hand over the handle, which it does between commands.
-    pub fn with_raw_blocking<R>(
-        &mut self,
-        f: impl FnOnce(NonNull<ffi::sqlite3>) -> R,
-    ) -> Result<R> {
-        let raw = self.guard.raw_blocking()?;
-        Ok(f(raw.db()))
+    /// [`Self::raw_lock`] on a thread that may block.
+    pub(crate) fn raw_lock_blocking(&mut self) -> Result<&mut RawLock> {
+        self.guard.raw_blocking()
     }
 
     /// Runs one statement inline on the connection (see [`crate::inline`]); `None` if it has to
@@ -534,5 +480,3 @@ impl PinnedGuard {
         self.conn()
     }
 }
-
-use libsqlite3_sys as ffi;

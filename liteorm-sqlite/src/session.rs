@@ -314,7 +314,7 @@ impl Session for SqliteSession {
 
 /// A transaction (or savepoint, when nested) on one pinned SQLite connection.
 ///
-/// Dropping it without [`Transaction::commit`] rolls it back.
+/// Dropping it without [`SqliteTransaction::commit`] rolls it back.
 pub struct SqliteTransaction {
     session: SqliteSession,
     pinned: PinnedConnection,
@@ -326,6 +326,17 @@ impl SqliteTransaction {
     /// The pinned session this transaction runs on (a clone shares the transaction).
     pub fn session(&self) -> &SqliteSession {
         &self.session
+    }
+
+    /// Makes the transaction's changes durable: [`Transaction::commit`] by value, for a
+    /// transaction that is not boxed.
+    pub async fn commit(self) -> Result<()> {
+        Box::new(self).finish(true).await
+    }
+
+    /// Discards the transaction's changes: [`Transaction::rollback`] by value.
+    pub async fn rollback(self) -> Result<()> {
+        Box::new(self).finish(false).await
     }
 
     async fn finish(mut self: Box<Self>, commit: bool) -> Result<()> {

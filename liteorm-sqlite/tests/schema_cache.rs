@@ -2,14 +2,16 @@
 //! across raw calls that expire the connection's statements without changing the schema.
 
 use std::ffi::CStr;
-use std::ptr::{self, NonNull};
+use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use libsqlite3_sys as ffi;
 use liteorm_core::Session as _;
-use liteorm_sqlite::{PinnedGuard, SqliteSession, ffi};
+use liteorm_sqlite::raw::{Handle, MemoKey};
+use liteorm_sqlite::{PinnedGuard, SqliteSession};
 
 /// Runs `sql` on a raw handle.
-fn exec(db: NonNull<ffi::sqlite3>, sql: &CStr) {
+fn exec(db: Handle<'_>, sql: &CStr) {
     // SAFETY: `db` comes from a `with_raw*` call: valid and locked for its closure.
     let rc = unsafe {
         ffi::sqlite3_exec(
@@ -23,10 +25,13 @@ fn exec(db: NonNull<ffi::sqlite3>, sql: &CStr) {
     assert_eq!(rc, ffi::SQLITE_OK, "{sql:?}");
 }
 
+/// The values this test keeps.
+const TEST_KEY: MemoKey<()> = MemoKey::new("schema_cache_test");
+
 /// Asks the cache for one value and returns how many times it has been read from the schema.
 async fn reads_after_lookup(guard: &mut PinnedGuard, reads: &AtomicUsize) -> usize {
     guard
-        .schema_cached("schema_cache_test", "t", |_| {
+        .schema_cached(TEST_KEY, "t", |_| {
             reads.fetch_add(1, Ordering::SeqCst);
             Ok::<_, ()>(())
         })

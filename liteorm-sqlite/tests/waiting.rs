@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use liteorm_core::{Session as _, Transaction as _, Value};
+use liteorm_core::{Session as _, Value};
 use liteorm_sqlite::SqliteSession;
 
 async fn count(db: &SqliteSession) -> i64 {
@@ -50,7 +50,7 @@ async fn a_write_that_meets_a_lock_waits_off_the_executor_and_then_runs() {
     );
     assert!(!write.is_finished(), "the write must wait for the lock");
 
-    Box::new(holder).commit().await.expect("commit");
+    holder.commit().await.expect("commit");
     let written = tokio::time::timeout(Duration::from_secs(10), write)
         .await
         .expect("the write runs once the lock is free")

@@ -93,13 +93,12 @@ pub enum Error {
     },
 }
 
-/// SQLITE_BUSY or SQLITE_LOCKED, in any of their extended forms (the code is the extended
-/// result code as text; the primary code is its low byte).
+/// SQLITE_BUSY or SQLITE_LOCKED, in any of their extended forms.
 fn is_busy(err: &liteorm_core::Error) -> bool {
     match err {
         liteorm_core::Error::Database {
             code: Some(code), ..
-        } => code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+        } => code.is_busy(),
         _ => false,
     }
 }
@@ -146,7 +145,7 @@ mod tests {
     fn db_error(code: &str) -> liteorm_core::Error {
         liteorm_core::Error::Database {
             dialect: liteorm_core::Dialect::SQLITE,
-            code: Some(code.into()),
+            code: code.parse().ok().map(liteorm_core::SqliteCode),
             message: "database is locked".into(),
         }
     }

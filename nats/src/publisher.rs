@@ -78,17 +78,10 @@ impl Publisher {
         stream: ChangeStream,
     ) -> Result<Self> {
         let log = ChangeLog::open(primary).await?;
-        let db = primary
-            .as_any()
-            .downcast_ref::<SqliteSession>()
-            .cloned()
-            // `ChangeLog::open` accepted it, so it is SQLite; keep the typed error regardless.
-            .ok_or_else(|| {
-                liteorm_replication::Error::Changeset(liteorm_changeset::Error::Unsupported {
-                    capability: "change log publishing",
-                    dialect: primary.dialect(),
-                })
-            })?;
+        // `ChangeLog::open` accepted it, so it is SQLite; keep the typed error regardless.
+        let db = liteorm_changeset::gate(primary, "change log publishing")
+            .map_err(liteorm_replication::Error::from)?
+            .clone();
         db.execute_batch(CREATE_OUTBOX).await?;
         db.execute(
             "INSERT INTO liteorm_outbox(stream, published_seq) VALUES (?, 0) \

@@ -34,15 +34,8 @@ pub async fn snapshot_named(primary: &dyn Session, path: &Path, name: &str) -> R
         path: path.display().to_string(),
         reason,
     };
-    let primary = primary
-        .as_any()
-        .downcast_ref::<SqliteSession>()
-        .ok_or_else(|| {
-            failed(format!(
-                "the primary is a {} session, not SQLite",
-                primary.dialect()
-            ))
-        })?;
+    let primary =
+        liteorm_changeset::gate(primary, "snapshots").map_err(liteorm_replication::Error::from)?;
     let target = path
         .to_str()
         .ok_or_else(|| failed("the path is not valid UTF-8".into()))?;

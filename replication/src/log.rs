@@ -1,7 +1,6 @@
 //! The change log: recording units of work with their changesets, querying them, reverting.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use liteorm_changeset::{ApplyReport, Capture, Changeset, apply};
@@ -249,18 +248,20 @@ impl ChangeLog {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error> + From<liteorm_changeset::Error>,
     {
-        self.record_as(meta, EntryKind::Change, f).await
+        let ((), seq) = self.record_as(meta, EntryKind::Change, f).await?;
+        Ok(seq)
     }
 
-    async fn record_as<F, Fut, E>(
+    /// Records what `f` changes as an entry of `kind`; returns `f`'s value and the entry's seq.
+    async fn record_as<F, Fut, T, E>(
         &self,
         meta: Meta,
         kind: EntryKind,
         f: F,
-    ) -> Result<Option<u64>, E>
+    ) -> Result<(T, Option<u64>), E>
     where
         F: FnOnce(SqliteSession) -> Fut,
-        Fut: Future<Output = Result<(), E>> + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
         E: From<Error> + From<liteorm_changeset::Error>,
     {
         let tx = self.db.begin_immediate().await.map_err(Error::from)?;
@@ -268,17 +269,13 @@ impl ChangeLog {
         if let Some(tables) = &self.tables {
             capture = capture.tables(tables.iter().cloned());
         }
-        let changes = capture.changeset(f).await?;
+        let (value, changes) = capture.changeset_returning(f).await?;
         if changes.is_empty() {
-            liteorm_core::Transaction::commit(Box::new(tx))
-                .await
-                .map_err(Error::from)?;
-            return Ok(None);
+            tx.commit().await.map_err(Error::from)?;
+            return Ok((value, None));
         }
         let entry = self.append(&tx, meta, kind, changes).await?;
-        liteorm_core::Transaction::commit(Box::new(tx))
-            .await
-            .map_err(Error::from)?;
+        tx.commit().await.map_err(Error::from)?;
         let seq = entry.seq;
         if let Some(sender) = &self.publish
             && sender.send(entry).await.is_err()
@@ -288,7 +285,7 @@ impl ChangeLog {
                 "change log subscriber is gone; the entry is only in the log table"
             );
         }
-        Ok(Some(seq))
+        Ok((value, Some(seq)))
     }
 
     async fn append(
@@ -417,37 +414,22 @@ impl ChangeLog {
             .into_iter()
             .map(|e| Ok((e.seq, e.changeset.invert()?)))
             .collect::<Result<Vec<_>>>()?;
-        let reports = Arc::new(Mutex::new(Vec::new()));
-        let logged_as = self
-            .record_as(meta, kind, {
-                let reports = Arc::clone(&reports);
-                move |s| async move {
-                    for (seq, inverse) in inverses {
-                        let report = apply(&s, &inverse).on_conflict(policy.handler()).await?;
-                        reports
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((seq, report));
-                    }
-                    Ok::<_, Error>(())
+        let (reports, logged_as) = self
+            .record_as(meta, kind, move |s| async move {
+                let mut reports = Vec::with_capacity(inverses.len());
+                for (seq, inverse) in inverses {
+                    let report = apply(&s, &inverse).on_conflict(policy.handler()).await?;
+                    reports.push((seq, report));
                 }
+                Ok::<_, Error>(reports)
             })
             .await?;
-        let reports = std::mem::take(&mut *reports.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(RevertOutcome { logged_as, reports })
     }
 }
 
-/// The SQLite session behind `session`, or the typed capability error.
+/// The SQLite session behind `session`, or the typed capability error (the changeset crate's
+/// gate).
 pub(crate) fn sqlite(session: &dyn Session) -> Result<SqliteSession> {
-    session
-        .as_any()
-        .downcast_ref::<SqliteSession>()
-        .cloned()
-        .ok_or_else(|| {
-            Error::Changeset(liteorm_changeset::Error::Unsupported {
-                capability: "change logs and replication",
-                dialect: session.dialect(),
-            })
-        })
+    Ok(liteorm_changeset::gate(session, "change logs and replication")?.clone())
 }

@@ -17,13 +17,16 @@ impl Default for ConflictPolicy {
     }
 }
 
-fn index(kind: ConflictKind) -> usize {
+/// Where the action for `kind` is kept; `None` for a kind newer than this policy, which
+/// always aborts.
+fn index(kind: ConflictKind) -> Option<usize> {
     match kind {
-        ConflictKind::Data => 0,
-        ConflictKind::NotFound => 1,
-        ConflictKind::Conflict => 2,
-        ConflictKind::Constraint => 3,
-        ConflictKind::ForeignKey => 4,
+        ConflictKind::Data => Some(0),
+        ConflictKind::NotFound => Some(1),
+        ConflictKind::Conflict => Some(2),
+        ConflictKind::Constraint => Some(3),
+        ConflictKind::ForeignKey => Some(4),
+        _ => None,
     }
 }
 
@@ -37,13 +40,15 @@ impl ConflictPolicy {
     /// ([`ConflictKind::allows_replace`]) makes the apply fail with `IllegalReplace` when such a
     /// conflict happens.
     pub fn on(mut self, kind: ConflictKind, action: ConflictAction) -> Self {
-        self.actions[index(kind)] = action;
+        if let Some(i) = index(kind) {
+            self.actions[i] = action;
+        }
         self
     }
 
     /// The action for `kind`.
     pub fn action(&self, kind: ConflictKind) -> ConflictAction {
-        self.actions[index(kind)]
+        index(kind).map_or(ConflictAction::Abort, |i| self.actions[i])
     }
 
     /// The policy as a conflict handler.

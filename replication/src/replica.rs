@@ -1,7 +1,7 @@
 //! The replica side: applying log entries in seq order, exactly once.
 
 use liteorm_changeset::apply;
-use liteorm_core::{Session, Transaction, Value};
+use liteorm_core::{Session, Value};
 use liteorm_sqlite::{SqliteSession, SqliteTransaction};
 
 use crate::log::sqlite;
@@ -82,13 +82,13 @@ impl Replica {
         let tx = self.db.begin_immediate().await?;
         match self.apply_in(&tx, entries).await {
             Ok(last) => {
-                Box::new(tx).commit().await?;
+                tx.commit().await?;
                 Ok(last)
             }
             Err((failed_at, err)) => {
                 // Undo the whole batch, then redo the part that went through, so that the
                 // failing entry leaves no trace however far it got.
-                Box::new(tx).rollback().await?;
+                tx.rollback().await?;
                 if failed_at > 0 {
                     Box::pin(self.apply_entries(&entries[..failed_at])).await?;
                 }

@@ -68,7 +68,8 @@ async fn a_patchset_cannot_be_applied_inverted() {
 }
 
 #[tokio::test]
-async fn without_sqlite_savepoint_an_aborted_apply_still_changes_nothing() {
+async fn without_sqlites_own_savepoint_an_aborted_apply_still_changes_nothing() {
+    // liteorm never asks SQLite for its own savepoint (`SQLITE_CHANGESETAPPLY_NOSAVEPOINT`).
     let (db, _dir) = file_db().await;
     seed(&db, 3).await;
     let cs = captured(&db, &["t"], MIX).await;
@@ -79,13 +80,13 @@ async fn without_sqlite_savepoint_an_aborted_apply_still_changes_nothing() {
         .await
         .unwrap();
     let before = dump(&target, "t").await;
-    let err = apply(&target, &cs).no_savepoint().await.unwrap_err();
+    let err = apply(&target, &cs).await.unwrap_err();
     assert!(matches!(err, Error::Aborted { .. }), "{err}");
     assert_eq!(dump(&target, "t").await, before);
     // And a clean one applies.
     let (clean, _dir3) = file_db().await;
     seed(&clean, 3).await;
-    apply(&clean, &cs).no_savepoint().await.unwrap();
+    apply(&clean, &cs).await.unwrap();
     assert_eq!(dump(&clean, "t").await, dump(&db, "t").await);
 }
 

@@ -48,6 +48,7 @@ fn scenario(kind: ConflictKind) -> Scenario {
             change: "INSERT INTO parent VALUES (5); INSERT INTO t VALUES (3, 'three', 5)",
             diverge: "",
         },
+        other => panic!("no scenario for a {other} conflict"),
     }
 }
 

@@ -863,10 +863,10 @@ async fn change_log_writer_killed_at_random_points_stays_consistent() {
 /// SQLite's primary result code in `err`, from a session-extension call or a statement.
 fn primary_code(err: &Error) -> Option<i32> {
     match err {
-        Error::Sqlite { code, .. } => Some(code & 0xff),
+        Error::Sqlite { code, .. } => Some(code.primary().0),
         Error::Session(liteorm_core::Error::Database {
             code: Some(code), ..
-        }) => code.parse::<i32>().ok().map(|code| code & 0xff),
+        }) => Some(code.primary().0),
         _ => None,
     }
 }
@@ -980,9 +980,7 @@ async fn apply_while_another_connection_holds_the_write_lock_is_sqlite_busy() {
             started.elapsed() < Duration::from_secs(5),
             "waited the busy timeout only"
         );
-        liteorm_core::Transaction::rollback(Box::new(holder))
-            .await
-            .unwrap();
+        holder.rollback().await.unwrap();
         assert_eq!(dump(&db, "t").await, before(), "nothing half-applied");
         settled(&db, &path, &[&before()]).await;
         // The lock is free again: the same pool applies it.

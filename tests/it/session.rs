@@ -253,7 +253,7 @@ async fn dropping_a_savepoint_then_its_transaction_releases_the_write_lock() {
         .execute("INSERT INTO t VALUES (3)", &[])
         .await
         .unwrap();
-    Box::new(writer).commit().await.unwrap();
+    writer.commit().await.unwrap();
     assert_eq!(dump(&db, "t").await, [[Value::Integer(3)]]);
 }
 
@@ -297,7 +297,7 @@ async fn begin_immediate_waits_for_another_writer_off_the_executor() {
             tx.session()
                 .execute("INSERT INTO t VALUES (2)", &[])
                 .await?;
-            Box::new(tx).commit().await
+            tx.commit().await
         }
     });
     // Let the waiter reach its `BEGIN IMMEDIATE` and find the lock taken. Had it waited on the
@@ -310,7 +310,7 @@ async fn begin_immediate_waits_for_another_writer_off_the_executor() {
         slept.elapsed()
     );
     assert!(!waiter.is_finished(), "the second writer did not wait");
-    Box::new(holder).commit().await.unwrap();
+    holder.commit().await.unwrap();
     waiter.await.unwrap().unwrap();
     assert_eq!(
         dump(&db, "t").await,

@@ -1,0 +1,299 @@
+//! The callbacks of one apply (table filter, conflict handler) and what they count.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use liteorm_core::Value;
+
+use crate::Error;
+use crate::change::Change;
+use crate::conflict::{Conflict, ConflictAction, ConflictKind};
+use crate::ffi::{self, ApplyHooks, IterRef, RawConflict, Verdict};
+
+use super::report::{ApplyReport, SkipReason, SkippedTable};
+
+/// One conflict as a borrowed view that decodes values only when asked, for
+/// [`Apply::on_conflict_ref`](super::Apply::on_conflict_ref): a handler that decides on
+/// [`ConflictRef::kind`] or [`ConflictRef::table`] alone costs no decoding. It lives only during the handler call;
+/// [`ConflictRef::to_conflict`] makes an owned [`Conflict`].
+pub struct ConflictRef<'a> {
+    /// Why the change conflicted.
+    pub kind: ConflictKind,
+    iter: &'a IterRef<'a>,
+}
+
+impl ConflictRef<'_> {
+    /// The table of the conflicting change (`None` for [`ConflictKind::ForeignKey`]), read
+    /// without decoding any value.
+    pub fn table(&self) -> Option<&str> {
+        if self.kind == ConflictKind::ForeignKey {
+            return None;
+        }
+        self.iter.table()
+    }
+
+    /// The change being applied, decoded; `None` for [`ConflictKind::ForeignKey`].
+    pub fn change(&self) -> Result<Option<Change>, Error> {
+        if self.kind == ConflictKind::ForeignKey {
+            return Ok(None);
+        }
+        Ok(Some(Change::from(self.iter.change(&mut None)?)))
+    }
+
+    /// The conflicting row of the target database, decoded (for `Data` and `Conflict`).
+    pub fn conflicting_row(&self) -> Result<Option<Vec<Value>>, Error> {
+        match self.kind {
+            ConflictKind::Data | ConflictKind::Conflict => {
+                let change = self.iter.change(&mut None)?;
+                Ok(Some(self.iter.conflicting_row(change.pk.len())?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// How many foreign key constraints are violated (for `ForeignKey`; otherwise 0).
+    pub fn foreign_key_violations(&self) -> usize {
+        if self.kind == ConflictKind::ForeignKey {
+            self.iter.fk_conflicts()
+        } else {
+            0
+        }
+    }
+
+    /// The whole conflict, decoded into an owned [`Conflict`].
+    pub fn to_conflict(&self) -> Result<Conflict, Error> {
+        read_conflict(self.kind, self.iter, &mut None)
+    }
+}
+
+impl fmt::Debug for ConflictRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConflictRef")
+            .field("kind", &self.kind)
+            .field("table", &self.table())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes one conflict.
+fn read_conflict(
+    kind: ConflictKind,
+    iter: &IterRef<'_>,
+    table_cache: &mut Option<Arc<str>>,
+) -> Result<Conflict, Error> {
+    if kind == ConflictKind::ForeignKey {
+        return Ok(Conflict {
+            kind,
+            change: None,
+            conflicting_row: None,
+            foreign_key_violations: iter.fk_conflicts(),
+        });
+    }
+    let change = Change::from(iter.change(table_cache)?);
+    let conflicting_row = match kind {
+        ConflictKind::Data | ConflictKind::Conflict => {
+            Some(iter.conflicting_row(change.column_count())?)
+        }
+        _ => None,
+    };
+    Ok(Conflict {
+        kind,
+        change: Some(change),
+        conflicting_row,
+        foreign_key_violations: 0,
+    })
+}
+
+/// The conflict handler: on an owned, decoded [`Conflict`], or on a lazy [`ConflictRef`].
+pub(super) enum Handler {
+    Owned(Box<dyn FnMut(&Conflict) -> ConflictAction + Send>),
+    Lazy(Box<dyn for<'c> FnMut(&ConflictRef<'c>) -> ConflictAction + Send>),
+}
+pub(super) type Filter = Box<dyn FnMut(&str) -> bool + Send>;
+
+/// The callbacks of one apply and what they have counted.
+pub(super) struct Hooks {
+    pub(super) handler: Option<Handler>,
+    pub(super) filter: Option<Filter>,
+    pub(super) log: bool,
+    pub(super) cancel: Arc<AtomicBool>,
+    /// Per table: change count and why it must be skipped, if it must.
+    pub(super) tables: HashMap<String, (usize, Option<SkipReason>)>,
+    /// The tables whose changes the report counts already: SQLite calls the filter once per run
+    /// of a table, and a table can have several (e.g. changesets concatenated byte for byte),
+    /// while `tables` has the total of all of them.
+    pub(super) counted: HashSet<String>,
+    pub(super) report: ApplyReport,
+    pub(super) failure: Option<Error>,
+    pub(super) table_cache: Option<Arc<str>>,
+    /// Whether the input's tables are checked only after SQLite applied it (a stream, or a
+    /// large blob listed meanwhile): SQLite skips incompatible tables itself then.
+    pub(super) deferred: bool,
+    /// When deferred: the tables the filter let through, in order.
+    pub(super) passed: Vec<String>,
+}
+
+impl Hooks {
+    pub(super) fn new(
+        handler: Option<Handler>,
+        filter: Option<Filter>,
+        log: bool,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
+        Hooks {
+            handler,
+            filter,
+            log,
+            cancel,
+            tables: HashMap::new(),
+            counted: HashSet::new(),
+            report: ApplyReport::default(),
+            failure: None,
+            table_cache: None,
+            deferred: false,
+            passed: Vec::new(),
+        }
+    }
+
+    /// After a deferred apply: counts the changes of the tables the filter let through, now
+    /// that the input's tables and their compatibility are known.
+    pub(super) fn account_deferred(
+        &mut self,
+        compat: &HashMap<String, (usize, Option<SkipReason>)>,
+    ) {
+        for table in std::mem::take(&mut self.passed) {
+            match compat.get(&table) {
+                Some((changes, None)) => self.report.attempted += changes,
+                Some((changes, Some(reason))) => self.report.skipped_tables.push(SkippedTable {
+                    table,
+                    reason: reason.clone(),
+                    changes: *changes,
+                }),
+                None => {}
+            }
+        }
+    }
+
+    fn fail(&mut self, error: Error) -> Verdict {
+        self.failure.get_or_insert(error);
+        Verdict::Abort
+    }
+}
+
+impl ApplyHooks for Hooks {
+    fn filter(&mut self, table: &str) -> bool {
+        if let Some(filter) = self.filter.as_mut()
+            && !filter(table)
+        {
+            if !self.report.filtered_tables.iter().any(|t| t == table) {
+                self.report.filtered_tables.push(table.to_owned());
+            }
+            return false;
+        }
+        match self.tables.get(table) {
+            Some((changes, None)) => {
+                if self.counted.insert(table.to_owned()) {
+                    self.report.attempted += changes;
+                }
+                true
+            }
+            Some((changes, Some(reason))) => {
+                if self.counted.insert(table.to_owned()) {
+                    self.report.skipped_tables.push(SkippedTable {
+                        table: table.to_owned(),
+                        reason: reason.clone(),
+                        changes: *changes,
+                    });
+                }
+                false
+            }
+            // SQLite skips an incompatible table itself; `account_deferred` reports it.
+            None if self.deferred => {
+                if !self.passed.iter().any(|t| t == table) {
+                    self.passed.push(table.to_owned());
+                }
+                true
+            }
+            // The survey saw every table of the blob; SQLite cannot name another.
+            None => false,
+        }
+    }
+
+    fn conflict(&mut self, kind: Option<RawConflict>, iter: IterRef<'_>) -> Verdict {
+        let Some(kind) = kind.map(ConflictKind::from_raw) else {
+            return self.fail(ffi::misuse("unknown conflict kind").into());
+        };
+        // The owned conflict, decoded before the handler for `on_conflict`, and otherwise only
+        // when the outcome needs it (an error, or the conflict log).
+        let mut decoded = None;
+        let action = match self.handler.as_mut() {
+            Some(Handler::Owned(handler)) => {
+                match read_conflict(kind, &iter, &mut self.table_cache) {
+                    Ok(conflict) => handler(decoded.insert(conflict)),
+                    Err(err) => return self.fail(err),
+                }
+            }
+            Some(Handler::Lazy(handler)) => handler(&ConflictRef { kind, iter: &iter }),
+            None => ConflictAction::Abort,
+        };
+        let needs_owned = self.log
+            || matches!(action, ConflictAction::Abort)
+            || (matches!(action, ConflictAction::Replace) && !kind.allows_replace());
+        let conflict = match decoded {
+            Some(conflict) => Some(conflict),
+            None if needs_owned => match read_conflict(kind, &iter, &mut self.table_cache) {
+                Ok(conflict) => Some(conflict),
+                Err(err) => return self.fail(err),
+            },
+            None => None,
+        };
+        let counts = self.report.conflicts.entry(kind).or_default();
+        counts.seen += 1;
+        let code = match action {
+            ConflictAction::Omit => {
+                counts.omitted += 1;
+                if kind != ConflictKind::ForeignKey {
+                    self.report.omitted += 1;
+                }
+                Verdict::Omit
+            }
+            ConflictAction::Replace if kind.allows_replace() => {
+                counts.replaced += 1;
+                self.report.replaced += 1;
+                Verdict::Replace
+            }
+            ConflictAction::Replace => {
+                return match conflict {
+                    Some(conflict) => self.fail(Error::IllegalReplace {
+                        conflict: Box::new(conflict),
+                    }),
+                    None => Verdict::Abort,
+                };
+            }
+            ConflictAction::Abort => {
+                return match conflict {
+                    Some(conflict) => self.fail(Error::Aborted {
+                        conflict: Box::new(conflict),
+                    }),
+                    None => Verdict::Abort,
+                };
+            }
+        };
+        if let Some(conflict) = conflict.filter(|_| self.log) {
+            self.report.conflict_log.push((conflict, action));
+        }
+        code
+    }
+
+    fn should_stop(&self) -> bool {
+        self.failure.is_some() || self.cancel.load(Ordering::Relaxed)
+    }
+
+    fn panicked(&mut self, callback: &'static str, payload: Box<dyn std::any::Any + Send>) {
+        let message = ffi::panic_message(payload.as_ref());
+        self.failure
+            .get_or_insert(Error::CallbackPanicked { callback, message });
+    }
+}

@@ -1,0 +1,373 @@
+//! Applying a changeset or patchset to a database: the `Apply` builder and the orchestration
+//! around SQLite's apply (transaction, blocking thread, cancellation). Split by concern: the
+//! callbacks (`hooks`), the report (`report`), the run on the locked connection (`job`) and the
+//! tables of the input against the target schema (`schema`).
+
+mod hooks;
+mod job;
+mod report;
+mod schema;
+
+use std::future::{Future, IntoFuture};
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use liteorm_core::Session;
+use liteorm_sqlite::PinnedGuard;
+
+use crate::conflict::{Conflict, ConflictAction};
+use crate::ffi::{self, ApplyFlags};
+use crate::{Capability, Error, gate};
+
+use crate::changeset::{BlobKind, sealed};
+
+pub use hooks::ConflictRef;
+pub use report::{ApplyReport, ConflictCounts, SkipReason, SkippedTable};
+pub(crate) use schema::{survey, table_compatibility};
+
+use hooks::{Filter, Handler, Hooks};
+use job::{Job, Tables};
+use schema::compatibility_cached;
+
+/// Blobs up to this size are applied on the calling task; larger ones on a blocking thread so
+/// that the executor keeps running other tasks.
+const INLINE_APPLY_MAX: usize = 16 * 1024;
+
+/// An apply being configured; `.await` it to run. Made by [`apply`] (or
+/// [`stream::apply`](crate::stream::apply) for a changeset read from a stream).
+///
+/// Besides the conflict handler, table filter and log, the builder sets SQLite's
+/// `sqlite3changeset_apply_v2` flags: [`Apply::invert`],
+/// [`Apply::ignore_noop`] and [`Apply::fk_no_action`]; [`Apply::rebase_buffer`] asks for the
+/// rebase buffer of its conflict resolutions in [`ApplyReport::rebase`].
+///
+/// ```
+/// use liteorm_changeset::{ConflictAction, apply, capture};
+/// use liteorm_core::Session;
+/// use liteorm_sqlite::SqliteSession;
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), liteorm_changeset::Error> {
+/// let db = SqliteSession::open_in_memory().await?;
+/// db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a')")
+///     .await?;
+/// let delete = capture(&db, &["t"], |s| async move {
+///     s.execute("DELETE FROM t WHERE id = 1", &[]).await?;
+///     Ok::<_, liteorm_changeset::Error>(())
+/// })
+/// .await?;
+///
+/// // Undo it by applying it inverted (no inverted copy needed).
+/// apply(&db, &delete).invert().await?;
+/// assert_eq!(db.query("SELECT * FROM t", &[]).await?.len(), 1);
+///
+/// // Deleting again conflicts (the row is gone); omitting it leaves a rebase buffer.
+/// apply(&db, &delete).await?;
+/// let report = apply(&db, &delete)
+///     .on_conflict(|_| ConflictAction::Omit)
+///     .rebase_buffer()
+///     .await?;
+/// assert_eq!(report.omitted, 1);
+/// assert!(!report.rebase.is_empty());
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "an Apply does nothing until it is awaited"]
+pub struct Apply<'a> {
+    session: &'a dyn Session,
+    source: Source,
+    /// The blob's kind; `None` for a stream (its table headers tell).
+    kind: Option<BlobKind>,
+    handler: Option<Handler>,
+    filter: Option<Filter>,
+    log: bool,
+    rebase: bool,
+    flags: Flags,
+}
+
+/// What an apply reads.
+enum Source {
+    Blob(Arc<[u8]>),
+    Stream(Box<dyn Read + Send>),
+}
+
+/// The `sqlite3changeset_apply_v2` flags asked for.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags {
+    invert: bool,
+    ignore_noop: bool,
+    fk_no_action: bool,
+}
+
+impl Flags {
+    /// The C flags, or why this SQLite cannot honour them.
+    fn checked(self, kind: Option<BlobKind>) -> Result<ApplyFlags, Error> {
+        if self.invert && kind == Some(BlobKind::Patchset) {
+            return Err(Error::Misuse("a patchset cannot be inverted"));
+        }
+        if self.ignore_noop {
+            Capability::IgnoreNoop.require()?;
+        }
+        if self.fk_no_action {
+            Capability::FkNoAction.require()?;
+        }
+        // SQLite's own savepoint would only nest inside liteorm's savepoint or transaction, which
+        // undo a failed apply already, and each savepoint level costs per page the apply
+        // changes: the page is copied to the sub-journal before its first change.
+        Ok(ApplyFlags {
+            no_savepoint: true,
+            invert: self.invert,
+            ignore_noop: self.ignore_noop,
+            fk_no_action: self.fk_no_action,
+        })
+    }
+}
+
+/// Applies `changes` (a [`Changeset`](crate::Changeset) or [`Patchset`](crate::Patchset)) to the
+/// `main` database of `session`, atomically.
+///
+/// Without [`Apply::on_conflict`], any conflict aborts the apply and nothing is applied
+/// ([`Error::Aborted`] names the conflict). Inside a transaction (a pinned session) the apply
+/// joins it. Large blobs are applied on a blocking thread with the connection moved there, so the
+/// executor keeps running; dropping the future interrupts the apply, which then rolls back.
+pub fn apply<'a, C: sealed::Changes>(session: &'a dyn Session, changes: &C) -> Apply<'a> {
+    Apply::new(session, Source::Blob(changes.blob()), Some(C::KIND))
+}
+
+impl<'a> Apply<'a> {
+    fn new(session: &'a dyn Session, source: Source, kind: Option<BlobKind>) -> Self {
+        Apply {
+            session,
+            source,
+            kind,
+            handler: None,
+            filter: None,
+            log: false,
+            rebase: false,
+            flags: Flags::default(),
+        }
+    }
+
+    /// An apply of the changeset or patchset `input` reads, checked as SQLite pulls from it.
+    pub(crate) fn from_stream(session: &'a dyn Session, input: Box<dyn Read + Send>) -> Self {
+        Apply::new(session, Source::Stream(input), None)
+    }
+
+    /// Applies the inverse of the changeset, as [`Changeset::invert`](crate::Changeset::invert)
+    /// would give it, without building it (`SQLITE_CHANGESETAPPLY_INVERT`). The conflict handler
+    /// sees the inverted changes. A patchset cannot be inverted ([`Error::Misuse`]).
+    pub fn invert(mut self) -> Self {
+        self.flags.invert = true;
+        self
+    }
+
+    /// Applies changes that would change nothing without calling the conflict handler
+    /// (`SQLITE_CHANGESETAPPLY_IGNORENOOP`): deleting a row that is already gone, an update whose
+    /// new values are already there, an insert of a row that exists with the same values.
+    /// Needs SQLite 3.42 ([`Capability::IgnoreNoop`]); older ones fail the apply with
+    /// [`Error::Unsupported`].
+    pub fn ignore_noop(mut self) -> Self {
+        self.flags.ignore_noop = true;
+        self
+    }
+
+    /// Makes every foreign key of the target behave as `ON UPDATE NO ACTION ON DELETE NO
+    /// ACTION` during the apply (`SQLITE_CHANGESETAPPLY_FKNOACTION`): a cascade that already
+    /// happened where the changes were captured is in the changeset itself and must not happen
+    /// twice. Needs SQLite 3.44 ([`Capability::FkNoAction`]); older ones fail the apply with
+    /// [`Error::Unsupported`].
+    pub fn fk_no_action(mut self) -> Self {
+        self.flags.fk_no_action = true;
+        self
+    }
+
+    /// Resolves each conflict. The handler is a plain (synchronous) closure that runs on the
+    /// thread applying the changeset, between SQLite's own steps: keep it quick and do not block
+    /// on async work in it. A panic in it aborts the apply ([`Error::CallbackPanicked`]).
+    pub fn on_conflict(
+        mut self,
+        handler: impl FnMut(&Conflict) -> ConflictAction + Send + 'static,
+    ) -> Self {
+        self.handler = Some(Handler::Owned(Box::new(handler)));
+        self
+    }
+
+    /// Like [`Apply::on_conflict`], with a [`ConflictRef`] that decodes the change and the
+    /// conflicting row only if the handler asks for them: the cheaper choice when most
+    /// decisions depend on the conflict kind or the table alone. Replaces a handler set before.
+    ///
+    /// ```
+    /// use liteorm_changeset::{ConflictAction, ConflictKind};
+    /// # async fn demo(db: &dyn liteorm_core::Session, cs: &liteorm_changeset::Changeset) -> Result<(), liteorm_changeset::Error> {
+    /// let report = liteorm_changeset::apply(db, cs)
+    ///     .on_conflict_ref(|c| match (c.kind, c.table()) {
+    ///         (ConflictKind::Data, Some("cache")) => ConflictAction::Replace,
+    ///         (ConflictKind::Data | ConflictKind::NotFound, _) => ConflictAction::Omit,
+    ///         _ => ConflictAction::Abort,
+    ///     })
+    ///     .await?;
+    /// # let _ = report;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_conflict_ref(
+        mut self,
+        handler: impl for<'c> FnMut(&ConflictRef<'c>) -> ConflictAction + Send + 'static,
+    ) -> Self {
+        self.handler = Some(Handler::Lazy(Box::new(handler)));
+        self
+    }
+
+    /// Applies only the tables for which `filter` returns `true`. A panic in it aborts the apply.
+    pub fn filter(mut self, filter: impl FnMut(&str) -> bool + Send + 'static) -> Self {
+        self.filter = Some(Box::new(filter));
+        self
+    }
+
+    /// Records every conflict and its verdict in [`ApplyReport::conflict_log`].
+    pub fn log_conflicts(mut self) -> Self {
+        self.log = true;
+        self
+    }
+
+    /// Asks SQLite for the rebase buffer: how each conflict was resolved with `Omit` or
+    /// `Replace`, in [`ApplyReport::rebase`], for a [`Rebaser`](crate::Rebaser) of local
+    /// changes. SQLite then copies every such change into the buffer, which costs time and
+    /// memory on conflict-heavy applies (about 7 % of an apply where half the changes are
+    /// omitted), so it is off unless asked for. A patchset has no rebase buffer.
+    pub fn rebase_buffer(mut self) -> Self {
+        self.rebase = true;
+        self
+    }
+
+    async fn run(self) -> Result<ApplyReport, Error> {
+        let sqlite = gate::gate(self.session, "applying a changeset")?;
+        let flags = self.flags.checked(self.kind)?;
+        let inline = matches!(&self.source, Source::Blob(blob) if blob.len() <= INLINE_APPLY_MAX);
+        // A large blob is listed on another thread while SQLite applies it: the listing reads
+        // every byte (about 1 ms per 4 MB), and only the report needs it.
+        let listing = match &self.source {
+            Source::Blob(blob) if !inline => {
+                let (blob, kind) = (Arc::clone(blob), self.kind.unwrap_or(BlobKind::Changeset));
+                Some(tokio::task::spawn_blocking(move || survey(&blob, kind)))
+            }
+            _ => None,
+        };
+        let pinned = sqlite.pin().await?;
+        let mut guard = pinned.lock().await?;
+        // Outside a transaction, take the write lock before applying: waiting for it (up to the
+        // busy timeout) then happens on sqlx's worker thread, not on an executor thread inside
+        // the FFI call, where it could starve the task that holds the lock. (A deferred
+        // transaction would also fail at once with SQLITE_BUSY_SNAPSHOT in WAL mode when
+        // another connection writes between SQLite's schema reads and its first write.)
+        let in_transaction = guard.with_raw(ffi::in_transaction).await?;
+        if !in_transaction {
+            guard.begin_immediate().await?;
+        }
+        let mut guard = OwnTransaction {
+            guard,
+            open: !in_transaction,
+        };
+        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let mut hooks = Hooks::new(self.handler, self.filter, self.log, Arc::clone(&cancel.0));
+        // A small blob's tables are listed and checked against the schema now; a large blob's
+        // and a stream's once SQLite has applied it.
+        let tables = match (&self.source, listing) {
+            (_, Some(listing)) => Tables::Listing(listing),
+            (Source::Blob(blob), None) => {
+                Tables::Checked(survey(blob, self.kind.unwrap_or(BlobKind::Changeset))?)
+            }
+            (Source::Stream(_), None) => Tables::Streamed,
+        };
+        if let Tables::Checked(tables) = &tables {
+            hooks.tables = compatibility_cached(&mut guard.guard, tables).await?;
+        }
+        let job = Job {
+            source: self.source,
+            kind: self.kind,
+            flags,
+            savepoint: in_transaction,
+            rebase: self.rebase,
+            tables,
+            hooks,
+        };
+        if inline {
+            // An apply changes no schema, so the key layouts kept on the connection stay valid.
+            let result = guard.guard.with_raw_same_schema(|db| job.run(db)).await?;
+            return guard.end(result).await;
+        }
+        let task = tokio::task::spawn_blocking(move || {
+            // The guard (and with it the connection) lives on this thread until the apply is
+            // over, whatever happens to the future that spawned it.
+            let result = match guard.guard.with_raw_same_schema_blocking(|db| job.run(db)) {
+                Ok(result) => futures::executor::block_on(guard.end(result)),
+                Err(err) => Err(err.into()),
+            };
+            drop(guard);
+            drop(pinned);
+            result
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(join) => Err(Error::task_failed("apply task", join)),
+        }
+    }
+}
+
+impl<'a> IntoFuture for Apply<'a> {
+    type Output = Result<ApplyReport, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+/// The connection of an apply, and whether the apply opened its transaction (then it commits
+/// it when the apply succeeds, and rolls it back otherwise, also when dropped unfinished).
+struct OwnTransaction {
+    guard: PinnedGuard,
+    open: bool,
+}
+
+impl OwnTransaction {
+    /// Commits the apply's own transaction after `result` succeeded, else rolls it back.
+    async fn end(&mut self, result: Result<ApplyReport, Error>) -> Result<ApplyReport, Error> {
+        if !self.open {
+            return result;
+        }
+        let ended = match &result {
+            Ok(_) => match self.guard.commit().await {
+                Ok(()) => Ok(()),
+                // A COMMIT that fails (a deferred foreign key, say) leaves the transaction open.
+                Err(err) => self.guard.rollback().await.and(Err(err)),
+            },
+            Err(_) => self.guard.rollback().await,
+        };
+        self.open = false;
+        let report = result?;
+        ended?;
+        Ok(report)
+    }
+}
+
+impl Drop for OwnTransaction {
+    fn drop(&mut self) {
+        if self.open {
+            // Failing here means the connection is broken; sqlx will not hand it out again.
+            let _ = self.guard.rollback_levels_blocking(1);
+        }
+    }
+}
+
+/// Sets the flag when dropped, so that an apply whose future was dropped stops at the next
+/// progress callback and rolls back.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}

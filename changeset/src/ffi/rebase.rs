@@ -1,0 +1,62 @@
+//! `sqlite3_rebaser`: rebasing local changes over the conflict resolutions of applied remote ones.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use libsqlite3_sys as sys;
+
+use super::{RawError, c_len, check, construct, padded, take_output};
+
+/// A `sqlite3_rebaser`: conflict resolutions of applied remote changes, to rebase local ones.
+pub(crate) struct RawRebaser {
+    ptr: NonNull<sys::sqlite3_rebaser>,
+}
+
+// SAFETY: a rebaser belongs to no connection and is only used through `&mut self`.
+unsafe impl Send for RawRebaser {}
+
+impl RawRebaser {
+    pub(crate) fn new() -> Result<Self, RawError> {
+        // SAFETY: `out` is a valid out-pointer.
+        let ptr = construct("sqlite3rebaser_create", |out| unsafe {
+            sys::sqlite3rebaser_create(out)
+        })?;
+        Ok(RawRebaser { ptr })
+    }
+
+    /// Adds the resolutions in a validated rebase buffer.
+    pub(crate) fn configure(&mut self, buffer: &[u8]) -> Result<(), RawError> {
+        let len = c_len(buffer.len())?;
+        // Hashed by SQLite's change-group code, which can read one byte past the end.
+        let buffer = padded(buffer);
+        // SAFETY: the rebaser is live; SQLite copies what it needs from `buffer`, reading `len`
+        // bytes and at most the spare byte after them.
+        let rc = unsafe {
+            sys::sqlite3rebaser_configure(self.ptr.as_ptr(), len, buffer.as_ptr().cast())
+        };
+        check(rc, "sqlite3rebaser_configure")
+    }
+
+    /// Rebases a validated changeset.
+    pub(crate) fn rebase(&mut self, input: &[u8]) -> Result<Arc<[u8]>, RawError> {
+        let input_len = c_len(input.len())?;
+        // Its records are hashed like the change-group code's, which can read one byte past
+        // the end.
+        let input = padded(input);
+        let rebaser = self.ptr.as_ptr();
+        take_output("sqlite3rebaser_rebase", |len, buf| {
+            // SAFETY: the rebaser is live; SQLite only reads `input_len` bytes of `input` and at
+            // most the spare byte after them; the out-pointers are valid.
+            unsafe {
+                sys::sqlite3rebaser_rebase(rebaser, input_len, input.as_ptr().cast(), len, buf)
+            }
+        })
+    }
+}
+
+impl Drop for RawRebaser {
+    fn drop(&mut self) {
+        // SAFETY: the rebaser is live and never used after this.
+        unsafe { sys::sqlite3rebaser_delete(self.ptr.as_ptr()) };
+    }
+}

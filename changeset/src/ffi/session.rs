@@ -1,0 +1,280 @@
+//! `sqlite3_session`: recording the changes made on a connection, and diffing tables.
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+
+use libsqlite3_sys as sys;
+
+use super::{Handle, RawError, check, check_on, code_error, db_error, panic_message, take_output};
+
+/// How many `sqlite3_session` objects exist per database file (for tests and diagnostics).
+static LIVE_SESSIONS: std::sync::Mutex<std::collections::BTreeMap<String, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn count_session(file: &str, delta: isize) {
+    let mut live = LIVE_SESSIONS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let count = live.entry(file.to_owned()).or_default();
+    *count = count.saturating_add_signed(delta);
+    if *count == 0 {
+        live.remove(file);
+    }
+}
+
+/// How many session objects are alive on connections to `file`.
+pub(crate) fn live_sessions(file: &str) -> usize {
+    let live = LIVE_SESSIONS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    live.get(file).copied().unwrap_or(0)
+}
+
+/// A `sqlite3_session` object. It must be deleted (with [`RawSession::delete`]) while its
+/// connection is locked and before the connection is closed or goes back to the pool.
+///
+/// Every call takes the [`Handle`] of the session's connection: it proves the connection locked
+/// for the call (and is checked to be that connection's).
+pub(crate) struct RawSession {
+    ptr: NonNull<sys::sqlite3_session>,
+    /// The connection the session records.
+    db: NonNull<sys::sqlite3>,
+    /// The database file it records (`""` for in-memory databases).
+    file: String,
+    /// The table filter SQLite calls back, owned here so that it outlives the session.
+    filter: Option<Box<TableFilter>>,
+}
+
+/// Whether to record a table, by name.
+pub(crate) type TableFilterFn = Box<dyn FnMut(&str) -> bool + Send>;
+
+/// A capture's table filter and what happened to it.
+pub(crate) struct TableFilter {
+    /// Whether to record a table.
+    pub(crate) filter: TableFilterFn,
+    /// The panic message, if the filter panicked (it then records nothing more).
+    pub(crate) panicked: Option<String>,
+}
+
+unsafe extern "C" fn table_filter_trampoline(ctx: *mut c_void, table: *const c_char) -> c_int {
+    // SAFETY: `ctx` is the `TableFilter` boxed in the session, which outlives it; SQLite calls
+    // the filter only from statements on the session's connection, one at a time.
+    let state = unsafe { &mut *ctx.cast::<TableFilter>() };
+    if state.panicked.is_some() {
+        return 0;
+    }
+    // SAFETY: SQLite passes a NUL-terminated table name that lives for the call.
+    let table = unsafe { CStr::from_ptr(table) }.to_string_lossy();
+    match catch_unwind(AssertUnwindSafe(|| (state.filter)(&table))) {
+        Ok(keep) => c_int::from(keep),
+        Err(payload) => {
+            state.panicked = Some(panic_message(payload.as_ref()));
+            0
+        }
+    }
+}
+
+// SAFETY: the session is only touched through a `Handle` of its connection, which only the
+// thread that holds the connection's lock has, so moving the pointer between threads is fine.
+unsafe impl Send for RawSession {}
+
+impl RawSession {
+    /// Creates a session on the `main` database of `db`.
+    pub(crate) fn create(db: Handle<'_>) -> Result<Self, RawError> {
+        let mut session = ptr::null_mut();
+        // SAFETY: `db` is valid and locked (a `Handle` proves it); "main" is NUL-terminated;
+        // `session` is an out-pointer.
+        let rc = unsafe { sys::sqlite3session_create(db.as_ptr(), c"main".as_ptr(), &mut session) };
+        check_on(db, rc, "sqlite3session_create")?;
+        let ptr = NonNull::new(session)
+            .ok_or_else(|| code_error(sys::SQLITE_NOMEM, "sqlite3session_create"))?;
+        // SAFETY: `db` is valid and locked; the returned name (NULL or NUL-terminated) is owned
+        // by the connection and copied at once.
+        let file = unsafe {
+            let name = sys::sqlite3_db_filename(db.as_ptr(), c"main".as_ptr());
+            if name.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(name).to_string_lossy().into_owned()
+            }
+        };
+        count_session(&file, 1);
+        Ok(RawSession {
+            ptr,
+            db: db.as_non_null(),
+            file,
+            filter: None,
+        })
+    }
+
+    /// The session, for a call that `db` (its connection's handle) makes safe.
+    fn on(&self, db: Handle<'_>) -> *mut sys::sqlite3_session {
+        assert_eq!(
+            db.as_non_null(),
+            self.db,
+            "a session is used with the handle of its own connection"
+        );
+        self.ptr.as_ptr()
+    }
+
+    /// Turns on `sqlite3session_changeset_size` bookkeeping (before any table is attached).
+    #[cfg(sqlite_has_changeset_size)]
+    pub(crate) fn track_size(&self, db: Handle<'_>) -> Result<(), RawError> {
+        self.object_config(db, sys::SQLITE_SESSION_OBJCONFIG_SIZE)
+    }
+
+    /// Records tables without a PRIMARY KEY, keyed by rowid (before any table is attached).
+    #[cfg(sqlite_has_implicit_pk)]
+    pub(crate) fn implicit_pk(&self, db: Handle<'_>) -> Result<(), RawError> {
+        self.object_config(db, sys::SQLITE_SESSION_OBJCONFIG_ROWID)
+    }
+
+    /// Sets boolean option `op` of `sqlite3session_object_config`.
+    #[cfg(sqlite_has_changeset_size)]
+    fn object_config(&self, db: Handle<'_>, op: c_int) -> Result<(), RawError> {
+        let session = self.on(db);
+        let mut on: c_int = 1;
+        // SAFETY: the session is live and its connection locked (`on` checked the handle); the
+        // option takes an `int*`.
+        let rc = unsafe {
+            sys::sqlite3session_object_config(session, op, ptr::from_mut(&mut on).cast())
+        };
+        check(rc, "sqlite3session_object_config")?;
+        if on == 1 {
+            Ok(())
+        } else {
+            Err(code_error(rc, "sqlite3session_object_config"))
+        }
+    }
+
+    /// Starts (`true`) or stops recording changes.
+    pub(crate) fn enable(&self, db: Handle<'_>, on: bool) {
+        let session = self.on(db);
+        // SAFETY: the session is live and its connection locked (`on` checked the handle).
+        unsafe { sys::sqlite3session_enable(session, c_int::from(on)) };
+    }
+
+    /// Marks the changes recorded from now on as indirect (`true`) or direct.
+    pub(crate) fn indirect(&self, db: Handle<'_>, on: bool) {
+        let session = self.on(db);
+        // SAFETY: the session is live and its connection locked (`on` checked the handle).
+        unsafe { sys::sqlite3session_indirect(session, c_int::from(on)) };
+    }
+
+    /// Whether no change has been recorded.
+    pub(crate) fn is_empty(&self, db: Handle<'_>) -> bool {
+        let session = self.on(db);
+        // SAFETY: the session is live and its connection locked (`on` checked the handle).
+        unsafe { sys::sqlite3session_isempty(session) != 0 }
+    }
+
+    /// The size of the changeset the session would generate now (needs [`Self::track_size`]).
+    #[cfg(sqlite_has_changeset_size)]
+    pub(crate) fn changeset_size(&self, db: Handle<'_>) -> i64 {
+        let session = self.on(db);
+        // SAFETY: the session is live and its connection locked (`on` checked the handle).
+        unsafe { sys::sqlite3session_changeset_size(session) }
+    }
+
+    /// Installs the filter that decides which tables an all-tables session records.
+    pub(crate) fn set_table_filter(&mut self, db: Handle<'_>, filter: TableFilter) {
+        let session = self.on(db);
+        let mut boxed = Box::new(filter);
+        let ctx = ptr::from_mut(boxed.as_mut()).cast::<c_void>();
+        // SAFETY: the session is live and its connection locked (`on` checked the handle);
+        // `ctx` points into a box that `self` owns and frees only after deleting the session.
+        unsafe { sys::sqlite3session_table_filter(session, Some(table_filter_trampoline), ctx) };
+        self.filter = Some(boxed);
+    }
+
+    /// The panic message of the table filter, if it panicked.
+    pub(crate) fn filter_panic(&self) -> Option<String> {
+        self.filter.as_ref().and_then(|f| f.panicked.clone())
+    }
+
+    /// Records the changes that turn `from.table` into `main.table` (attaching `table`).
+    /// On failure, the error has the message `sqlite3session_diff` gave, if it gave one.
+    pub(crate) fn diff(&self, db: Handle<'_>, from: &CStr, table: &CStr) -> Result<(), RawError> {
+        let session = self.on(db);
+        let mut message: *mut c_char = ptr::null_mut();
+        // SAFETY: the session is live and its connection locked (`on` checked the handle);
+        // names are NUL-terminated; `message` is an out-pointer that SQLite fills with a
+        // sqlite3_malloc'd string or NULL.
+        let rc = unsafe {
+            sys::sqlite3session_diff(session, from.as_ptr(), table.as_ptr(), &mut message)
+        };
+        let text = if message.is_null() {
+            None
+        } else {
+            // SAFETY: a NUL-terminated string from sqlite3_mprintf, copied here.
+            let text = unsafe { CStr::from_ptr(message) }
+                .to_string_lossy()
+                .into_owned();
+            // SAFETY: the string came from sqlite3_mprintf and is not used after the copy.
+            unsafe { sys::sqlite3_free(message.cast()) };
+            Some(text)
+        };
+        check_on(db, rc, "sqlite3session_diff").map_err(|err| match (err, text) {
+            (RawError::Sqlite { code, context, .. }, Some(message)) => RawError::Sqlite {
+                code,
+                message,
+                context,
+            },
+            (err, _) => err,
+        })
+    }
+
+    /// Attaches one table, or every table (`None`).
+    pub(crate) fn attach(&self, db: Handle<'_>, table: Option<&str>) -> Result<(), RawError> {
+        let session = self.on(db);
+        let name = table
+            .map(|t| CString::new(t).map_err(|_| RawError::InvalidName(t.to_owned())))
+            .transpose()?;
+        let name_ptr = name.as_ref().map_or(ptr::null(), |n| n.as_ptr());
+        // SAFETY: the session is live and its connection locked (`on` checked the handle);
+        // `name_ptr` is NULL or a NUL-terminated string that outlives the call.
+        let rc = unsafe { sys::sqlite3session_attach(session, name_ptr) };
+        check(rc, "sqlite3session_attach")
+    }
+
+    /// The changeset (or patchset) of everything recorded so far.
+    pub(crate) fn generate(&self, db: Handle<'_>, patchset: bool) -> Result<Arc<[u8]>, RawError> {
+        let session = self.on(db);
+        let generate = if patchset {
+            sys::sqlite3session_patchset
+        } else {
+            sys::sqlite3session_changeset
+        };
+        let mut failed = None;
+        let blob = take_output("sqlite3session_changeset", |len, buf| {
+            // SAFETY: the session is live and its connection locked (`on` checked the handle);
+            // the out-pointers are valid.
+            let rc = unsafe { generate(session, len, buf) };
+            failed = (rc != sys::SQLITE_OK).then_some(rc);
+            rc
+        });
+        // The connection's message, which says more than the code.
+        blob.map_err(|err| match failed {
+            Some(rc) => db_error(db, rc, "sqlite3session_changeset"),
+            None => err,
+        })
+    }
+
+    /// Bytes of heap the session uses.
+    pub(crate) fn memory_used(&self, db: Handle<'_>) -> i64 {
+        let session = self.on(db);
+        // SAFETY: the session is live and its connection locked (`on` checked the handle).
+        unsafe { sys::sqlite3session_memory_used(session) }
+    }
+
+    /// Deletes the session.
+    pub(crate) fn delete(self, db: Handle<'_>) {
+        let session = self.on(db);
+        // SAFETY: the session is live, its connection locked (`on` checked the handle), and
+        // `self` is consumed so it is never used again.
+        unsafe { sys::sqlite3session_delete(session) };
+        count_session(&self.file, -1);
+    }
+}

@@ -1,0 +1,185 @@
+//! The raw interface for capability crates (changesets and the like): scoped access to the
+//! `sqlite3*` of a pinned connection through a lifetime-bound [`Handle`], and values read from
+//! the schema kept per connection under typed [`MemoKey`]s.
+//!
+//! A [`Handle`] is only created by [`PinnedGuard`]'s `with_raw*` methods (valid, and locked out
+//! from sqlx's worker, for the closure it is passed to), or by a driver that vouches for its
+//! pointer through [`Handle::from_raw`]. Wrappers over the C API can therefore take a
+//! `Handle<'_>` and be safe functions.
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use liteorm_core::Result;
+
+use crate::PinnedGuard;
+
+/// The C type of a database connection, for the signatures of raw calls.
+pub use libsqlite3_sys::sqlite3;
+
+/// A `sqlite3*` that is valid, and used by nobody else, for the lifetime `'a`.
+///
+/// `Copy`, so that a callee can pass it on; neither `Send` nor `Sync`, and the closures of
+/// [`PinnedGuard::with_raw`] get it for a lifetime they cannot name, so it cannot outlive the
+/// access it stands for.
+///
+/// A handle cannot leave the closure it was given to:
+///
+/// ```compile_fail
+/// # async fn escape(guard: &mut liteorm_sqlite::PinnedGuard) {
+/// let escaped = guard.with_raw(|db| db).await;
+/// # }
+/// ```
+///
+/// nor move to another thread:
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// fn escape(db: liteorm_sqlite::raw::Handle<'_>) {
+///     send(db);
+/// }
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Handle<'a> {
+    db: NonNull<sqlite3>,
+    /// Ties the handle to the access it was created for, and keeps it on the creating thread.
+    _access: PhantomData<(&'a mut sqlite3, *mut ())>,
+}
+
+impl<'a> Handle<'a> {
+    /// Created by the guard's raw access, for the duration of one closure.
+    pub(crate) fn new(db: NonNull<sqlite3>) -> Self {
+        Handle {
+            db,
+            _access: PhantomData,
+        }
+    }
+
+    /// A handle for a connection that another driver (a Diesel or rusqlite connection, say)
+    /// lends for `'a`.
+    ///
+    /// # Safety
+    /// `db` is an open connection, opened in SQLite's multi-thread or serialized mode, that no
+    /// other thread uses and nobody closes during `'a`, and whose owner makes no call on it
+    /// meanwhile that relies on state the holder of the handle may change (open statements,
+    /// transaction state it tracks itself).
+    pub unsafe fn from_raw(db: NonNull<sqlite3>) -> Self {
+        Handle::new(db)
+    }
+
+    /// The pointer, for a call into the C API.
+    pub fn as_ptr(self) -> *mut sqlite3 {
+        self.db.as_ptr()
+    }
+
+    /// The pointer, known not to be NULL.
+    pub fn as_non_null(self) -> NonNull<sqlite3> {
+        self.db
+    }
+}
+
+/// The key of a value read from the schema and kept per connection (see
+/// [`PinnedGuard::schema_cached`]): its name, unique in the program (a crate name prefix keeps
+/// it so), and the type of the values kept under it.
+///
+/// ```
+/// use liteorm_sqlite::raw::MemoKey;
+/// /// Primary-key layouts by table name.
+/// const TABLE_PK: MemoKey<Option<Vec<u8>>> = MemoKey::new("my_crate::table_pk");
+/// ```
+pub struct MemoKey<T> {
+    name: &'static str,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T> MemoKey<T> {
+    /// A key named `name`.
+    pub const fn new(name: &'static str) -> Self {
+        MemoKey {
+            name,
+            _value: PhantomData,
+        }
+    }
+
+    /// The key's name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl<T> Clone for MemoKey<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for MemoKey<T> {}
+
+impl<T> std::fmt::Debug for MemoKey<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MemoKey").field(&self.name).finish()
+    }
+}
+
+impl PinnedGuard {
+    /// Runs `f` with the connection's [`Handle`] inside sqlx's `lock_handle()` guard, so that
+    /// sqlx's worker thread makes no FFI call on the connection meanwhile. The handle is only
+    /// valid inside `f`.
+    ///
+    /// The guard is kept after `f` returns (until something runs on the connection through
+    /// sqlx, or it goes back to the pool), so that further raw calls and inline statements on
+    /// the pinned connection need no trip to sqlx's worker thread.
+    pub async fn with_raw<R>(&mut self, f: impl FnOnce(Handle<'_>) -> R) -> Result<R> {
+        let raw = self.raw_lock().await?;
+        Ok(f(Handle::new(raw.db())))
+    }
+
+    /// Like [`Self::with_raw`], for a thread that may block (`spawn_blocking`, or `Drop` cleanup):
+    /// waits synchronously for the worker to hand over the handle, which it does between commands.
+    pub fn with_raw_blocking<R>(&mut self, f: impl FnOnce(Handle<'_>) -> R) -> Result<R> {
+        let raw = self.raw_lock_blocking()?;
+        Ok(f(Handle::new(raw.db())))
+    }
+
+    /// What `read` (given the handle, inside sqlx's handle lock as [`Self::with_raw`]) returns
+    /// for `item` under `key`, kept per connection while the schema of `main` does not change:
+    /// for facts about tables (their columns, keys) that are read often and change rarely.
+    /// Changes made through this connection or any other are noticed (SQLite re-prepares a
+    /// watch statement on its next step after any change to the schema), so at most a change
+    /// made concurrently with the call is missed, as with reading it anew. Only `Ok` values are
+    /// kept, and only while the connection stays pinned or parked with sqlx's handle lock.
+    pub async fn schema_cached<T, E>(
+        &mut self,
+        key: MemoKey<T>,
+        item: &str,
+        read: impl FnOnce(Handle<'_>) -> std::result::Result<T, E>,
+    ) -> Result<std::result::Result<T, E>>
+    where
+        T: Clone + Send + Any,
+    {
+        let raw = self.raw_lock().await?;
+        Ok(raw.schema_memo(key.name, item, |db| read(Handle::new(db))))
+    }
+
+    /// Like [`Self::with_raw`], for an `f` that changes no schema but may expire the connection's
+    /// prepared statements, as `sqlite3changeset_apply` does (through `PRAGMA
+    /// defer_foreign_keys`): what [`Self::schema_cached`] keeps stays valid across `f`, where
+    /// the expiry alone would have it read anew. A schema change `f` makes anyway is still
+    /// noticed (by the schema cookie), unless `f` also ends the transaction that made an earlier
+    /// one.
+    pub async fn with_raw_same_schema<R>(&mut self, f: impl FnOnce(Handle<'_>) -> R) -> Result<R> {
+        let raw = self.raw_lock().await?;
+        Ok(raw.keeping_schema(|db| f(Handle::new(db))))
+    }
+
+    /// [`Self::with_raw_same_schema`] for a thread that may block (see
+    /// [`Self::with_raw_blocking`]).
+    pub fn with_raw_same_schema_blocking<R>(
+        &mut self,
+        f: impl FnOnce(Handle<'_>) -> R,
+    ) -> Result<R> {
+        let raw = self.raw_lock_blocking()?;
+        Ok(raw.keeping_schema(|db| f(Handle::new(db))))
+    }
+}
