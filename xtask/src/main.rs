@@ -211,7 +211,23 @@ impl fmt::Display for Outcome {
     }
 }
 
-const CELL_STEPS: [&str; 6] = ["clippy", "test", "doctest", "docs", "package", "downstream"];
+const CELL_STEPS: [&str; 7] = [
+    "clippy",
+    "test",
+    "doctest",
+    "examples",
+    "docs",
+    "package",
+    "downstream",
+];
+
+/// The runnable examples (package, example), the README's demo first: each must exit 0.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("liteorm-seaorm", "seaorm_audit"),
+    ("liteorm-replication", "audit_replicate"),
+    ("liteorm-replication", "sqlx_audit"),
+    ("liteorm-changeset", "demo"),
+];
 
 /// The crates published to crates.io whose docs must build without warnings (the CLI is a
 /// binary: docs.rs has nothing to show for it).
@@ -227,7 +243,7 @@ const DOC_CRATES: &[&str] = &[
 struct CellReport {
     cell: Cell,
     version: String,
-    steps: [Outcome; 6],
+    steps: [Outcome; 7],
     elapsed: Option<Duration>,
 }
 
@@ -309,7 +325,7 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
         let mut report = CellReport {
             cell,
             version: "?".to_owned(),
-            steps: [Outcome::NotRun; 6],
+            steps: [Outcome::NotRun; 7],
             elapsed: None,
         };
         if !runner.go() {
@@ -354,18 +370,32 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
             runner.run(&mut cell_cmd(&["test", "--workspace"], &["--no-fail-fast"]))
         };
         report.steps[2] = runner.run(&mut cell_cmd(&["test", "--workspace", "--doc"], &[]));
+        // The demos run against the cell's SQLite too: a README command that only compiles
+        // proves nothing.
+        report.steps[3] = EXAMPLES
+            .iter()
+            .fold(Outcome::Pass, |outcome, (package, example)| {
+                let ran = runner.run(&mut cell_cmd(
+                    &["run", "--quiet", "-p", package, "--example", example],
+                    &[],
+                ));
+                match (outcome, ran) {
+                    (Outcome::Fail, _) | (_, Outcome::Pass) => outcome,
+                    _ => ran,
+                }
+            });
         // What a user or crates.io sees does not depend on the SQLite the suite links: once.
         if cell == Cell::Bundled {
             let mut docs = cell_cmd(&["doc", "--no-deps"], &[]);
             for krate in DOC_CRATES {
                 docs.args(["-p", krate]);
             }
-            report.steps[3] = runner.run(docs.env("RUSTDOCFLAGS", "-D warnings"));
-            report.steps[4] = runner.run(&mut cell_cmd(
+            report.steps[4] = runner.run(docs.env("RUSTDOCFLAGS", "-D warnings"));
+            report.steps[5] = runner.run(&mut cell_cmd(
                 &["publish", "--workspace", "--dry-run", "--allow-dirty"],
                 &[],
             ));
-            report.steps[5] = runner.step("downstream", || downstream::check(root));
+            report.steps[6] = runner.step("downstream", || downstream::check(root));
         }
 
         let elapsed = start.elapsed();
