@@ -174,6 +174,14 @@ impl From<StreamError> for Error {
     }
 }
 
+impl From<sqlx::Error> for Error {
+    /// So that `?` works on the app's own sqlx queries inside a capture's closure: a database
+    /// error keeps SQLite's code and message ([`liteorm_sqlite::from_sqlx_error`]).
+    fn from(err: sqlx::Error) -> Self {
+        liteorm_sqlite::from_sqlx_error(err).into()
+    }
+}
+
 impl From<liteorm_core::Error> for Error {
     /// Keeps one shape for "unsupported": the session's [`liteorm_core::Error::Unsupported`]
     /// becomes [`Error::Unsupported`].

@@ -29,6 +29,14 @@ pub enum Error {
     NotSqlite(String),
 }
 
+impl From<sqlx::Error> for Error {
+    /// So that `?` works on sqlx queries run on [`crate::SeaSession::session`]: as SeaORM's own
+    /// SQLite driver reports a failed statement ([`DbErr::sql_err`] still classifies it).
+    fn from(err: sqlx::Error) -> Self {
+        Error::Db(exec_err(err))
+    }
+}
+
 impl From<Error> for DbErr {
     /// A SeaORM error as it was; a sqlx error that liteorm met as SeaORM reports sqlx errors
     /// (so that `DbErr::sql_err` still classifies constraint violations); anything else as

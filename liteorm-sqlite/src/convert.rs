@@ -8,8 +8,11 @@ use sqlx::{Column, Row as _, TypeInfo, ValueRef};
 
 use crate::DIALECT;
 
-/// Maps a sqlx error to a liteorm error, keeping SQLite's code and message.
-pub(crate) fn error(err: sqlx::Error) -> Error {
+/// Maps a sqlx error to a liteorm error, keeping SQLite's code and message (a database error
+/// becomes [`Error::Database`], anything else [`Error::Driver`]). The error types of the crates
+/// built on this one convert `sqlx::Error` with it, so that `?` works on sqlx queries inside a
+/// capture's closure.
+pub fn error(err: sqlx::Error) -> Error {
     match err {
         sqlx::Error::Database(db) => Error::Database {
             dialect: DIALECT,

@@ -61,6 +61,7 @@ mod routing;
 mod session;
 mod sqlx_compat;
 
+pub use convert::error as from_sqlx_error;
 pub use info::{HOW_TO_ENABLE_SESSIONS, SqliteInfo};
 pub use pinned::{PinnedConnection, PinnedGuard};
 pub use session::{SqliteSession, SqliteTransaction};

@@ -13,11 +13,6 @@ struct Account {
     balance: i64,
 }
 
-/// A sqlx error as the closure's error (a liteorm driver error).
-fn sqlx_err(err: sqlx::Error) -> Error {
-    Error::Session(liteorm_core::Error::Driver(Box::new(err)))
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile_dir()?;
@@ -35,8 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .bind(owner)
                 .bind(balance)
                 .execute(&s)
-                .await
-                .map_err(sqlx_err)?;
+                .await?;
         }
         Ok::<_, Error>(())
     })
@@ -44,18 +38,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     log.record(Meta::actor("ada").reason("pay bob"), |s| async move {
         let ada: Account = sqlx::query_as("SELECT id, owner, balance FROM account WHERE id = 1")
             .fetch_one(&s)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         assert!(ada.balance >= 30, "{} cannot pay", ada.owner);
         sqlx::query("UPDATE account SET balance = balance - 30 WHERE id = ?")
             .bind(ada.id)
             .execute(&s)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         sqlx::query("UPDATE account SET balance = balance + 30 WHERE id = 2")
             .execute(&s)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         Ok::<_, Error>(())
     })
     .await?;

@@ -62,3 +62,13 @@ fn describe(tables: &[liteorm_changeset::SkippedTable]) -> String {
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for Error {
+    /// So that `?` works on the app's own sqlx queries inside [`ChangeLog::record`]'s closure: a
+    /// database error keeps SQLite's code and message ([`liteorm_sqlite::from_sqlx_error`]).
+    ///
+    /// [`ChangeLog::record`]: crate::ChangeLog::record
+    fn from(err: sqlx::Error) -> Self {
+        Error::Session(liteorm_sqlite::from_sqlx_error(err))
+    }
+}

@@ -20,10 +20,6 @@ struct Item {
     name: String,
 }
 
-fn sqlx_err(err: sqlx::Error) -> Error {
-    Error::Session(liteorm_core::Error::Driver(Box::new(err)))
-}
-
 /// liteorm and sqlx statements alternate on the capture's connection; each sees the previous
 /// ones' effects, and the changeset, replayed on a second file, gives the same table.
 #[tokio::test]
@@ -48,20 +44,17 @@ async fn sqlx_and_liteorm_statements_interleave_in_one_capture_and_are_all_recor
             .bind("sqlx")
             .bind(2.5_f64)
             .execute(&s)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         assert_eq!(done.rows_affected(), 1);
         // sqlx sees liteorm's write, and liteorm sees sqlx's: one connection, one transaction.
         sqlx::query("UPDATE t SET name = name || '+sqlx' WHERE id = 1")
             .execute(&s)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         s.execute("UPDATE t SET name = name || '+liteorm' WHERE id = 2", &[])
             .await?;
         let items: Vec<Item> = sqlx::query_as("SELECT id, name FROM t ORDER BY id")
             .fetch_all(&s)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         assert_eq!(
             items,
             [
@@ -82,24 +75,20 @@ async fn sqlx_and_liteorm_statements_interleave_in_one_capture_and_are_all_recor
         let one: Item = sqlx::query_as("SELECT id, name FROM t WHERE id = ?")
             .bind(9_i64)
             .fetch_one(&s)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         assert_eq!(one.name, "old");
         let none: Option<(i64,)> = sqlx::query_as("SELECT id FROM t WHERE id = 100")
             .fetch_optional(&s)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         assert_eq!(none, None);
         let ids: Vec<i64> = sqlx::query_scalar::<_, i64>("SELECT id FROM t ORDER BY id")
             .fetch(&s)
             .try_collect()
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         assert_eq!(ids, [1, 2, 9]);
         sqlx::query("DELETE FROM t WHERE id = 9")
             .execute(&s)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         // A liteorm query after sqlx's commands still runs (inline, handle lock taken again).
         let count = s.query("SELECT count(*) FROM t", &[]).await?;
         assert_eq!(count[0].try_get::<i64>(0)?, 2);
@@ -135,14 +124,13 @@ async fn a_sqlx_stream_dropped_midway_leaves_the_capture_connection_usable() {
     let cs = capture(&db, &["t"], |s| async move {
         {
             let mut rows = sqlx::query_scalar::<_, i64>("SELECT id FROM t ORDER BY id").fetch(&s);
-            assert_eq!(rows.try_next().await.map_err(sqlx_err)?, Some(1));
+            assert_eq!(rows.try_next().await?, Some(1));
         }
         s.execute("UPDATE t SET name = 'liteorm' WHERE id = 1", &[])
             .await?;
         sqlx::query("UPDATE t SET name = 'sqlx' WHERE id = 2")
             .execute(&s)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         Ok::<_, Error>(())
     })
     .await
@@ -165,8 +153,7 @@ async fn sqlx_writes_in_a_rolled_back_savepoint_are_not_recorded() {
             .unwrap();
         sqlx::query("INSERT INTO t(id, name) VALUES (1, 'undone')")
             .execute(inner)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         tx.rollback().await?;
         let tx = s.begin().await?;
         let inner = tx
@@ -176,8 +163,7 @@ async fn sqlx_writes_in_a_rolled_back_savepoint_are_not_recorded() {
             .unwrap();
         sqlx::query("INSERT INTO t(id, name) VALUES (2, 'kept')")
             .execute(inner)
-            .await
-            .map_err(sqlx_err)?;
+            .await?;
         tx.commit().await?;
         Ok::<_, Error>(())
     })
@@ -197,7 +183,7 @@ async fn sqlx_transaction_statements_cannot_silently_end_the_capture() {
     let (db, _dir) = file_db().await;
     db.execute_batch(SCHEMA).await.unwrap();
     let begin = capture(&db, &["t"], |s| async move {
-        sqlx::query("BEGIN").execute(&s).await.map_err(sqlx_err)?;
+        sqlx::query("BEGIN").execute(&s).await?;
         Ok::<_, Error>(())
     })
     .await;
@@ -206,9 +192,8 @@ async fn sqlx_transaction_statements_cannot_silently_end_the_capture() {
     let committed = capture(&db, &["t"], |s| async move {
         sqlx::query("INSERT INTO t(id, name) VALUES (1, 'a')")
             .execute(&s)
-            .await
-            .map_err(sqlx_err)?;
-        sqlx::query("COMMIT").execute(&s).await.map_err(sqlx_err)?;
+            .await?;
+        sqlx::query("COMMIT").execute(&s).await?;
         Ok::<_, Error>(())
     })
     .await
@@ -224,8 +209,7 @@ async fn sqlx_transaction_statements_cannot_silently_end_the_capture() {
         .changeset(|s| async move {
             sqlx::query("INSERT INTO t(id, name) VALUES (2, 'b')")
                 .execute(&s)
-                .await
-                .map_err(sqlx_err)?;
+                .await?;
             Ok::<_, Error>(())
         })
         .await
