@@ -8,9 +8,12 @@ use std::sync::Arc;
 use liteorm_core::Session;
 
 use crate::change::Change;
+#[cfg(sqlite_has_changegroup_schema)]
 use crate::changeset::BlobKind;
 use crate::changeset::sealed::Changes;
-use crate::ffi::{self, Handle, RawChangegroup, RawError};
+#[cfg(sqlite_has_changegroup_add_change)]
+use crate::ffi;
+use crate::ffi::{Handle, RawChangegroup, RawError};
 use crate::format::{Checker, Section};
 use crate::{Error, gate};
 

@@ -25,7 +25,9 @@ use crate::changeset::{BlobKind, sealed};
 
 pub use hooks::ConflictRef;
 pub use report::{ApplyReport, ConflictCounts, SkipReason, SkippedTable};
-pub(crate) use schema::{survey, table_compatibility};
+pub(crate) use schema::survey;
+#[cfg(sqlite_has_changegroup_schema)]
+pub(crate) use schema::table_compatibility;
 
 use hooks::{Filter, Handler, Hooks};
 use job::{Job, Tables};

@@ -8,9 +8,12 @@ use std::sync::Arc;
 
 use libsqlite3_sys as sys;
 
+#[cfg(sqlite_has_changegroup_schema)]
+use super::Handle;
+#[cfg(sqlite_has_changegroup_add_change)]
 use super::iter::ChangesetIter;
 use super::stream::{Input, Output, input_trampoline, output_trampoline, stream_result};
-use super::{Handle, RawError, c_len, check, construct, padded, take_output};
+use super::{RawError, c_len, check, construct, padded, take_output};
 
 /// Inverts a changeset (patchsets cannot be inverted: SQLite reports SQLITE_CORRUPT).
 pub(crate) fn invert(input: &[u8]) -> Result<Arc<[u8]>, RawError> {
