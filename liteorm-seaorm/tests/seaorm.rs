@@ -133,9 +133,9 @@ async fn path_of(session: &SqliteSession) -> String {
 }
 
 /// A book to insert. Prices are not integral on purpose: SeaORM inserts with `RETURNING`, and
-/// SQLite before 3.41 returns an integral value of a REAL column as an INTEGER there, which
-/// sqlx refuses to decode as `f64`. That breaks plain SeaORM on such a SQLite (the system cell's
-/// 3.40.1) just the same; it is not liteorm's to fix.
+/// the system cell's SQLite 3.40.1 returns an integral value of a REAL column as an INTEGER
+/// there, which sqlx refuses to decode as `f64` (the bundled 3.51.3 does not). That breaks plain
+/// SeaORM on that SQLite just the same; it is not liteorm's to fix.
 fn book(id: i64, author_id: i64, title: &str, price: f64) -> book::ActiveModel {
     book::ActiveModel {
         id: Set(id),
