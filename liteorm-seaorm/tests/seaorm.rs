@@ -584,14 +584,12 @@ async fn a_connection_that_is_not_a_sqlx_sqlite_pool_is_a_typed_error() {
     assert!(matches!(err, Error::NotSqlite(_)), "{err}");
 }
 
-/// Inside `record` (which holds the write lock from its `BEGIN IMMEDIATE`), a write through the
-/// app's own `DatabaseConnection` cannot slip in unrecorded: it runs on another pool
-/// connection, waits the busy timeout, and fails with "database is locked".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_through_the_outer_connection_during_record_fails_instead_of_going_unrecorded() {
+/// A seeded database file whose pool (two connections, shared by SeaORM and liteorm) gives up
+/// after 200 ms on a lock, and the liteorm session on that pool.
+async fn seeded_with_short_busy_timeout() -> (tempfile::TempDir, DatabaseConnection, SqliteSession)
+{
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outer.db");
-    // The app's pool, shared by SeaORM and liteorm, with a short busy timeout.
     let options = SqliteSession::options(path.to_str().unwrap())
         .unwrap()
         .busy_timeout(Duration::from_millis(200));
@@ -610,6 +608,15 @@ async fn a_write_through_the_outer_connection_during_record_fails_instead_of_goi
         .unwrap();
     seed(&db).await;
     let session = sqlite_session(&db).await.unwrap();
+    (dir, db, session)
+}
+
+/// Inside `record` (which holds the write lock from its `BEGIN IMMEDIATE`), a write through the
+/// app's own `DatabaseConnection` cannot slip in unrecorded: it runs on another pool
+/// connection, waits the busy timeout, and fails with "database is locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_the_outer_connection_during_record_fails_instead_of_going_unrecorded() {
+    let (_dir, db, session) = seeded_with_short_busy_timeout().await;
     let log = ChangeLog::open(&session).await.unwrap();
     let outer = db.clone();
     let seq = liteorm_seaorm::record(&log, Meta::actor("test"), |conn| async move {
@@ -636,26 +643,7 @@ async fn a_write_through_the_outer_connection_during_record_fails_instead_of_goi
 /// lock when it starts, so the outer write cannot commit unrecorded ahead of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_through_the_outer_connection_during_capture_fails_even_before_the_first_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outer-capture.db");
-    let options = SqliteSession::options(path.to_str().unwrap())
-        .unwrap()
-        .busy_timeout(Duration::from_millis(200));
-    let pool = SqliteSession::pool_options()
-        .max_connections(2)
-        .connect_with(options)
-        .await
-        .unwrap();
-    let db = DatabaseConnection::from(pool);
-    let schema = Schema::new(DbBackend::Sqlite);
-    db.execute(&schema.create_table_from_entity(author::Entity))
-        .await
-        .unwrap();
-    db.execute(&schema.create_table_from_entity(book::Entity))
-        .await
-        .unwrap();
-    seed(&db).await;
-    let session = sqlite_session(&db).await.unwrap();
+    let (_dir, db, session) = seeded_with_short_busy_timeout().await;
     let outer = db.clone();
     let changes = liteorm_seaorm::capture(&session, &[], |conn| async move {
         let err = book(61, 1, "outer", 1.25).insert(&outer).await.unwrap_err();
