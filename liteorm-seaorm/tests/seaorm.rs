@@ -4,9 +4,6 @@
 // Test helpers panic on unexpected errors on purpose.
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use liteorm_changeset::{Capture, ChangeOp, ColumnNames, live_session_objects};
@@ -14,6 +11,7 @@ use liteorm_core::Session;
 use liteorm_replication::{ChangeLog, ConflictPolicy, LogTableSource, Meta, Replica};
 use liteorm_seaorm::{EntityColumns, Error, SeaSession, sqlite_session};
 use liteorm_sqlite::SqliteSession;
+use liteorm_tests::DropAfter;
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Expr, ExprTrait as _};
@@ -433,34 +431,6 @@ async fn a_panicking_closure_rolls_back_and_leaves_the_pool_usable() {
     assert_eq!(cs.changes().unwrap().len(), 1);
 }
 
-/// Polls the wrapped future at most `polls` times, then drops it unfinished.
-struct DropAfter<F> {
-    inner: Option<Pin<Box<F>>>,
-    polls: usize,
-}
-
-impl<F: Future> Future for DropAfter<F> {
-    type Output = Option<F::Output>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.polls == 0 {
-            self.inner = None;
-            return Poll::Ready(None);
-        }
-        self.polls -= 1;
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match inner.as_mut().poll(cx) {
-            Poll::Ready(output) => {
-                self.inner = None;
-                Poll::Ready(Some(output))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capture_dropped_at_every_await_point_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
@@ -483,11 +453,7 @@ async fn a_capture_dropped_at_every_await_point_leaves_nothing_behind() {
             assert_eq!(book::Entity::find().count(&conn).await?, 2);
             Ok::<_, Error>(())
         });
-        let outcome = DropAfter {
-            inner: Some(Box::pin(work)),
-            polls,
-        }
-        .await;
+        let outcome = DropAfter::new(work, polls).await;
         let start = Instant::now();
         while live_session_objects(&path) != 0 {
             assert!(

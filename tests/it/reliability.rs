@@ -4,10 +4,9 @@
 //! the work or none of it, no session object is left alive and the pool is usable.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+
 use std::time::{Duration, Instant};
 
 use liteorm_changeset::{Capture, Changeset, ConflictAction, Error, apply};
@@ -16,6 +15,8 @@ use liteorm_replication::{ChangeLog, LogFilter, Meta};
 use liteorm_sqlite::SqliteSession;
 use sqlx::sqlite::SqlitePoolOptions;
 use tempfile::TempDir;
+
+use liteorm_tests::DropAfter;
 
 use crate::support::{db_path, dump};
 
@@ -28,44 +29,6 @@ const MAX_POLLS: usize = 2_000;
 
 /// How long cleanup after a dropped future may take before the test fails.
 const SETTLE: Duration = Duration::from_secs(10);
-
-/// Polls the wrapped future at most `polls` times; on the next poll drops it unfinished (inside
-/// the runtime, like a `select!` or a timeout would) and returns `None`.
-struct DropAfter<F> {
-    inner: Option<Pin<Box<F>>>,
-    polls: usize,
-}
-
-impl<F: Future> DropAfter<F> {
-    fn new(inner: F, polls: usize) -> Self {
-        DropAfter {
-            inner: Some(Box::pin(inner)),
-            polls,
-        }
-    }
-}
-
-impl<F: Future> Future for DropAfter<F> {
-    type Output = Option<F::Output>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.polls == 0 {
-            self.inner = None;
-            return Poll::Ready(None);
-        }
-        self.polls -= 1;
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match inner.as_mut().poll(cx) {
-            Poll::Ready(output) => {
-                self.inner = None;
-                Poll::Ready(Some(output))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
 
 /// A file database with a pool of [`POOL_SIZE`] connections and a 1 s busy timeout (a lock
 /// left behind shows up as an error, not as a hang).

@@ -4,10 +4,16 @@
 //! `INSERT INTO t VALUES (?, ...)`, `DELETE FROM t` and `SELECT * FROM t`, with transactions that
 //! work on a copy and swap it in on commit. It exists so that capability gates can be tested
 //! against a dialect that really is not SQLite, through the same `Session` trait.
+//!
+//! [`DropAfter`] drops a future after a given number of polls, for the cancellation tests here
+//! and in the ORM adapters' suites.
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use liteorm_core::{Dialect, Error, Result, Row, Session, Transaction, Value};
@@ -158,5 +164,44 @@ impl Transaction for MemTransaction {
     }
     fn as_session(&self) -> &dyn Session {
         self
+    }
+}
+
+/// Polls the wrapped future at most `polls` times; on the next poll drops it unfinished (inside
+/// the runtime, like a `select!` or a timeout would) and returns `None`.
+pub struct DropAfter<F> {
+    inner: Option<Pin<Box<F>>>,
+    polls: usize,
+}
+
+impl<F: Future> DropAfter<F> {
+    /// Wraps `inner`, to be polled at most `polls` times.
+    pub fn new(inner: F, polls: usize) -> Self {
+        DropAfter {
+            inner: Some(Box::pin(inner)),
+            polls,
+        }
+    }
+}
+
+impl<F: Future> Future for DropAfter<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.polls == 0 {
+            self.inner = None;
+            return Poll::Ready(None);
+        }
+        self.polls -= 1;
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.as_mut().poll(cx) {
+            Poll::Ready(output) => {
+                self.inner = None;
+                Poll::Ready(Some(output))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
