@@ -204,9 +204,9 @@ impl SqliteSession {
         })
     }
 
-    /// The connection for one command run through sqlx's API (see `executor`): the pinned one,
-    /// or for a pool-backed session the one [`Self::pin`] gives, with the pin that gives it back
-    /// once dropped (after the guard).
+    /// The connection for one statement or sqlx command (`run`, and the `executor`): the pinned
+    /// one, or for a pool-backed session the one [`Self::pin`] gives, with the pin that gives it
+    /// back once released or dropped (after the guard).
     pub(crate) async fn command_connection(
         &self,
     ) -> Result<(PinnedGuard, Option<PinnedConnection>)> {
@@ -232,21 +232,12 @@ impl SqliteSession {
         &self,
         body: impl FnOnce(PinnedGuard) -> F,
     ) -> Result<R> {
-        match &self.target {
-            Target::Pinned(slot, _) => {
-                let held = match Arc::clone(slot).try_lock_owned() {
-                    Ok(held) => held,
-                    Err(_) => Arc::clone(slot).lock_owned().await,
-                };
-                body(PinnedGuard::new_from(held)?).await
-            }
-            Target::Pool(_) => {
-                let pinned = self.pin().await?;
-                let result = body(pinned.lock().await?).await;
-                pinned.release().await;
-                result
-            }
+        let (guard, pinned) = self.command_connection().await?;
+        let result = body(guard).await;
+        if let Some(pinned) = pinned {
+            pinned.release().await;
         }
+        result
     }
 }
 
