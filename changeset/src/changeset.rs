@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::build::Builder;
 use crate::change::Change;
 use crate::inspect::{self, ColumnNames};
 use crate::iter::{self, ChangeIter};
@@ -52,6 +53,8 @@ pub(crate) mod sealed {
         fn blob(&self) -> Arc<[u8]>;
         /// Wraps bytes SQLite produced for this process.
         fn from_trusted(bytes: Arc<[u8]>) -> Self;
+        /// Checks untrusted bytes; returns how many changes they hold.
+        fn validate(bytes: &[u8]) -> Result<usize, crate::Error>;
         /// Changeset or patchset.
         const KIND: BlobKind;
         /// The table header marker, `T` or `P`.
@@ -147,6 +150,17 @@ macro_rules! blob_type {
                 inspect::to_json(self.iter())
             }
 
+            /// Builds one from changes in the JSON format of [`crate::inspect`]: a JSON array (as
+            /// [`Self::to_json`] writes) or one change per line. Changes are written in the order
+            /// given, so the JSON of a blob builds the same bytes again.
+            pub fn from_json(json: &str) -> Result<Self, Error> {
+                let mut builder = Builder::<$name>::new();
+                for change in inspect::from_json(json, $kind)? {
+                    builder.push(&change)?;
+                }
+                builder.finish()
+            }
+
             /// Renders every change as an SQL statement, one per line (see [`crate::inspect`]),
             /// with the column names `names` knows.
             pub fn to_sql(&self, names: &ColumnNames) -> Result<String, Error> {
@@ -200,6 +214,9 @@ macro_rules! blob_type {
             }
             fn from_trusted(bytes: Arc<[u8]>) -> Self {
                 $name(bytes)
+            }
+            fn validate(bytes: &[u8]) -> Result<usize, Error> {
+                $name::validate(bytes)
             }
             const KIND: BlobKind = BlobKind::$name;
             const MARKER: u8 = $marker;

@@ -6,6 +6,7 @@
 mod apply;
 mod apply_flags;
 mod blobs;
+mod build;
 mod capture;
 mod capture_options;
 mod conflicts;
