@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use changeset::inspect::TypedValue;
 use changeset::{
     ApplyReport, Capture, Change, ChangeOp, Changeset, ColumnNames, ConflictAction, ConflictKind,
     Patchset,
@@ -16,7 +17,8 @@ use sqlx::sqlite::SqlitePoolOptions;
 
 use crate::failure::Failure;
 use crate::{
-    Action, ApplyArgs, CaptureArgs, ConcatArgs, DiffArgs, InspectArgs, InvertArgs, ValidateArgs,
+    Action, ApplyArgs, BuildArgs, CaptureArgs, ConcatArgs, DiffArgs, InspectArgs, InvertArgs,
+    ValidateArgs,
 };
 
 /// A changeset or a patchset, told apart by the first byte of the blob.
@@ -345,7 +347,7 @@ fn report_json(report: &ApplyReport, dry_run: bool) -> Result<String, Failure> {
                 "kind": c.kind.to_string(),
                 "action": format!("{action:?}"),
                 "change": c.change,
-                "conflicting_row": c.conflicting_row.as_ref().map(|row| row.iter().map(Value::to_string).collect::<Vec<_>>()),
+                "conflicting_row": c.conflicting_row.as_ref().map(|row| row.iter().map(TypedValue).collect::<Vec<_>>()),
                 "foreign_key_violations": c.foreign_key_violations,
             })
         })
@@ -364,6 +366,26 @@ fn report_json(report: &ApplyReport, dry_run: bool) -> Result<String, Failure> {
         "conflicts": conflicts,
     });
     Ok(format!("{json}\n"))
+}
+
+pub(crate) fn build(args: BuildArgs) -> Result<(), Failure> {
+    let bytes = read_input(&args.json)?;
+    let json = String::from_utf8(bytes)
+        .map_err(|e| Failure::InvalidBlob(format!("{}: not UTF-8: {e}", args.json.display())))?;
+    let describe =
+        |e: changeset::Error| Failure::InvalidBlob(format!("{}: {e}", args.json.display()));
+    let blob: Vec<u8> = if args.patchset {
+        Patchset::from_json(&json)
+            .map_err(describe)?
+            .as_bytes()
+            .to_vec()
+    } else {
+        Changeset::from_json(&json)
+            .map_err(describe)?
+            .as_bytes()
+            .to_vec()
+    };
+    write_output(args.output.as_deref(), &blob)
 }
 
 pub(crate) fn invert(args: InvertArgs) -> Result<(), Failure> {

@@ -1,5 +1,5 @@
 //! `liteorm-changeset`: work with SQLite changesets from the shell — capture, inspect, apply,
-//! invert, concat, validate and diff — and run replication over NATS JetStream (publish,
+//! invert, concat, validate, build and diff — and run replication over NATS JetStream (publish,
 //! follow), without writing Rust.
 //!
 //! Every failure prints one line on stderr and exits with a code that says what kind of failure
@@ -37,6 +37,17 @@ enum Command {
     Concat(ConcatArgs),
     /// Check that a file is a well-formed changeset or patchset.
     Validate(ValidateArgs),
+    /// Write a changeset (or patchset) from changes in the JSON format of `inspect --json`.
+    #[command(
+        long_about = "Write a changeset (or patchset) from changes in the JSON format that \
+        `inspect --json` prints: one change object per line (or one JSON array of them). The \
+        changes are written in the order given, so `inspect --json` of a file, edited or not, \
+        builds it again: unedited, byte for byte.\n\n\
+        Each change is checked as SQLite writes changes (an insert has every column, a key column \
+        is never NULL, an update changes a column outside the key, ...), and the output is \
+        validated like any input file before it is written."
+    )]
+    Build(BuildArgs),
     /// Write the changes that make OTHER.db's tables equal to FILE's (SQLite's session diff).
     #[command(
         long_about = "Write the changeset that, applied to the --from database, makes its \
@@ -274,6 +285,19 @@ struct DiffArgs {
 }
 
 #[derive(Args)]
+struct BuildArgs {
+    /// The JSON lines (`-` for standard input).
+    json: PathBuf,
+    /// Write a patchset instead of a changeset (for the output of `inspect --json` of a
+    /// patchset).
+    #[arg(long)]
+    patchset: bool,
+    /// Output file (default: standard output).
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct ValidateArgs {
     /// The changeset or patchset file (`-` for standard input).
     blob: PathBuf,
@@ -289,6 +313,7 @@ async fn main() -> ExitCode {
         Command::Invert(args) => commands::invert(args),
         Command::Concat(args) => commands::concat(args),
         Command::Validate(args) => commands::validate(args),
+        Command::Build(args) => commands::build(args),
         Command::Diff(args) => commands::diff(args).await,
         Command::Snapshot(args) => replicate::snapshot(args).await,
         Command::Publish(args) => {
