@@ -699,3 +699,179 @@ fn apply_draws_a_progress_bar_on_a_terminal() {
     );
     assert_eq!(shell(&target, "SELECT count(*) FROM t;"), "50000\n");
 }
+
+#[test]
+fn capture_options_mark_changes_indirect_and_record_tables_without_a_key() {
+    let (dir, db) = setup();
+    shell(&db, "CREATE TABLE nokey(a, b);");
+    let blob = dir.path().join("cs.bin");
+    let mut args = vec![
+        "capture",
+        "--db",
+        s(&db),
+        "--indirect",
+        "--implicit-pk",
+        "-o",
+        s(&blob),
+        "--sql",
+        "UPDATE t SET n = 5 WHERE id = 1; INSERT INTO nokey VALUES ('x', 1)",
+    ];
+    let out = run(&args);
+    if !changeset::Capability::ImplicitPrimaryKey.is_available() {
+        assert_one_line_error(&out, 1);
+        args.retain(|a| *a != "--implicit-pk");
+        assert!(run(&args).status.success());
+        return;
+    }
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = stdout(&run(&["inspect", s(&blob), "--json"]));
+    assert_eq!(json.lines().count(), 2, "{json}");
+    assert!(
+        json.lines().all(|l| l.contains(r#""indirect":true"#)),
+        "{json}"
+    );
+    assert!(json.contains(r#""table":"nokey""#), "{json}");
+}
+
+#[test]
+fn apply_flags_invert_and_ignore_noop() {
+    let (dir, db) = setup();
+    let blob = dir.path().join("cs.bin");
+    let target = dir.path().join("b.db");
+    std::fs::copy(&db, &target).expect("copy");
+    let sql = "UPDATE t SET name = 'uno' WHERE id = 1; DELETE FROM t WHERE id = 2";
+    assert!(
+        run(&["capture", "--db", s(&db), "-o", s(&blob), "--sql", sql])
+            .status
+            .success()
+    );
+    let rows = "SELECT id, name, n FROM t ORDER BY id;";
+
+    // Applying the inverse to the source restores what the target still has.
+    let out = run(&["apply", "--db", s(&db), "--invert", s(&blob)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(shell(&db, rows), shell(&target, rows));
+
+    // A target that already made the same changes: each one conflicts, unless no-ops are ignored.
+    shell(&target, &format!("{sql};"));
+    assert_one_line_error(&run(&["apply", "--db", s(&target), s(&blob)]), 7);
+    let out = run(&["apply", "--db", s(&target), "--ignore-noop", s(&blob)]);
+    if changeset::Capability::IgnoreNoop.is_available() {
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains("0 omitted, 0 replaced"),
+            "no conflict: {}",
+            stdout(&out)
+        );
+        assert_eq!(shell(&target, rows), "1|uno|1\n", "already in the final state");
+    } else {
+        assert_one_line_error(&out, 1);
+    }
+
+    // A patchset cannot be inverted.
+    let patch = dir.path().join("ps.bin");
+    let sql = "UPDATE t SET n = 7 WHERE id = 1";
+    let args = [
+        "capture",
+        "--db",
+        s(&db),
+        "--patchset",
+        "-o",
+        s(&patch),
+        "--sql",
+        sql,
+    ];
+    assert!(run(&args).status.success());
+    assert_one_line_error(&run(&["apply", "--db", s(&db), "--invert", s(&patch)]), 4);
+}
+
+#[test]
+fn a_rebase_buffer_from_apply_rebases_the_local_changeset() {
+    let (dir, here) = setup();
+    let there = dir.path().join("there.db");
+    std::fs::copy(&here, &there).expect("copy");
+    let local = dir.path().join("local.bin");
+    let remote = dir.path().join("remote.bin");
+    let capture = |db: &Path, out: &Path, name: &str| {
+        let sql = format!("UPDATE t SET name = '{name}' WHERE id = 1");
+        let args = ["capture", "--db", s(db), "-o", s(out), "--sql", &sql];
+        assert!(run(&args).status.success());
+    };
+    capture(&here, &local, "ours");
+    capture(&there, &remote, "theirs");
+
+    // Here, the remote change loses to ours; the buffer records that decision.
+    let buffer = dir.path().join("rebase.bin");
+    let args = ["apply", "--db", s(&here), s(&remote), "--on-data", "omit"];
+    let out = run(&[&args[..], &["--rebase-out", s(&buffer)]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::metadata(&buffer).expect("buffer").len() > 0);
+
+    // There, our change as it was conflicts; rebased on the buffer it applies cleanly.
+    assert_one_line_error(&run(&["apply", "--db", s(&there), s(&local)]), 7);
+    let rebased = dir.path().join("rebased.bin");
+    let out = run(&[
+        "rebase",
+        s(&local),
+        "--buffer",
+        s(&buffer),
+        "-o",
+        s(&rebased),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["apply", "--db", s(&there), s(&rebased)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let name = "SELECT name FROM t WHERE id = 1;";
+    assert_eq!(shell(&there, name), "ours\n");
+    assert_eq!(shell(&here, name), "ours\n");
+
+    let garbage = dir.path().join("garbage.bin");
+    std::fs::write(&garbage, b"T\xff\xff not a rebase buffer").expect("write");
+    let out = run(&["rebase", s(&local), "--buffer", s(&garbage)]);
+    assert_one_line_error(&out, 4);
+}
+
+#[test]
+fn group_conforms_changes_from_before_a_new_column_to_the_schema() {
+    let (dir, db) = setup();
+    let before = dir.path().join("before.bin");
+    let after = dir.path().join("after.bin");
+    let sql = "UPDATE t SET n = 10 WHERE id = 1";
+    assert!(
+        run(&["capture", "--db", s(&db), "-o", s(&before), "--sql", sql])
+            .status
+            .success()
+    );
+    shell(&db, "ALTER TABLE t ADD COLUMN note TEXT DEFAULT 'none';");
+    let sql = "INSERT INTO t VALUES (3, 'three', 3, 'new')";
+    assert!(
+        run(&["capture", "--db", s(&db), "-o", s(&after), "--sql", sql])
+            .status
+            .success()
+    );
+    let merged = dir.path().join("merged.bin");
+
+    // Without the schema the two layouts of `t` cannot merge.
+    let plain = run(&["group", s(&before), s(&after), "-o", s(&merged)]);
+    assert_one_line_error(&plain, 8);
+    let out = run(&[
+        "group",
+        s(&before),
+        s(&after),
+        "--schema",
+        s(&db),
+        "-o",
+        s(&merged),
+    ]);
+    if !changeset::Capability::ChangegroupSchema.is_available() {
+        assert_one_line_error(&out, 1);
+        return;
+    }
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = stdout(&run(&["inspect", s(&merged), "--json"]));
+    assert_eq!(json.lines().count(), 2, "{json}");
+    assert!(
+        json.lines().all(|l| l.contains(r#""pk":[1,0,0,0]"#)),
+        "every change has the four columns: {json}"
+    );
+}
