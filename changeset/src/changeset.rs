@@ -141,7 +141,7 @@ macro_rules! blob_type {
 
             /// Iterates the changes, decoding one at a time, in stored order.
             pub fn iter(&self) -> ChangeIter<'_> {
-                ChangeIter::new(&self.0, $kind)
+                ChangeIter::new(&self.0, $kind, false)
             }
 
             /// Renders every change in the stable JSON format of [`crate::inspect`]: an array
@@ -245,5 +245,12 @@ impl Changeset {
     /// swap their old and new values.
     pub fn invert(&self) -> Result<Changeset, Error> {
         Ok(Changeset(ffi::invert(&self.0)?))
+    }
+
+    /// Iterates the changes of [`Self::invert`]'s result without building it
+    /// (`SQLITE_CHANGESETSTART_INVERT`): no second blob in memory, one change decoded at a time,
+    /// the same changes in the same order as iterating the inverse.
+    pub fn iter_inverted(&self) -> ChangeIter<'_> {
+        ChangeIter::new(&self.0, "changeset", true)
     }
 }

@@ -763,7 +763,11 @@ fn apply_flags_invert_and_ignore_noop() {
             "no conflict: {}",
             stdout(&out)
         );
-        assert_eq!(shell(&target, rows), "1|uno|1\n", "already in the final state");
+        assert_eq!(
+            shell(&target, rows),
+            "1|uno|1\n",
+            "already in the final state"
+        );
     } else {
         assert_one_line_error(&out, 1);
     }

@@ -1,6 +1,6 @@
 //! Property tests of changeset round trips on random schemas (composite and WITHOUT ROWID keys,
 //! every affinity) and random writes of every value type: capture → apply reproduces the source,
-//! invert ∘ invert is the identity, applying the inverse restores the original, concat applies
+//! invert ∘ invert is the identity (and inverted iteration reads the inverse), applying the inverse restores the original, concat applies
 //! like both halves in order, a patchset applies like the changeset, and what SQLite writes
 //! rebuilds to the same bytes (through the builder and through the JSON format).
 
@@ -704,6 +704,8 @@ proptest! {
             let cs = capture_changeset(&source, &case, &ops).await;
             let inverse = cs.invert().unwrap();
             assert_eq!(inverse.changes().unwrap().len(), cs.changes().unwrap().len());
+            let inverted: Vec<_> = cs.iter_inverted().collect::<Result<_, _>>().unwrap();
+            assert_eq!(inverted, inverse.changes().unwrap(), "inverted iteration reads the inverse");
             assert_eq!(inverse.invert().unwrap().as_bytes(), cs.as_bytes());
         });
     }
