@@ -60,14 +60,22 @@ const OP_DELETE: u8 = 0x09;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Builder<C> {
-    out: Vec<u8>,
-    /// The table and key layout of the section being written.
-    section: Option<(Arc<str>, Vec<u8>)>,
+    encoder: Encoder,
     /// The table that [`Builder::insert`] and the like add to, and its layout.
     current: Option<(Arc<str>, Vec<u8>)>,
     indirect: bool,
-    changes: usize,
     _kind: PhantomData<fn() -> C>,
+}
+
+/// Writes checked changes of one kind in SQLite's wire format: what a [`Builder`] is made of,
+/// and what the apply of a filtered changeset uses where SQLite cannot filter changes itself.
+#[derive(Debug, Clone)]
+pub(crate) struct Encoder {
+    kind: BlobKind,
+    out: Vec<u8>,
+    /// The table and key layout of the section being written.
+    section: Option<(Arc<str>, Vec<u8>)>,
+    changes: usize,
 }
 
 impl Changeset {
@@ -94,11 +102,9 @@ impl<C: Changes> Builder<C> {
     /// An empty builder.
     pub fn new() -> Self {
         Builder {
-            out: Vec::new(),
-            section: None,
+            encoder: Encoder::new(C::KIND),
             current: None,
             indirect: false,
-            changes: 0,
             _kind: PhantomData,
         }
     }
@@ -112,7 +118,7 @@ impl<C: Changes> Builder<C> {
         pk: impl Into<Vec<u8>>,
     ) -> Result<&mut Self, Error> {
         let (name, pk) = (name.into(), pk.into());
-        check_table(&name, &pk).map_err(|reason| self.invalid(reason))?;
+        check_table(&name, &pk).map_err(|reason| self.encoder.invalid(reason))?;
         self.current = Some((name, pk));
         Ok(self)
     }
@@ -156,32 +162,24 @@ impl<C: Changes> Builder<C> {
     /// Adds `change` as it is (its table, key layout and indirect flag included). The current
     /// table of [`insert`](Self::insert) and the like does not change.
     pub fn push(&mut self, change: &Change) -> Result<&mut Self, Error> {
-        check_table(&change.table, &change.pk).map_err(|reason| self.invalid(reason))?;
-        self.write(
-            &change.table,
-            &change.pk,
-            change.op,
-            change.indirect,
-            &change.old,
-            &change.new,
-        )?;
+        self.encoder.push(change)?;
         Ok(self)
     }
 
     /// How many changes were added.
     pub fn len(&self) -> usize {
-        self.changes
+        self.encoder.changes
     }
 
     /// Whether no change was added.
     pub fn is_empty(&self) -> bool {
-        self.changes == 0
+        self.encoder.changes == 0
     }
 
     /// The changeset or patchset, validated as an untrusted blob would be (structure first, then
     /// SQLite's own iterator decodes every change).
     pub fn finish(self) -> Result<C, Error> {
-        let bytes: Arc<[u8]> = self.out.into();
+        let bytes: Arc<[u8]> = self.encoder.out.into();
         C::validate(&bytes)?;
         Ok(C::from_trusted(bytes))
     }
@@ -192,16 +190,47 @@ impl<C: Changes> Builder<C> {
         old: Vec<Option<Value>>,
         new: Vec<Option<Value>>,
     ) -> Result<&mut Self, Error> {
-        let Some((table, pk)) = self.current.clone() else {
-            return Err(self.invalid("no table: call `table` before adding changes".into()));
+        let Some((table, pk)) = &self.current else {
+            let reason = "no table: call `table` before adding changes";
+            return Err(self.encoder.invalid(reason.into()));
         };
-        self.write(&table, &pk, op, self.indirect, &old, &new)?;
+        self.encoder
+            .write(table, pk, op, self.indirect, &old, &new)?;
         Ok(self)
+    }
+}
+
+impl Encoder {
+    pub(crate) fn new(kind: BlobKind) -> Self {
+        Encoder {
+            kind,
+            out: Vec::new(),
+            section: None,
+            changes: 0,
+        }
+    }
+
+    /// Checks `change` and appends it.
+    pub(crate) fn push(&mut self, change: &Change) -> Result<(), Error> {
+        check_table(&change.table, &change.pk).map_err(|reason| self.invalid(reason))?;
+        self.write(
+            &change.table,
+            &change.pk,
+            change.op,
+            change.indirect,
+            &change.old,
+            &change.new,
+        )
+    }
+
+    /// The bytes written, not validated.
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.out
     }
 
     fn invalid(&self, reason: String) -> Error {
         Error::Invalid {
-            kind: C::KIND.name(),
+            kind: self.kind.name(),
             entry: self.changes,
             offset: None,
             reason,
@@ -218,7 +247,10 @@ impl<C: Changes> Builder<C> {
         old: &[Option<Value>],
         new: &[Option<Value>],
     ) -> Result<(), Error> {
-        let patchset = C::KIND == BlobKind::Patchset;
+        let (patchset, marker) = match self.kind {
+            BlobKind::Changeset => (false, Changeset::MARKER),
+            BlobKind::Patchset => (true, Patchset::MARKER),
+        };
         let records = records(pk, op, patchset, old, new).map_err(|reason| {
             self.invalid(format!("{} on table {table:?}: {reason}", op.as_str()))
         })?;
@@ -227,7 +259,7 @@ impl<C: Changes> Builder<C> {
             .as_ref()
             .is_none_or(|(t, k)| t != table || k.as_slice() != pk)
         {
-            self.out.push(C::MARKER);
+            self.out.push(marker);
             put_varint(&mut self.out, pk.len() as u64);
             self.out.extend_from_slice(pk);
             self.out.extend_from_slice(table.as_bytes());

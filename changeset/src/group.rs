@@ -125,7 +125,7 @@ impl<C: Changes> Changegroup<C> {
             // read one byte past a patchset DELETE that ends the input: iterate over a copy
             // with a spare byte after it (see `ffi::padded`).
             let spare = ffi::padded(&blob);
-            let mut iter = ffi::ChangesetIter::start(&spare[..blob.len()])?;
+            let mut iter = ffi::ChangesetIter::start_v2(&spare[..blob.len()], false)?;
             let (mut table, mut entry, mut added) = (None, 0, Ok(()));
             while added.is_ok()
                 && iter

@@ -9,6 +9,7 @@ mod blobs;
 mod build;
 mod capture;
 mod capture_options;
+mod change_filter;
 mod conflicts;
 mod crosscheck;
 mod dialect;

@@ -797,6 +797,31 @@ proptest! {
     }
 
     #[test]
+    fn a_change_filter_applies_exactly_the_changes_it_keeps(case in case(), salt in any::<u64>()) {
+        runtime().block_on(async {
+            let source = fresh(&case).await;
+            let ops = [case.first.clone(), case.second.clone()].concat();
+            let cs = capture_changeset(&source, &case, &ops).await;
+            // Keeps about half of the changes, by their table, op and key.
+            let keep = move |c: &Change| {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                (salt, &*c.table, c.op, format!("{:?}", c.primary_key())).hash(&mut hasher);
+                hasher.finish().is_multiple_of(2)
+            };
+            let kept: Vec<Change> = cs.changes().unwrap().into_iter().filter(|c| keep(c)).collect();
+            let by_builder = fresh(&case).await;
+            assert_clean(&apply(&by_builder, &rebuilt!(Changeset, &kept)).await.unwrap());
+            let filtered = fresh(&case).await;
+            let report = apply(&filtered, &cs).filter_change(keep).await.unwrap();
+            assert!(report.conflicts.is_empty() && report.skipped_tables.is_empty(), "{report:?}");
+            assert_eq!(report.applied, kept.len(), "{report:?}");
+            assert_eq!(report.filtered_changes, report.changes - kept.len());
+            assert_eq!(snapshot(&filtered, &case).await, snapshot(&by_builder, &case).await);
+        });
+    }
+
+    #[test]
     fn patchset_applies_like_the_changeset_on_a_clean_target(case in case()) {
         runtime().block_on(async {
             let ops = [case.first.clone(), case.second.clone()].concat();

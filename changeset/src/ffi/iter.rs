@@ -204,12 +204,7 @@ pub(crate) struct ChangesetIter<'a> {
 unsafe impl Send for ChangesetIter<'_> {}
 
 impl<'a> ChangesetIter<'a> {
-    /// Starts iterating `blob`, which SQLite reads but never writes.
-    pub(crate) fn start(blob: &'a [u8]) -> Result<Self, RawError> {
-        Self::start_v2(blob, false)
-    }
-
-    /// Starts iterating `blob`, inverted if `invert` (`SQLITE_CHANGESETSTART_INVERT`: inserts
+    /// Starts iterating `blob`, which SQLite reads but never writes, inverted if `invert` (`SQLITE_CHANGESETSTART_INVERT`: inserts
     /// read as deletes, deletes as inserts, and an update's old and new values swapped).
     pub(crate) fn start_v2(blob: &'a [u8], invert: bool) -> Result<Self, RawError> {
         let len = c_len(blob.len())?;
