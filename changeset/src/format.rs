@@ -623,6 +623,14 @@ impl<R> Checked<R> {
         }
     }
 
+    /// Checks one kind (`T`: changeset, `P`: patchset) and records its table sections.
+    pub(crate) fn surveying_kind(inner: R, marker: u8) -> Self {
+        Checked {
+            inner,
+            checker: Checker::new(Some(marker)).surveying(),
+        }
+    }
+
     pub(crate) fn checker(&self) -> &Checker {
         &self.checker
     }
