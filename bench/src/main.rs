@@ -16,6 +16,7 @@ mod apply;
 mod capture;
 mod common;
 mod conflicts;
+mod diesel;
 mod lite;
 mod orm;
 mod raw;
@@ -42,6 +43,9 @@ workloads (WORKLOADS.md, plus stall and replication):
   orm        --rows N   (default 100000)  the capture mix through SeaORM inside record and
                                           through sqlx queries inside capture, against the
                                           same writes with no capture (liteorm only)
+  diesel     --rows N   (default 100000)  the capture mix through Diesel inside
+                                          liteorm_diesel::capture, against the same Diesel
+                                          writes with no capture (liteorm only)
 
 options:
   --reps R        repetitions; every timed figure is the median (default 5)
@@ -152,6 +156,7 @@ fn run(args: &Args) -> BenchResult<()> {
         "stall" => stall::run(&rt, &common, rows(1_000_000)),
         "replication" => replication::run(&rt, &common, args.iters.unwrap_or(10_000)),
         "orm" => orm::run(&rt, &common, rows(100_000)),
+        "diesel" => diesel::run(&common, rows(100_000)),
         other => Err(format!("unknown workload `{other}`\n\n{USAGE}").into()),
     }
 }

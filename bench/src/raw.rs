@@ -45,6 +45,23 @@ pub(crate) struct Handle<'a> {
     _life: PhantomData<&'a ()>,
 }
 
+/// Runs `f` on the raw handle of a Diesel connection (untimed setup and checks of the `diesel`
+/// workload).
+pub(crate) fn with_diesel_handle<R>(
+    conn: &mut diesel::SqliteConnection,
+    f: impl for<'h> FnOnce(Handle<'h>) -> BenchResult<R>,
+) -> BenchResult<R> {
+    // SAFETY: Diesel lends the pointer of the connection borrowed mutably here for the duration
+    // of the closure (nobody else uses or closes it meanwhile), and the `Handle` stays inside.
+    unsafe {
+        conn.with_raw_connection(|db| {
+            let db = NonNull::new(db).ok_or("Diesel lent a NULL connection")?;
+            // SAFETY: as above.
+            f(Handle::from_raw(db))
+        })
+    }
+}
+
 impl<'a> Handle<'a> {
     /// Wraps a handle that someone else keeps valid.
     ///

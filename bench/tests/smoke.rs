@@ -174,3 +174,18 @@ fn bad_options_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected mem or file"));
 }
+
+#[test]
+fn diesel_runs() {
+    let lines = run(&["diesel", "--rows", "200", "--reps", "1", "--db", "file"]);
+    let impls: Vec<&str> = lines
+        .iter()
+        .map(|l| l["impl"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(impls, ["diesel", "ratio"], "{lines:?}");
+    assert_eq!(lines[0]["content_checks"], "passed");
+    for field in ["plain_ms", "captured_ms"] {
+        assert!(lines[0][field].is_number(), "{field} in {}", lines[0]);
+    }
+    assert!(lines[1]["diesel_capture_ratio"].is_number(), "{}", lines[1]);
+}

@@ -9,6 +9,7 @@ use liteorm_core::Session;
 use liteorm_sqlite::raw::MemoKey;
 use liteorm_sqlite::{PinnedConnection, PinnedGuard, SqliteSession};
 
+use crate::driver::RawConnection;
 use crate::ffi::{self, Handle, RawSession, TableFilter, TableFilterFn};
 use crate::{Capability, Changeset, Error, Patchset, gate};
 
@@ -118,6 +119,16 @@ where
 #[must_use = "a Capture does nothing until `changeset` or `patchset` is awaited"]
 pub struct Capture<'s> {
     session: &'s dyn Session,
+    options: CaptureOptions,
+}
+
+/// What a capture records and how: its tables and the options of [`Capture`]'s builder, for a
+/// capture on a connection lent by another driver ([`CaptureOptions::start`]).
+///
+/// Each method does what [`Capture`]'s method of the same name does.
+#[derive(Default)]
+#[must_use]
+pub struct CaptureOptions {
     tables: Option<Vec<String>>,
     options: Options,
 }
@@ -131,13 +142,141 @@ struct Options {
     filter: Option<TableFilterFn>,
 }
 
+impl fmt::Debug for CaptureOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaptureOptions")
+            .field("tables", &self.tables)
+            .field("indirect", &self.options.indirect)
+            .field("implicit_pk", &self.options.implicit_pk)
+            .field("track_size", &self.options.track_size)
+            .field("table_filter", &self.options.filter.is_some())
+            .finish()
+    }
+}
+
+impl CaptureOptions {
+    /// Every table that has a primary key, no option set.
+    pub fn new() -> Self {
+        CaptureOptions::default()
+    }
+
+    /// See [`Capture::tables`].
+    pub fn tables<I, T>(mut self, tables: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let tables: Vec<String> = tables.into_iter().map(Into::into).collect();
+        if !tables.is_empty() {
+            self.tables.get_or_insert_with(Vec::new).extend(tables);
+        }
+        self
+    }
+
+    /// See [`Capture::indirect`].
+    pub fn indirect(mut self, indirect: bool) -> Self {
+        self.options.indirect = indirect;
+        self
+    }
+
+    /// See [`Capture::table_filter`].
+    pub fn table_filter(mut self, filter: impl FnMut(&str) -> bool + Send + 'static) -> Self {
+        self.options.filter = Some(Box::new(filter));
+        self
+    }
+
+    /// See [`Capture::implicit_primary_key`].
+    pub fn implicit_primary_key(mut self, enabled: bool) -> Self {
+        self.options.implicit_pk = enabled;
+        self
+    }
+
+    /// See [`Capture::track_size`].
+    pub fn track_size(mut self, enabled: bool) -> Self {
+        self.options.track_size = enabled;
+        self
+    }
+
+    /// Fails early for an option this SQLite lacks.
+    fn require(&self) -> Result<(), Error> {
+        if self.options.track_size {
+            Capability::ChangesetSize.require()?;
+        }
+        if self.options.implicit_pk {
+            Capability::ImplicitPrimaryKey.require()?;
+        }
+        Ok(())
+    }
+
+    /// Starts recording on the connection `conn` lends: checks the listed tables, then creates,
+    /// configures and attaches the session object, as [`Capture`] does. The driver runs the
+    /// recorded work inside its own transaction (`BEGIN IMMEDIATE`, or a savepoint), then ends
+    /// the recording with [`LentRecording::changeset`] (or `patchset`, or `discard`) before it
+    /// commits or rolls back.
+    pub fn start(self, conn: &mut impl RawConnection) -> Result<LentRecording, Error> {
+        self.require()?;
+        let CaptureOptions { tables, options } = self;
+        conn.with_handle(|db| {
+            for table in tables.as_deref().unwrap_or_default() {
+                check_table(table, ffi::table_pk(db, table)?, options.implicit_pk)?;
+            }
+            let session = open_session(db, tables.as_deref(), options)?;
+            Ok(LentRecording { session })
+        })
+    }
+}
+
+/// A session object recording on a connection lent by a driver (see [`CaptureOptions::start`]).
+///
+/// It must be ended on the same connection, with [`LentRecording::changeset`],
+/// [`LentRecording::patchset`] or [`LentRecording::discard`], before the connection is closed:
+/// dropped otherwise, the session object goes on recording (and is never freed).
+#[must_use = "a LentRecording must be ended with changeset, patchset or discard"]
+pub struct LentRecording {
+    session: RawSession,
+}
+
+impl fmt::Debug for LentRecording {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LentRecording").finish_non_exhaustive()
+    }
+}
+
+impl LentRecording {
+    /// Ends the recording: checks the table filter did not panic and that the transaction is
+    /// still open, returns what was recorded as a changeset, and deletes the session object (on
+    /// failure too).
+    pub fn changeset(self, conn: &mut impl RawConnection) -> Result<Changeset, Error> {
+        self.finish(conn, false).map(Changeset::trusted)
+    }
+
+    /// Like [`LentRecording::changeset`], as a patchset.
+    pub fn patchset(self, conn: &mut impl RawConnection) -> Result<Patchset, Error> {
+        self.finish(conn, true).map(Patchset::trusted)
+    }
+
+    /// Deletes the session object without producing anything (the work failed).
+    pub fn discard(self, conn: &mut impl RawConnection) {
+        conn.with_handle(|db| self.session.delete(db));
+    }
+
+    fn finish(self, conn: &mut impl RawConnection, patchset: bool) -> Result<Arc<[u8]>, Error> {
+        conn.with_handle(|db| match check_filter(&self.session) {
+            Ok(()) => generate_and_delete(db, self.session, patchset),
+            Err(err) => {
+                self.session.delete(db);
+                Err(err)
+            }
+        })
+    }
+}
+
 impl<'s> Capture<'s> {
     /// A capture on `session` of every table that has a primary key.
     pub fn new(session: &'s dyn Session) -> Self {
         Capture {
             session,
-            tables: None,
-            options: Options::default(),
+            options: CaptureOptions::default(),
         }
     }
 
@@ -146,7 +285,7 @@ impl<'s> Capture<'s> {
     /// actions are always indirect. Conflict handlers see the flag in
     /// [`Change::indirect`](crate::Change::indirect).
     pub fn indirect(mut self, indirect: bool) -> Self {
-        self.options.indirect = indirect;
+        self.options = self.options.indirect(indirect);
         self
     }
 
@@ -157,7 +296,7 @@ impl<'s> Capture<'s> {
     /// in it fails the capture with [`Error::CallbackPanicked`] (and rolls it back). Listed
     /// tables are always recorded and never passed to the filter.
     pub fn table_filter(mut self, filter: impl FnMut(&str) -> bool + Send + 'static) -> Self {
-        self.options.filter = Some(Box::new(filter));
+        self.options = self.options.table_filter(filter);
         self
     }
 
@@ -168,7 +307,7 @@ impl<'s> Capture<'s> {
     /// ([`Capability::ImplicitPrimaryKey`]); older ones fail the capture with
     /// [`Error::Unsupported`] before the closure runs.
     pub fn implicit_primary_key(mut self, enabled: bool) -> Self {
-        self.options.implicit_pk = enabled;
+        self.options = self.options.implicit_primary_key(enabled);
         self
     }
 
@@ -176,7 +315,7 @@ impl<'s> Capture<'s> {
     /// (`SQLITE_SESSION_OBJCONFIG_SIZE`, which costs a little per recorded change). Needs SQLite
     /// 3.36 ([`Capability::ChangesetSize`]).
     pub fn track_size(mut self, enabled: bool) -> Self {
-        self.options.track_size = enabled;
+        self.options = self.options.track_size(enabled);
         self
     }
 
@@ -186,10 +325,7 @@ impl<'s> Capture<'s> {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        let tables: Vec<String> = tables.into_iter().map(Into::into).collect();
-        if !tables.is_empty() {
-            self.tables.get_or_insert_with(Vec::new).extend(tables);
-        }
+        self.options = self.options.tables(tables);
         self
     }
 
@@ -291,16 +427,11 @@ impl<'s> Capture<'s> {
         E: From<Error>,
     {
         let sqlite = gate::gate(self.session, "capturing a changeset")?;
-        if self.options.track_size {
-            Capability::ChangesetSize.require()?;
-        }
-        if self.options.implicit_pk {
-            Capability::ImplicitPrimaryKey.require()?;
-        }
+        self.options.require()?;
         let pinned = sqlite.pin().await.map_err(Error::from)?;
         // Declared before the closure's future so that, on cancellation, it is dropped after it
         // (and so after any statement future that still holds the connection).
-        let recording = Recording::start(pinned, self.tables.as_deref(), self.options).await?;
+        let recording = Recording::start(pinned, self.options).await?;
         // Writes the closure makes through a pool-backed session on the same pool are routed to
         // the recording connection (and so recorded), on this task.
         let work = f(recording.pinned.session(), recording.recorder());
@@ -327,11 +458,9 @@ struct Recording {
 }
 
 impl Recording {
-    async fn start(
-        pinned: PinnedConnection,
-        tables: Option<&[String]>,
-        options: Options,
-    ) -> Result<Self, Error> {
+    async fn start(pinned: PinnedConnection, options: CaptureOptions) -> Result<Self, Error> {
+        let CaptureOptions { tables, options } = options;
+        let tables = tables.as_deref();
         let mut recording = Recording {
             pinned,
             session: Arc::new(Mutex::new(None)),
@@ -340,29 +469,14 @@ impl Recording {
         };
         let mut guard = recording.pinned.lock().await?;
         for table in tables.unwrap_or_default() {
-            match table_pk(&mut guard, table).await? {
-                None => return Err(Error::NoSuchTable(table.clone())),
-                Some(pk) if pk.iter().all(|&p| p == 0) && !options.implicit_pk => {
-                    return Err(Error::NoPrimaryKey(table.clone()));
-                }
-                Some(_) => {}
-            }
+            check_table(
+                table,
+                table_pk(&mut guard, table).await?,
+                options.implicit_pk,
+            )?;
         }
         let session = guard
-            .with_raw(|db| -> Result<RawSession, Error> {
-                let mut session = RawSession::create(db)?;
-                let attached = configure(db, &mut session, options).and_then(|()| match tables {
-                    None => Ok(session.attach(db, None)?),
-                    Some(tables) => Ok(tables
-                        .iter()
-                        .try_for_each(|t| session.attach(db, Some(t)))?),
-                });
-                if let Err(err) = attached {
-                    session.delete(db);
-                    return Err(err);
-                }
-                Ok(session)
-            })
+            .with_raw(|db| open_session(db, tables, options))
             .await??;
         *lock(&recording.session) = Some(session);
         // The write lock from the start: a write through another connection meanwhile waits
@@ -398,14 +512,9 @@ impl Recording {
             .with_raw(move |db| {
                 let session = lock(&shared);
                 let session = session.as_ref().ok_or(Error::TransactionEnded)?;
-                if let Some(message) = session.filter_panic() {
-                    // `Drop` deletes the session and rolls back.
-                    return Err(Error::CallbackPanicked {
-                        callback: "table filter",
-                        message,
-                    });
-                }
-                Ok(session.memory_used(db))
+                // On failure, `Drop` deletes the session and rolls back.
+                check_filter(session)?;
+                Ok::<_, Error>(session.memory_used(db))
             })
             .await??;
         let (blob, mut guard) = if used <= INLINE_GENERATE_MAX {
@@ -447,6 +556,50 @@ pub(crate) async fn table_pk(
         .schema_cached(TABLE_PK, table, |db| ffi::table_pk(db, table))
         .await?
         .map_err(Error::from)
+}
+
+/// Fails for a listed table that cannot be recorded: missing (`pk` is `None`) or without a
+/// primary key (unless recorded by rowid).
+fn check_table(table: &str, pk: Option<Vec<u8>>, implicit_pk: bool) -> Result<(), Error> {
+    match pk {
+        None => Err(Error::NoSuchTable(table.to_owned())),
+        Some(pk) if pk.iter().all(|&p| p == 0) && !implicit_pk => {
+            Err(Error::NoPrimaryKey(table.to_owned()))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// A new session object on `db`, configured as `options` say and attached to `tables` (none:
+/// every table); nothing is left behind on failure.
+fn open_session(
+    db: Handle<'_>,
+    tables: Option<&[String]>,
+    options: Options,
+) -> Result<RawSession, Error> {
+    let mut session = RawSession::create(db)?;
+    let attached = configure(db, &mut session, options).and_then(|()| match tables {
+        None => Ok(session.attach(db, None)?),
+        Some(tables) => Ok(tables
+            .iter()
+            .try_for_each(|t| session.attach(db, Some(t)))?),
+    });
+    if let Err(err) = attached {
+        session.delete(db);
+        return Err(err);
+    }
+    Ok(session)
+}
+
+/// Fails the capture if its table filter panicked (the panic was caught in the callback).
+fn check_filter(session: &RawSession) -> Result<(), Error> {
+    match session.filter_panic() {
+        Some(message) => Err(Error::CallbackPanicked {
+            callback: "table filter",
+            message,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Checks that capture's transaction is still open, then generates the blob and deletes the

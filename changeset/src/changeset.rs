@@ -16,6 +16,11 @@ const PATCHSET_TABLE: u8 = format::PATCHSET;
 
 pub(crate) use sealed::BlobKind;
 
+/// A [`Changeset`] or a [`Patchset`]: what an apply takes. Sealed: implemented by these two only.
+pub trait Changes: sealed::Changes {}
+
+impl<T: sealed::Changes> Changes for T {}
+
 pub(crate) mod sealed {
     use std::sync::Arc;
 

@@ -76,6 +76,7 @@ mod change;
 mod changeset;
 mod conflict;
 mod diff;
+pub mod driver;
 mod error;
 // The one module allowed `unsafe`: every call into libsqlite3-sys.
 #[allow(unsafe_code)]
@@ -91,9 +92,9 @@ pub mod stream;
 pub use apply::{Apply, ApplyReport, ConflictCounts, ConflictRef, SkipReason, SkippedTable, apply};
 pub use build::Builder;
 pub use capability::{Capability, SQLITE_BUILD_VERSION};
-pub use capture::{Capture, Recorder, capture};
+pub use capture::{Capture, CaptureOptions, LentRecording, Recorder, capture};
 pub use change::{Change, ChangeOp};
-pub use changeset::{Changeset, Patchset};
+pub use changeset::{Changes, Changeset, Patchset};
 pub use conflict::{Conflict, ConflictAction, ConflictKind};
 pub use diff::Diff;
 pub use error::{Error, Result};

@@ -9,14 +9,17 @@ pub(crate) const USAGE: &str = "\
 usage: cargo xtask bench [--rows N] [--iters K] [--reps R] [--db mem|file] [workload...]
 
   Builds liteorm-bench in release and runs each workload (default: all of them, in the order
-  capture apply small conflicts stall replication orm nats) with WORKLOADS.md's defaults (rows
-  100000, iters 10000, reps 5, db mem; stall: rows 1000000). --rows applies to every row-based
+  capture apply small conflicts stall replication orm diesel nats) with WORKLOADS.md's defaults
+  (rows 100000, iters 10000, reps 5, db mem; stall: rows 1000000). --rows applies to every row-based
   workload, stall too; --iters to small and replication. Prints one JSON line per
   implementation (liteorm, raw) and one of ratios per workload (nats: liteorm only).
 
   orm: the capture mix written through SeaORM inside liteorm_seaorm::record and through sqlx
   queries inside capture, against the same writes with no capture (one line each, then the
   ratios; targets 1.15 and 1.10).
+
+  diesel: the capture mix written through Diesel inside liteorm_diesel::capture, against the
+  same Diesel writes in an immediate_transaction (one line, then the ratio; target 1.10).
 
   nats: one-row transactions recorded on a primary and applied on a follower through NATS
   JetStream on loopback (liteorm-nats's nats_bench example; it starts its own `nats-server -js`,
@@ -26,7 +29,7 @@ usage: cargo xtask bench [--rows N] [--iters K] [--reps R] [--db mem|file] [work
 ";
 
 /// Every workload, in the order they run by default.
-const WORKLOADS: [&str; 8] = [
+const WORKLOADS: [&str; 9] = [
     "capture",
     "apply",
     "small",
@@ -34,6 +37,7 @@ const WORKLOADS: [&str; 8] = [
     "stall",
     "replication",
     "orm",
+    "diesel",
     "nats",
 ];
 

@@ -11,6 +11,7 @@ mod schema;
 
 use std::future::{Future, IntoFuture};
 use std::io::Read;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,10 +21,11 @@ use liteorm_sqlite::PinnedGuard;
 
 use crate::change::Change;
 use crate::conflict::{Conflict, ConflictAction};
-use crate::ffi::{self, ApplyFlags};
+use crate::driver::{BlockingConnection, RawConnection};
+use crate::ffi::{self, ApplyFlags, Handle};
 use crate::{Capability, Error, gate};
 
-use crate::changeset::{BlobKind, sealed};
+use crate::changeset::{BlobKind, Changes, sealed};
 
 pub use hooks::ConflictRef;
 pub use report::{ApplyReport, ConflictCounts, SkipReason, SkippedTable};
@@ -33,7 +35,7 @@ pub(crate) use schema::table_compatibility;
 
 use hooks::{ChangeFilter, Filter, Handler, Hooks};
 use job::{Job, Tables};
-use schema::compatibility_cached;
+use schema::{compatibility, compatibility_cached};
 
 /// Blobs up to this size are applied on the calling task; larger ones on a blocking thread so
 /// that the executor keeps running other tasks.
@@ -78,9 +80,18 @@ const INLINE_APPLY_MAX: usize = 16 * 1024;
 /// # Ok(())
 /// # }
 /// ```
-#[must_use = "an Apply does nothing until it is awaited"]
-pub struct Apply<'a> {
-    session: &'a dyn Session,
+///
+/// On a connection lent by another driver (see [`driver`](crate::driver)), the same builder
+/// runs synchronously with [`Apply::run`], or on a blocking thread when awaited.
+#[must_use = "an Apply does nothing until it is awaited (or run)"]
+pub struct Apply<'a, T = &'a dyn Session> {
+    target: T,
+    plan: Plan,
+    _target: PhantomData<&'a ()>,
+}
+
+/// Everything an apply needs but the connection: what the builder sets.
+struct Plan {
     source: Source,
     /// The blob's kind; `None` for a stream (its table headers tell).
     kind: Option<BlobKind>,
@@ -142,30 +153,41 @@ pub fn apply<'a, C: sealed::Changes>(session: &'a dyn Session, changes: &C) -> A
 }
 
 impl<'a> Apply<'a> {
-    fn new(session: &'a dyn Session, source: Source, kind: Option<BlobKind>) -> Self {
-        Apply {
-            session,
-            source,
-            kind,
-            handler: None,
-            filter: None,
-            change_filter: None,
-            log: false,
-            rebase: false,
-            flags: Flags::default(),
-        }
-    }
-
     /// An apply of the changeset or patchset `input` reads, checked as SQLite pulls from it.
     pub(crate) fn from_stream(session: &'a dyn Session, input: Box<dyn Read + Send>) -> Self {
         Apply::new(session, Source::Stream(input), None)
+    }
+}
+
+impl<'a, T> Apply<'a, T> {
+    fn new(target: T, source: Source, kind: Option<BlobKind>) -> Self {
+        Apply {
+            target,
+            plan: Plan {
+                source,
+                kind,
+                handler: None,
+                filter: None,
+                change_filter: None,
+                log: false,
+                rebase: false,
+                flags: Flags::default(),
+            },
+            _target: PhantomData,
+        }
+    }
+
+    /// An apply of `changes` to the connection `target` lends (see
+    /// [`driver`](crate::driver)); a driver's own `apply` function wraps this.
+    pub fn on<C: Changes>(target: T, changes: &C) -> Self {
+        Apply::new(target, Source::Blob(changes.blob()), Some(C::KIND))
     }
 
     /// Applies the inverse of the changeset, as [`Changeset::invert`](crate::Changeset::invert)
     /// would give it, without building it (`SQLITE_CHANGESETAPPLY_INVERT`). The conflict handler
     /// sees the inverted changes. A patchset cannot be inverted ([`Error::Misuse`]).
     pub fn invert(mut self) -> Self {
-        self.flags.invert = true;
+        self.plan.flags.invert = true;
         self
     }
 
@@ -175,7 +197,7 @@ impl<'a> Apply<'a> {
     /// Needs SQLite 3.42 ([`Capability::IgnoreNoop`]); older ones fail the apply with
     /// [`Error::Unsupported`].
     pub fn ignore_noop(mut self) -> Self {
-        self.flags.ignore_noop = true;
+        self.plan.flags.ignore_noop = true;
         self
     }
 
@@ -185,7 +207,7 @@ impl<'a> Apply<'a> {
     /// twice. Needs SQLite 3.44 ([`Capability::FkNoAction`]); older ones fail the apply with
     /// [`Error::Unsupported`].
     pub fn fk_no_action(mut self) -> Self {
-        self.flags.fk_no_action = true;
+        self.plan.flags.fk_no_action = true;
         self
     }
 
@@ -196,7 +218,7 @@ impl<'a> Apply<'a> {
         mut self,
         handler: impl FnMut(&Conflict) -> ConflictAction + Send + 'static,
     ) -> Self {
-        self.handler = Some(Handler::Owned(Box::new(handler)));
+        self.plan.handler = Some(Handler::Owned(Box::new(handler)));
         self
     }
 
@@ -222,13 +244,13 @@ impl<'a> Apply<'a> {
         mut self,
         handler: impl for<'c> FnMut(&ConflictRef<'c>) -> ConflictAction + Send + 'static,
     ) -> Self {
-        self.handler = Some(Handler::Lazy(Box::new(handler)));
+        self.plan.handler = Some(Handler::Lazy(Box::new(handler)));
         self
     }
 
     /// Applies only the tables for which `filter` returns `true`. A panic in it aborts the apply.
     pub fn filter(mut self, filter: impl FnMut(&str) -> bool + Send + 'static) -> Self {
-        self.filter = Some(Box::new(filter));
+        self.plan.filter = Some(Box::new(filter));
         self
     }
 
@@ -253,13 +275,13 @@ impl<'a> Apply<'a> {
     /// # }
     /// ```
     pub fn filter_change(mut self, filter: impl FnMut(&Change) -> bool + Send + 'static) -> Self {
-        self.change_filter = Some(Box::new(filter));
+        self.plan.change_filter = Some(Box::new(filter));
         self
     }
 
     /// Records every conflict and its verdict in [`ApplyReport::conflict_log`].
     pub fn log_conflicts(mut self) -> Self {
-        self.log = true;
+        self.plan.log = true;
         self
     }
 
@@ -269,19 +291,101 @@ impl<'a> Apply<'a> {
     /// memory on conflict-heavy applies (about 7 % of an apply where half the changes are
     /// omitted), so it is off unless asked for. A patchset has no rebase buffer.
     pub fn rebase_buffer(mut self) -> Self {
-        self.rebase = true;
+        self.plan.rebase = true;
         self
     }
+}
 
-    async fn run(self) -> Result<ApplyReport, Error> {
-        let sqlite = gate::gate(self.session, "applying a changeset")?;
+impl<C: RawConnection> Apply<'_, C> {
+    /// Runs the apply on the calling thread, on the connection the target lends: the same
+    /// steps, report and guarantees as awaiting an apply on a liteorm session. Inside the
+    /// connection's transaction the apply joins it (in a savepoint); outside one it runs in its
+    /// own `BEGIN IMMEDIATE` transaction, committed if it succeeds and rolled back otherwise.
+    pub fn run(mut self) -> Result<ApplyReport, Error> {
+        let plan = self.plan;
+        self.target.with_handle(|db| plan.run_on(db))
+    }
+}
+
+impl<'a, C: BlockingConnection + 'a> IntoFuture for Apply<'a, C> {
+    type Output = Result<ApplyReport, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    /// Runs the apply as [`Apply::run`] does, on the blocking thread the target lends its
+    /// connection on.
+    fn into_future(self) -> Self::IntoFuture {
+        let plan = self.plan;
+        Box::pin(self.target.with_handle_blocking(move |db| plan.run_on(db)))
+    }
+}
+
+impl Plan {
+    /// The apply on a lent connection, on the calling thread: [`Job::run`] inside the
+    /// connection's transaction, or inside one of its own.
+    fn run_on(self, db: Handle<'_>) -> Result<ApplyReport, Error> {
         let flags = self.flags.checked(self.kind)?;
-        let inline = matches!(&self.source, Source::Blob(blob) if blob.len() <= INLINE_APPLY_MAX);
+        let in_transaction = ffi::in_transaction(db);
+        if !in_transaction {
+            ffi::exec(db, c"BEGIN IMMEDIATE", "starting the apply")?;
+        }
+        let result = self
+            .job(db, flags, in_transaction)
+            .and_then(|job| job.run(db));
+        if in_transaction {
+            return result;
+        }
+        let ended = match &result {
+            // A COMMIT that fails (a deferred foreign key, say) leaves the transaction open.
+            Ok(_) => ffi::exec(db, c"COMMIT", "committing the apply")
+                .or_else(|err| ffi::exec(db, c"ROLLBACK", "rolling back the apply").and(Err(err))),
+            Err(_) => ffi::exec(db, c"ROLLBACK", "rolling back the apply"),
+        };
+        let report = result?;
+        ended?;
+        Ok(report)
+    }
+
+    /// The job for a blob or stream on `db`, its tables checked against the schema now (a blob)
+    /// or as SQLite reads them (a stream).
+    fn job(self, db: Handle<'_>, flags: ApplyFlags, savepoint: bool) -> Result<Job, Error> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut hooks = Hooks::new(self.handler, self.filter, self.log, cancel);
+        hooks.change_filter = self.change_filter;
+        let tables = match &self.source {
+            Source::Blob(blob) => {
+                let tables = survey(blob, self.kind.unwrap_or(BlobKind::Changeset))?;
+                hooks.tables = compatibility(db, &tables)?;
+                Tables::Checked(tables)
+            }
+            Source::Stream(_) => Tables::Streamed,
+        };
+        Ok(Job {
+            source: self.source,
+            kind: self.kind,
+            flags,
+            savepoint,
+            rebase: self.rebase,
+            tables,
+            hooks,
+        })
+    }
+}
+
+impl Apply<'_> {
+    async fn run(self) -> Result<ApplyReport, Error> {
+        let Apply {
+            target: session,
+            plan: this,
+            ..
+        } = self;
+        let sqlite = gate::gate(session, "applying a changeset")?;
+        let flags = this.flags.checked(this.kind)?;
+        let inline = matches!(&this.source, Source::Blob(blob) if blob.len() <= INLINE_APPLY_MAX);
         // A large blob is listed on another thread while SQLite applies it: the listing reads
         // every byte (about 1 ms per 4 MB), and only the report needs it.
-        let listing = match &self.source {
+        let listing = match &this.source {
             Source::Blob(blob) if !inline => {
-                let (blob, kind) = (Arc::clone(blob), self.kind.unwrap_or(BlobKind::Changeset));
+                let (blob, kind) = (Arc::clone(blob), this.kind.unwrap_or(BlobKind::Changeset));
                 Some(tokio::task::spawn_blocking(move || survey(&blob, kind)))
             }
             _ => None,
@@ -302,14 +406,14 @@ impl<'a> Apply<'a> {
             open: !in_transaction,
         };
         let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
-        let mut hooks = Hooks::new(self.handler, self.filter, self.log, Arc::clone(&cancel.0));
-        hooks.change_filter = self.change_filter;
+        let mut hooks = Hooks::new(this.handler, this.filter, this.log, Arc::clone(&cancel.0));
+        hooks.change_filter = this.change_filter;
         // A small blob's tables are listed and checked against the schema now; a large blob's
         // and a stream's once SQLite has applied it.
-        let tables = match (&self.source, listing) {
+        let tables = match (&this.source, listing) {
             (_, Some(listing)) => Tables::Listing(listing),
             (Source::Blob(blob), None) => {
-                Tables::Checked(survey(blob, self.kind.unwrap_or(BlobKind::Changeset))?)
+                Tables::Checked(survey(blob, this.kind.unwrap_or(BlobKind::Changeset))?)
             }
             (Source::Stream(_), None) => Tables::Streamed,
         };
@@ -317,11 +421,11 @@ impl<'a> Apply<'a> {
             hooks.tables = compatibility_cached(&mut guard.guard, tables).await?;
         }
         let job = Job {
-            source: self.source,
-            kind: self.kind,
+            source: this.source,
+            kind: this.kind,
             flags,
             savepoint: in_transaction,
-            rebase: self.rebase,
+            rebase: this.rebase,
             tables,
             hooks,
         };
