@@ -14,6 +14,7 @@
 
 mod apply;
 mod capture;
+mod capture_stream;
 mod common;
 mod conflicts;
 mod diesel;
@@ -43,6 +44,8 @@ workloads (WORKLOADS.md, plus stall and replication):
   orm        --rows N   (default 100000)  the capture mix through SeaORM inside record and
                                           through sqlx queries inside capture, against the
                                           same writes with no capture (liteorm only)
+  capture_stream --mb M (default 200)   peak memory of finishing a capture of about M MB:
+                                          kept in memory against written to a writer
   diesel     --rows N   (default 100000)  the capture mix through Diesel inside
                                           liteorm_diesel::capture, against the same Diesel
                                           writes with no capture (liteorm only)
@@ -60,6 +63,7 @@ struct Args {
     workload: String,
     rows: Option<i64>,
     iters: Option<usize>,
+    mb: Option<i64>,
     reps: usize,
     db: DbMode,
     only: Option<&'static str>,
@@ -72,6 +76,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         workload,
         rows: None,
         iters: None,
+        mb: None,
         reps: 5,
         db: DbMode::Mem,
         only: None,
@@ -96,6 +101,14 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     return Err("--iters must be at least 1".into());
                 }
                 parsed.iters = Some(iters);
+            }
+            "--mb" => {
+                let v = value()?;
+                let mb = v.parse::<i64>().map_err(|e| format!("--mb {v}: {e}"))?;
+                if mb < 1 {
+                    return Err("--mb must be at least 1".into());
+                }
+                parsed.mb = Some(mb);
             }
             "--reps" => {
                 let v = value()?;
@@ -157,6 +170,7 @@ fn run(args: &Args) -> BenchResult<()> {
         "replication" => replication::run(&rt, &common, args.iters.unwrap_or(10_000)),
         "orm" => orm::run(&rt, &common, rows(100_000)),
         "diesel" => diesel::run(&common, rows(100_000)),
+        "capture_stream" => capture_stream::run(&rt, &common, args.mb.unwrap_or(200)),
         other => Err(format!("unknown workload `{other}`\n\n{USAGE}").into()),
     }
 }

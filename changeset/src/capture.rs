@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::executor::block_on as futures_lite_block_on;
@@ -10,7 +11,7 @@ use liteorm_sqlite::raw::MemoKey;
 use liteorm_sqlite::{PinnedConnection, PinnedGuard, SqliteSession};
 
 use crate::driver::RawConnection;
-use crate::ffi::{self, Handle, RawSession, TableFilter, TableFilterFn};
+use crate::ffi::{self, Handle, Output, RawSession, TableFilter, TableFilterFn};
 use crate::{Capability, Changeset, Error, Patchset, gate};
 
 /// Sessions whose recorded data is larger than this generate their changeset on a blocking
@@ -420,7 +421,73 @@ impl<'s> Capture<'s> {
         Ok(Patchset::trusted(blob))
     }
 
+    /// Runs `f` and writes its changes as a changeset to `output`, in chunks, as SQLite
+    /// generates them: the changeset is never whole in memory (the session object's record of
+    /// the changed rows is, as for every capture). Returns `output`, flushed.
+    ///
+    /// The bytes are written while capture's transaction is still open (SQLite reads the rows'
+    /// current values to generate them), and the transaction commits after the last one. If
+    /// this returns an error, `output` may hold a partial or whole changeset of writes that
+    /// were rolled back: discard it. `output` is written on a blocking thread, so it may block
+    /// (a file, a socket); for an async writer, wrap it in `tokio_util::io::SyncIoBridge`.
+    ///
+    /// ```
+    /// use liteorm_changeset::{Capture, Changeset};
+    /// use liteorm_core::Session;
+    /// use liteorm_sqlite::SqliteSession;
+    ///
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> Result<(), liteorm_changeset::Error> {
+    /// let db = SqliteSession::open_in_memory().await?;
+    /// db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").await?;
+    /// let dir = tempfile::tempdir()?;
+    /// let file = std::fs::File::create(dir.path().join("changes.bin"))?;
+    /// Capture::new(&db)
+    ///     .changeset_to(file, |s| async move {
+    ///         s.execute("INSERT INTO t VALUES (1, 'one')", &[]).await?;
+    ///         Ok::<_, liteorm_changeset::Error>(())
+    ///     })
+    ///     .await?;
+    /// let written = Changeset::from_bytes(std::fs::read(dir.path().join("changes.bin"))?)?;
+    /// assert_eq!(written.changes()?.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn changeset_to<W, F, Fut, E>(self, output: W, f: F) -> Result<W, E>
+    where
+        W: Write + Send + 'static,
+        F: FnOnce(SqliteSession) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: From<Error>,
+    {
+        let ((), recording) = self.record(|s, _| f(s)).await?;
+        Ok(recording.finish_to(false, output).await?)
+    }
+
+    /// Like [`Capture::changeset_to`], writing a patchset.
+    pub async fn patchset_to<W, F, Fut, E>(self, output: W, f: F) -> Result<W, E>
+    where
+        W: Write + Send + 'static,
+        F: FnOnce(SqliteSession) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: From<Error>,
+    {
+        let ((), recording) = self.record(|s, _| f(s)).await?;
+        Ok(recording.finish_to(true, output).await?)
+    }
+
     async fn run<F, Fut, T, E>(self, patchset: bool, f: F) -> Result<(T, Arc<[u8]>), E>
+    where
+        F: FnOnce(SqliteSession, Recorder) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send,
+        E: From<Error>,
+    {
+        let (value, recording) = self.record(f).await?;
+        Ok((value, recording.finish(patchset).await?))
+    }
+
+    /// Starts the recording and runs `f` on it; the recording is then ready to be finished.
+    async fn record<F, Fut, T, E>(self, f: F) -> Result<(T, Recording), E>
     where
         F: FnOnce(SqliteSession, Recorder) -> Fut,
         Fut: Future<Output = Result<T, E>> + Send,
@@ -436,7 +503,7 @@ impl<'s> Capture<'s> {
         // the recording connection (and so recorded), on this task.
         let work = f(recording.pinned.session(), recording.recorder());
         let value = recording.pinned.route(work).await?;
-        Ok((value, recording.finish(patchset).await?))
+        Ok((value, recording))
     }
 }
 
@@ -502,21 +569,7 @@ impl Recording {
     /// it to the blocking task that will: if this future is dropped at an await in between,
     /// `Drop` still finds it.
     async fn finish(mut self, patchset: bool) -> Result<Arc<[u8]>, Error> {
-        let mut guard = self.pinned.lock().await?;
-        let depth = self.depth.unwrap_or_default();
-        if guard.transaction_depth() != depth {
-            return Err(Error::TransactionEnded);
-        }
-        let shared = Arc::clone(&self.session);
-        let used = guard
-            .with_raw(move |db| {
-                let session = lock(&shared);
-                let session = session.as_ref().ok_or(Error::TransactionEnded)?;
-                // On failure, `Drop` deletes the session and rolls back.
-                check_filter(session)?;
-                Ok::<_, Error>(session.memory_used(db))
-            })
-            .await??;
+        let (mut guard, used) = self.ready().await?;
         let (blob, mut guard) = if used <= INLINE_GENERATE_MAX {
             let shared = Arc::clone(&self.session);
             let blob = guard
@@ -539,6 +592,63 @@ impl Recording {
         guard.commit().await?;
         self.depth = None;
         Ok(blob)
+    }
+
+    /// As [`Recording::finish`], writing the blob to `output` on a blocking thread.
+    async fn finish_to<W: Write + Send + 'static>(
+        mut self,
+        patchset: bool,
+        output: W,
+    ) -> Result<W, Error> {
+        let (mut guard, _) = self.ready().await?;
+        let session = lock(&self.session).take().ok_or(Error::TransactionEnded)?;
+        let task = tokio::task::spawn_blocking(move || {
+            let mut output = Output::new(output);
+            let written = guard.with_raw_blocking(|db| {
+                let result = if ffi::in_transaction(db) {
+                    session
+                        .generate_strm(db, patchset, &mut output)
+                        .map_err(Error::from)
+                } else {
+                    Err(Error::TransactionEnded)
+                };
+                session.delete(db);
+                result
+            });
+            let written = written
+                .map_err(Error::from)
+                .and_then(|r| r)
+                .and_then(|()| output.writer.flush().map_err(Error::from));
+            (written.map(|()| output.writer), guard)
+        });
+        let (written, mut guard) = task
+            .await
+            .map_err(|join| Error::task_failed("changeset writing task", join))?;
+        let writer = written?;
+        guard.commit().await?;
+        self.depth = None;
+        Ok(writer)
+    }
+
+    /// The locked connection, once capture's transaction is known to be open and the table
+    /// filter not to have panicked; and the session's memory use. On failure, `Drop` deletes
+    /// the session and rolls back.
+    async fn ready(&mut self) -> Result<(PinnedGuard, i64), Error> {
+        let mut guard = self.pinned.lock().await?;
+        let depth = self.depth.unwrap_or_default();
+        if guard.transaction_depth() != depth {
+            return Err(Error::TransactionEnded);
+        }
+        let shared = Arc::clone(&self.session);
+        let used = guard
+            .with_raw(move |db| {
+                let session = lock(&shared);
+                let session = session.as_ref().ok_or(Error::TransactionEnded)?;
+                check_filter(session)?;
+                Ok::<_, Error>(session.memory_used(db))
+            })
+            .await??;
+        Ok((guard, used))
     }
 }
 

@@ -400,3 +400,127 @@ async fn the_table_check_forgets_schema_read_in_a_rolled_back_transaction() {
     other.release().await;
     mine.release().await;
 }
+
+/// A writer that accepts `limit` bytes, then fails (or panics).
+#[derive(Debug)]
+struct FailAfter {
+    limit: usize,
+    written: usize,
+    panic: bool,
+}
+
+impl std::io::Write for FailAfter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() > self.limit {
+            assert!(!self.panic, "the writer gives up");
+            return Err(std::io::Error::other("disk full"));
+        }
+        self.written += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const STREAMED_MIX: &str = "UPDATE t SET name = name || '!' WHERE id % 3 = 0; \
+    DELETE FROM t WHERE id % 7 = 0; INSERT INTO t SELECT id + 1000, name, score, data FROM t";
+
+#[tokio::test]
+async fn a_capture_streamed_to_a_writer_writes_the_bytes_the_blob_would_have() {
+    let mut blobs = Vec::new();
+    let mut streamed = Vec::new();
+    for patchset in [false, true] {
+        let (a, _dir_a) = file_db().await;
+        let (b, _dir_b) = file_db().await;
+        seed(&a, 300).await;
+        seed(&b, 300).await;
+        let work = |s: liteorm_sqlite::SqliteSession| async move {
+            s.execute_batch(STREAMED_MIX).await?;
+            Ok::<_, Error>(())
+        };
+        if patchset {
+            blobs.push(
+                Capture::new(&a)
+                    .patchset(work)
+                    .await
+                    .unwrap()
+                    .as_bytes()
+                    .to_vec(),
+            );
+            streamed.push(
+                Capture::new(&b)
+                    .patchset_to(Vec::new(), work)
+                    .await
+                    .unwrap(),
+            );
+        } else {
+            blobs.push(
+                Capture::new(&a)
+                    .changeset(work)
+                    .await
+                    .unwrap()
+                    .as_bytes()
+                    .to_vec(),
+            );
+            streamed.push(
+                Capture::new(&b)
+                    .changeset_to(Vec::new(), work)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            dump(&b, "t").await,
+            dump(&a, "t").await,
+            "the writes committed"
+        );
+        assert_eq!(live_session_objects(&db_path(&b).await), 0);
+    }
+    assert!(blobs[0].len() > 10_000, "{} bytes", blobs[0].len());
+    assert_eq!(streamed, blobs);
+}
+
+#[tokio::test]
+async fn a_failing_or_panicking_writer_rolls_the_capture_back() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 300).await;
+    let before = dump(&db, "t").await;
+    for panic in [false, true] {
+        let writer = FailAfter {
+            limit: 2000,
+            written: 0,
+            panic,
+        };
+        let err = Capture::new(&db)
+            .changeset_to(writer, |s| async move {
+                s.execute_batch(STREAMED_MIX).await?;
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap_err();
+        if panic {
+            assert!(
+                matches!(&err, Error::CallbackPanicked { message, .. } if message.contains("gives up")),
+                "{err:?}"
+            );
+        } else {
+            assert!(
+                matches!(&err, Error::Io(e) if e.to_string() == "disk full"),
+                "{err:?}"
+            );
+        }
+        assert_eq!(dump(&db, "t").await, before, "nothing committed");
+        assert_eq!(live_session_objects(&db_path(&db).await), 0);
+    }
+    // The connection and the database are fine afterwards.
+    let cs = Capture::new(&db)
+        .changeset(|s| async move {
+            s.execute("DELETE FROM t WHERE id = 1", &[]).await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(cs.changes().unwrap().len(), 1);
+}

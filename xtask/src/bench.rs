@@ -6,13 +6,16 @@ use std::process::{Command, ExitCode};
 
 /// The help text of `cargo xtask bench`.
 pub(crate) const USAGE: &str = "\
-usage: cargo xtask bench [--rows N] [--iters K] [--reps R] [--db mem|file] [workload...]
+usage: cargo xtask bench [--rows N] [--iters K] [--mb M] [--reps R] [--db mem|file] [workload...]
 
   Builds liteorm-bench in release and runs each workload (default: all of them, in the order
-  capture apply small conflicts stall replication orm diesel nats) with WORKLOADS.md's defaults
+  capture capture_stream apply small conflicts stall replication orm diesel nats) with WORKLOADS.md's defaults
   (rows 100000, iters 10000, reps 5, db mem; stall: rows 1000000). --rows applies to every row-based
   workload, stall too; --iters to small and replication. Prints one JSON line per
   implementation (liteorm, raw) and one of ratios per workload (nats: liteorm only).
+
+  capture_stream: the peak memory of finishing a capture of about --mb M megabytes (default 200)
+  with the changeset kept in memory against written to a writer as SQLite generates it.
 
   orm: the capture mix written through SeaORM inside liteorm_seaorm::record and through sqlx
   queries inside capture, against the same writes with no capture (one line each, then the
@@ -29,8 +32,9 @@ usage: cargo xtask bench [--rows N] [--iters K] [--reps R] [--db mem|file] [work
 ";
 
 /// Every workload, in the order they run by default.
-const WORKLOADS: [&str; 9] = [
+const WORKLOADS: [&str; 10] = [
     "capture",
+    "capture_stream",
     "apply",
     "small",
     "conflicts",
@@ -61,7 +65,7 @@ fn parse(args: &[String]) -> Result<BenchOptions, String> {
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--rows" | "--iters" | "--reps" | "--db" => {
+            "--rows" | "--iters" | "--reps" | "--db" | "--mb" => {
                 let value = args
                     .next()
                     .ok_or_else(|| format!("`{arg}` needs a value"))?;
@@ -100,7 +104,8 @@ fn workload_args(workload: &str, forwarded: &[(String, String)]) -> Vec<String> 
     let mut args = vec![workload.to_owned()];
     for (flag, value) in forwarded {
         let applies = match flag.as_str() {
-            "--rows" => !ITERATED.contains(&workload),
+            "--rows" => !ITERATED.contains(&workload) && workload != "capture_stream",
+            "--mb" => workload == "capture_stream",
             "--iters" => ITERATED.contains(&workload),
             _ => true,
         };

@@ -1,12 +1,14 @@
 //! `sqlite3_session`: recording the changes made on a connection, and diffing tables.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 use libsqlite3_sys as sys;
 
+use super::stream::{Output, output_trampoline};
 use super::{Handle, RawError, check, check_on, code_error, db_error, panic_message, take_output};
 
 /// How many `sqlite3_session` objects exist per database file (for tests and diagnostics).
@@ -260,6 +262,39 @@ impl RawSession {
             Some(rc) => db_error(db, rc, "sqlite3session_changeset"),
             None => err,
         })
+    }
+
+    /// Writes the changeset (or patchset) of everything recorded so far to `output`, in chunks
+    /// (`sqlite3session_changeset_strm`): the whole blob is never in memory.
+    pub(crate) fn generate_strm<W: Write>(
+        &self,
+        db: Handle<'_>,
+        patchset: bool,
+        output: &mut Output<W>,
+    ) -> Result<(), RawError> {
+        let session = self.on(db);
+        let generate = if patchset {
+            sys::sqlite3session_patchset_strm
+        } else {
+            sys::sqlite3session_changeset_strm
+        };
+        // SAFETY: the session is live and its connection locked (`on` checked the handle); the
+        // output context outlives the call and matches its trampoline.
+        let rc = unsafe {
+            generate(
+                session,
+                Some(output_trampoline::<W>),
+                ptr::from_mut(output).cast(),
+            )
+        };
+        if let Some(err) = output.error.take() {
+            return Err(RawError::Stream(err));
+        }
+        if rc == sys::SQLITE_OK {
+            Ok(())
+        } else {
+            Err(db_error(db, rc, "sqlite3session_changeset_strm"))
+        }
     }
 
     /// Bytes of heap the session uses.
