@@ -184,15 +184,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             entry.actor.as_deref().unwrap_or("-"),
             entry.reason.as_deref().unwrap_or("-")
         );
-        let mut changes: Vec<String> = entry
-            .changeset
-            .changes()?
-            .iter()
-            .map(|c| c.to_sql(&names))
-            .collect();
-        changes.sort();
-        for sql in changes {
-            println!("      {sql}");
+        // One statement per line; a changeset's order is not defined, so sort them.
+        let sql = entry.changeset.to_sql(&names)?;
+        let mut lines: Vec<&str> = sql.lines().collect();
+        lines.sort_unstable();
+        for line in lines {
+            println!("      {line}");
         }
     }
 

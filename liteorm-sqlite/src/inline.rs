@@ -116,27 +116,8 @@ impl RawLock {
                 return result.map(drop);
             }
         }
-        let sql = std::ffi::CString::new(sql).map_err(|_| Error::Database {
-            dialect: DIALECT,
-            code: None,
-            message: "SQL contains a NUL byte".to_owned(),
-        })?;
-        // SAFETY: as above; no callback, no error-message out-pointer.
-        let rc = unsafe {
-            ffi::sqlite3_exec(
-                self.db.as_ptr(),
-                sql.as_ptr(),
-                None,
-                ptr::null_mut(),
-                ptr::null_mut(),
-            )
-        };
-        if rc == ffi::SQLITE_OK {
-            Ok(())
-        } else {
-            // SAFETY: as above.
-            Err(unsafe { db_error(self.db) })
-        }
+        // SAFETY: `self.db` is locked for us.
+        unsafe { exec_once(self.db, sql) }
     }
 
     /// Runs `sql` like [`Self::exec`], but only if that needs no wait for another connection's
