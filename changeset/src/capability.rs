@@ -44,17 +44,22 @@ pub enum Capability {
     ChangegroupSchema,
     /// [`Changegroup::add_filtered`](crate::Changegroup::add_filtered) (SQLite 3.46).
     ChangegroupAddChange,
+    /// SQLite's own per-change apply filter, `sqlite3changeset_apply_v3` (SQLite 3.51), which
+    /// [`Apply::filter_change`](crate::Apply::filter_change) runs in. Nothing requires it: on an
+    /// older SQLite, liteorm filters the changes before SQLite applies them, to the same effect.
+    ChangeFilter,
 }
 
 impl Capability {
     /// Every capability, oldest first.
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 7] = [
         Capability::ChangesetSize,
         Capability::IgnoreNoop,
         Capability::ImplicitPrimaryKey,
         Capability::FkNoAction,
         Capability::ChangegroupSchema,
         Capability::ChangegroupAddChange,
+        Capability::ChangeFilter,
     ];
 
     /// The first SQLite release that has it.

@@ -26,6 +26,9 @@ macro_rules! capability_table {
             // sqlite3changegroup_add_change.
             ChangegroupAddChange, sqlite_has_changegroup_add_change, "3.46.0", 3_046_000,
                 "adding single changes to a changegroup";
+            // sqlite3changeset_apply_v3 (a filter per change instead of per table).
+            ChangeFilter, sqlite_has_apply_v3, "3.51.0", 3_051_000,
+                "SQLite's own per-change apply filter";
         }
     };
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::build::Builder;
 use crate::change::Change;
 use crate::inspect::{self, ColumnNames};
 use crate::iter::{self, ChangeIter};
@@ -57,6 +58,8 @@ pub(crate) mod sealed {
         fn blob(&self) -> Arc<[u8]>;
         /// Wraps bytes SQLite produced for this process.
         fn from_trusted(bytes: Arc<[u8]>) -> Self;
+        /// Checks untrusted bytes; returns how many changes they hold.
+        fn validate(bytes: &[u8]) -> Result<usize, crate::Error>;
         /// Changeset or patchset.
         const KIND: BlobKind;
         /// The table header marker, `T` or `P`.
@@ -143,13 +146,24 @@ macro_rules! blob_type {
 
             /// Iterates the changes, decoding one at a time, in stored order.
             pub fn iter(&self) -> ChangeIter<'_> {
-                ChangeIter::new(&self.0, $kind)
+                ChangeIter::new(&self.0, $kind, false)
             }
 
             /// Renders every change in the stable JSON format of [`crate::inspect`]: an array
             /// with one object per change and line.
             pub fn to_json(&self) -> Result<String, Error> {
                 inspect::to_json(self.iter())
+            }
+
+            /// Builds one from changes in the JSON format of [`crate::inspect`]: a JSON array (as
+            /// [`Self::to_json`] writes) or one change per line. Changes are written in the order
+            /// given, so the JSON of a blob builds the same bytes again.
+            pub fn from_json(json: &str) -> Result<Self, Error> {
+                let mut builder = Builder::<$name>::new();
+                for change in inspect::from_json(json, $kind)? {
+                    builder.push(&change)?;
+                }
+                builder.finish()
             }
 
             /// Renders every change as an SQL statement, one per line (see [`crate::inspect`]),
@@ -206,6 +220,9 @@ macro_rules! blob_type {
             fn from_trusted(bytes: Arc<[u8]>) -> Self {
                 $name(bytes)
             }
+            fn validate(bytes: &[u8]) -> Result<usize, Error> {
+                $name::validate(bytes)
+            }
             const KIND: BlobKind = BlobKind::$name;
             const MARKER: u8 = $marker;
         }
@@ -233,5 +250,12 @@ impl Changeset {
     /// swap their old and new values.
     pub fn invert(&self) -> Result<Changeset, Error> {
         Ok(Changeset(ffi::invert(&self.0)?))
+    }
+
+    /// Iterates the changes of [`Self::invert`]'s result without building it
+    /// (`SQLITE_CHANGESETSTART_INVERT`): no second blob in memory, one change decoded at a time,
+    /// the same changes in the same order as iterating the inverse.
+    pub fn iter_inverted(&self) -> ChangeIter<'_> {
+        ChangeIter::new(&self.0, "changeset", true)
     }
 }

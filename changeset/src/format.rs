@@ -576,7 +576,7 @@ fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<u
 }
 
 /// The varint at `i` and the offset after it, or `None` if `bytes` ends first.
-fn varint(bytes: &[u8], mut i: usize) -> Option<(u64, usize)> {
+pub(crate) fn varint(bytes: &[u8], mut i: usize) -> Option<(u64, usize)> {
     let mut value = 0;
     for read in 0..9 {
         let b = *bytes.get(i)?;
@@ -620,6 +620,14 @@ impl<R> Checked<R> {
         Checked {
             inner,
             checker: Checker::new(None).surveying(),
+        }
+    }
+
+    /// Checks one kind (`T`: changeset, `P`: patchset) and records its table sections.
+    pub(crate) fn surveying_kind(inner: R, marker: u8) -> Self {
+        Checked {
+            inner,
+            checker: Checker::new(Some(marker)).surveying(),
         }
     }
 

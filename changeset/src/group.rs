@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::{Read, Write};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -13,8 +14,8 @@ use crate::changeset::BlobKind;
 use crate::changeset::sealed::Changes;
 #[cfg(sqlite_has_changegroup_add_change)]
 use crate::ffi;
-use crate::ffi::{Handle, RawChangegroup, RawError};
-use crate::format::{Checker, Section};
+use crate::ffi::{Handle, Input, Output, RawChangegroup, RawError};
+use crate::format::{Checked, Checker, Section};
 use crate::{Error, gate};
 
 /// Many changesets (or many patchsets, never mixed) merged into one, as if one session had
@@ -22,8 +23,9 @@ use crate::{Error, gate};
 /// one insert, an insert then a delete is nothing). [`Changeset::concat`](crate::Changeset::concat)
 /// is the two-input case.
 ///
-/// The group holds the merged changes in memory. For streams see
-/// [`stream::merge`](crate::stream::merge).
+/// The group holds the merged changes in memory; it can read its inputs from streams
+/// ([`Changegroup::add_stream`]) and write its output to one ([`Changegroup::output_stream`]).
+/// For stream in, stream out in one call see [`stream::merge`](crate::stream::merge).
 ///
 /// ```
 /// use liteorm_changeset::{Changegroup, Changeset, capture};
@@ -125,7 +127,7 @@ impl<C: Changes> Changegroup<C> {
             // read one byte past a patchset DELETE that ends the input: iterate over a copy
             // with a spare byte after it (see `ffi::padded`).
             let spare = ffi::padded(&blob);
-            let mut iter = ffi::ChangesetIter::start(&spare[..blob.len()])?;
+            let mut iter = ffi::ChangesetIter::start_v2(&spare[..blob.len()], false)?;
             let (mut table, mut entry, mut added) = (None, 0, Ok(()));
             while added.is_ok()
                 && iter
@@ -149,10 +151,35 @@ impl<C: Changes> Changegroup<C> {
         Ok(self)
     }
 
+    /// Adds every change `input` reads (a changeset stream for a group of changesets, a
+    /// patchset stream for patchsets), checked as SQLite reads it. The group holds what it
+    /// merged in memory; the input is read in small chunks. After an error (malformed input,
+    /// a read error, a table that does not match earlier changes) the group cannot be used.
+    pub fn add_stream<R: Read>(&mut self, input: R) -> Result<&mut Self, Error> {
+        self.usable()?;
+        let mut input = Input::new(Checked::surveying_kind(input, C::MARKER));
+        let added = self.raw.add_strm(&mut input);
+        let sections = input.reader.checker().sections().to_vec();
+        // Part of the stream may be in the group: unlike a refused blob, it is not as it was.
+        self.added(added, sections)
+            .inspect_err(|_| self.broken = true)?;
+        Ok(self)
+    }
+
     /// The merged changes.
     pub fn output(&self) -> Result<C, Error> {
         self.usable()?;
         Ok(C::from_trusted(self.raw.output()?))
+    }
+
+    /// Writes the merged changes to `output` in chunks, without building them in memory
+    /// first; returns `output`.
+    pub fn output_stream<W: Write>(&self, output: W) -> Result<W, Error> {
+        self.usable()?;
+        let mut output = Output::new(output);
+        self.raw.output_strm(&mut output)?;
+        output.writer.flush()?;
+        Ok(output.writer)
     }
 
     /// Merges `inputs` into changes that match the schema of the `main` database of `session`

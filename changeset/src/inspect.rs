@@ -4,7 +4,8 @@
 //!
 //! [`Change`] implements [`serde::Serialize`]; [`Changeset::to_json`](crate::Changeset::to_json)
 //! renders a whole blob as a JSON array of such objects, one change per line. The format is
-//! stable: fields are only ever added.
+//! stable: fields are only ever added. [`Changeset::from_json`](crate::Changeset::from_json)
+//! reads it back (an array, or one change per line) and builds the same bytes again.
 //!
 //! ```json
 //! {"table":"users","op":"UPDATE","indirect":false,"pk":[1,0,0],
@@ -47,6 +48,7 @@ use std::fmt::Write as _;
 
 use liteorm_core::{Session, Value};
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde::{Deserialize, Deserializer, de};
 
 use crate::change::{Change, ChangeOp};
 use crate::{Error, gate};
@@ -68,16 +70,25 @@ impl Serialize for ChangeOp {
     }
 }
 
-/// One entry of `old` or `new` in the JSON format.
-struct Cell<'a>(&'a Option<Value>);
+/// A value in the JSON format's typed encoding (`{"integer":42}`, `{"text":"ada"}`, ... see the
+/// [module docs](crate::inspect)), for JSON that carries values outside a change, such as a
+/// conflicting row: a script can tell the integer 9 from the text `'9'`.
+///
+/// ```
+/// use liteorm_changeset::inspect::TypedValue;
+/// use liteorm_core::Value;
+///
+/// let row = [Value::Integer(9), Value::from("9"), Value::Null];
+/// let json = serde_json::to_string(&row.iter().map(TypedValue).collect::<Vec<_>>()).unwrap();
+/// assert_eq!(json, r#"[{"integer":9},{"text":"9"},{"null":null}]"#);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct TypedValue<'a>(pub &'a Value);
 
-impl Serialize for Cell<'_> {
+impl Serialize for TypedValue<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let Some(value) = self.0 else {
-            return serializer.serialize_none();
-        };
         let mut map = serializer.serialize_map(Some(1))?;
-        match value {
+        match self.0 {
             Value::Null => map.serialize_entry("null", &())?,
             Value::Integer(i) => map.serialize_entry("integer", i)?,
             Value::Real(x) if x.is_finite() => map.serialize_entry("real", x)?,
@@ -87,6 +98,18 @@ impl Serialize for Cell<'_> {
             Value::Blob(bytes) => map.serialize_entry("blob", &hex(bytes))?,
         }
         map.end()
+    }
+}
+
+/// One entry of `old` or `new` in the JSON format: `null` when not recorded.
+struct Cell<'a>(&'a Option<Value>);
+
+impl Serialize for Cell<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            None => serializer.serialize_none(),
+            Some(value) => TypedValue(value).serialize(serializer),
+        }
     }
 }
 
@@ -125,6 +148,133 @@ impl Serialize for Change {
         }
         map.end()
     }
+}
+
+/// A change in the JSON format, as read back.
+#[derive(Deserialize)]
+#[serde(rename = "Change")]
+struct ChangeJson {
+    table: String,
+    op: OpJson,
+    #[serde(default)]
+    indirect: bool,
+    pk: Vec<u8>,
+    #[serde(default)]
+    old: Option<Vec<Option<ValueJson>>>,
+    #[serde(default)]
+    new: Option<Vec<Option<ValueJson>>>,
+}
+
+#[derive(Deserialize)]
+enum OpJson {
+    #[serde(rename = "INSERT")]
+    Insert,
+    #[serde(rename = "UPDATE")]
+    Update,
+    #[serde(rename = "DELETE")]
+    Delete,
+}
+
+/// A typed value: an object with one key naming the storage class.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+enum ValueJson {
+    Null(()),
+    Integer(i64),
+    Real(RealJson),
+    Text(String),
+    Blob(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RealJson {
+    Number(f64),
+    Special(String),
+}
+
+impl ValueJson {
+    fn into_value(self) -> Result<Value, String> {
+        Ok(match self {
+            ValueJson::Null(()) => Value::Null,
+            ValueJson::Integer(i) => Value::Integer(i),
+            ValueJson::Real(RealJson::Number(x)) => Value::Real(x),
+            ValueJson::Real(RealJson::Special(s)) => Value::Real(match s.as_str() {
+                "inf" => f64::INFINITY,
+                "-inf" => f64::NEG_INFINITY,
+                "nan" => f64::NAN,
+                other => return Err(format!("invalid real {other:?}")),
+            }),
+            ValueJson::Text(text) => Value::Text(text),
+            ValueJson::Blob(hex) => Value::Blob(unhex(&hex)?),
+        })
+    }
+}
+
+fn unhex(hex: &str) -> Result<Vec<u8>, String> {
+    if !hex.len().is_multiple_of(2) {
+        return Err(format!("blob hex {hex:?} has an odd length"));
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("blob hex {hex:?} is not hexadecimal"))
+        })
+        .collect()
+}
+
+fn cells(cells: Option<Vec<Option<ValueJson>>>) -> Result<Vec<Option<Value>>, String> {
+    cells
+        .unwrap_or_default()
+        .into_iter()
+        .map(|cell| cell.map(ValueJson::into_value).transpose())
+        .collect()
+}
+
+impl<'de> Deserialize<'de> for Change {
+    /// Reads the JSON format described in the [module docs](crate::inspect); unknown fields are
+    /// ignored (the format only ever adds fields).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let json = ChangeJson::deserialize(deserializer)?;
+        Ok(Change {
+            table: json.table.into(),
+            op: match json.op {
+                OpJson::Insert => ChangeOp::Insert,
+                OpJson::Update => ChangeOp::Update,
+                OpJson::Delete => ChangeOp::Delete,
+            },
+            indirect: json.indirect,
+            pk: json.pk,
+            old: cells(json.old).map_err(de::Error::custom)?,
+            new: cells(json.new).map_err(de::Error::custom)?,
+        })
+    }
+}
+
+/// Reads changes in the JSON format: a JSON array of change objects (what `to_json` writes), or
+/// one change object per line (JSON lines; blank lines are skipped).
+pub(crate) fn from_json(json: &str, kind: &'static str) -> Result<Vec<Change>, Error> {
+    let invalid = |entry: usize, reason: String| Error::Invalid {
+        kind,
+        entry,
+        offset: None,
+        reason,
+    };
+    if json.trim_start().starts_with('[') {
+        return serde_json::from_str(json).map_err(|err| invalid(0, format!("JSON: {err}")));
+    }
+    let mut changes = Vec::new();
+    for (n, line) in json.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let change = serde_json::from_str(line)
+            .map_err(|err| invalid(changes.len(), format!("JSON line {}: {err}", n + 1)))?;
+        changes.push(change);
+    }
+    Ok(changes)
 }
 
 /// Renders changes as a JSON array with one change per line.

@@ -24,9 +24,9 @@ enum IterState<'a> {
 }
 
 impl<'a> ChangeIter<'a> {
-    /// Iterates a validated blob.
-    pub(crate) fn new(blob: &'a [u8], kind: &'static str) -> Self {
-        let state = match ChangesetIter::start(blob) {
+    /// Iterates a validated blob, inverted if `invert`.
+    pub(crate) fn new(blob: &'a [u8], kind: &'static str, invert: bool) -> Self {
+        let state = match ChangesetIter::start_v2(blob, invert) {
             Ok(iter) => IterState::Running(iter),
             Err(err) => IterState::Failed(invalid(kind, 0, err)),
         };
@@ -89,5 +89,5 @@ pub(crate) fn invalid(kind: &'static str, entry: usize, err: impl Into<Error>) -
 
 /// Decodes every change of `blob`.
 pub(crate) fn decode(blob: &[u8], kind: &'static str) -> Result<Vec<Change>, Error> {
-    ChangeIter::new(blob, kind).collect()
+    ChangeIter::new(blob, kind, false).collect()
 }

@@ -13,6 +13,8 @@
 //!   validated by [`Changeset::from_bytes`], with errors naming the change and byte.
 //! - **Capture options** on [`Capture`]: indirect changes, a table filter, tables without a
 //!   primary key, and a [`Recorder`] to pause recording or look at its size mid-capture.
+//! - **Build** changesets and patchsets by hand with a [`Builder`], or from the JSON format
+//!   ([`Changeset::from_json`]): what SQLite decoded builds the same bytes again.
 //! - [`Diff`]: the changeset between a table of another database and the one in `main`.
 //! - [`Changegroup`]: many changesets merged into one, optionally conformed to a schema.
 //! - [`Apply`] flags (invert, no savepoint, ignore no-ops, FK no action) and a [`Rebaser`] fed
@@ -67,6 +69,7 @@
 mod capability_table;
 
 mod apply;
+mod build;
 mod capability;
 mod capture;
 mod change;
@@ -87,6 +90,7 @@ mod rebase;
 pub mod stream;
 
 pub use apply::{Apply, ApplyReport, ConflictCounts, ConflictRef, SkipReason, SkippedTable, apply};
+pub use build::Builder;
 pub use capability::{Capability, SQLITE_BUILD_VERSION};
 pub use capture::{Capture, CaptureOptions, LentRecording, Recorder, capture};
 pub use change::{Change, ChangeOp};

@@ -5,9 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use changeset::inspect::TypedValue;
 use changeset::{
-    ApplyReport, Capture, Change, ChangeOp, Changeset, ColumnNames, ConflictAction, ConflictKind,
-    Patchset,
+    ApplyReport, Capture, Change, ChangeOp, Changegroup, Changeset, ColumnNames, ConflictAction,
+    ConflictKind, Patchset, RebaseBuffer, Rebaser,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use liteorm_core::{Session, Value};
@@ -16,7 +17,8 @@ use sqlx::sqlite::SqlitePoolOptions;
 
 use crate::failure::Failure;
 use crate::{
-    Action, ApplyArgs, CaptureArgs, ConcatArgs, DiffArgs, InspectArgs, InvertArgs, ValidateArgs,
+    Action, ApplyArgs, BuildArgs, CaptureArgs, ConcatArgs, DiffArgs, InspectArgs, InvertArgs,
+    RebaseArgs, ValidateArgs,
 };
 
 /// A changeset or a patchset, told apart by the first byte of the blob.
@@ -138,7 +140,10 @@ pub(crate) async fn capture(args: CaptureArgs) -> Result<(), Failure> {
         (None, None) => return Err(Failure::Other("give --sql or --sql-file".into())),
     };
     let db = open_db(&args.db).await?;
-    let capture = Capture::new(&db).tables(args.tables.iter().cloned());
+    let capture = Capture::new(&db)
+        .tables(args.tables.iter().cloned())
+        .indirect(args.indirect)
+        .implicit_primary_key(args.implicit_pk);
     let run = move |s: SqliteSession| async move {
         s.execute_batch(&sql).await?;
         Ok::<_, changeset::Error>(())
@@ -262,12 +267,30 @@ pub(crate) async fn apply(args: ApplyArgs) -> Result<(), Failure> {
     let bytes = blob.bytes();
     let bar = progress_bar(bytes.len(), "applying");
     let input = bar.wrap_read(std::io::Cursor::new(bytes));
-    let result = configure(
+    let mut apply = configure(
         changeset::stream::apply(tx.session(), input),
         &args.tables,
         per_kind,
-    )
-    .await;
+    );
+    if args.invert {
+        if matches!(blob, Blob::Patchset(_)) {
+            return Err(Failure::InvalidBlob(format!(
+                "{}: a patchset cannot be inverted",
+                args.blob.display()
+            )));
+        }
+        apply = apply.invert();
+    }
+    if args.ignore_noop {
+        apply = apply.ignore_noop();
+    }
+    if args.fk_no_action {
+        apply = apply.fk_no_action();
+    }
+    if args.rebase_out.is_some() {
+        apply = apply.rebase_buffer();
+    }
+    let result = apply.await;
     bar.finish_and_clear();
     let report = match result {
         Ok(report) => report,
@@ -280,6 +303,9 @@ pub(crate) async fn apply(args: ApplyArgs) -> Result<(), Failure> {
         tx.rollback().await?;
     } else {
         tx.commit().await.map_err(|e| named(&args.db, e.into()))?;
+    }
+    if let Some(path) = &args.rebase_out {
+        write_output(Some(path), report.rebase.as_bytes())?;
     }
     let out = if args.json {
         report_json(&report, args.dry_run)?
@@ -345,7 +371,7 @@ fn report_json(report: &ApplyReport, dry_run: bool) -> Result<String, Failure> {
                 "kind": c.kind.to_string(),
                 "action": format!("{action:?}"),
                 "change": c.change,
-                "conflicting_row": c.conflicting_row.as_ref().map(|row| row.iter().map(Value::to_string).collect::<Vec<_>>()),
+                "conflicting_row": c.conflicting_row.as_ref().map(|row| row.iter().map(TypedValue).collect::<Vec<_>>()),
                 "foreign_key_violations": c.foreign_key_violations,
             })
         })
@@ -366,6 +392,26 @@ fn report_json(report: &ApplyReport, dry_run: bool) -> Result<String, Failure> {
     Ok(format!("{json}\n"))
 }
 
+pub(crate) fn build(args: BuildArgs) -> Result<(), Failure> {
+    let bytes = read_input(&args.json)?;
+    let json = String::from_utf8(bytes)
+        .map_err(|e| Failure::InvalidBlob(format!("{}: not UTF-8: {e}", args.json.display())))?;
+    let describe =
+        |e: changeset::Error| Failure::InvalidBlob(format!("{}: {e}", args.json.display()));
+    let blob: Vec<u8> = if args.patchset {
+        Patchset::from_json(&json)
+            .map_err(describe)?
+            .as_bytes()
+            .to_vec()
+    } else {
+        Changeset::from_json(&json)
+            .map_err(describe)?
+            .as_bytes()
+            .to_vec()
+    };
+    write_output(args.output.as_deref(), &blob)
+}
+
 pub(crate) fn invert(args: InvertArgs) -> Result<(), Failure> {
     match read_blob(&args.blob)? {
         Blob::Changeset(c) => write_output(args.output.as_deref(), c.invert()?.as_bytes()),
@@ -376,32 +422,57 @@ pub(crate) fn invert(args: InvertArgs) -> Result<(), Failure> {
     }
 }
 
-pub(crate) fn concat(args: ConcatArgs) -> Result<(), Failure> {
+pub(crate) async fn concat(args: ConcatArgs) -> Result<(), Failure> {
     let blobs = args
         .blobs
         .iter()
         .map(|p| read_blob(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let mixed = || Failure::InvalidBlob("cannot concatenate changesets with patchsets".into());
-    let mut iter = blobs.into_iter();
-    let merged = match iter.next() {
-        Some(Blob::Changeset(first)) => iter
-            .try_fold(first, |acc, next| match next {
-                Blob::Changeset(c) => acc.concat(&c).map_err(Failure::from),
-                Blob::Patchset(_) => Err(mixed()),
-            })?
-            .as_bytes()
-            .to_vec(),
-        Some(Blob::Patchset(first)) => iter
-            .try_fold(first, |acc, next| match next {
-                Blob::Patchset(p) => acc.concat(&p).map_err(Failure::from),
-                Blob::Changeset(_) => Err(mixed()),
-            })?
-            .as_bytes()
-            .to_vec(),
-        None => return Err(Failure::Other("nothing to concatenate".into())),
+    let schema = match &args.schema {
+        Some(path) => Some(open_db(path).await?),
+        None => None,
+    };
+    // The same merge for either kind; every input must be of the first one's.
+    macro_rules! merge {
+        ($variant:ident) => {{
+            let inputs = blobs
+                .into_iter()
+                .map(|blob| match blob {
+                    Blob::$variant(changes) => Ok(changes),
+                    _ => Err(Failure::InvalidBlob(
+                        "cannot merge changesets with patchsets".into(),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let merged = match &schema {
+                Some(db) => Changegroup::merge_with_schema(db, inputs).await?,
+                None => Changegroup::merge(&inputs)?,
+            };
+            merged.as_bytes().to_vec()
+        }};
+    }
+    let merged = if matches!(blobs.first(), Some(Blob::Patchset(_))) {
+        merge!(Patchset)
+    } else {
+        merge!(Changeset)
     };
     write_output(Some(&args.output), &merged)
+}
+
+pub(crate) fn rebase(args: RebaseArgs) -> Result<(), Failure> {
+    let Blob::Changeset(local) = read_blob(&args.blob)? else {
+        return Err(Failure::InvalidBlob(format!(
+            "{}: only a changeset can be rebased",
+            args.blob.display()
+        )));
+    };
+    let mut rebaser = Rebaser::new()?;
+    for path in &args.buffers {
+        let buffer = RebaseBuffer::from_bytes(read_input(path)?)
+            .map_err(|e| Failure::InvalidBlob(format!("{}: {e}", path.display())))?;
+        rebaser.configure(&buffer)?;
+    }
+    write_output(args.output.as_deref(), rebaser.rebase(&local)?.as_bytes())
 }
 
 pub(crate) fn validate(args: ValidateArgs) -> Result<(), Failure> {

@@ -1,5 +1,5 @@
 //! `liteorm-changeset`: work with SQLite changesets from the shell — capture, inspect, apply,
-//! invert, concat, validate and diff — and run replication over NATS JetStream (publish,
+//! invert, concat (group), rebase, validate, build and diff — and run replication over NATS JetStream (publish,
 //! follow), without writing Rust.
 //!
 //! Every failure prints one line on stderr and exits with a code that says what kind of failure
@@ -33,10 +33,26 @@ enum Command {
     Apply(ApplyArgs),
     /// Write the changeset that undoes a changeset.
     Invert(InvertArgs),
-    /// Merge changesets (or patchsets) into one, in order.
+    /// Merge changesets (or patchsets) into one, in order (SQLite's changegroup); with
+    /// --schema, conformed to a database's tables.
+    #[command(visible_alias = "group")]
     Concat(ConcatArgs),
+    /// Rebase a local changeset on the conflict resolutions of a remote apply (the rebase
+    /// buffer `apply --rebase-out` writes).
+    Rebase(RebaseArgs),
     /// Check that a file is a well-formed changeset or patchset.
     Validate(ValidateArgs),
+    /// Write a changeset (or patchset) from changes in the JSON format of `inspect --json`.
+    #[command(
+        long_about = "Write a changeset (or patchset) from changes in the JSON format that \
+        `inspect --json` prints: one change object per line (or one JSON array of them). The \
+        changes are written in the order given, so `inspect --json` of a file, edited or not, \
+        builds it again: unedited, byte for byte.\n\n\
+        Each change is checked as SQLite writes changes (an insert has every column, a key column \
+        is never NULL, an update changes a column outside the key, ...), and the output is \
+        validated like any input file before it is written."
+    )]
+    Build(BuildArgs),
     /// Write the changes that make OTHER.db's tables equal to FILE's (SQLite's session diff).
     #[command(
         long_about = "Write the changeset that, applied to the --from database, makes its \
@@ -68,6 +84,12 @@ struct CaptureArgs {
     /// Write a patchset instead of a changeset.
     #[arg(long)]
     patchset: bool,
+    /// Record every change as indirect.
+    #[arg(long)]
+    indirect: bool,
+    /// Also record tables without a PRIMARY KEY, keyed by rowid (SQLite 3.44).
+    #[arg(long)]
+    implicit_pk: bool,
     /// Output file (default: standard output).
     #[arg(short, long, value_name = "OUT")]
     output: Option<PathBuf>,
@@ -124,6 +146,21 @@ struct ApplyArgs {
     /// Print the report and every conflict as JSON.
     #[arg(long)]
     json: bool,
+    /// Apply the inverse of the changeset (SQLITE_CHANGESETAPPLY_INVERT).
+    #[arg(long)]
+    invert: bool,
+    /// An update or delete whose row already has the target values is not a conflict
+    /// (SQLITE_CHANGESETAPPLY_IGNORENOOP; SQLite 3.45).
+    #[arg(long)]
+    ignore_noop: bool,
+    /// Treat every foreign key as ON UPDATE/DELETE NO ACTION while applying
+    /// (SQLITE_CHANGESETAPPLY_FKNOACTION; SQLite 3.45).
+    #[arg(long)]
+    fk_no_action: bool,
+    /// Write the rebase buffer of the conflicts this apply omitted or replaced to FILE (for
+    /// `rebase` elsewhere; changesets only).
+    #[arg(long, value_name = "FILE")]
+    rebase_out: Option<PathBuf>,
 }
 
 /// Conflict policy per kind (default: abort on every conflict).
@@ -247,11 +284,28 @@ struct InvertArgs {
 #[derive(Args)]
 struct ConcatArgs {
     /// The changesets (or patchsets) to merge, in order.
-    #[arg(required = true, num_args = 2..)]
+    #[arg(required = true, num_args = 1..)]
     blobs: Vec<PathBuf>,
+    /// Conform the inputs to the tables of this database (sqlite3changegroup_schema): changes
+    /// recorded before `ALTER TABLE ... ADD COLUMN` get the new columns' defaults. Needs SQLite
+    /// 3.44.
+    #[arg(long, value_name = "DB")]
+    schema: Option<PathBuf>,
     /// Output file.
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
+}
+
+#[derive(Args)]
+struct RebaseArgs {
+    /// The local changeset to rebase (`-` for standard input).
+    blob: PathBuf,
+    /// A rebase buffer, as `apply --rebase-out` writes it (repeatable: all are combined).
+    #[arg(long = "buffer", value_name = "FILE", required = true)]
+    buffers: Vec<PathBuf>,
+    /// Output file (default: standard output).
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -274,6 +328,19 @@ struct DiffArgs {
 }
 
 #[derive(Args)]
+struct BuildArgs {
+    /// The JSON lines (`-` for standard input).
+    json: PathBuf,
+    /// Write a patchset instead of a changeset (for the output of `inspect --json` of a
+    /// patchset).
+    #[arg(long)]
+    patchset: bool,
+    /// Output file (default: standard output).
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct ValidateArgs {
     /// The changeset or patchset file (`-` for standard input).
     blob: PathBuf,
@@ -287,8 +354,10 @@ async fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect(args).await,
         Command::Apply(args) => commands::apply(args).await,
         Command::Invert(args) => commands::invert(args),
-        Command::Concat(args) => commands::concat(args),
+        Command::Concat(args) => commands::concat(args).await,
+        Command::Rebase(args) => commands::rebase(args),
         Command::Validate(args) => commands::validate(args),
+        Command::Build(args) => commands::build(args),
         Command::Diff(args) => commands::diff(args).await,
         Command::Snapshot(args) => replicate::snapshot(args).await,
         Command::Publish(args) => {

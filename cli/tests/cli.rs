@@ -150,6 +150,84 @@ fn capture_writes_to_stdout_and_patchsets_too() {
     );
 }
 
+/// Runs the binary with `input` on standard input.
+fn run_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input).expect("pipe");
+    child.wait_with_output().expect("run liteorm-changeset")
+}
+
+#[test]
+fn inspect_json_then_build_round_trips_byte_for_byte_and_an_edit_applies() {
+    let (dir, db) = setup();
+    let sql = "UPDATE t SET name = 'uno', n = 10 WHERE id = 1; DELETE FROM t WHERE id = 2; \
+        INSERT INTO t VALUES (3, X'00FF', 0.1), (4, NULL, -9223372036854775808)";
+    for kind in ["changeset", "patchset"] {
+        let blob = dir.path().join(format!("{kind}.bin"));
+        let mut capture = vec!["capture", "--db", s(&db), "-o", s(&blob), "--sql", sql];
+        let mut build = vec!["build", "-"];
+        if kind == "patchset" {
+            capture.push("--patchset");
+            build.push("--patchset");
+        }
+        // On a copy, so that each kind records the same writes.
+        let copy = dir.path().join(format!("{kind}.db"));
+        std::fs::copy(&db, &copy).expect("copy");
+        capture[2] = s(&copy);
+        assert!(run(&capture).status.success());
+        let json = run(&["inspect", s(&blob), "--json"]);
+        assert!(json.status.success(), "{}", stderr(&json));
+        let built = run_with_stdin(&build, &json.stdout);
+        assert!(built.status.success(), "{}", stderr(&built));
+        assert_eq!(
+            built.stdout,
+            std::fs::read(&blob).expect("read blob"),
+            "{kind}"
+        );
+    }
+
+    // An edited change builds, and applies what the edit says.
+    let json = stdout(&run(&[
+        "inspect",
+        s(&dir.path().join("changeset.bin")),
+        "--json",
+    ]));
+    let edited = json.replace(r#"{"text":"uno"}"#, r#"{"text":"edited"}"#);
+    assert_ne!(edited, json);
+    let file = dir.path().join("edited.jsonl");
+    std::fs::write(&file, edited).expect("write");
+    let out_blob = dir.path().join("edited.bin");
+    assert!(
+        run(&["build", s(&file), "-o", s(&out_blob)])
+            .status
+            .success()
+    );
+    let applied = run(&["apply", "--db", s(&db), s(&out_blob)]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    assert_eq!(
+        shell(&db, "SELECT id, quote(name), n FROM t ORDER BY id;"),
+        "1|'edited'|10\n3|X'00FF'|0.1\n4|NULL|-9223372036854775808\n"
+    );
+
+    // A change that breaks a rule, and JSON that is not a change: one line, exit 4.
+    let null_key = r#"{"table":"t","op":"INSERT","indirect":false,"pk":[1,0,0],"new":[{"null":null},{"text":"x"},{"integer":1}]}"#;
+    let out = run_with_stdin(&["build", "-"], null_key.as_bytes());
+    assert_one_line_error(&out, 4);
+    assert!(
+        stderr(&out).contains("key column 0 is NULL"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_with_stdin(&["build", "-"], b"{\"table\":\"t\"}\nnot json\n");
+    assert_one_line_error(&out, 4);
+}
+
 /// A changeset that sets row 1's name to 'uno', and a target where row 1 diverged.
 fn conflict_setup() -> (TempDir, PathBuf, PathBuf) {
     let (dir, src) = setup();
@@ -205,7 +283,8 @@ fn per_kind_policies_resolve_conflicts_and_json_lists_them() {
     );
     assert!(
         report.contains(r#""kind":"Data""#)
-            && report.contains(r#""conflicting_row":["1","'eins'","1"]"#),
+            && report
+                .contains(r#""conflicting_row":[{"integer":1},{"text":"eins"},{"integer":1}]"#),
         "{report}"
     );
     assert_eq!(
@@ -619,4 +698,184 @@ fn apply_draws_a_progress_bar_on_a_terminal() {
         "{terminal:?}"
     );
     assert_eq!(shell(&target, "SELECT count(*) FROM t;"), "50000\n");
+}
+
+#[test]
+fn capture_options_mark_changes_indirect_and_record_tables_without_a_key() {
+    let (dir, db) = setup();
+    shell(&db, "CREATE TABLE nokey(a, b);");
+    let blob = dir.path().join("cs.bin");
+    let mut args = vec![
+        "capture",
+        "--db",
+        s(&db),
+        "--indirect",
+        "--implicit-pk",
+        "-o",
+        s(&blob),
+        "--sql",
+        "UPDATE t SET n = 5 WHERE id = 1; INSERT INTO nokey VALUES ('x', 1)",
+    ];
+    let out = run(&args);
+    if !changeset::Capability::ImplicitPrimaryKey.is_available() {
+        assert_one_line_error(&out, 1);
+        args.retain(|a| *a != "--implicit-pk");
+        assert!(run(&args).status.success());
+        return;
+    }
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = stdout(&run(&["inspect", s(&blob), "--json"]));
+    assert_eq!(json.lines().count(), 2, "{json}");
+    assert!(
+        json.lines().all(|l| l.contains(r#""indirect":true"#)),
+        "{json}"
+    );
+    assert!(json.contains(r#""table":"nokey""#), "{json}");
+}
+
+#[test]
+fn apply_flags_invert_and_ignore_noop() {
+    let (dir, db) = setup();
+    let blob = dir.path().join("cs.bin");
+    let target = dir.path().join("b.db");
+    std::fs::copy(&db, &target).expect("copy");
+    let sql = "UPDATE t SET name = 'uno' WHERE id = 1; DELETE FROM t WHERE id = 2";
+    assert!(
+        run(&["capture", "--db", s(&db), "-o", s(&blob), "--sql", sql])
+            .status
+            .success()
+    );
+    let rows = "SELECT id, name, n FROM t ORDER BY id;";
+
+    // Applying the inverse to the source restores what the target still has.
+    let out = run(&["apply", "--db", s(&db), "--invert", s(&blob)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(shell(&db, rows), shell(&target, rows));
+
+    // A target that already made the same changes: each one conflicts, unless no-ops are ignored.
+    shell(&target, &format!("{sql};"));
+    assert_one_line_error(&run(&["apply", "--db", s(&target), s(&blob)]), 7);
+    let out = run(&["apply", "--db", s(&target), "--ignore-noop", s(&blob)]);
+    if changeset::Capability::IgnoreNoop.is_available() {
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains("0 omitted, 0 replaced"),
+            "no conflict: {}",
+            stdout(&out)
+        );
+        assert_eq!(
+            shell(&target, rows),
+            "1|uno|1\n",
+            "already in the final state"
+        );
+    } else {
+        assert_one_line_error(&out, 1);
+    }
+
+    // A patchset cannot be inverted.
+    let patch = dir.path().join("ps.bin");
+    let sql = "UPDATE t SET n = 7 WHERE id = 1";
+    let args = [
+        "capture",
+        "--db",
+        s(&db),
+        "--patchset",
+        "-o",
+        s(&patch),
+        "--sql",
+        sql,
+    ];
+    assert!(run(&args).status.success());
+    assert_one_line_error(&run(&["apply", "--db", s(&db), "--invert", s(&patch)]), 4);
+}
+
+#[test]
+fn a_rebase_buffer_from_apply_rebases_the_local_changeset() {
+    let (dir, here) = setup();
+    let there = dir.path().join("there.db");
+    std::fs::copy(&here, &there).expect("copy");
+    let local = dir.path().join("local.bin");
+    let remote = dir.path().join("remote.bin");
+    let capture = |db: &Path, out: &Path, name: &str| {
+        let sql = format!("UPDATE t SET name = '{name}' WHERE id = 1");
+        let args = ["capture", "--db", s(db), "-o", s(out), "--sql", &sql];
+        assert!(run(&args).status.success());
+    };
+    capture(&here, &local, "ours");
+    capture(&there, &remote, "theirs");
+
+    // Here, the remote change loses to ours; the buffer records that decision.
+    let buffer = dir.path().join("rebase.bin");
+    let args = ["apply", "--db", s(&here), s(&remote), "--on-data", "omit"];
+    let out = run(&[&args[..], &["--rebase-out", s(&buffer)]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::metadata(&buffer).expect("buffer").len() > 0);
+
+    // There, our change as it was conflicts; rebased on the buffer it applies cleanly.
+    assert_one_line_error(&run(&["apply", "--db", s(&there), s(&local)]), 7);
+    let rebased = dir.path().join("rebased.bin");
+    let out = run(&[
+        "rebase",
+        s(&local),
+        "--buffer",
+        s(&buffer),
+        "-o",
+        s(&rebased),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["apply", "--db", s(&there), s(&rebased)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let name = "SELECT name FROM t WHERE id = 1;";
+    assert_eq!(shell(&there, name), "ours\n");
+    assert_eq!(shell(&here, name), "ours\n");
+
+    let garbage = dir.path().join("garbage.bin");
+    std::fs::write(&garbage, b"T\xff\xff not a rebase buffer").expect("write");
+    let out = run(&["rebase", s(&local), "--buffer", s(&garbage)]);
+    assert_one_line_error(&out, 4);
+}
+
+#[test]
+fn group_conforms_changes_from_before_a_new_column_to_the_schema() {
+    let (dir, db) = setup();
+    let before = dir.path().join("before.bin");
+    let after = dir.path().join("after.bin");
+    let sql = "UPDATE t SET n = 10 WHERE id = 1";
+    assert!(
+        run(&["capture", "--db", s(&db), "-o", s(&before), "--sql", sql])
+            .status
+            .success()
+    );
+    shell(&db, "ALTER TABLE t ADD COLUMN note TEXT DEFAULT 'none';");
+    let sql = "INSERT INTO t VALUES (3, 'three', 3, 'new')";
+    assert!(
+        run(&["capture", "--db", s(&db), "-o", s(&after), "--sql", sql])
+            .status
+            .success()
+    );
+    let merged = dir.path().join("merged.bin");
+
+    // Without the schema the two layouts of `t` cannot merge.
+    let plain = run(&["group", s(&before), s(&after), "-o", s(&merged)]);
+    assert_one_line_error(&plain, 8);
+    let out = run(&[
+        "group",
+        s(&before),
+        s(&after),
+        "--schema",
+        s(&db),
+        "-o",
+        s(&merged),
+    ]);
+    if !changeset::Capability::ChangegroupSchema.is_available() {
+        assert_one_line_error(&out, 1);
+        return;
+    }
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = stdout(&run(&["inspect", s(&merged), "--json"]));
+    assert_eq!(json.lines().count(), 2, "{json}");
+    assert!(
+        json.lines().all(|l| l.contains(r#""pk":[1,0,0,0]"#)),
+        "every change has the four columns: {json}"
+    );
 }

@@ -111,3 +111,19 @@ fn unterminated_table_name_is_rejected_before_sqlite_can_loop_on_it() {
     let err = Patchset::from_bytes(&b"P\x01\x01t"[..]).unwrap_err();
     assert!(err.to_string().contains("not NUL-terminated"), "{err}");
 }
+
+#[tokio::test]
+async fn inverted_iteration_reads_the_inverse_without_building_it() {
+    let (db, _dir) = crate::support::file_db().await;
+    crate::support::seed(&db, 4).await;
+    let cs = crate::support::captured(
+        &db,
+        &["t"],
+        "UPDATE t SET name = 'x', score = NULL WHERE id = 1; DELETE FROM t WHERE id = 2; \
+         INSERT INTO t VALUES (9, 'nine', 9.5, NULL)",
+    )
+    .await;
+    let inverted: Vec<_> = cs.iter_inverted().collect::<Result<_, _>>().unwrap();
+    assert_eq!(inverted.len(), 3);
+    assert_eq!(inverted, cs.invert().unwrap().changes().unwrap());
+}

@@ -145,3 +145,89 @@ async fn liteorm_applies_a_changeset_the_sqlite3_shell_recorded() {
     b.sort();
     assert_eq!(a, b);
 }
+
+/// Decodes the blob in `argv[1]` with apsw and prints each change as a line of liteorm's JSON
+/// format (key flags as 0/1: apsw gives the set of key columns, not their order).
+const APSW_DECODE: &str = r#"
+import sys, json, apsw
+def cell(v):
+    if v is apsw.no_change: return None
+    if v is None: return {"null": None}
+    if isinstance(v, int): return {"integer": v}
+    if isinstance(v, float): return {"real": v}
+    if isinstance(v, str): return {"text": v}
+    return {"blob": bytes(v).hex()}
+for c in apsw.Changeset.iter(open(sys.argv[1], "rb").read()):
+    out = {"table": c.name, "op": c.op, "indirect": bool(c.indirect),
+           "pk": [1 if i in c.pk_columns else 0 for i in range(c.column_count)]}
+    if c.old is not None: out["old"] = [cell(v) for v in c.old]
+    if c.new is not None: out["new"] = [cell(v) for v in c.new]
+    print(json.dumps(out))
+"#;
+
+#[test]
+fn apsw_decodes_what_the_builder_writes_as_liteorm_does() {
+    use liteorm_changeset::Change;
+    use liteorm_core::Value;
+
+    let mut builder = Changeset::builder();
+    builder
+        .table("t", [1, 0, 0, 0])
+        .unwrap()
+        .insert([
+            Value::Integer(i64::MIN),
+            Value::Text("ünïcode \u{1F600}".into()),
+            Value::Real(-0.1),
+            Value::Blob(vec![0, 255, 7]),
+        ])
+        .unwrap()
+        .indirect(true)
+        .update(
+            [
+                Some(Value::Integer(2)),
+                None,
+                Some(Value::Real(1.5)),
+                Some(Value::Null),
+            ],
+            [
+                None,
+                None,
+                Some(Value::Real(f64::MAX)),
+                Some(Value::Blob(Vec::new())),
+            ],
+        )
+        .unwrap()
+        .indirect(false)
+        .table("pair", [2, 0, 1])
+        .unwrap()
+        .delete([
+            Value::Text(String::new()),
+            Value::Null,
+            Value::Integer(i64::MAX),
+        ])
+        .unwrap();
+    let built = builder.finish().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("built.bin");
+    std::fs::write(&blob, built.as_bytes()).unwrap();
+    let out = run(
+        Command::new("python3").args(["-c", APSW_DECODE]).arg(&blob),
+        "python3 with apsw",
+    );
+    let from_apsw: Vec<Change> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let ours: Vec<Change> = built
+        .changes()
+        .unwrap()
+        .into_iter()
+        .map(|mut change| {
+            change.pk = change.pk.iter().map(|&p| u8::from(p != 0)).collect();
+            change
+        })
+        .collect();
+    assert_eq!(ours.len(), 3);
+    assert_eq!(from_apsw, ours);
+}

@@ -155,3 +155,57 @@ async fn add_filtered_keeps_the_chosen_changes_and_needs_sqlite_3_46() {
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].primary_key(), [Value::Integer(2)]);
 }
+
+/// A reader that hands out its bytes one at a time, so SQLite pulls many small chunks.
+struct Trickle<'a>(&'a [u8]);
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match (self.0.split_first(), buf.first_mut()) {
+            (Some((&byte, rest)), Some(slot)) => {
+                *slot = byte;
+                self.0 = rest;
+                Ok(1)
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_group_adds_from_streams_and_writes_to_one_as_from_blobs() {
+    let (primary, _dir) = file_db().await;
+    seed(&primary, 3).await;
+    let mut steps = Vec::new();
+    for sql in STEPS {
+        steps.push(captured(&primary, &["t"], sql).await);
+    }
+    let merged: Changeset = Changegroup::merge(&steps).unwrap();
+
+    let mut group = Changegroup::<Changeset>::new().unwrap();
+    for step in &steps {
+        group.add_stream(Trickle(step.as_bytes())).unwrap();
+    }
+    assert_eq!(group.output().unwrap(), merged);
+    let written = group.output_stream(Vec::new()).unwrap();
+    assert_eq!(written, merged.as_bytes());
+
+    // A patchset stream in a group of changesets, and a truncated stream, are refused, and the
+    // group is unusable afterwards (part of the input may be in it).
+    let patch = Capture::new(&primary)
+        .tables(["t"])
+        .patchset(|s| async move {
+            s.execute("DELETE FROM t WHERE id = 3", &[]).await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    let mut group = Changegroup::<Changeset>::new().unwrap();
+    let err = group.add_stream(patch.as_bytes()).unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+    assert!(matches!(group.output(), Err(Error::Misuse(_))));
+    let bytes = steps[0].as_bytes();
+    let mut group = Changegroup::<Changeset>::new().unwrap();
+    let err = group.add_stream(&bytes[..bytes.len() - 3]).unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+}

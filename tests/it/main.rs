@@ -6,8 +6,10 @@
 mod apply;
 mod apply_flags;
 mod blobs;
+mod build;
 mod capture;
 mod capture_options;
+mod change_filter;
 mod conflicts;
 mod crosscheck;
 mod dialect;

@@ -1,9 +1,10 @@
 //! Property tests of changeset round trips on random schemas (composite and WITHOUT ROWID keys,
 //! every affinity) and random writes of every value type: capture → apply reproduces the source,
-//! invert ∘ invert is the identity, applying the inverse restores the original, concat applies
-//! like both halves in order, and a patchset applies like the changeset.
+//! invert ∘ invert is the identity (and inverted iteration reads the inverse), applying the inverse restores the original, concat applies
+//! like both halves in order, a patchset applies like the changeset, and what SQLite writes
+//! rebuilds to the same bytes (through the builder and through the JSON format).
 
-use liteorm_changeset::{ApplyReport, Capture, ChangeOp, Changeset, Patchset, apply};
+use liteorm_changeset::{ApplyReport, Capture, Change, ChangeOp, Changeset, Patchset, apply};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
 use proptest::prelude::*;
@@ -494,6 +495,88 @@ fn case() -> impl Strategy<Value = Case> {
 // ---------------------------------------------------------------------------------------------
 // databases
 
+/// A change SQLite could write to a changeset: a table of 1 to 4 columns with at least one key
+/// column, and values that follow the format's rules for the op (an update changes at least one
+/// column outside the key, which it needs one of).
+fn random_change() -> impl Strategy<Value = Change> {
+    (1usize..=4)
+        .prop_flat_map(|n| {
+            (
+                prop::sample::select(vec!["t", "u", "a b", "\u{e9}t\u{e9}"]),
+                prop::collection::vec(any::<bool>(), n)
+                    .prop_filter("a key column", |keys| keys.contains(&true)),
+                prop::sample::select(vec![ChangeOp::Insert, ChangeOp::Update, ChangeOp::Delete]),
+                any::<bool>(),
+                prop::collection::vec(non_null(), n),
+                prop::collection::vec((value(), value(), any::<bool>()), n),
+            )
+        })
+        .prop_map(|(table, keys, op, indirect, key_values, cells)| {
+            let mut position = 0;
+            let pk: Vec<u8> = keys
+                .iter()
+                .map(|&key| {
+                    position += u8::from(key);
+                    if key { position } else { 0 }
+                })
+                .collect();
+            let mut changed: Vec<bool> = cells.iter().map(|c| c.2).collect();
+            let op = match keys.iter().position(|&key| !key) {
+                None if op == ChangeOp::Update => ChangeOp::Insert,
+                Some(first) if !changed.iter().zip(&keys).any(|(&c, &k)| c && !k) => {
+                    changed[first] = true;
+                    op
+                }
+                _ => op,
+            };
+            let row = |pick: fn(&(Value, Value, bool)) -> &Value| -> Vec<Option<Value>> {
+                keys.iter()
+                    .zip(&key_values)
+                    .zip(&cells)
+                    .map(|((&key, k), cell)| Some(if key { k.clone() } else { pick(cell).clone() }))
+                    .collect()
+            };
+            let (old, new) = match op {
+                ChangeOp::Insert => (Vec::new(), row(|c| &c.1)),
+                ChangeOp::Delete => (row(|c| &c.0), Vec::new()),
+                ChangeOp::Update => {
+                    let old = row(|c| &c.0)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| v.filter(|_| keys[i] || changed[i]))
+                        .collect();
+                    let new = row(|c| &c.1)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| v.filter(|_| !keys[i] && changed[i]))
+                        .collect();
+                    (old, new)
+                }
+            };
+            Change {
+                table: table.into(),
+                op,
+                indirect,
+                pk,
+                old,
+                new,
+            }
+        })
+}
+
+/// `change` as a patchset records it: a delete keeps only its key, an update only the key of its
+/// old values.
+fn as_in_a_patchset(mut change: Change) -> Change {
+    if change.op != ChangeOp::Insert {
+        for (old, &key) in change.old.iter_mut().zip(&change.pk) {
+            if key == 0 {
+                *old = None;
+            }
+        }
+    }
+    change
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -560,6 +643,18 @@ async fn snapshot(db: &dyn Session, case: &Case) -> Vec<Vec<Vec<Value>>> {
     tables
 }
 
+/// The blob a [`Builder`](liteorm_changeset::Builder) of `$kind` makes of `$changes`, pushed in
+/// order.
+macro_rules! rebuilt {
+    ($kind:ty, $changes:expr) => {{
+        let mut builder = <$kind>::builder();
+        for change in $changes {
+            builder.push(change).unwrap();
+        }
+        builder.finish().unwrap()
+    }};
+}
+
 /// A clean apply: every change went in, no conflict.
 fn assert_clean(report: &ApplyReport) {
     assert!(report.conflicts.is_empty(), "{report:?}");
@@ -609,6 +704,8 @@ proptest! {
             let cs = capture_changeset(&source, &case, &ops).await;
             let inverse = cs.invert().unwrap();
             assert_eq!(inverse.changes().unwrap().len(), cs.changes().unwrap().len());
+            let inverted: Vec<_> = cs.iter_inverted().collect::<Result<_, _>>().unwrap();
+            assert_eq!(inverted, inverse.changes().unwrap(), "inverted iteration reads the inverse");
             assert_eq!(inverse.invert().unwrap().as_bytes(), cs.as_bytes());
         });
     }
@@ -668,6 +765,59 @@ proptest! {
             let target = fresh(&case).await;
             assert_clean(&apply(&target, &pa.concat(&pb).unwrap()).await.unwrap());
             assert_eq!(snapshot(&target, &case).await, expected);
+        });
+    }
+
+    #[test]
+    fn what_sqlite_writes_rebuilds_to_the_same_bytes(case in case()) {
+        runtime().block_on(async {
+            let ops = [case.first.clone(), case.second.clone()].concat();
+            let source = fresh(&case).await;
+            let cs = capture_changeset(&source, &case, &ops).await;
+            let inverse = cs.invert().unwrap();
+            let patched = fresh(&case).await;
+            let ps = capture_patchset(&patched, &case, &ops).await;
+            for cs in [&cs, &inverse] {
+                assert_eq!(rebuilt!(Changeset, &cs.changes().unwrap()).as_bytes(), cs.as_bytes());
+                assert_eq!(Changeset::from_json(&cs.to_json().unwrap()).unwrap(), *cs);
+            }
+            assert_eq!(rebuilt!(Patchset, &ps.changes().unwrap()).as_bytes(), ps.as_bytes());
+            assert_eq!(Patchset::from_json(&ps.to_json().unwrap()).unwrap(), ps);
+        });
+    }
+
+    #[test]
+    fn built_changes_read_back_as_they_were_given(changes in prop::collection::vec(random_change(), 1..8)) {
+        let built: Changeset = rebuilt!(Changeset, &changes);
+        prop_assert_eq!(built.changes().unwrap(), changes.clone());
+        prop_assert_eq!(Changeset::from_json(&built.to_json().unwrap()).unwrap(), built);
+        let patched: Patchset = rebuilt!(Patchset, &changes);
+        let expected: Vec<Change> = changes.into_iter().map(as_in_a_patchset).collect();
+        prop_assert_eq!(patched.changes().unwrap(), expected);
+    }
+
+    #[test]
+    fn a_change_filter_applies_exactly_the_changes_it_keeps(case in case(), salt in any::<u64>()) {
+        runtime().block_on(async {
+            let source = fresh(&case).await;
+            let ops = [case.first.clone(), case.second.clone()].concat();
+            let cs = capture_changeset(&source, &case, &ops).await;
+            // Keeps about half of the changes, by their table, op and key.
+            let keep = move |c: &Change| {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                (salt, &*c.table, c.op, format!("{:?}", c.primary_key())).hash(&mut hasher);
+                hasher.finish().is_multiple_of(2)
+            };
+            let kept: Vec<Change> = cs.changes().unwrap().into_iter().filter(|c| keep(c)).collect();
+            let by_builder = fresh(&case).await;
+            assert_clean(&apply(&by_builder, &rebuilt!(Changeset, &kept)).await.unwrap());
+            let filtered = fresh(&case).await;
+            let report = apply(&filtered, &cs).filter_change(keep).await.unwrap();
+            assert!(report.conflicts.is_empty() && report.skipped_tables.is_empty(), "{report:?}");
+            assert_eq!(report.applied, kept.len(), "{report:?}");
+            assert_eq!(report.filtered_changes, report.changes - kept.len());
+            assert_eq!(snapshot(&filtered, &case).await, snapshot(&by_builder, &case).await);
         });
     }
 

@@ -1,7 +1,9 @@
-//! The callbacks of one apply (table filter, conflict handler) and what they count.
+//! The callbacks of one apply (table filter, change filter, conflict handler) and what they
+//! count.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -112,19 +114,21 @@ pub(super) enum Handler {
     Lazy(Box<dyn for<'c> FnMut(&ConflictRef<'c>) -> ConflictAction + Send>),
 }
 pub(super) type Filter = Box<dyn FnMut(&str) -> bool + Send>;
+pub(super) type ChangeFilter = Box<dyn FnMut(&Change) -> bool + Send>;
 
 /// The callbacks of one apply and what they have counted.
 pub(super) struct Hooks {
     pub(super) handler: Option<Handler>,
     pub(super) filter: Option<Filter>,
+    pub(super) change_filter: Option<ChangeFilter>,
     pub(super) log: bool,
     pub(super) cancel: Arc<AtomicBool>,
     /// Per table: change count and why it must be skipped, if it must.
     pub(super) tables: HashMap<String, (usize, Option<SkipReason>)>,
-    /// The tables whose changes the report counts already: SQLite calls the filter once per run
-    /// of a table, and a table can have several (e.g. changesets concatenated byte for byte),
-    /// while `tables` has the total of all of them.
-    pub(super) counted: HashSet<String>,
+    /// The filter's decision per table, made (and counted in the report) once: SQLite asks
+    /// once per run of a table, and a table can have several (e.g. changesets concatenated
+    /// byte for byte), or once per change with a change filter.
+    pub(super) decided: HashMap<String, bool>,
     pub(super) report: ApplyReport,
     pub(super) failure: Option<Error>,
     pub(super) table_cache: Option<Arc<str>>,
@@ -145,10 +149,11 @@ impl Hooks {
         Hooks {
             handler,
             filter,
+            change_filter: None,
             log,
             cancel,
             tables: HashMap::new(),
-            counted: HashSet::new(),
+            decided: HashMap::new(),
             report: ApplyReport::default(),
             failure: None,
             table_cache: None,
@@ -174,6 +179,28 @@ impl Hooks {
                 None => {}
             }
         }
+        self.account_unasked(compat);
+    }
+
+    /// After an apply: reports the incompatible tables SQLite skipped without asking the filter
+    /// (its per-change filter is only asked once a table's schema matched), by name.
+    pub(super) fn account_unasked(
+        &mut self,
+        compat: &HashMap<String, (usize, Option<SkipReason>)>,
+    ) {
+        let mut unasked: Vec<SkippedTable> = compat
+            .iter()
+            .filter(|(table, _)| !self.decided.contains_key(*table))
+            .filter_map(|(table, (changes, reason))| {
+                Some(SkippedTable {
+                    table: table.clone(),
+                    reason: reason.clone()?,
+                    changes: *changes,
+                })
+            })
+            .collect();
+        unasked.sort_by(|a, b| a.table.cmp(&b.table));
+        self.report.skipped_tables.extend(unasked);
     }
 
     fn fail(&mut self, error: Error) -> Verdict {
@@ -182,43 +209,83 @@ impl Hooks {
     }
 }
 
-impl ApplyHooks for Hooks {
-    fn filter(&mut self, table: &str) -> bool {
+impl Hooks {
+    /// The table filter's decision for `table`, counted in the report (the first time only).
+    fn decide(&mut self, table: &str) -> bool {
         if let Some(filter) = self.filter.as_mut()
             && !filter(table)
         {
-            if !self.report.filtered_tables.iter().any(|t| t == table) {
-                self.report.filtered_tables.push(table.to_owned());
-            }
+            self.report.filtered_tables.push(table.to_owned());
             return false;
         }
         match self.tables.get(table) {
             Some((changes, None)) => {
-                if self.counted.insert(table.to_owned()) {
-                    self.report.attempted += changes;
-                }
+                self.report.attempted += changes;
                 true
             }
             Some((changes, Some(reason))) => {
-                if self.counted.insert(table.to_owned()) {
-                    self.report.skipped_tables.push(SkippedTable {
-                        table: table.to_owned(),
-                        reason: reason.clone(),
-                        changes: *changes,
-                    });
-                }
+                self.report.skipped_tables.push(SkippedTable {
+                    table: table.to_owned(),
+                    reason: reason.clone(),
+                    changes: *changes,
+                });
                 false
             }
             // SQLite skips an incompatible table itself; `account_deferred` reports it.
             None if self.deferred => {
-                if !self.passed.iter().any(|t| t == table) {
-                    self.passed.push(table.to_owned());
-                }
+                self.passed.push(table.to_owned());
                 true
             }
             // The survey saw every table of the blob; SQLite cannot name another.
             None => false,
         }
+    }
+
+    /// Whether the change filter keeps `change` (of a table the table filter kept). A panic in
+    /// it is recorded and rejects the change; the apply then stops.
+    pub(super) fn offer(&mut self, change: &Change) -> bool {
+        let Some(filter) = self.change_filter.as_mut() else {
+            return true;
+        };
+        match catch_unwind(AssertUnwindSafe(|| filter(change))) {
+            Ok(true) => true,
+            Ok(false) => {
+                self.report.filtered_changes += 1;
+                false
+            }
+            Err(payload) => {
+                self.panicked("change filter", payload);
+                false
+            }
+        }
+    }
+}
+
+impl ApplyHooks for Hooks {
+    fn filter(&mut self, table: &str) -> bool {
+        if let Some(&keep) = self.decided.get(table) {
+            return keep;
+        }
+        let keep = self.decide(table);
+        self.decided.insert(table.to_owned(), keep);
+        keep
+    }
+
+    #[cfg(sqlite_has_apply_v3)]
+    fn filters_changes(&self) -> bool {
+        self.change_filter.is_some()
+    }
+
+    #[cfg(sqlite_has_apply_v3)]
+    fn filter_change(&mut self, iter: IterRef<'_>) -> bool {
+        let change = match iter.change(&mut self.table_cache) {
+            Ok(change) => Change::from(change),
+            Err(err) => {
+                self.fail(err.into());
+                return false;
+            }
+        };
+        self.filter(&change.table) && self.offer(&change)
     }
 
     fn conflict(&mut self, kind: Option<RawConflict>, iter: IterRef<'_>) -> Verdict {

@@ -13,6 +13,7 @@ use crate::{Error, RebaseBuffer};
 use crate::changeset::BlobKind;
 
 use super::hooks::Hooks;
+use super::prefilter;
 use super::schema::{TableInfo, compatibility, stream_tables, survey};
 use super::{ApplyReport, Source};
 
@@ -44,14 +45,48 @@ pub(super) enum Tables {
 impl Job {
     pub(super) fn run(self, db: Handle<'_>) -> Result<ApplyReport, Error> {
         let Job {
-            source,
-            kind,
-            flags,
+            mut source,
+            mut kind,
+            mut flags,
             savepoint,
             rebase,
-            tables,
+            mut tables,
             mut hooks,
         } = self;
+        // Without SQLite's own per-change filter, the filters run first, on the whole input,
+        // and SQLite applies what they kept (see `prefilter`).
+        if hooks.change_filter.is_some() && !prefilter::sqlite_filters() {
+            let (blob, blob_kind): (Arc<[u8]>, BlobKind) = match source {
+                Source::Blob(blob) => (blob, kind.unwrap_or(BlobKind::Changeset)),
+                Source::Stream(reader) => {
+                    let (bytes, kind) = prefilter::read_stream(Checked::new(reader))?;
+                    (bytes.into(), kind)
+                }
+            };
+            let listed = match tables {
+                Tables::Checked(listed) => listed,
+                Tables::Listing(listing) => {
+                    let listed = futures::executor::block_on(listing)
+                        .unwrap_or_else(|_| survey(&blob, blob_kind))?;
+                    hooks.tables = compatibility(db, &listed)?;
+                    listed
+                }
+                Tables::Streamed => {
+                    let listed = survey(&blob, blob_kind)?;
+                    hooks.tables = compatibility(db, &listed)?;
+                    listed
+                }
+            };
+            hooks.deferred = false;
+            let kept = prefilter::keep(&blob, blob_kind, flags.invert, &mut hooks)?;
+            if let Some(failure) = hooks.failure.take() {
+                return Err(failure);
+            }
+            flags.invert = false;
+            source = Source::Blob(kept.into());
+            kind = Some(blob_kind);
+            tables = Tables::Checked(listed);
+        }
         let (blob, mut stream) = match source {
             Source::Blob(blob) => (Some(blob), None),
             Source::Stream(reader) => (None, Some(Input::new(Checked::surveying(reader)))),
@@ -123,6 +158,9 @@ impl Job {
                 Ok(compat) => hooks.account_deferred(&compat),
                 Err(err) => failure = Some(err),
             }
+        } else if failure.is_none() {
+            let compat = std::mem::take(&mut hooks.tables);
+            hooks.account_unasked(&compat);
         }
         let ended = if savepoint {
             let end: &std::ffi::CStr = if failure.is_some() {
@@ -140,6 +178,7 @@ impl Job {
         ended?;
         let mut report = hooks.report;
         report.changes = tables.values().map(|t| t.changes).sum();
+        report.attempted = report.attempted.saturating_sub(report.filtered_changes);
         report.applied = report.attempted - report.omitted.min(report.attempted);
         report.rebase = RebaseBuffer::trusted(rebase);
         Ok(report)

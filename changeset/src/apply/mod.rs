@@ -5,6 +5,7 @@
 
 mod hooks;
 mod job;
+mod prefilter;
 mod report;
 mod schema;
 
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use liteorm_core::Session;
 use liteorm_sqlite::PinnedGuard;
 
+use crate::change::Change;
 use crate::conflict::{Conflict, ConflictAction};
 use crate::driver::{BlockingConnection, RawConnection};
 use crate::ffi::{self, ApplyFlags, Handle};
@@ -31,7 +33,7 @@ pub(crate) use schema::survey;
 #[cfg(sqlite_has_changegroup_schema)]
 pub(crate) use schema::table_compatibility;
 
-use hooks::{Filter, Handler, Hooks};
+use hooks::{ChangeFilter, Filter, Handler, Hooks};
 use job::{Job, Tables};
 use schema::{compatibility, compatibility_cached};
 
@@ -95,6 +97,7 @@ struct Plan {
     kind: Option<BlobKind>,
     handler: Option<Handler>,
     filter: Option<Filter>,
+    change_filter: Option<ChangeFilter>,
     log: bool,
     rebase: bool,
     flags: Flags,
@@ -165,6 +168,7 @@ impl<'a, T> Apply<'a, T> {
                 kind,
                 handler: None,
                 filter: None,
+                change_filter: None,
                 log: false,
                 rebase: false,
                 flags: Flags::default(),
@@ -250,6 +254,31 @@ impl<'a, T> Apply<'a, T> {
         self
     }
 
+    /// Applies only the changes for which `filter` returns `true` (after the table
+    /// [`filter`](Self::filter), and only for tables whose schema matches). Skipped changes are
+    /// counted in [`ApplyReport::filtered_changes`]. A panic in it aborts the apply
+    /// ([`Error::CallbackPanicked`]).
+    ///
+    /// With SQLite 3.51 or later the filter runs inside SQLite's apply
+    /// (`sqlite3changeset_apply_v3`, see [`Capability::ChangeFilter`]); on an older SQLite,
+    /// liteorm offers the changes to it before SQLite applies the ones kept, which gives the
+    /// same result but holds the input in memory (a stream is read to its end first). When the
+    /// apply [`invert`](Self::invert)s, the filter sees the inverted changes.
+    ///
+    /// ```
+    /// use liteorm_changeset::{ChangeOp, apply};
+    /// # async fn demo(db: &dyn liteorm_core::Session, cs: &liteorm_changeset::Changeset) -> Result<(), liteorm_changeset::Error> {
+    /// // Replay everything but deletes.
+    /// let report = apply(db, cs).filter_change(|c| c.op != ChangeOp::Delete).await?;
+    /// println!("{} deletes left out", report.filtered_changes);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn filter_change(mut self, filter: impl FnMut(&Change) -> bool + Send + 'static) -> Self {
+        self.plan.change_filter = Some(Box::new(filter));
+        self
+    }
+
     /// Records every conflict and its verdict in [`ApplyReport::conflict_log`].
     pub fn log_conflicts(mut self) -> Self {
         self.plan.log = true;
@@ -321,6 +350,7 @@ impl Plan {
     fn job(self, db: Handle<'_>, flags: ApplyFlags, savepoint: bool) -> Result<Job, Error> {
         let cancel = Arc::new(AtomicBool::new(false));
         let mut hooks = Hooks::new(self.handler, self.filter, self.log, cancel);
+        hooks.change_filter = self.change_filter;
         let tables = match &self.source {
             Source::Blob(blob) => {
                 let tables = survey(blob, self.kind.unwrap_or(BlobKind::Changeset))?;
@@ -377,6 +407,7 @@ impl Apply<'_> {
         };
         let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
         let mut hooks = Hooks::new(this.handler, this.filter, this.log, Arc::clone(&cancel.0));
+        hooks.change_filter = this.change_filter;
         // A small blob's tables are listed and checked against the schema now; a large blob's
         // and a stream's once SQLite has applied it.
         let tables = match (&this.source, listing) {

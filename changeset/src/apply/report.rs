@@ -81,6 +81,9 @@ pub struct ApplyReport {
     pub conflicts: BTreeMap<ConflictKind, ConflictCounts>,
     /// Tables the filter excluded.
     pub filtered_tables: Vec<String>,
+    /// Changes the change filter ([`Apply::filter_change`](super::Apply::filter_change))
+    /// excluded; they are not in `attempted`.
+    pub filtered_changes: usize,
     /// Tables skipped because the target schema is not compatible.
     pub skipped_tables: Vec<SkippedTable>,
     /// Every conflict with its verdict, in order, when

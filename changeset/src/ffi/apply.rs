@@ -1,5 +1,6 @@
-//! `sqlite3changeset_apply_v2` (blob and stream): the filter, conflict and progress callbacks
-//! are trampolines that catch panics, hand them to the hooks and answer ABORT.
+//! `sqlite3changeset_apply_v2`, or `_v3` for a per-change filter (blob and stream): the filter,
+//! conflict and progress callbacks are trampolines that catch panics, hand them to the hooks and
+//! answer ABORT.
 
 use std::any::Any;
 use std::ffi::{CStr, c_char, c_int, c_void};
@@ -95,6 +96,13 @@ impl ApplyFlags {
 pub(crate) trait ApplyHooks {
     /// Whether to apply the changes of `table`.
     fn filter(&mut self, table: &str) -> bool;
+    /// Whether there is a filter per change (then SQLite's per-change filter is used where
+    /// linked, and [`ApplyHooks::filter_change`] replaces [`ApplyHooks::filter`]).
+    #[cfg(sqlite_has_apply_v3)]
+    fn filters_changes(&self) -> bool;
+    /// Whether to apply the change `iter` is on (its table's schema already matched).
+    #[cfg(sqlite_has_apply_v3)]
+    fn filter_change(&mut self, iter: IterRef<'_>) -> bool;
     /// The verdict for conflict `kind` on `iter` (`None`: a kind this crate does not know,
     /// which aborts).
     fn conflict(&mut self, kind: Option<RawConflict>, iter: IterRef<'_>) -> Verdict;
@@ -116,6 +124,31 @@ unsafe extern "C" fn filter_trampoline<H: ApplyHooks>(
     // SAFETY: SQLite passes a NUL-terminated table name that lives for the call.
     let table = unsafe { CStr::from_ptr(table) }.to_string_lossy();
     match catch_unwind(AssertUnwindSafe(|| hooks.filter(&table))) {
+        Ok(keep) => c_int::from(keep),
+        Err(payload) => {
+            hooks.panicked("table filter", payload);
+            0
+        }
+    }
+}
+
+#[cfg(sqlite_has_apply_v3)]
+unsafe extern "C" fn change_filter_trampoline<H: ApplyHooks>(
+    ctx: *mut c_void,
+    iter: *mut sys::sqlite3_changeset_iter,
+) -> c_int {
+    // SAFETY: `ctx` is the `&mut H` passed to `apply`, alive and not aliased during the call.
+    let hooks = unsafe { &mut *ctx.cast::<H>() };
+    if hooks.should_stop() {
+        return 0;
+    }
+    let iter = IterRef {
+        iter,
+        _life: PhantomData,
+    };
+    // The change filter's own panics are caught by the hooks; what reaches here is the table
+    // filter's.
+    match catch_unwind(AssertUnwindSafe(|| hooks.filter_change(iter))) {
         Ok(keep) => c_int::from(keep),
         Err(payload) => {
             hooks.panicked("table filter", payload);
@@ -192,6 +225,42 @@ pub(crate) fn apply<H: ApplyHooks, R: Read>(
     unsafe {
         sys::sqlite3_progress_handler(db.as_ptr(), 1000, Some(progress_trampoline::<H>), ctx)
     };
+    #[cfg(sqlite_has_apply_v3)]
+    if hooks.filters_changes() && crate::Capability::ChangeFilter.is_available() {
+        let filter = Some(change_filter_trampoline::<H> as ChangeFilterFn);
+        let rc = match input {
+            // SAFETY: as for `sqlite3changeset_apply_v2` below; the filter takes the iterator
+            // as the v3 API passes it.
+            ApplyInput::Blob(blob) => unsafe {
+                sys::sqlite3changeset_apply_v3(
+                    db.as_ptr(),
+                    blob_len,
+                    blob.as_ptr().cast_mut().cast(),
+                    filter,
+                    Some(conflict_trampoline::<H>),
+                    ctx,
+                    rebase_buf_ptr,
+                    rebase_len_ptr,
+                    flags,
+                )
+            },
+            // SAFETY: as for `sqlite3changeset_apply_v2_strm` below.
+            ApplyInput::Stream(stream) => unsafe {
+                sys::sqlite3changeset_apply_v3_strm(
+                    db.as_ptr(),
+                    Some(input_trampoline::<R>),
+                    ptr::from_mut(stream).cast(),
+                    filter,
+                    Some(conflict_trampoline::<H>),
+                    ctx,
+                    rebase_buf_ptr,
+                    rebase_len_ptr,
+                    flags,
+                )
+            },
+        };
+        return Ok(finish_apply(db, rc, rebase_len, rebase_buf));
+    }
     let rc = match input {
         // SAFETY: `db` is locked; `blob` outlives the call and is only read; the trampolines
         // match the C signatures and `ctx` points to a live `H` for the whole call; the rebase
@@ -226,9 +295,18 @@ pub(crate) fn apply<H: ApplyHooks, R: Read>(
             )
         },
     };
-    // SAFETY: `db` is valid and locked; removes the handler installed above.
+    Ok(finish_apply(db, rc, rebase_len, rebase_buf))
+}
+
+/// The C type of `sqlite3changeset_apply_v3`'s filter.
+#[cfg(sqlite_has_apply_v3)]
+type ChangeFilterFn = unsafe extern "C" fn(*mut c_void, *mut sys::sqlite3_changeset_iter) -> c_int;
+
+/// After SQLite's apply returned `rc`: removes the progress handler and takes the rebase buffer.
+fn finish_apply(db: Handle<'_>, rc: c_int, rebase_len: c_int, rebase_buf: *mut c_void) -> Applied {
+    // SAFETY: `db` is valid and locked; removes the handler `apply` installed.
     unsafe { sys::sqlite3_progress_handler(db.as_ptr(), 0, None, ptr::null_mut()) };
     // SAFETY: SQLite set the buffer (sqlite3_malloc'd, or NULL with length 0) or left it NULL.
     let rebase = unsafe { take_buffer(rebase_len, rebase_buf) };
-    Ok((check_on(db, rc, "sqlite3changeset_apply"), rebase))
+    (check_on(db, rc, "sqlite3changeset_apply"), rebase)
 }

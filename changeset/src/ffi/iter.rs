@@ -204,13 +204,21 @@ pub(crate) struct ChangesetIter<'a> {
 unsafe impl Send for ChangesetIter<'_> {}
 
 impl<'a> ChangesetIter<'a> {
-    /// Starts iterating `blob`, which SQLite reads but never writes.
-    pub(crate) fn start(blob: &'a [u8]) -> Result<Self, RawError> {
+    /// Starts iterating `blob`, which SQLite reads but never writes, inverted if `invert` (`SQLITE_CHANGESETSTART_INVERT`: inserts
+    /// read as deletes, deletes as inserts, and an update's old and new values swapped).
+    pub(crate) fn start_v2(blob: &'a [u8], invert: bool) -> Result<Self, RawError> {
         let len = c_len(blob.len())?;
-        let iter = super::construct("sqlite3changeset_start", |out| {
+        let flags = if invert {
+            sys::SQLITE_CHANGESETSTART_INVERT
+        } else {
+            0
+        };
+        let iter = super::construct("sqlite3changeset_start_v2", |out| {
             // SAFETY: `blob` outlives the iterator (lifetime `'a`) and SQLite only reads it;
             // `out` is a valid out-pointer.
-            unsafe { sys::sqlite3changeset_start(out, len, blob.as_ptr().cast_mut().cast()) }
+            unsafe {
+                sys::sqlite3changeset_start_v2(out, len, blob.as_ptr().cast_mut().cast(), flags)
+            }
         })?;
         Ok(ChangesetIter {
             iter,
