@@ -9,9 +9,10 @@ use diesel::SqliteConnection;
 use diesel_async::sync_connection_wrapper::{SpawnBlocking, SyncConnectionWrapper};
 use liteorm_changeset::driver::{BlockingConnection, Handle, RawConnection};
 use liteorm_changeset::{Apply, CaptureOptions, Changes, Changeset, Patchset};
+use liteorm_replication::Meta;
 
-use crate::Error;
 use crate::ffi::Lent;
+use crate::{ChangeLog, Error};
 
 /// diesel-async's connection to SQLite.
 pub type AsyncSqliteConnection<S> = SyncConnectionWrapper<SqliteConnection, S>;
@@ -103,6 +104,30 @@ where
     S: SpawnBlocking,
 {
     blocking(conn, move |conn| crate::patchset_with(conn, options, f)).await
+}
+
+/// [`ChangeLog::open`] on diesel-async's connection.
+pub async fn open_log<S: SpawnBlocking>(
+    conn: &mut AsyncSqliteConnection<S>,
+) -> Result<ChangeLog, Error> {
+    blocking(conn, ChangeLog::open).await
+}
+
+/// [`ChangeLog::record`] on diesel-async's connection: the unit of work and its log entry run
+/// as one task on the wrapper's blocking thread (see [`capture`]).
+pub async fn record<F, E, S>(
+    log: &ChangeLog,
+    conn: &mut AsyncSqliteConnection<S>,
+    meta: Meta,
+    f: F,
+) -> Result<Option<u64>, E>
+where
+    F: FnOnce(&mut SqliteConnection) -> Result<(), E> + Send + 'static,
+    E: From<Error> + Send + 'static,
+    S: SpawnBlocking,
+{
+    let log = log.clone();
+    blocking(conn, move |conn| log.record(conn, meta, f)).await
 }
 
 /// [`crate::apply`] on diesel-async's connection: the same builder; `.await` it, and the apply

@@ -72,7 +72,7 @@ where
     E: From<Error>,
 {
     record(conn, options, f, |recording, conn| {
-        recording.changeset(conn)
+        Ok(recording.changeset(conn)?)
     })
 }
 
@@ -86,16 +86,19 @@ where
     F: FnOnce(&mut SqliteConnection) -> Result<T, E>,
     E: From<Error>,
 {
-    record(conn, options, f, |recording, conn| recording.patchset(conn))
+    record(conn, options, f, |recording, conn| {
+        Ok(recording.patchset(conn)?)
+    })
 }
 
 /// Opens capture's transaction level, records `f` into a session object, ends the recording
-/// with `end` and commits; on any failure (or panic) rolls back to where it started.
+/// with `end` (which may write more, a log entry say, in the same transaction) and commits; on
+/// any failure (or panic) rolls back to where it started.
 pub(crate) fn record<F, T, E, B>(
     conn: &mut SqliteConnection,
     options: CaptureOptions,
     f: F,
-    end: impl FnOnce(LentRecording, &mut Lent<'_>) -> liteorm_changeset::Result<B>,
+    end: impl FnOnce(LentRecording, &mut Lent<'_>) -> Result<B, Error>,
 ) -> Result<(T, B), E>
 where
     F: FnOnce(&mut SqliteConnection) -> Result<T, E>,
@@ -134,7 +137,7 @@ where
             recording.discard(&mut Lent(conn));
             Err(liteorm_changeset::Error::TransactionEnded.into())
         }
-        Ok(_) => end(recording, &mut Lent(conn)).map_err(Error::from),
+        Ok(_) => end(recording, &mut Lent(conn)),
         Err(err) => {
             recording.discard(&mut Lent(conn));
             Err(err)

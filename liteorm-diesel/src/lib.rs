@@ -5,6 +5,8 @@
 //!   return what it changed; [`capture_with`] takes every capture option.
 //! - [`apply`] applies a changeset or patchset with liteorm's [`Apply`](liteorm_changeset::Apply)
 //!   builder: conflict handler, table filter, flags, report.
+//! - [`ChangeLog`] records a unit of Diesel writes with its audit log entry, in one
+//!   transaction; [`liteorm_replication`]'s log, revert and replicas work on the same table.
 //! - [`async_conn`]: the same on diesel-async's `SyncConnectionWrapper<SqliteConnection>`,
 //!   never blocking the executor.
 //!
@@ -58,8 +60,10 @@ mod error;
 // The one module allowed `unsafe`: Diesel lends its `sqlite3*`.
 #[allow(unsafe_code)]
 mod ffi;
+mod log;
 
 pub use apply::apply;
 pub use capture::{capture, capture_with, patchset, patchset_with};
 pub use error::{Error, Result};
 pub use ffi::Lent;
+pub use log::ChangeLog;

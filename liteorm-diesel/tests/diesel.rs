@@ -721,3 +721,145 @@ async fn a_replica_follows_a_primary_into_the_database_a_diesel_app_uses() {
     assert_eq!(accounts(&mut app), [acct(1, "ada", 10), acct(2, "bob", 0)]);
     assert_eq!(payments(&mut app).len(), 1);
 }
+
+mod change_log {
+    use super::*;
+    use liteorm_diesel::ChangeLog;
+    use liteorm_replication::{
+        ChangeLog as SessionLog, ConflictPolicy, LogFilter, LogTableSource, Meta, Replica,
+    };
+
+    async fn session_on(dir: &Path, name: &str) -> SqliteSession {
+        SqliteSession::open(dir.join(name).to_str().unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_diesel_unit_of_work_is_logged_with_its_data_and_read_revert_and_replicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut app = open(dir.path(), "app.db");
+        let log = ChangeLog::open(&mut app)
+            .unwrap()
+            .tables(["account", "payment"]);
+        let seq = log
+            .record(&mut app, Meta::actor("ada").reason("open"), |conn| {
+                seed(conn);
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+        assert_eq!(seq, Some(1));
+        let seq = log
+            .record(&mut app, Meta::actor("ada").reason("pay bob"), |conn| {
+                diesel::update(account::table.find(1))
+                    .set(account::balance.eq(account::balance - 30))
+                    .execute(conn)?;
+                diesel::insert_into(payment::table)
+                    .values(&Payment {
+                        id: 1,
+                        account_id: 2,
+                        amount: 30,
+                    })
+                    .execute(conn)?;
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+        assert_eq!(seq, Some(2));
+        // Nothing recorded changed: no entry.
+        let none = log
+            .record(&mut app, Meta::actor("ada"), |conn| {
+                diesel::update(account::table.find(99))
+                    .set(account::balance.eq(0))
+                    .execute(conn)?;
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+        assert_eq!(none, None);
+        // A failing unit of work writes neither data nor log entry.
+        let failed = log.record(&mut app, Meta::actor("ada"), |conn| {
+            diesel::delete(account::table).execute(conn)?;
+            Err::<(), _>(Error::Diesel(DieselError::RollbackTransaction))
+        });
+        assert!(failed.is_err());
+        assert_eq!(accounts(&mut app), [acct(1, "ada", 70), acct(2, "bob", 50)]);
+
+        // The same log, read through liteorm: actor, reason, tables, and the changes.
+        let session = session_on(dir.path(), "app.db").await;
+        let trail = SessionLog::open(&session).await.unwrap();
+        let entries = trail.entries(&LogFilter::all()).await.unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].reason.as_deref(), Some("pay bob"));
+        assert_eq!(entries[1].tables, ["account", "payment"]);
+        assert_eq!(
+            summary(&entries[1].changeset),
+            [
+                key("account", ChangeOp::Update, 1),
+                key("payment", ChangeOp::Insert, 1)
+            ]
+        );
+
+        // A replica follows the Diesel-written log.
+        let replica_session = session_on(dir.path(), "replica.db").await;
+        replica_session.execute_batch(SCHEMA).await.unwrap();
+        let replica = Replica::open(&replica_session).await.unwrap();
+        let caught_up = replica
+            .catch_up(&mut LogTableSource::new(&session))
+            .await
+            .unwrap();
+        assert_eq!(caught_up.last_seq, 2);
+        let mut replica_conn =
+            SqliteConnection::establish(dir.path().join("replica.db").to_str().unwrap()).unwrap();
+        assert_eq!(accounts(&mut replica_conn), accounts(&mut app));
+        assert_eq!(payments(&mut replica_conn), payments(&mut app));
+
+        // Reverted through liteorm (itself logged as entry 3); Diesel sees it.
+        let outcome = trail
+            .revert(2, ConflictPolicy::abort(), Meta::actor("auditor"))
+            .await
+            .unwrap();
+        assert_eq!(outcome.logged_as, Some(3));
+        assert_eq!(
+            accounts(&mut app),
+            [acct(1, "ada", 100), acct(2, "bob", 50)]
+        );
+        assert!(payments(&mut app).is_empty());
+        // And the Diesel side goes on appending after it.
+        let seq = log
+            .record(&mut app, Meta::actor("ada"), |conn| {
+                diesel::delete(account::table.find(2)).execute(conn)?;
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+        assert_eq!(seq, Some(4));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recording_on_diesel_async() {
+        use diesel_async::AsyncConnection;
+        use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+        use liteorm_diesel::async_conn;
+
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), "app.db"));
+        let path = dir.path().join("app.db");
+        let mut conn = SyncConnectionWrapper::<SqliteConnection>::establish(path.to_str().unwrap())
+            .await
+            .unwrap();
+        let log = async_conn::open_log(&mut conn).await.unwrap();
+        let seq = async_conn::record(&log, &mut conn, Meta::actor("ada"), |conn| {
+            seed(conn);
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(seq, Some(1));
+        let session = session_on(dir.path(), "app.db").await;
+        let entry = SessionLog::open(&session)
+            .await
+            .unwrap()
+            .entry(1)
+            .await
+            .unwrap();
+        assert_eq!(entry.changeset.changes().unwrap().len(), 2);
+    }
+}

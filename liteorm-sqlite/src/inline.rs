@@ -116,27 +116,8 @@ impl RawLock {
                 return result.map(drop);
             }
         }
-        let sql = std::ffi::CString::new(sql).map_err(|_| Error::Database {
-            dialect: DIALECT,
-            code: None,
-            message: "SQL contains a NUL byte".to_owned(),
-        })?;
-        // SAFETY: as above; no callback, no error-message out-pointer.
-        let rc = unsafe {
-            ffi::sqlite3_exec(
-                self.db.as_ptr(),
-                sql.as_ptr(),
-                None,
-                ptr::null_mut(),
-                ptr::null_mut(),
-            )
-        };
-        if rc == ffi::SQLITE_OK {
-            Ok(())
-        } else {
-            // SAFETY: as above.
-            Err(unsafe { db_error(self.db) })
-        }
+        // SAFETY: `self.db` is locked for us.
+        unsafe { exec_once(self.db, sql) }
     }
 
     /// Runs `sql` like [`Self::exec`], but only if that needs no wait for another connection's
@@ -334,6 +315,72 @@ impl RawLock {
             }
         };
         self.statements.get_mut(index)?.as_mut()
+    }
+}
+
+/// Runs one statement with positional parameters on `db`, on the calling thread (which may wait
+/// for locks), and returns its rows, with the conversions of the cached path; the statement is
+/// prepared for this call and finalized after it.
+///
+/// # Safety
+/// `db` is valid and used by nobody else for the call.
+pub(crate) unsafe fn query_once(
+    db: NonNull<ffi::sqlite3>,
+    sql: &str,
+    params: &[Value],
+) -> Result<Vec<Row>, Error> {
+    // SAFETY: the caller's promise.
+    let statement = unsafe { Statement::prepare(db, sql) };
+    let Some(mut statement) = statement.filter(|s| s.n_params == params.len()) else {
+        // SAFETY: the caller's promise; the message is that of the failed prepare, if any.
+        let error = unsafe { db_error(db) };
+        return Err(match error {
+            Error::Database { code: Some(_), .. } => error,
+            _ => Error::Database {
+                dialect: DIALECT,
+                code: None,
+                message: format!(
+                    "expected one statement with {} positional parameters: {sql}",
+                    params.len()
+                ),
+            },
+        });
+    };
+    // SAFETY: the caller's promise; `statement` is one of `db`'s statements. Not `None`: no
+    // busy hand-off was asked for, and `db` is not another connection's shared cache.
+    unsafe { statement.run(db, params, true, false) }
+        .unwrap_or_else(|| {
+            // SAFETY: as above.
+            Err(unsafe { db_error(db) })
+        })
+        .map(|(_, rows)| rows)
+}
+
+/// Runs `sql` (statements without parameters) on `db` with `sqlite3_exec`.
+///
+/// # Safety
+/// `db` is valid and used by nobody else for the call.
+pub(crate) unsafe fn exec_once(db: NonNull<ffi::sqlite3>, sql: &str) -> Result<(), Error> {
+    let sql = std::ffi::CString::new(sql).map_err(|_| Error::Database {
+        dialect: DIALECT,
+        code: None,
+        message: "SQL contains a NUL byte".to_owned(),
+    })?;
+    // SAFETY: the caller's promise; no callback, no error-message out-pointer.
+    let rc = unsafe {
+        ffi::sqlite3_exec(
+            db.as_ptr(),
+            sql.as_ptr(),
+            None,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        // SAFETY: as above.
+        Err(unsafe { db_error(db) })
     }
 }
 

@@ -11,7 +11,7 @@ use std::any::Any;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
-use liteorm_core::Result;
+use liteorm_core::{Result, Row, Value};
 
 use crate::PinnedGuard;
 
@@ -76,6 +76,22 @@ impl<'a> Handle<'a> {
     /// The pointer, known not to be NULL.
     pub fn as_non_null(self) -> NonNull<sqlite3> {
         self.db
+    }
+
+    /// Runs one statement with positional (`?`) parameters and returns its rows, with the
+    /// value conversions and errors of a [`SqliteSession`](crate::SqliteSession) query. It runs
+    /// on the calling thread and may wait for another connection's lock (up to the busy
+    /// timeout): for a driver's blocking thread, not an async task.
+    pub fn query(self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        // SAFETY: a `Handle` is valid and unshared for its lifetime (its type invariant).
+        unsafe { crate::inline::query_once(self.db, sql, params) }
+    }
+
+    /// Runs `sql`, one or more statements without parameters (a schema, say), as
+    /// [`Handle::query`] runs one.
+    pub fn execute_batch(self, sql: &str) -> Result<()> {
+        // SAFETY: as above.
+        unsafe { crate::inline::exec_once(self.db, sql) }
     }
 }
 

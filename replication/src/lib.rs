@@ -41,6 +41,7 @@
 //! ```
 
 mod error;
+pub mod lent;
 mod log;
 mod policy;
 mod replica;

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use crate::{ConflictPolicy, Error, Result};
 
 /// The log table. It is written after each capture ends, so it is never recorded itself.
-const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS liteorm_changes(
+pub(crate) const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS liteorm_changes(
     seq INTEGER PRIMARY KEY,      -- 1, 2, 3, ... without gaps (entries are never deleted)
     committed_at INTEGER NOT NULL, -- Unix time in milliseconds
     actor TEXT,
@@ -117,6 +117,68 @@ fn seq_of(stored: i64) -> u64 {
 
 fn stored(seq: u64) -> Value {
     Value::Integer(i64::try_from(seq).unwrap_or(i64::MAX))
+}
+
+/// Where a log entry is written: the connection of the unit of work's transaction, a liteorm
+/// session there or a connection lent by another driver ([`crate::lent`]).
+pub(crate) trait EntryWriter {
+    /// Runs one statement with positional parameters and returns its rows.
+    fn query(&mut self, sql: &str, params: &[Value]) -> impl Future<Output = Result<Vec<Row>>>;
+}
+
+impl EntryWriter for &SqliteSession {
+    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        Ok(Session::query(*self, sql, params).await?)
+    }
+}
+
+/// Appends the entry for `changeset` through `db`, inside the transaction that made the
+/// changes: the one place that builds a log row and writes it, for every way of recording.
+pub(crate) async fn write_entry(
+    db: &mut impl EntryWriter,
+    meta: Meta,
+    kind: EntryKind,
+    changeset: Changeset,
+) -> Result<LogEntry> {
+    let tables = changeset.tables()?;
+    let (kind_name, ref_seq) = match kind {
+        EntryKind::Change => ("change", Value::Null),
+        EntryKind::Revert(of) => ("revert", stored(of)),
+        EntryKind::Rollback(to) => ("rollback", stored(to)),
+    };
+    let committed_at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let rows = db
+        .query(
+            "INSERT INTO liteorm_changes(committed_at, actor, reason, tables, kind, ref_seq, blob) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            &[
+                committed_at_ms.into(),
+                meta.actor.clone().into(),
+                meta.reason.clone().into(),
+                format!(",{},", tables.join(",")).into(),
+                kind_name.into(),
+                ref_seq,
+                changeset.as_bytes().into(),
+            ],
+        )
+        .await?;
+    let seq = seq_of(
+        rows.first()
+            .map(|r| r.try_get::<i64>(0))
+            .transpose()?
+            .unwrap_or(0),
+    );
+    Ok(LogEntry {
+        seq,
+        committed_at_ms,
+        actor: meta.actor,
+        reason: meta.reason,
+        kind,
+        tables,
+        changeset,
+    })
 }
 
 /// Which entries [`ChangeLog::entries`] returns; all conditions must hold.
@@ -295,46 +357,7 @@ impl ChangeLog {
         kind: EntryKind,
         changeset: Changeset,
     ) -> Result<LogEntry> {
-        let tables = changeset.tables()?;
-        let (kind_name, ref_seq) = match kind {
-            EntryKind::Change => ("change", Value::Null),
-            EntryKind::Revert(of) => ("revert", stored(of)),
-            EntryKind::Rollback(to) => ("rollback", stored(to)),
-        };
-        let committed_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let rows = tx
-            .session()
-            .query(
-                "INSERT INTO liteorm_changes(committed_at, actor, reason, tables, kind, ref_seq, blob) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-                &[
-                    committed_at_ms.into(),
-                    meta.actor.clone().into(),
-                    meta.reason.clone().into(),
-                    format!(",{},", tables.join(",")).into(),
-                    kind_name.into(),
-                    ref_seq,
-                    changeset.as_bytes().into(),
-                ],
-            )
-            .await?;
-        let seq = seq_of(
-            rows.first()
-                .map(|r| r.try_get::<i64>(0))
-                .transpose()?
-                .unwrap_or(0),
-        );
-        Ok(LogEntry {
-            seq,
-            committed_at_ms,
-            actor: meta.actor,
-            reason: meta.reason,
-            kind,
-            tables,
-            changeset,
-        })
+        write_entry(&mut tx.session(), meta, kind, changeset).await
     }
 
     /// The entries that match `filter`, in seq order.

@@ -40,6 +40,7 @@ const TIDY_DIRS: &[&str] = &[
     "liteorm-sqlite",
     "changeset",
     "replication",
+    "liteorm-diesel",
     "cli",
     "nats",
     "tests",
@@ -224,6 +225,7 @@ const CELL_STEPS: [&str; 7] = [
 /// The runnable examples (package, example), the README's demo first: each must exit 0.
 const EXAMPLES: &[(&str, &str)] = &[
     ("liteorm-seaorm", "seaorm_audit"),
+    ("liteorm-diesel", "diesel_audit"),
     ("liteorm-replication", "audit_replicate"),
     ("liteorm-replication", "sqlx_audit"),
     ("liteorm-changeset", "demo"),
@@ -237,6 +239,7 @@ const DOC_CRATES: &[&str] = &[
     "liteorm-changeset",
     "liteorm-replication",
     "liteorm-seaorm",
+    "liteorm-diesel",
     "liteorm-nats",
 ];
 
