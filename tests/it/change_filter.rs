@@ -12,6 +12,11 @@ use crate::support::{captured, dump, file_db, seed};
 const MIX: &str = "UPDATE t SET name = 'one' WHERE id = 1; DELETE FROM t WHERE id = 2; \
                    INSERT INTO t VALUES (9, 'nine', 9.0, X'09'); UPDATE t SET score = 0 WHERE id = 3";
 
+/// Rows 100..=1200 more: enough for a changeset applied on a blocking thread with its tables
+/// listed meanwhile.
+const BULK: &str = "WITH RECURSIVE c(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM c WHERE i < 1200) \
+    INSERT INTO t SELECT i, 'bulk-' || i, i / 4.0, NULL FROM c";
+
 /// A seeded target, and what it holds after the changes of `cs` that `keep` keeps.
 async fn expected(cs: &Changeset, keep: impl Fn(&Change) -> bool) -> Vec<Vec<Value>> {
     let (db, _dir) = file_db().await;
@@ -65,14 +70,7 @@ async fn only_the_changes_the_filter_keeps_are_applied_and_counted() {
 async fn the_filter_sees_typed_values_and_streams_and_large_blobs_filter_alike() {
     let (source, _dir) = file_db().await;
     seed(&source, 4).await;
-    // Large enough to be applied on a blocking thread with its tables listed meanwhile.
-    source
-        .execute_batch(
-            "WITH RECURSIVE c(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM c WHERE i < 1200) \
-             INSERT INTO t SELECT i, 'bulk-' || i, i / 4.0, NULL FROM c",
-        )
-        .await
-        .unwrap();
+    source.execute_batch(BULK).await.unwrap();
     let cs = captured(
         &source,
         &["t"],
@@ -86,13 +84,7 @@ async fn the_filter_sees_typed_values_and_streams_and_large_blobs_filter_alike()
     for streamed in [false, true] {
         let (target, _tdir) = file_db().await;
         seed(&target, 4).await;
-        target
-            .execute_batch(
-                "WITH RECURSIVE c(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM c WHERE i < 1200) \
-                 INSERT INTO t SELECT i, 'bulk-' || i, i / 4.0, NULL FROM c",
-            )
-            .await
-            .unwrap();
+        target.execute_batch(BULK).await.unwrap();
         let report = if streamed {
             stream::apply(&target, std::io::Cursor::new(cs.as_bytes().to_vec()))
                 .filter_change(odd_keys)
