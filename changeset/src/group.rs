@@ -9,7 +9,6 @@ use std::sync::Arc;
 use liteorm_core::Session;
 
 use crate::change::Change;
-#[cfg(sqlite_has_changegroup_schema)]
 use crate::changeset::BlobKind;
 use crate::changeset::sealed::Changes;
 #[cfg(sqlite_has_changegroup_add_change)]
@@ -294,8 +293,7 @@ fn merge_to_schema<C: Changes>(_db: Handle<'_>, _blobs: &[Arc<[u8]>]) -> Result<
 }
 
 /// The first table of `blob` that does not fit `main` of `db`, as an error.
-#[cfg(sqlite_has_changegroup_schema)]
-fn schema_mismatch(db: Handle<'_>, blob: &[u8], kind: BlobKind) -> Option<Error> {
+pub(crate) fn schema_mismatch(db: Handle<'_>, blob: &[u8], kind: BlobKind) -> Option<Error> {
     let tables = crate::apply::survey(blob, kind).ok()?;
     let mut names: Vec<&String> = tables.keys().collect();
     names.sort();

@@ -87,6 +87,7 @@ mod group;
 pub mod inspect;
 mod iter;
 mod rebase;
+mod schema_group;
 pub mod stream;
 
 pub use apply::{Apply, ApplyReport, ConflictCounts, ConflictRef, SkipReason, SkippedTable, apply};
@@ -103,6 +104,7 @@ pub use group::Changegroup;
 pub use inspect::ColumnNames;
 pub use iter::ChangeIter;
 pub use rebase::{RebaseBuffer, Rebaser};
+pub use schema_group::SchemaChangegroup;
 
 /// How many SQLite session objects (open captures) exist right now on connections to the
 /// database file at `path` (as SQLite names it: the absolute path). Every capture deletes its

@@ -1,7 +1,9 @@
 //! Changegroups: merging many changesets or patchsets into one, picking single changes, and
 //! conforming changes recorded before a schema change to the current schema.
 
-use liteorm_changeset::{Capture, Changegroup, Changeset, Error, Patchset, apply};
+use liteorm_changeset::{
+    Capture, Changegroup, Changeset, Error, Patchset, SchemaChangegroup, apply,
+};
 use liteorm_core::{Session, Value};
 
 use crate::support::{captured, dump, file_db, seed};
@@ -208,4 +210,44 @@ async fn a_group_adds_from_streams_and_writes_to_one_as_from_blobs() {
     let mut group = Changegroup::<Changeset>::new().unwrap();
     let err = group.add_stream(&bytes[..bytes.len() - 3]).unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_schema_changegroup_takes_inputs_one_at_a_time() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 2).await;
+    let before = captured(&db, &["t"], "INSERT INTO t VALUES (3, 'three', 3.0, NULL)").await;
+    db.execute_batch("ALTER TABLE t ADD COLUMN extra TEXT DEFAULT 'dflt'")
+        .await
+        .unwrap();
+    let after = captured(&db, &["t"], "UPDATE t SET extra = 'set' WHERE id = 1").await;
+    let group = SchemaChangegroup::<Changeset>::new(&db).await;
+    if db.info().version_number < 3_044_000 {
+        assert!(matches!(group.unwrap_err(), Error::Unsupported { .. }));
+        return;
+    }
+    let mut group = group.unwrap();
+    group.add(&before).await.unwrap();
+    group.add(&after).await.unwrap();
+    let one_call = Changegroup::merge_with_schema(&db, [before.clone(), after.clone()])
+        .await
+        .unwrap();
+    assert_eq!(group.output().unwrap(), one_call);
+    drop(group);
+    // The connection it held is back: the database takes writes.
+    db.execute("DELETE FROM t WHERE id = 2", &[]).await.unwrap();
+
+    // A table the database does not have: named, and the group is unusable afterwards.
+    let (other, _dir2) = file_db().await;
+    other
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut group = SchemaChangegroup::<Changeset>::new(&other).await.unwrap();
+    let err = group.add(&after).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::SchemaMismatch { table, .. } if table == "t"),
+        "{err}"
+    );
+    assert!(matches!(group.output(), Err(Error::Misuse(_))));
 }

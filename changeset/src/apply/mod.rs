@@ -30,7 +30,6 @@ use crate::changeset::{BlobKind, Changes, sealed};
 pub use hooks::ConflictRef;
 pub use report::{ApplyReport, ConflictCounts, SkipReason, SkippedTable};
 pub(crate) use schema::survey;
-#[cfg(sqlite_has_changegroup_schema)]
 pub(crate) use schema::table_compatibility;
 
 use hooks::{ChangeFilter, Filter, Handler, Hooks};

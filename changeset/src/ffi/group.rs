@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use libsqlite3_sys as sys;
 
-#[cfg(sqlite_has_changegroup_schema)]
 use super::Handle;
 #[cfg(sqlite_has_changegroup_add_change)]
 use super::iter::ChangesetIter;
@@ -150,5 +149,76 @@ impl Drop for RawChangegroup<'_> {
     fn drop(&mut self) {
         // SAFETY: the group is live and never used after this.
         unsafe { sys::sqlite3changegroup_delete(self.ptr.as_ptr()) };
+    }
+}
+
+/// A changegroup conformed to the schema of one connection's `main`, kept across many raw
+/// accesses of that connection: every call that may read the schema takes the connection's
+/// [`Handle`] and checks it is the one the group was made for (as [`super::RawSession`] does).
+#[cfg(sqlite_has_changegroup_schema)]
+pub(crate) struct RawSchemaGroup {
+    group: RawChangegroup<'static>,
+    db: NonNull<sys::sqlite3>,
+}
+
+// SAFETY: the group is only used through `&mut self`/`&self`; the connection is only touched
+// inside calls that take its `Handle`, so on the thread and within the access that locked it.
+#[cfg(sqlite_has_changegroup_schema)]
+unsafe impl Send for RawSchemaGroup {}
+
+#[cfg(sqlite_has_changegroup_schema)]
+impl RawSchemaGroup {
+    /// A group that reads the schema of `main` of `db` whenever it meets a new table. The
+    /// connection must stay open while the group lives (its owner keeps it pinned).
+    pub(crate) fn new(db: Handle<'_>) -> Result<Self, RawError> {
+        let mut group = RawChangegroup::new()?;
+        // SAFETY: `db` is valid and locked now; SQLite keeps the pointer and uses it again only
+        // inside `add`, which checks it is given the same connection's handle
+        // (valid and locked then too). The owner keeps the connection open while the group
+        // lives (documented above), and nothing else of the group reads the schema.
+        let db_static = unsafe { Handle::from_raw(db.as_non_null()) };
+        group.schema(db_static)?;
+        Ok(RawSchemaGroup {
+            group,
+            db: db.as_non_null(),
+        })
+    }
+
+    fn check(&self, db: Handle<'_>) {
+        assert_eq!(
+            db.as_non_null(),
+            self.db,
+            "a schema changegroup is used with the handle of its own connection"
+        );
+    }
+
+    /// Adds every change of a validated blob, conformed to the schema.
+    pub(crate) fn add(&mut self, db: Handle<'_>, blob: &[u8]) -> Result<(), RawError> {
+        self.check(db);
+        self.group.add(blob)
+    }
+
+    /// The merged changes (the schema is not read).
+    pub(crate) fn output(&self) -> Result<Arc<[u8]>, RawError> {
+        self.group.output()
+    }
+}
+
+/// Where SQLite has no changegroup schemas: never made (callers check the capability first).
+#[cfg(not(sqlite_has_changegroup_schema))]
+pub(crate) enum RawSchemaGroup {}
+
+#[cfg(not(sqlite_has_changegroup_schema))]
+impl RawSchemaGroup {
+    pub(crate) fn new(_db: Handle<'_>) -> Result<Self, RawError> {
+        Err(super::misuse("changegroup schemas are not compiled in"))
+    }
+
+    pub(crate) fn add(&mut self, _db: Handle<'_>, _blob: &[u8]) -> Result<(), RawError> {
+        match *self {}
+    }
+
+    pub(crate) fn output(&self) -> Result<Arc<[u8]>, RawError> {
+        match *self {}
     }
 }

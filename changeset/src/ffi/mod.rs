@@ -22,7 +22,7 @@ use libsqlite3_sys as sys;
 pub(crate) use liteorm_sqlite::raw::Handle;
 
 pub(crate) use apply::{ApplyFlags, ApplyHooks, ApplyInput, RawConflict, Verdict, apply};
-pub(crate) use group::{RawChangegroup, concat, invert};
+pub(crate) use group::{RawChangegroup, RawSchemaGroup, concat, invert};
 pub(crate) use iter::{ChangesetIter, IterRef, RawChange, RawOp};
 pub(crate) use rebase::RawRebaser;
 pub(crate) use session::{RawSession, TableFilter, TableFilterFn, live_sessions};
