@@ -84,6 +84,7 @@
 //! ```
 
 mod backoff;
+mod connect;
 mod error;
 mod follower;
 mod publisher;
@@ -93,6 +94,7 @@ mod stream;
 mod wire;
 
 pub use async_nats;
+pub use connect::{Auth, Connection, NatsConnect, Secret, SecretSource, SecretValue, redact_url};
 pub use error::{Error, Result};
 pub use follower::{Follower, Lag};
 pub use publisher::{PublishReport, Publisher};

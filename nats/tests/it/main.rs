@@ -8,3 +8,4 @@ mod crash;
 mod follow;
 mod publish;
 mod support;
+mod tamper;

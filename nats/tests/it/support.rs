@@ -48,19 +48,41 @@ pub(crate) struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: TempDir,
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     pub(crate) fn start() -> NatsServer {
+        Self::start_with(None)
+    }
+
+    /// A server that also reads `config` (nats-server's format: `authorization`, `tls`, ...),
+    /// written to its store directory.
+    pub(crate) fn start_with_config(config: &str) -> NatsServer {
+        Self::start_with(Some(config))
+    }
+
+    fn start_with(config: Option<&str>) -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir for the JetStream store");
+        let config = config.map(|text| {
+            let path = store.path().join("server.conf");
+            std::fs::write(&path, text).expect("write the server config");
+            path
+        });
         let port = free_port();
         let mut server = NatsServer {
             child: None,
             port,
             store,
+            config,
         };
         server.spawn();
         server
+    }
+
+    /// The port it listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     fn spawn(&mut self) {
@@ -74,7 +96,12 @@ impl NatsServer {
                 &self.port.to_string(),
                 "-sd",
             ])
-            .arg(self.store.path())
+            .arg(self.store.path().join("js"))
+            .args(
+                self.config
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("-c"), c.as_os_str()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -309,5 +336,81 @@ pub(crate) async fn wait_progress(progress: &mut watch::Receiver<u64>, seq: u64,
             "{what}: seq {seq} not applied within 30 s (at {})",
             *progress.borrow()
         ),
+    }
+}
+
+/// One way to tamper with a primary's change log table (of [`TAMPERED_LOG_LEN`] entries from
+/// [`record_many`]), and the first seq it breaks.
+pub(crate) struct Tampering {
+    pub(crate) name: &'static str,
+    pub(crate) sql: &'static str,
+    pub(crate) first_bad: u64,
+}
+
+/// How many entries the log has before [`TAMPERINGS`] are applied.
+pub(crate) const TAMPERED_LOG_LEN: u64 = 5;
+
+/// Every kind of edit the chain must reveal: content, metadata, deletion, insertion, order.
+pub(crate) const TAMPERINGS: &[Tampering] = &[
+    Tampering {
+        name: "a changeset byte",
+        // The last byte is the last value of the last change: still a valid changeset.
+        sql: "UPDATE liteorm_changes \
+              SET blob = CAST(substr(blob, 1, length(blob) - 1) || X'2A' AS BLOB) WHERE seq = 3",
+        first_bad: 3,
+    },
+    Tampering {
+        name: "the actor",
+        sql: "UPDATE liteorm_changes SET actor = 'mallory' WHERE seq = 2",
+        first_bad: 2,
+    },
+    Tampering {
+        name: "the timestamp",
+        sql: "UPDATE liteorm_changes SET committed_at = committed_at - 3600000 WHERE seq = 4",
+        first_bad: 4,
+    },
+    Tampering {
+        name: "a deleted entry",
+        sql: "DELETE FROM liteorm_changes WHERE seq = 3",
+        first_bad: 3,
+    },
+    Tampering {
+        name: "an inserted entry",
+        // Entries 3.. move up one; a copy of entry 2 (its hash too) goes in at 3.
+        sql: "UPDATE liteorm_changes SET seq = seq + 100 WHERE seq >= 3; \
+              UPDATE liteorm_changes SET seq = seq - 99 WHERE seq >= 100; \
+              INSERT INTO liteorm_changes \
+              SELECT 3, committed_at, actor, reason, tables, kind, ref_seq, blob, hash \
+              FROM liteorm_changes WHERE seq = 2",
+        first_bad: 3,
+    },
+    Tampering {
+        name: "two swapped entries",
+        sql: "UPDATE liteorm_changes SET seq = -2 WHERE seq = 2; \
+              UPDATE liteorm_changes SET seq = 2 WHERE seq = 3; \
+              UPDATE liteorm_changes SET seq = 3 WHERE seq = -2",
+        first_bad: 2,
+    },
+];
+
+/// A primary with [`TAMPERED_LOG_LEN`] entries, then `tampering` applied to its log table.
+pub(crate) async fn tampered_primary(tampering: &Tampering) -> (SqliteSession, TempDir, ChangeLog) {
+    let (primary, dir) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.expect("open log");
+    record_many(&log, TAMPERED_LOG_LEN).await;
+    primary
+        .execute_batch(tampering.sql)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", tampering.name));
+    (primary, dir, log)
+}
+
+/// Whether `err` names `seq` as the first entry that breaks the chain (a broken hash, or a
+/// missing entry, which a replica sees as a gap).
+pub(crate) fn names_first_bad(err: &Error, seq: u64) -> bool {
+    match err {
+        Error::ChainBroken { seq: at, .. } => *at == seq,
+        Error::Gap { expected, .. } => *expected == seq,
+        _ => false,
     }
 }
