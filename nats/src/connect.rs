@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::{ConnectErrorKind, ConnectOptions, Event, ServerError};
 use tokio::sync::watch;
 
-use crate::{Error, Result};
+use crate::{Error, Result, wire};
 
 /// Where a secret comes from: never the command line or a config value itself, which end up in
 /// process listings, shell histories and logs.
@@ -241,7 +241,18 @@ impl NatsConnect {
     /// [`Error::Tls`] (no trusted TLS session), or [`Error::Nats`] (unreachable).
     pub async fn connect(&self) -> Result<Connection> {
         let mut options = ConnectOptions::new();
-        match &self.auth {
+        // The client ignores credentials in the URL: take them out and pass them as options.
+        let (url, in_url) = split_credentials(&self.url);
+        let auth = match (in_url, &self.auth) {
+            (Some(_), Some(_)) => {
+                return Err(credentials(
+                    "credentials both in the URL and as options; give them once".into(),
+                ));
+            }
+            (Some(from_url), None) => Some(from_url),
+            (None, auth) => auth.clone(),
+        };
+        match &auth {
             None => {}
             Some(Auth::UserPassword { user, password }) => {
                 options = options.user_and_password(user.clone(), password.read()?.expose());
@@ -280,7 +291,7 @@ impl NatsConnect {
                     }
                 }
             })
-            .connect(self.url.as_str())
+            .connect(url.as_str())
             .await
             .map_err(|err| self.connect_error(&err))?;
         Ok(Connection { client, denied })
@@ -289,8 +300,7 @@ impl NatsConnect {
     fn connect_error(&self, err: &async_nats::ConnectError) -> Error {
         let server = self.redacted_url();
         // The client's message names the kind and cause, never the credentials.
-        let reason = std::error::Error::source(err)
-            .map_or_else(|| err.to_string(), |source| format!("{err}: {source}"));
+        let reason = err.to_string();
         match err.kind() {
             ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
                 Error::Authentication { server, reason }
@@ -356,6 +366,40 @@ fn is_tls_failure(reason: &str) -> bool {
         .any(|word| reason.contains(word))
 }
 
+/// `urls` without user information, and the credentials of the first URL that had some
+/// (`user:password`, or a lone user part, which NATS takes as a token).
+fn split_credentials(urls: &str) -> (String, Option<Auth>) {
+    let mut found = None;
+    let stripped: Vec<String> = urls
+        .split(',')
+        .map(|one| {
+            let Ok(mut url) = url::Url::parse(one.trim()) else {
+                // Not a URL the parser knows (e.g. `host:4222`): the client reads it as is.
+                return one.to_owned();
+            };
+            if url.username().is_empty() {
+                return one.to_owned();
+            }
+            // URL escapes are the wire format's (`%XX`, UTF-8).
+            let decode = |text: &str| wire::unescape(text).unwrap_or_else(|| text.to_owned());
+            let user = decode(url.username());
+            let auth = match url.password() {
+                Some(password) => Auth::UserPassword {
+                    user,
+                    password: Secret::new(decode(password)).into(),
+                },
+                None => Auth::Token(Secret::new(user).into()),
+            };
+            found.get_or_insert(auth);
+            // Both calls only fail for URLs that cannot have credentials, which this one had.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        })
+        .collect();
+    (stripped.join(","), found)
+}
+
 /// `url` (or a comma-separated list) with every password replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     url.split(',')
@@ -392,6 +436,23 @@ mod tests {
             "nats://a:***@h1,nats://h2"
         );
         assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_options() {
+        let (url, auth) = split_credentials("nats://ada:p%40ss@h:4222,nats://h2:4222");
+        assert_eq!(url, "nats://h:4222,nats://h2:4222");
+        match auth {
+            Some(Auth::UserPassword { user, password }) => {
+                assert_eq!(user, "ada");
+                assert_eq!(password.read().unwrap().expose(), "p@ss");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (url, auth) = split_credentials("tls://tok@h:4222");
+        assert_eq!(url, "tls://h:4222");
+        assert!(matches!(auth, Some(Auth::Token(_))));
+        assert_eq!(split_credentials("h:4222").0, "h:4222");
     }
 
     #[test]
