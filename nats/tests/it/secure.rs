@@ -2,7 +2,6 @@
 //! and client certificates made by the test, and a user whose permissions deny the subject.
 //! The right credentials replicate; wrong ones are typed errors that never show a secret.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use liteorm_nats::{
@@ -10,10 +9,8 @@ use liteorm_nats::{
 };
 use liteorm_replication::{ChangeLog, Replica};
 use liteorm_sqlite::SqliteSession;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use tempfile::TempDir;
 
-use crate::support::{NatsServer, content, db_with_schema, record_many};
+use crate::support::{NatsServer, Pki, content, db_with_schema, record_many, write};
 
 const PASSWORD: &str = "s3cret-pw";
 const TOKEN: &str = "t0ken-value";
@@ -48,12 +45,6 @@ async fn follow(
     let replica = Replica::open(db).await?;
     let mut follower = liteorm_nats::Follower::new(replica, source).await?;
     Ok(follower.catch_up().await?.last_seq)
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,85 +138,6 @@ async fn a_token_user_replicates_and_a_wrong_token_is_refused() {
         .unwrap_err();
     assert!(matches!(err, Error::Authentication { .. }), "{err}");
     assert!(!err.to_string().contains("wrong-token"), "{err}");
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate signed by it, and a CA
-/// nobody trusts, as PEM files.
-pub(crate) struct Pki {
-    pub(crate) dir: TempDir,
-}
-
-impl Pki {
-    pub(crate) fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = ca("liteorm test CA");
-        write(dir.path(), "ca.pem", &pem("CERTIFICATE", ca.der()));
-        write(dir.path(), "other-ca.pem", &ca_pem("someone else's CA"));
-        for (name, sans) in [
-            (
-                "server",
-                vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
-            ),
-            ("client", vec!["replica".to_owned()]),
-        ] {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(sans)
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
-            write(
-                dir.path(),
-                &format!("{name}.pem"),
-                &pem("CERTIFICATE", cert.der()),
-            );
-            write(
-                dir.path(),
-                &format!("{name}-key.pem"),
-                &pem("PRIVATE KEY", &key.serialize_der()),
-            );
-        }
-        Pki { dir }
-    }
-
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The server's `tls` block; `verify`: client certificates required.
-    pub(crate) fn server_config(&self, verify: bool) -> String {
-        format!(
-            "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: {verify}, timeout: 5 }}",
-            self.path("server.pem").display(),
-            self.path("server-key.pem").display(),
-            self.path("ca.pem").display(),
-        )
-    }
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn ca_pem(name: &str) -> String {
-    pem("CERTIFICATE", ca(name).der())
-}
-
-/// PEM armour around DER bytes (64 base64 characters a line).
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in encoded.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
