@@ -244,6 +244,26 @@ mod tests {
     }
 
     #[test]
+    fn the_encoding_matches_an_independent_implementation() {
+        // Python: hashlib.sha256 over the encoding documented at the top of this module
+        // (u64 big-endian lengths), for this entry after the genesis hash.
+        let tables = vec!["item".to_owned(), "counter".to_owned()];
+        let entry = Fields {
+            seq: 7,
+            committed_at_ms: 1_700_000_000_123,
+            actor: Some("ada"),
+            reason: None,
+            kind: EntryKind::Revert(3),
+            tables: &tables,
+            changeset: b"\x12\x34",
+        };
+        assert_eq!(
+            link(&EntryHash::GENESIS, &entry).to_hex(),
+            "395045e21c92eb5cbc35825c6e9bdaef9940c01f619b9b101c1120042de3299d"
+        );
+    }
+
+    #[test]
     fn hex_round_trips_and_rejects_bad_input() {
         let h = EntryHash::from([0xab; 32]);
         assert_eq!(EntryHash::from_hex(&h.to_hex()), Some(h));
