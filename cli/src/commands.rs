@@ -18,7 +18,7 @@ use sqlx::sqlite::SqlitePoolOptions;
 use crate::failure::Failure;
 use crate::{
     Action, ApplyArgs, BuildArgs, CaptureArgs, ConcatArgs, DiffArgs, InspectArgs, InvertArgs,
-    RebaseArgs, ValidateArgs,
+    RebaseArgs, ValidateArgs, VerifyArgs,
 };
 
 /// A changeset or a patchset, told apart by the first byte of the blob.
@@ -500,4 +500,24 @@ pub(crate) async fn diff(args: DiffArgs) -> Result<(), Failure> {
         diff.changeset().await?.as_bytes().to_vec()
     };
     write_output(args.output.as_deref(), &bytes)
+}
+
+pub(crate) async fn verify_log(args: VerifyArgs) -> Result<(), Failure> {
+    let db = open_db(&args.db).await?;
+    let verified = liteorm_replication::ChangeLog::open(&db)
+        .await?
+        .verify()
+        .await?;
+    println!(
+        "{}: change log intact, {} entries, head {}",
+        args.db.display(),
+        verified.entries,
+        verified.head
+    );
+    if let Some(seq) = verified.upgraded_through {
+        println!(
+            "entries up to seq {seq} were chained when the log was upgraded, not when committed"
+        );
+    }
+    Ok(())
 }

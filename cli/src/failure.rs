@@ -22,6 +22,15 @@ pub(crate) enum Failure {
     Sql(String),
     /// The NATS server cannot be reached or refused a request (exit 9).
     Nats(String),
+    /// The change log's hash chain is broken: an entry was edited, deleted, inserted or moved
+    /// (exit 10).
+    Tampered(String),
+    /// The NATS server refused the credentials, or denied an operation (exit 11).
+    NatsAuth(String),
+    /// No trusted TLS session with the NATS server (exit 12).
+    NatsTls(String),
+    /// A NATS secret, credentials file or certificate cannot be read (exit 13).
+    NatsCredentials(String),
     /// Anything else (exit 1).
     Other(String),
 }
@@ -38,6 +47,10 @@ impl Failure {
             Failure::Aborted(_) => 7,
             Failure::Sql(_) => 8,
             Failure::Nats(_) => 9,
+            Failure::Tampered(_) => 10,
+            Failure::NatsAuth(_) => 11,
+            Failure::NatsTls(_) => 12,
+            Failure::NatsCredentials(_) => 13,
         }
     }
 
@@ -57,6 +70,10 @@ impl fmt::Display for Failure {
             | Failure::Aborted(m)
             | Failure::Sql(m)
             | Failure::Nats(m)
+            | Failure::Tampered(m)
+            | Failure::NatsAuth(m)
+            | Failure::NatsTls(m)
+            | Failure::NatsCredentials(m)
             | Failure::Other(m) => f.write_str(m),
         }
     }
@@ -114,6 +131,7 @@ impl From<liteorm_replication::Error> for Failure {
             E::Stopped { .. } => Failure::Aborted(err.to_string()),
             E::SchemaMismatch { .. } => Failure::Sql(err.to_string()),
             E::CorruptEntry { .. } => Failure::InvalidBlob(err.to_string()),
+            E::ChainBroken { .. } => Failure::Tampered(err.to_string()),
             other => Failure::Other(other.to_string()),
         }
     }
@@ -126,6 +144,11 @@ impl From<liteorm_nats::Error> for Failure {
             E::Replication(inner) => inner.into(),
             E::Session(inner) => inner.into(),
             E::Nats { .. } => Failure::Nats(err.to_string()),
+            E::Authentication { .. } | E::PermissionDenied { .. } => {
+                Failure::NatsAuth(err.to_string())
+            }
+            E::Tls { .. } => Failure::NatsTls(err.to_string()),
+            E::Credentials { .. } => Failure::NatsCredentials(err.to_string()),
             E::Malformed { .. } | E::TooLarge { .. } => Failure::InvalidBlob(err.to_string()),
             other => Failure::Other(other.to_string()),
         }

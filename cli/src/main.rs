@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use liteorm_nats::SecretSource;
 
 /// Capture, inspect, apply, invert, concat, validate and diff SQLite changesets; publish and
 /// follow change logs over NATS JetStream.
@@ -71,6 +72,24 @@ enum Command {
     /// Keep a replica up to date from NATS JetStream until SIGTERM or Ctrl-C (or a conflict
     /// its policy aborts on, which names the entry's seq).
     Follow(FollowArgs),
+    /// Work with a database's change log.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Check the change log's hash chain: exits 0 when intact, 10 naming the first seq whose
+    /// content, metadata or order was changed, or that was deleted or inserted.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The database file with the change log (a log from before tamper evidence is upgraded
+    /// first).
+    #[arg(long)]
+    db: PathBuf,
 }
 
 #[derive(Args)]
@@ -200,12 +219,42 @@ impl PolicyArgs {
     }
 }
 
-/// Where the NATS server is, and logging.
+/// Where the NATS server is, how to authenticate and encrypt, and logging. Secrets are never
+/// given inline: SRC is `file:PATH` or `env:VAR`.
 #[derive(Args)]
 struct NatsArgs {
-    /// The NATS server (JetStream enabled: `nats-server -js`).
+    /// The NATS server (JetStream enabled: `nats-server -js`); `tls://` requires TLS. A
+    /// `user:password@` in the URL works, but is visible in process listings: prefer
+    /// --nats-user with --nats-password.
     #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    /// Authenticate as this user (with --nats-password).
+    #[arg(long, value_name = "USER", requires = "nats_password")]
+    nats_user: Option<String>,
+    /// The user's password: file:PATH or env:VAR.
+    #[arg(long, value_name = "SRC", requires = "nats_user")]
+    nats_password: Option<SecretSource>,
+    /// Authenticate with a token: file:PATH or env:VAR.
+    #[arg(long, value_name = "SRC", conflicts_with_all = ["nats_user", "nats_nkey", "nats_creds"])]
+    nats_token: Option<SecretSource>,
+    /// Authenticate with an NKey seed (`SU...`): file:PATH or env:VAR.
+    #[arg(long, value_name = "SRC", conflicts_with_all = ["nats_user", "nats_creds"])]
+    nats_nkey: Option<SecretSource>,
+    /// Authenticate with a `.creds` file (user JWT and NKey seed).
+    #[arg(long, value_name = "FILE", conflicts_with = "nats_user")]
+    nats_creds: Option<PathBuf>,
+    /// Trust the CA certificate(s) in this PEM file for the server (implies TLS).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS (PEM; with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Refuse to connect without TLS.
+    #[arg(long)]
+    tls: bool,
     /// Seconds to wait for the first connection.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     connect_timeout: u64,
@@ -368,6 +417,7 @@ async fn main() -> ExitCode {
             replicate::init_tracing(args.nats.verbose);
             replicate::follow(args).await
         }
+        Command::Log(LogCommand::Verify(args)) => commands::verify_log(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

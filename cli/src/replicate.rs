@@ -6,9 +6,9 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use liteorm_nats::async_nats;
-use liteorm_nats::async_nats::jetstream;
-use liteorm_nats::{ChangeStream, Follower, Lag, NatsSource, Publisher};
+use liteorm_nats::{
+    Auth, ChangeStream, Connection, Follower, Lag, NatsConnect, NatsSource, Publisher,
+};
 use liteorm_replication::{ChangeLog, ConflictPolicy, Replica};
 use liteorm_sqlite::SqliteSession;
 use tokio::signal::unix::{SignalKind, signal};
@@ -54,14 +54,52 @@ fn shutdown_signal() -> Result<impl Future<Output = ()> + Send, Failure> {
     })
 }
 
-async fn connect(args: &NatsArgs) -> Result<jetstream::Context, Failure> {
-    let client = async_nats::ConnectOptions::new()
+/// How to connect, from the command line: the URL, at most one way to authenticate, TLS.
+fn nats_connect(args: &NatsArgs) -> NatsConnect {
+    let mut connect = NatsConnect::new(&args.nats)
         .name("liteorm-changeset")
         .connection_timeout(Duration::from_secs(args.connect_timeout))
-        .connect(args.nats.as_str())
-        .await
-        .map_err(|e| Failure::Nats(format!("cannot connect to {}: {e}", args.nats)))?;
-    Ok(jetstream::new(client))
+        .require_tls(args.tls);
+    let auth = if let (Some(user), Some(password)) = (&args.nats_user, &args.nats_password) {
+        Some(Auth::UserPassword {
+            user: user.clone(),
+            password: password.clone().into(),
+        })
+    } else if let Some(token) = &args.nats_token {
+        Some(Auth::Token(token.clone().into()))
+    } else if let Some(seed) = &args.nats_nkey {
+        Some(Auth::NKey(seed.clone().into()))
+    } else {
+        args.nats_creds.clone().map(Auth::CredsFile)
+    };
+    if let Some(auth) = auth {
+        connect = connect.auth(auth);
+    }
+    if let Some(ca) = &args.tls_ca {
+        connect = connect.tls_root_certificate(ca);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        connect = connect.tls_client_certificate(cert, key);
+    }
+    connect
+}
+
+async fn connect(args: &NatsArgs) -> Result<Connection, Failure> {
+    let connect = nats_connect(args);
+    tracing::debug!(server = %connect.redacted_url(), "connecting");
+    Ok(connect.connect().await?)
+}
+
+/// Runs `work` until it ends or the server denies one of its operations (which it would
+/// otherwise retry for ever as a timeout).
+async fn unless_denied<T>(
+    connection: &Connection,
+    work: impl Future<Output = liteorm_nats::Result<T>>,
+) -> Result<T, Failure> {
+    tokio::select! {
+        result = work => Ok(result?),
+        denied = connection.permission_denied() => Err(denied.into()),
+    }
 }
 
 /// The stream of `--stream NAME`, or of the database file's name.
@@ -105,8 +143,8 @@ pub(crate) async fn publish(args: PublishArgs) -> Result<(), Failure> {
     if let Some(secs) = args.max_age {
         stream = stream.max_age(Duration::from_secs(secs));
     }
-    let js = connect(&args.nats).await?;
-    let mut publisher = Publisher::new(&db, js, stream.clone())
+    let connection = connect(&args.nats).await?;
+    let mut publisher = Publisher::new(&db, connection.jetstream(), stream.clone())
         .await?
         .batch_size(args.batch)
         .poll_interval(Duration::from_millis(args.poll_ms));
@@ -126,7 +164,7 @@ pub(crate) async fn publish(args: PublishArgs) -> Result<(), Failure> {
             }
         }
     });
-    let result = publisher.run(shutdown).await;
+    let result = unless_denied(&connection, publisher.run(shutdown)).await;
     if let Some(reporter) = reporter {
         reporter.abort();
     }
@@ -163,7 +201,8 @@ pub(crate) async fn follow(args: FollowArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal()?;
     let db = open_db(&args.db).await?;
     let stream = ChangeStream::new(&args.stream)?;
-    let js = connect(&args.nats).await?;
+    let connection = connect(&args.nats).await?;
+    let js = connection.jetstream();
     let default = action(args.policy.on_conflict);
     let mut policy = ConflictPolicy::abort();
     for (kind, specific) in args.policy.per_kind() {
@@ -188,7 +227,7 @@ pub(crate) async fn follow(args: FollowArgs) -> Result<(), Failure> {
             }
         }
     });
-    let result = follower.run(shutdown).await;
+    let result = unless_denied(&connection, follower.run(shutdown)).await;
     if let Some(reporter) = reporter {
         reporter.abort();
     }

@@ -263,7 +263,7 @@ fn an_unreachable_server_is_exit_9_with_one_line() {
     let stderr = text(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.starts_with("liteorm-changeset: cannot connect"),
+        stderr.starts_with("liteorm-changeset: NATS connect"),
         "{stderr}"
     );
 }

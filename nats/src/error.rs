@@ -32,6 +32,41 @@ pub enum Error {
         /// The client's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A secret, credentials file or certificate cannot be read (missing file, unset variable,
+    /// empty value). Names the file or variable, never a secret.
+    #[error("NATS credentials: {reason}")]
+    Credentials {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The server refused the credentials (wrong password, token, NKey or creds file; or none
+    /// given where the server needs them).
+    #[error("NATS server {server} refused the credentials: {reason}")]
+    Authentication {
+        /// The server URL, any password in it redacted.
+        server: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// No trusted TLS session with the server (its certificate is not signed by a trusted CA or
+    /// does not name the host, the server wants a client certificate, or it does not speak TLS).
+    #[error("TLS with NATS server {server} failed: {reason}")]
+    Tls {
+        /// The server URL, any password in it redacted.
+        server: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// The server denied an operation: the user's permissions do not allow the subject or
+    /// JetStream API it needs.
+    #[error(
+        "the NATS server denied an operation ({message}); grant the user publish/subscribe \
+         permissions on the stream's subject and the $JS.API subjects it uses"
+    )]
+    PermissionDenied {
+        /// The server's message (names the subject).
+        message: String,
+    },
     /// A message in the stream is not a well-formed change log entry (missing or bad headers, or
     /// a payload that is not a valid changeset). The follower stops before it.
     #[error("malformed message at stream sequence {stream_seq}: {reason}")]

@@ -17,6 +17,10 @@
 //! - [`snapshot`] bootstraps a new replica from a copy of the primary tagged with its seq; the
 //!   follower then starts at seq + 1.
 //!
+//! - [`NatsConnect`] connects to a secured server: user and password, token, NKey seed or
+//!   `.creds` file, TLS with a custom CA and client certificates; secrets come from files or
+//!   environment variables and never appear in errors or `Debug` output.
+//!
 //! Every long-running loop ([`Publisher::run`], [`Follower::run`]) takes a shutdown future, so
 //! a command-line tool is a thin wrapper: connect, build, `run(sigterm)`.
 //!
@@ -84,6 +88,7 @@
 //! ```
 
 mod backoff;
+mod connect;
 mod error;
 mod follower;
 mod publisher;
@@ -93,6 +98,7 @@ mod stream;
 mod wire;
 
 pub use async_nats;
+pub use connect::{Auth, Connection, NatsConnect, Secret, SecretSource, SecretValue, redact_url};
 pub use error::{Error, Result};
 pub use follower::{Follower, Lag};
 pub use publisher::{PublishReport, Publisher};

@@ -8,7 +8,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use futures::FutureExt as _;
 use liteorm_core::{Session, Value};
-use liteorm_replication::{ChangeLog, LogEntry, LogFilter};
+use liteorm_replication::{ChainBreak, ChangeLog, LogEntry, LogFilter};
 use liteorm_sqlite::SqliteSession;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -279,8 +279,24 @@ impl Publisher {
         if entries.is_empty() {
             return Ok(false);
         }
+        // The log has no gaps unless someone deleted an entry: publish up to the hole, then
+        // stop naming it (a stream with a hole would only stop every replica there).
+        let run = (cursor + 1..)
+            .zip(&entries)
+            .take_while(|(expected, entry)| entry.seq == *expected)
+            .count();
+        if run == 0 {
+            return Err(liteorm_replication::Error::ChainBroken {
+                seq: cursor + 1,
+                reason: ChainBreak::Missing {
+                    next: entries[0].seq,
+                },
+            }
+            .into());
+        }
+        let entries = &entries[..run];
         let span = tracing::debug_span!("publish_batch", from = cursor + 1, count = entries.len());
-        self.publish_batch(&handle, &entries, report)
+        self.publish_batch(&handle, entries, report)
             .instrument(span)
             .await?;
         Ok(true)

@@ -82,15 +82,17 @@ async fn tag(copy: &SqliteSession, name: &str) -> Result<Option<u64>> {
         .query("SELECT coalesce(max(seq), 0) FROM liteorm_changes", &[])
         .await?;
     let seq: i64 = rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
-    copy.execute_batch("DROP TABLE liteorm_changes; DROP TABLE IF EXISTS liteorm_outbox")
-        .await?;
-    // The replica's own API creates its state table; only the cursor value is set here.
+    // The replica's own API creates its state table; only the cursor value is set here, with
+    // the chain hash of that entry, against which the replica checks the next one.
     Replica::open_named(copy, name).await?;
     copy.execute(
-        "UPDATE liteorm_replica SET last_seq = ? WHERE name = ?",
-        &[Value::Integer(seq), name.into()],
+        "UPDATE liteorm_replica SET last_seq = ?, \
+         last_hash = (SELECT hash FROM liteorm_changes WHERE seq = ?) WHERE name = ?",
+        &[Value::Integer(seq), Value::Integer(seq), name.into()],
     )
     .await?;
+    copy.execute_batch("DROP TABLE liteorm_changes; DROP TABLE IF EXISTS liteorm_outbox")
+        .await?;
     copy.execute_batch("VACUUM").await?;
     Ok(Some(u64::try_from(seq).unwrap_or(0)))
 }

@@ -10,6 +10,13 @@
 //! | `Liteorm-Actor`          | who (escaped; absent when unknown)                           |
 //! | `Liteorm-Reason`         | why (escaped; absent when unknown)                           |
 //! | `Liteorm-Tables`         | the tables touched, escaped, joined with `,`                 |
+//! | `Liteorm-Wire`           | the format version, `2`                                      |
+//! | `Liteorm-Hash`           | the entry's chain hash, 64 hex digits                        |
+//!
+//! Version 1 (no `Liteorm-Wire` header) had no hash. Such a message is refused rather than
+//! applied unchecked: accepting it would let anyone who can publish to the subject strip the
+//! hash and bypass the replica's chain check. A version above 2 is refused too, naming it, so an
+//! old follower stops with a clear error instead of misreading a newer format.
 //!
 //! Free text is percent-escaped: every byte outside printable ASCII, and `%`, `,` and space,
 //! becomes `%XX`, so a value can hold no line break (which would end the header block) and
@@ -19,7 +26,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::message::StreamMessage;
 use bytes::Bytes;
 use liteorm_changeset::Changeset;
-use liteorm_replication::{EntryKind, LogEntry};
+use liteorm_replication::{EntryHash, EntryKind, LogEntry};
 
 use crate::{Error, Result};
 
@@ -30,10 +37,16 @@ const REF_SEQ: &str = "Liteorm-Ref-Seq";
 const ACTOR: &str = "Liteorm-Actor";
 const REASON: &str = "Liteorm-Reason";
 const TABLES: &str = "Liteorm-Tables";
+const WIRE: &str = "Liteorm-Wire";
+const HASH: &str = "Liteorm-Hash";
+/// The format [`encode`] writes and [`decode`] reads.
+const VERSION: u32 = 2;
 
 /// The headers (without the NATS ones) and payload of `entry`.
 pub(crate) fn encode(entry: &LogEntry) -> (HeaderMap, Bytes) {
     let mut headers = HeaderMap::new();
+    headers.insert(WIRE, VERSION.to_string());
+    headers.insert(HASH, entry.hash.to_hex());
     headers.insert(SEQ, entry.seq.to_string());
     headers.insert(COMMITTED_AT, entry.committed_at_ms.to_string());
     let (kind, ref_seq) = match entry.kind {
@@ -73,6 +86,23 @@ pub(crate) fn decode(
         raw.parse()
             .map_err(|_| malformed(format!("{name} is not a number: {raw:?}")))
     };
+    match text(WIRE) {
+        None => {
+            return Err(malformed(format!(
+                "no {WIRE} header: a version 1 message without a chain hash, refused \
+                 (republish the log with this version of liteorm-nats)"
+            )));
+        }
+        Some(v) if v == VERSION.to_string() => {}
+        Some(other) => {
+            return Err(malformed(format!(
+                "wire format version {other:?}; this follower reads version {VERSION}"
+            )));
+        }
+    }
+    let hash_raw = required(HASH)?;
+    let hash = EntryHash::from_hex(hash_raw)
+        .ok_or_else(|| malformed(format!("{HASH} is not 64 hex digits: {hash_raw:?}")))?;
     let seq = number(SEQ)?;
     if seq == 0 {
         return Err(malformed(format!("{SEQ} is 0")));
@@ -109,6 +139,7 @@ pub(crate) fn decode(
         kind,
         tables,
         changeset,
+        hash,
     })
 }
 
@@ -167,6 +198,7 @@ mod tests {
             tables: tables.iter().map(|t| (*t).to_owned()).collect(),
             // An empty changeset is valid and needs no database to make.
             changeset: Changeset::from_bytes(Vec::new()).unwrap(),
+            hash: EntryHash::from([7; 32]),
         }
     }
 
@@ -209,6 +241,30 @@ mod tests {
         assert!(matches!(
             decode(Some(&bad), b"", 1),
             Err(Error::Malformed { .. })
+        ));
+        let mut bad = headers.clone();
+        bad.insert(HASH, "00");
+        assert!(matches!(
+            decode(Some(&bad), b"", 1),
+            Err(Error::Malformed { reason, .. }) if reason.contains(HASH)
+        ));
+        let mut bad = headers.clone();
+        bad.insert(WIRE, "3");
+        assert!(matches!(
+            decode(Some(&bad), b"", 1),
+            Err(Error::Malformed { reason, .. }) if reason.contains("version")
+        ));
+        let mut v1 = HeaderMap::new();
+        for (name, values) in headers.iter() {
+            if ![WIRE, HASH].contains(&AsRef::<str>::as_ref(name)) {
+                for value in values {
+                    v1.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        assert!(matches!(
+            decode(Some(&v1), b"", 1),
+            Err(Error::Malformed { reason, .. }) if reason.contains("version 1")
         ));
         let mut bad = headers;
         bad.insert(ACTOR, "%G1");

@@ -47,9 +47,39 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The hash chain of the change log is broken at `seq`: that entry (or the one before it)
+    /// was changed, deleted, inserted or moved after it was logged. Found by
+    /// [`ChangeLog::verify`](crate::ChangeLog::verify), before a revert, or by a replica, which
+    /// stops before the entry.
+    #[error("change log chain broken at seq {seq}: {reason}")]
+    ChainBroken {
+        /// The first entry that does not verify.
+        seq: u64,
+        /// How it fails.
+        reason: ChainBreak,
+    },
     /// The change source failed or went away.
     #[error("change source: {0}")]
     Source(String),
+}
+
+/// How a change log's hash chain is broken (see [`Error::ChainBroken`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainBreak {
+    /// The entry's hash is not the link of the previous hash and its fields: its content or
+    /// metadata was edited, it was moved or inserted, or the entry before it was replaced.
+    #[error("its hash does not match its content, metadata and the previous entry")]
+    HashMismatch,
+    /// The entry is missing (deleted): the log goes on at `next`.
+    #[error("the entry is missing; the log continues at seq {next}")]
+    Missing {
+        /// The seq found instead.
+        next: u64,
+    },
+    /// The entry cannot be read (no or a malformed hash, an unknown kind, an invalid changeset).
+    #[error("unreadable entry: {0}")]
+    Unreadable(String),
 }
 
 fn describe(tables: &[liteorm_changeset::SkippedTable]) -> String {

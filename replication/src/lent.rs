@@ -8,7 +8,7 @@ use liteorm_changeset::Changeset;
 use liteorm_changeset::driver::{Handle, RawConnection};
 use liteorm_core::{Row, Value};
 
-use crate::log::{CREATE_LOG, EntryWriter, write_entry};
+use crate::log::{CREATE_LOG, EntryWriter, append as append_entry};
 use crate::{EntryKind, LogEntry, Meta, Result};
 
 /// Creates the log table on the lent connection's database if it does not exist yet.
@@ -22,7 +22,7 @@ pub fn create_log(conn: &mut impl RawConnection) -> Result<()> {
 pub fn append(conn: &mut impl RawConnection, meta: Meta, changeset: Changeset) -> Result<LogEntry> {
     conn.with_handle(|mut db| {
         // Every statement of a lent handle runs synchronously: the future is ready at once.
-        futures::executor::block_on(write_entry(&mut db, meta, EntryKind::Change, changeset))
+        futures::executor::block_on(append_entry(&mut db, meta, EntryKind::Change, changeset))
     })
 }
 

@@ -7,6 +7,10 @@
 //!   [`ChangeLog::revert`] undoes one entry and [`ChangeLog::rollback_to`] undoes everything after
 //!   a seq, each as a new, logged unit of work, with a conflict policy (a later change to the same
 //!   row is a conflict, never a silent overwrite).
+//! - Tamper evidence: every entry carries a SHA-256 hash chaining the previous entry's hash
+//!   with its own changeset and metadata ([`EntryHash`]); [`ChangeLog::verify`] names the first
+//!   seq that was edited, deleted, inserted or moved, and a replica checks every entry it
+//!   receives against the one before it.
 //! - [`Replica`] (replica side): applies log entries in seq order and stores the last applied seq
 //!   in the replica database in the same transaction as the data, so a crash at any point resumes
 //!   exactly once. Entries come from a [`ChangeSource`]: [`LogTableSource`] reads the primary's
@@ -40,6 +44,7 @@
 //! # }
 //! ```
 
+mod chain;
 mod error;
 pub mod lent;
 mod log;
@@ -47,8 +52,9 @@ mod policy;
 mod replica;
 mod source;
 
-pub use error::{Error, Result};
-pub use log::{ChangeLog, EntryKind, LogEntry, LogFilter, Meta, RevertOutcome};
+pub use chain::EntryHash;
+pub use error::{ChainBreak, Error, Result};
+pub use log::{ChangeLog, EntryKind, LogEntry, LogFilter, Meta, RevertOutcome, VerifiedChain};
 pub use policy::ConflictPolicy;
 pub use replica::{CatchUp, Replica};
 pub use source::{ChangeSource, ChannelSource, LogTableSource};

@@ -8,7 +8,8 @@ use liteorm_core::{Row, Session, Value};
 use liteorm_sqlite::SqliteSession;
 use tokio::sync::mpsc;
 
-use crate::{ConflictPolicy, Error, Result};
+use crate::chain::{self, EntryHash, Fields};
+use crate::{ChainBreak, ConflictPolicy, Error, Result};
 
 /// The log table. It is written after each capture ends, so it is never recorded itself.
 pub(crate) const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS liteorm_changes(
@@ -19,11 +20,11 @@ pub(crate) const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS liteorm_changes(
     tables TEXT NOT NULL,         -- ',a,b,': the tables the changeset touches
     kind TEXT NOT NULL,           -- 'change' | 'revert' | 'rollback'
     ref_seq INTEGER,              -- the entry a revert undoes / the seq a rollback returns to
-    blob BLOB NOT NULL
+    blob BLOB NOT NULL,
+    hash BLOB                     -- chain::link(previous hash, this entry): tamper evidence
 )";
 
-pub(crate) const SELECT_ENTRY: &str =
-    "SELECT seq, committed_at, actor, reason, tables, kind, ref_seq, blob FROM liteorm_changes";
+pub(crate) const SELECT_ENTRY: &str = "SELECT seq, committed_at, actor, reason, tables, kind, ref_seq, blob, hash FROM liteorm_changes";
 
 /// Who made a change and why; stored with the log entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,9 +79,32 @@ pub struct LogEntry {
     pub tables: Vec<String>,
     /// The changes.
     pub changeset: Changeset,
+    /// Chains this entry to the one before it (see [`ChangeLog::verify`]): a hash of the
+    /// previous entry's hash and every field above.
+    pub hash: EntryHash,
 }
 
 impl LogEntry {
+    /// The fields the chain hash covers.
+    pub(crate) fn fields(&self) -> Fields<'_> {
+        Fields {
+            seq: self.seq,
+            committed_at_ms: self.committed_at_ms,
+            actor: self.actor.as_deref(),
+            reason: self.reason.as_deref(),
+            kind: self.kind,
+            tables: &self.tables,
+            changeset: self.changeset.as_bytes(),
+        }
+    }
+
+    /// Whether this entry's hash is the link after `prev`: false when any field, the entry's
+    /// position, or the previous entry differs from what was hashed when it was logged.
+    pub fn follows(&self, prev: &EntryHash) -> bool {
+        chain::link(prev, &self.fields()) == self.hash
+    }
+
+    /// Decodes one row of the log table (the only decoder of that format).
     pub(crate) fn from_row(row: &Row) -> Result<Self> {
         let seq = seq_of(row.try_get::<i64>("seq")?);
         let corrupt = |reason: String| Error::CorruptEntry { seq, reason };
@@ -94,6 +118,11 @@ impl LogEntry {
         let blob: Vec<u8> = row.try_get("blob")?;
         let changeset = Changeset::from_bytes(blob).map_err(|e| corrupt(e.to_string()))?;
         let tables: String = row.try_get("tables")?;
+        let hash = row
+            .try_get::<Option<Vec<u8>>>("hash")?
+            .ok_or_else(|| corrupt("no chain hash".into()))?;
+        let hash = EntryHash::from_slice(&hash)
+            .ok_or_else(|| corrupt(format!("a chain hash of {} bytes, not 32", hash.len())))?;
         Ok(LogEntry {
             seq,
             committed_at_ms: row.try_get("committed_at")?,
@@ -106,6 +135,7 @@ impl LogEntry {
                 .map(str::to_owned)
                 .collect(),
             changeset,
+            hash,
         })
     }
 }
@@ -130,55 +160,6 @@ impl EntryWriter for &SqliteSession {
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         Ok(Session::query(*self, sql, params).await?)
     }
-}
-
-/// Appends the entry for `changeset` through `db`, inside the transaction that made the
-/// changes: the one place that builds a log row and writes it, for every way of recording.
-pub(crate) async fn write_entry(
-    db: &mut impl EntryWriter,
-    meta: Meta,
-    kind: EntryKind,
-    changeset: Changeset,
-) -> Result<LogEntry> {
-    let tables = changeset.tables()?;
-    let (kind_name, ref_seq) = match kind {
-        EntryKind::Change => ("change", Value::Null),
-        EntryKind::Revert(of) => ("revert", stored(of)),
-        EntryKind::Rollback(to) => ("rollback", stored(to)),
-    };
-    let committed_at_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let rows = db
-        .query(
-            "INSERT INTO liteorm_changes(committed_at, actor, reason, tables, kind, ref_seq, blob) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-            &[
-                committed_at_ms.into(),
-                meta.actor.clone().into(),
-                meta.reason.clone().into(),
-                format!(",{},", tables.join(",")).into(),
-                kind_name.into(),
-                ref_seq,
-                changeset.as_bytes().into(),
-            ],
-        )
-        .await?;
-    let seq = seq_of(
-        rows.first()
-            .map(|r| r.try_get::<i64>(0))
-            .transpose()?
-            .unwrap_or(0),
-    );
-    Ok(LogEntry {
-        seq,
-        committed_at_ms,
-        actor: meta.actor,
-        reason: meta.reason,
-        kind,
-        tables,
-        changeset,
-    })
 }
 
 /// Which entries [`ChangeLog::entries`] returns; all conditions must hold.
@@ -262,6 +243,20 @@ pub struct RevertOutcome {
     pub reports: Vec<(u64, ApplyReport)>,
 }
 
+/// What [`ChangeLog::verify`] found: an intact chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifiedChain {
+    /// Entries checked (seqs 1 to `entries`).
+    pub entries: u64,
+    /// The newest entry's hash ([`EntryHash::GENESIS`] for an empty log). Kept elsewhere, it
+    /// also proves later that no entry up to there was removed from the end.
+    pub head: EntryHash,
+    /// Entries up to this seq were chained when an older log was upgraded
+    /// ([`ChangeLog::open`]), not when they were committed.
+    pub upgraded_through: Option<u64>,
+}
+
 /// The change log of one SQLite database: the primary side of the audit log and of replication.
 #[derive(Clone)]
 pub struct ChangeLog {
@@ -272,9 +267,16 @@ pub struct ChangeLog {
 
 impl ChangeLog {
     /// Opens the log of `session`'s database, creating the log table if needed.
+    ///
+    /// A log created before tamper evidence (a table without the `hash` column) is upgraded
+    /// once, in one transaction: the column is added, every existing entry is chained in seq
+    /// order, and the upgrade is recorded in `liteorm_chain_upgrade` (time and last seq). The
+    /// chain then proves those entries did not change *after* the upgrade; what happened to them
+    /// before it cannot be proven, and [`ChangeLog::verify`] reports that boundary.
     pub async fn open(session: &dyn Session) -> Result<Self> {
         let db = sqlite(session)?;
         db.execute_batch(CREATE_LOG).await?;
+        upgrade(&db).await?;
         Ok(ChangeLog {
             db,
             tables: None,
@@ -336,7 +338,7 @@ impl ChangeLog {
             tx.commit().await.map_err(Error::from)?;
             return Ok((value, None));
         }
-        let entry = self.append(&tx, meta, kind, changes).await?;
+        let entry = append(&mut tx.session(), meta, kind, changes).await?;
         tx.commit().await.map_err(Error::from)?;
         let seq = entry.seq;
         if let Some(sender) = &self.publish
@@ -348,16 +350,6 @@ impl ChangeLog {
             );
         }
         Ok((value, Some(seq)))
-    }
-
-    async fn append(
-        &self,
-        tx: &liteorm_sqlite::SqliteTransaction,
-        meta: Meta,
-        kind: EntryKind,
-        changeset: Changeset,
-    ) -> Result<LogEntry> {
-        write_entry(&mut tx.session(), meta, kind, changeset).await
     }
 
     /// The entries that match `filter`, in seq order.
@@ -398,13 +390,15 @@ impl ChangeLog {
 
     /// Undoes entry `seq` by applying its inverse under `policy`, as a new logged unit of work.
     /// A row that a later entry changed again conflicts (with the default policy the revert fails
-    /// and changes nothing).
+    /// and changes nothing). The log is verified first ([`ChangeLog::verify`]): a broken chain
+    /// fails the revert with [`Error::ChainBroken`] before anything is applied.
     pub async fn revert(
         &self,
         seq: u64,
         policy: ConflictPolicy,
         meta: Meta,
     ) -> Result<RevertOutcome> {
+        self.verify().await?;
         let entry = self.entry(seq).await?;
         self.undo(vec![entry], policy, meta, EntryKind::Revert(seq))
             .await
@@ -412,18 +406,99 @@ impl ChangeLog {
 
     /// Returns the database to its state right after entry `seq` (0: before the first entry) by
     /// applying the inverses of every later entry, newest first, as one logged unit of work.
+    /// Like [`ChangeLog::revert`], it verifies the log first.
     pub async fn rollback_to(
         &self,
         seq: u64,
         policy: ConflictPolicy,
         meta: Meta,
     ) -> Result<RevertOutcome> {
+        self.verify().await?;
         let mut later = self
             .entries(&LogFilter::all().seqs(seq.saturating_add(1), u64::MAX))
             .await?;
         later.reverse();
         self.undo(later, policy, meta, EntryKind::Rollback(seq))
             .await
+    }
+
+    /// Checks the hash chain of the whole log, in seq order: seqs run 1, 2, 3, ... without
+    /// gaps, every entry is readable, and every entry's hash is the link of the previous
+    /// entry's hash and its own fields ([`LogEntry::follows`]).
+    ///
+    /// Returns the number of entries and the head hash, or [`Error::ChainBroken`] naming the
+    /// first seq whose content, metadata or position was changed, or that was deleted or
+    /// inserted. Someone who can write the table *and* recompute every later hash can rewrite
+    /// the log undetected by this check alone, and deleting the newest entries leaves a valid,
+    /// shorter chain: compare the head with a copy kept elsewhere (a replica checks every entry
+    /// it receives against the hash of the one before, so a rewritten history stops it).
+    pub async fn verify(&self) -> Result<VerifiedChain> {
+        let below = self
+            .db
+            .query("SELECT min(seq) FROM liteorm_changes WHERE seq < 1", &[])
+            .await?;
+        if let Some(raw) = below
+            .first()
+            .map(|r| r.try_get::<Option<i64>>(0))
+            .transpose()?
+            .flatten()
+        {
+            return Err(Error::ChainBroken {
+                seq: 0,
+                reason: ChainBreak::Unreadable(format!("an entry with seq {raw}, below 1")),
+            });
+        }
+        let mut prev = EntryHash::GENESIS;
+        let mut last = 0;
+        loop {
+            let page = self
+                .db
+                .query(
+                    &format!("{SELECT_ENTRY} WHERE seq > ? ORDER BY seq LIMIT {VERIFY_PAGE}"),
+                    &[stored(last)],
+                )
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            for row in &page {
+                let seq = seq_of(row.try_get::<i64>("seq")?);
+                let broken = |reason| Error::ChainBroken { seq, reason };
+                if seq != last + 1 {
+                    return Err(Error::ChainBroken {
+                        seq: last + 1,
+                        reason: ChainBreak::Missing { next: seq },
+                    });
+                }
+                let entry = LogEntry::from_row(row).map_err(|err| match err {
+                    Error::CorruptEntry { reason, .. } => broken(ChainBreak::Unreadable(reason)),
+                    other => other,
+                })?;
+                if !entry.follows(&prev) {
+                    return Err(broken(ChainBreak::HashMismatch));
+                }
+                (prev, last) = (entry.hash, seq);
+            }
+        }
+        let upgraded = self
+            .db
+            .query("SELECT max(through_seq) FROM liteorm_chain_upgrade", &[])
+            .await;
+        // The table exists only in upgraded logs.
+        let upgraded_through = match upgraded {
+            Ok(rows) => rows
+                .first()
+                .map(|r| r.try_get::<Option<i64>>(0))
+                .transpose()?
+                .flatten()
+                .map(seq_of),
+            Err(_) => None,
+        };
+        Ok(VerifiedChain {
+            entries: last,
+            head: prev,
+            upgraded_through,
+        })
     }
 
     async fn undo(
@@ -449,6 +524,142 @@ impl ChangeLog {
             .await?;
         Ok(RevertOutcome { logged_as, reports })
     }
+}
+
+/// The time now in Unix milliseconds.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How many log rows [`ChangeLog::verify`] and the upgrade read per query.
+const VERIFY_PAGE: usize = 512;
+
+/// Appends one entry, chained to the newest one, through `db`, in the caller's immediate
+/// transaction (so no other writer appends in between): the only INSERT into the log table, for
+/// every way of recording (a liteorm session, or a connection lent by another driver through
+/// [`crate::lent`]).
+pub(crate) async fn append(
+    db: &mut impl EntryWriter,
+    meta: Meta,
+    kind: EntryKind,
+    changeset: Changeset,
+) -> Result<LogEntry> {
+    let tables = changeset.tables()?;
+    let committed_at_ms = now_ms();
+    let (last, prev) = head(db).await?;
+    let mut entry = LogEntry {
+        seq: last + 1,
+        committed_at_ms,
+        actor: meta.actor,
+        reason: meta.reason,
+        kind,
+        tables,
+        changeset,
+        hash: EntryHash::GENESIS,
+    };
+    entry.hash = chain::link(&prev, &entry.fields());
+    let (kind_name, ref_seq) = chain::kind_parts(kind);
+    db.query(
+        "INSERT INTO liteorm_changes(seq, committed_at, actor, reason, tables, kind, ref_seq, blob, hash) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        &[
+            stored(entry.seq),
+            committed_at_ms.into(),
+            entry.actor.clone().into(),
+            entry.reason.clone().into(),
+            format!(",{},", entry.tables.join(",")).into(),
+            kind_name.into(),
+            ref_seq.map_or(Value::Null, stored),
+            entry.changeset.as_bytes().into(),
+            entry.hash.as_bytes().as_slice().into(),
+        ],
+    )
+    .await?;
+    Ok(entry)
+}
+
+/// The newest entry's seq and hash (0 and [`EntryHash::GENESIS`] for an empty log).
+async fn head(db: &mut impl EntryWriter) -> Result<(u64, EntryHash)> {
+    let rows = db
+        .query(
+            "SELECT seq, hash FROM liteorm_changes ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    let Some(row) = rows.first() else {
+        return Ok((0, EntryHash::GENESIS));
+    };
+    let seq = seq_of(row.try_get::<i64>(0)?);
+    let hash = row.try_get::<Option<Vec<u8>>>(1)?;
+    let hash = hash
+        .as_deref()
+        .and_then(EntryHash::from_slice)
+        .ok_or(Error::ChainBroken {
+            seq,
+            reason: ChainBreak::Unreadable("the newest entry has no valid chain hash".into()),
+        })?;
+    Ok((seq, hash))
+}
+
+/// Adds the hash column to a log created before tamper evidence and chains its entries (see
+/// [`ChangeLog::open`]). Idempotent; concurrent openers serialize on the immediate transaction.
+async fn upgrade(db: &SqliteSession) -> Result<()> {
+    const HAS_HASH: &str = "SELECT 1 FROM pragma_table_info('liteorm_changes') WHERE name = 'hash'";
+    if !db.query(HAS_HASH, &[]).await?.is_empty() {
+        return Ok(());
+    }
+    let tx = db.begin_immediate().await?;
+    let s = tx.session();
+    if !s.query(HAS_HASH, &[]).await?.is_empty() {
+        return Ok(());
+    }
+    // A placeholder first, so that the one row decoder reads the old rows.
+    s.execute_batch(
+        "ALTER TABLE liteorm_changes ADD COLUMN hash BLOB;
+         UPDATE liteorm_changes SET hash = zeroblob(32);
+         CREATE TABLE IF NOT EXISTS liteorm_chain_upgrade(
+             upgraded_at INTEGER NOT NULL, -- Unix time in milliseconds
+             through_seq INTEGER NOT NULL  -- entries up to here were chained by the upgrade
+         )",
+    )
+    .await?;
+    let (mut prev, mut last) = (EntryHash::GENESIS, i64::MIN);
+    loop {
+        let page = s
+            .query(
+                &format!("{SELECT_ENTRY} WHERE seq > ? ORDER BY seq LIMIT {VERIFY_PAGE}"),
+                &[last.into()],
+            )
+            .await?;
+        if page.is_empty() {
+            break;
+        }
+        for row in &page {
+            let entry = LogEntry::from_row(row)?;
+            prev = chain::link(&prev, &entry.fields());
+            last = row.try_get("seq")?;
+            s.execute(
+                "UPDATE liteorm_changes SET hash = ? WHERE seq = ?",
+                &[prev.as_bytes().as_slice().into(), last.into()],
+            )
+            .await?;
+        }
+    }
+    let through = last.max(0);
+    s.execute(
+        "INSERT INTO liteorm_chain_upgrade(upgraded_at, through_seq) VALUES (?, ?)",
+        &[now_ms().into(), through.into()],
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::warn!(
+        through_seq = through,
+        "change log upgraded to a hash chain; entries up to through_seq were chained now, not \
+         when they were committed"
+    );
+    Ok(())
 }
 
 /// The SQLite session behind `session`, or the typed capability error (the changeset crate's

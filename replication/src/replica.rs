@@ -5,11 +5,12 @@ use liteorm_core::{Session, Value};
 use liteorm_sqlite::{SqliteSession, SqliteTransaction};
 
 use crate::log::sqlite;
-use crate::{ChangeSource, ConflictPolicy, Error, LogEntry, Result};
+use crate::{ChainBreak, ChangeSource, ConflictPolicy, EntryHash, Error, LogEntry, Result};
 
 const CREATE_STATE: &str = "CREATE TABLE IF NOT EXISTS liteorm_replica(
     name TEXT PRIMARY KEY,
-    last_seq INTEGER NOT NULL
+    last_seq INTEGER NOT NULL,
+    last_hash BLOB              -- the chain hash of entry last_seq (NULL: not known)
 )";
 
 /// How far a [`Replica::catch_up`] got.
@@ -26,6 +27,14 @@ pub struct CatchUp {
 /// The last applied seq is stored in the replica database (table `liteorm_replica`) and updated
 /// in the same transaction as the entries it covers: after a crash at any point, the replica
 /// resumes right after the last committed entry, so no entry is lost or applied twice.
+///
+/// **Chain check.** The replica also stores the chain hash of its last applied entry and
+/// applies an entry only if its hash links to that one ([`LogEntry::follows`]); otherwise it
+/// stops before it with [`Error::ChainBroken`] naming its seq, whatever source delivered it. So
+/// an entry edited in the primary's log table, in a message stream or in transit, or a history
+/// rewritten after the replica saw it, is never applied. A replica state from before tamper
+/// evidence (a cursor without a hash) takes the hash of the first entry it applies as given
+/// and checks every later one.
 #[derive(Clone)]
 pub struct Replica {
     db: SqliteSession,
@@ -44,6 +53,22 @@ impl Replica {
     pub async fn open_named(session: &dyn Session, name: &str) -> Result<Self> {
         let db = sqlite(session)?;
         db.execute_batch(CREATE_STATE).await?;
+        let has_hash = db
+            .query(
+                "SELECT 1 FROM pragma_table_info('liteorm_replica') WHERE name = 'last_hash'",
+                &[],
+            )
+            .await?;
+        if has_hash.is_empty() {
+            // A state table from before tamper evidence; concurrent openers may race here.
+            if let Err(err) = db
+                .execute_batch("ALTER TABLE liteorm_replica ADD COLUMN last_hash BLOB")
+                .await
+                && !err.to_string().contains("duplicate column")
+            {
+                return Err(err.into());
+            }
+        }
         db.execute(
             "INSERT INTO liteorm_replica(name, last_seq) VALUES (?, 0) ON CONFLICT(name) DO NOTHING",
             &[name.into()],
@@ -71,7 +96,7 @@ impl Replica {
 
     /// The last applied seq.
     pub async fn last_applied(&self) -> Result<u64> {
-        read_cursor(&self.db, &self.name).await
+        Ok(read_cursor(&self.db, &self.name).await?.0)
     }
 
     /// Applies `entries` (in seq order) in one transaction together with the cursor. Entries at
@@ -104,7 +129,8 @@ impl Replica {
         entries: &[LogEntry],
     ) -> Result<u64, (usize, Error)> {
         let session = tx.session();
-        let mut last = read_cursor(session, &self.name).await.map_err(|e| (0, e))?;
+        let (mut last, mut last_hash) =
+            read_cursor(session, &self.name).await.map_err(|e| (0, e))?;
         for (i, entry) in entries.iter().enumerate() {
             if entry.seq <= last {
                 continue;
@@ -115,6 +141,27 @@ impl Replica {
                     Error::Gap {
                         expected: last + 1,
                         got: entry.seq,
+                    },
+                ));
+            }
+            let prev = match last_hash {
+                Some(hash) => Some(hash),
+                None if last == 0 => Some(EntryHash::GENESIS),
+                None => {
+                    tracing::warn!(
+                        replica = %self.name,
+                        seq = entry.seq,
+                        "the replica has no chain hash for its cursor; taking this entry's as given"
+                    );
+                    None
+                }
+            };
+            if prev.is_some_and(|prev| !entry.follows(&prev)) {
+                return Err((
+                    i,
+                    Error::ChainBroken {
+                        seq: entry.seq,
+                        reason: ChainBreak::HashMismatch,
                     },
                 ));
             }
@@ -142,12 +189,14 @@ impl Replica {
                 ));
             }
             last = entry.seq;
+            last_hash = Some(entry.hash);
         }
         session
             .execute(
-                "UPDATE liteorm_replica SET last_seq = ? WHERE name = ?",
+                "UPDATE liteorm_replica SET last_seq = ?, last_hash = ? WHERE name = ?",
                 &[
                     Value::Integer(i64::try_from(last).unwrap_or(i64::MAX)),
+                    last_hash.map_or(Value::Null, |h| h.as_bytes().as_slice().into()),
                     self.name.as_str().into(),
                 ],
             )
@@ -186,13 +235,18 @@ impl Replica {
     }
 }
 
-async fn read_cursor(session: &dyn Session, name: &str) -> Result<u64> {
+/// The last applied seq and its chain hash (`None`: unknown).
+async fn read_cursor(session: &dyn Session, name: &str) -> Result<(u64, Option<EntryHash>)> {
     let rows = session
         .query(
-            "SELECT last_seq FROM liteorm_replica WHERE name = ?",
+            "SELECT last_seq, last_hash FROM liteorm_replica WHERE name = ?",
             &[name.into()],
         )
         .await?;
-    let last: i64 = rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
-    Ok(u64::try_from(last).unwrap_or(0))
+    let Some(row) = rows.first() else {
+        return Ok((0, None));
+    };
+    let last = u64::try_from(row.try_get::<i64>(0)?).unwrap_or(0);
+    let hash = row.try_get::<Option<Vec<u8>>>(1)?;
+    Ok((last, hash.as_deref().and_then(EntryHash::from_slice)))
 }

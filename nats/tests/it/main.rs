@@ -7,4 +7,6 @@ mod bootstrap;
 mod crash;
 mod follow;
 mod publish;
+mod secure;
 mod support;
+mod tamper;

@@ -11,6 +11,7 @@ use liteorm_nats::async_nats::jetstream;
 use liteorm_nats::{ChangeStream, Follower, NatsSource, PublishReport, Publisher};
 use liteorm_replication::{ChangeLog, Error, Meta, Replica};
 use liteorm_sqlite::SqliteSession;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tempfile::TempDir;
 use tokio::sync::watch;
 
@@ -48,19 +49,41 @@ pub(crate) struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: TempDir,
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     pub(crate) fn start() -> NatsServer {
+        Self::start_with(None)
+    }
+
+    /// A server that also reads `config` (nats-server's format: `authorization`, `tls`, ...),
+    /// written to its store directory.
+    pub(crate) fn start_with_config(config: &str) -> NatsServer {
+        Self::start_with(Some(config))
+    }
+
+    fn start_with(config: Option<&str>) -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir for the JetStream store");
+        let config = config.map(|text| {
+            let path = store.path().join("server.conf");
+            std::fs::write(&path, text).expect("write the server config");
+            path
+        });
         let port = free_port();
         let mut server = NatsServer {
             child: None,
             port,
             store,
+            config,
         };
         server.spawn();
         server
+    }
+
+    /// The port it listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     fn spawn(&mut self) {
@@ -74,7 +97,12 @@ impl NatsServer {
                 &self.port.to_string(),
                 "-sd",
             ])
-            .arg(self.store.path())
+            .arg(self.store.path().join("js"))
+            .args(
+                self.config
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("-c"), c.as_os_str()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -310,4 +338,166 @@ pub(crate) async fn wait_progress(progress: &mut watch::Receiver<u64>, seq: u64,
             *progress.borrow()
         ),
     }
+}
+
+/// One way to tamper with a primary's change log table (of [`TAMPERED_LOG_LEN`] entries from
+/// [`record_many`]), and the first seq it breaks.
+pub(crate) struct Tampering {
+    pub(crate) name: &'static str,
+    pub(crate) sql: &'static str,
+    pub(crate) first_bad: u64,
+}
+
+/// How many entries the log has before [`TAMPERINGS`] are applied.
+pub(crate) const TAMPERED_LOG_LEN: u64 = 5;
+
+/// Every kind of edit the chain must reveal: content, metadata, deletion, insertion, order.
+pub(crate) const TAMPERINGS: &[Tampering] = &[
+    Tampering {
+        name: "a changeset byte",
+        // The last byte is the last value of the last change: still a valid changeset.
+        sql: "UPDATE liteorm_changes \
+              SET blob = CAST(substr(blob, 1, length(blob) - 1) || X'2A' AS BLOB) WHERE seq = 3",
+        first_bad: 3,
+    },
+    Tampering {
+        name: "the actor",
+        sql: "UPDATE liteorm_changes SET actor = 'mallory' WHERE seq = 2",
+        first_bad: 2,
+    },
+    Tampering {
+        name: "the timestamp",
+        sql: "UPDATE liteorm_changes SET committed_at = committed_at - 3600000 WHERE seq = 4",
+        first_bad: 4,
+    },
+    Tampering {
+        name: "a deleted entry",
+        sql: "DELETE FROM liteorm_changes WHERE seq = 3",
+        first_bad: 3,
+    },
+    Tampering {
+        name: "an inserted entry",
+        // Entries 3.. move up one; a copy of entry 2 (its hash too) goes in at 3.
+        sql: "UPDATE liteorm_changes SET seq = seq + 100 WHERE seq >= 3; \
+              UPDATE liteorm_changes SET seq = seq - 99 WHERE seq >= 100; \
+              INSERT INTO liteorm_changes \
+              SELECT 3, committed_at, actor, reason, tables, kind, ref_seq, blob, hash \
+              FROM liteorm_changes WHERE seq = 2",
+        first_bad: 3,
+    },
+    Tampering {
+        name: "two swapped entries",
+        sql: "UPDATE liteorm_changes SET seq = -2 WHERE seq = 2; \
+              UPDATE liteorm_changes SET seq = 2 WHERE seq = 3; \
+              UPDATE liteorm_changes SET seq = 3 WHERE seq = -2",
+        first_bad: 2,
+    },
+];
+
+/// A primary with [`TAMPERED_LOG_LEN`] entries, then `tampering` applied to its log table.
+pub(crate) async fn tampered_primary(tampering: &Tampering) -> (SqliteSession, TempDir, ChangeLog) {
+    let (primary, dir) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.expect("open log");
+    record_many(&log, TAMPERED_LOG_LEN).await;
+    primary
+        .execute_batch(tampering.sql)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", tampering.name));
+    (primary, dir, log)
+}
+
+/// Whether `err` names `seq` as the first entry that breaks the chain (a broken hash, or a
+/// missing entry, which a replica sees as a gap).
+pub(crate) fn names_first_bad(err: &Error, seq: u64) -> bool {
+    match err {
+        Error::ChainBroken { seq: at, .. } => *at == seq,
+        Error::Gap { expected, .. } => *expected == seq,
+        _ => false,
+    }
+}
+
+/// Writes `text` to `dir/name`.
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate signed by it, and a CA
+/// nobody trusts, as PEM files.
+pub(crate) struct Pki {
+    pub(crate) dir: TempDir,
+}
+
+impl Pki {
+    pub(crate) fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca("liteorm test CA");
+        write(dir.path(), "ca.pem", &pem("CERTIFICATE", ca.der()));
+        write(dir.path(), "other-ca.pem", &ca_pem("someone else's CA"));
+        for (name, sans) in [
+            (
+                "server",
+                vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            ),
+            ("client", vec!["replica".to_owned()]),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(sans)
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            write(
+                dir.path(),
+                &format!("{name}.pem"),
+                &pem("CERTIFICATE", cert.der()),
+            );
+            write(
+                dir.path(),
+                &format!("{name}-key.pem"),
+                &pem("PRIVATE KEY", &key.serialize_der()),
+            );
+        }
+        Pki { dir }
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The server's `tls` block; `verify`: client certificates required.
+    pub(crate) fn server_config(&self, verify: bool) -> String {
+        format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: {verify}, timeout: 5 }}",
+            self.path("server.pem").display(),
+            self.path("server-key.pem").display(),
+            self.path("ca.pem").display(),
+        )
+    }
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn ca_pem(name: &str) -> String {
+    pem("CERTIFICATE", ca(name).der())
+}
+
+/// PEM armour around DER bytes (64 base64 characters a line).
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
