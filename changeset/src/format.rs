@@ -473,13 +473,63 @@ fn varint_step(value: u64, read: u8, b: u8) -> Varint {
 /// machine stepped byte by byte: several times faster, which matters on apply's hot path (every
 /// apply surveys its blob). `None` says nothing about why; the checker names the problem.
 pub(crate) fn sections(bytes: &[u8]) -> Option<Vec<Section>> {
+    let mut sections: Vec<Section> = Vec::new();
+    walk(bytes, |item| match item {
+        Item::Header { name, pk } => sections.push(Section {
+            table: String::from_utf8_lossy(name).into_owned(),
+            pk: pk.to_vec(),
+            changes: 0,
+        }),
+        Item::Change(_) => {
+            if let Some(section) = sections.last_mut() {
+                section.changes += 1;
+            }
+        }
+    })?;
+    Some(sections)
+}
+
+/// One change of a well-formed changeset or patchset, as [`walk`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChangeAt {
+    /// The op byte (`0x12` INSERT, `0x17` UPDATE, `0x09` DELETE).
+    pub(crate) op: u8,
+    /// Whether the indirect flag is set (SQLite treats any non-zero byte as set).
+    pub(crate) indirect: bool,
+    /// Offset of the op byte.
+    pub(crate) start: usize,
+    /// Offset of the first field of its first record.
+    pub(crate) record: usize,
+    /// Offset after its last record.
+    pub(crate) end: usize,
+}
+
+impl ChangeAt {
+    /// Whether it is a DELETE.
+    pub(crate) fn is_delete(&self) -> bool {
+        self.op == DELETE
+    }
+}
+
+/// What [`walk`] hands its visitor, in blob order.
+pub(crate) enum Item<'a> {
+    /// A table header: the table's name (without the NUL) and per column its key position or 0.
+    Header { name: &'a [u8], pk: &'a [u8] },
+    /// A change of the table of the last header.
+    Change(ChangeAt),
+}
+
+/// Walks a whole blob of either kind with the checks of [`Checker`], handing every table header
+/// and change to `visit`; `None` if the checker would refuse the blob (after visiting the items
+/// before the problem).
+pub(crate) fn walk(bytes: &[u8], mut visit: impl FnMut(Item<'_>)) -> Option<()> {
     let marker = match bytes.first() {
-        None => return Some(Vec::new()),
+        None => return Some(()),
         Some(&b) if b == CHANGESET || b == PATCHSET => b,
         Some(_) => return None,
     };
     let patchset = marker == PATCHSET;
-    let mut sections: Vec<Section> = Vec::new();
+    let mut in_table = false;
     let mut keys: &[u8] = &[];
     let mut n_pk = 0;
     let mut i = 0;
@@ -498,19 +548,21 @@ pub(crate) fn sections(bytes: &[u8]) -> Option<Vec<Section>> {
             if end == 0 {
                 return None;
             }
-            sections.push(Section {
-                table: String::from_utf8_lossy(&name[..end]).into_owned(),
-                pk: keys.to_vec(),
-                changes: 0,
+            in_table = true;
+            visit(Item::Header {
+                name: &name[..end],
+                pk: keys,
             });
             i = next + n_col + end + 1;
             continue;
         }
         // An op byte needs a table header before it.
-        let section = sections.last_mut()?;
+        if !in_table {
+            return None;
+        }
         // After the op byte, the indirect flag (any value), then the records.
         let fields = i + 2;
-        i = match (b, patchset) {
+        let end = match (b, patchset) {
             (INSERT | DELETE, false) | (INSERT | UPDATE, true) => {
                 record(bytes, fields, keys.len(), Keys::Flags(keys))?
             }
@@ -521,9 +573,57 @@ pub(crate) fn sections(bytes: &[u8]) -> Option<Vec<Section>> {
             (DELETE, true) => record(bytes, fields, n_pk, Keys::All)?,
             _ => return None,
         };
-        section.changes += 1;
+        visit(Item::Change(ChangeAt {
+            op: b,
+            indirect: bytes.get(i + 1).is_some_and(|&f| f != 0),
+            start: i,
+            record: fields,
+            end,
+        }));
+        i = end;
     }
-    Some(sections)
+    Some(())
+}
+
+/// The serialized key fields of the record that starts at `i` in a blob [`walk`] accepted, one
+/// after the other: what SQLite compares byte for byte to tell whether two changes name the same
+/// row. `flags` are the table's key flags (every field a key field for a patchset DELETE).
+pub(crate) fn key_fields(bytes: &[u8], mut i: usize, flags: &[u8]) -> Vec<u8> {
+    let mut key = Vec::new();
+    for &flag in flags {
+        let Some(end) = field_end(bytes, i) else {
+            break;
+        };
+        if flag != 0 {
+            key.extend_from_slice(&bytes[i..end]);
+        }
+        i = end;
+    }
+    key
+}
+
+/// The offset after the field whose type byte is at `i` (its payload unchecked against the end
+/// of `bytes`), or `None` if its type or length is malformed.
+#[inline]
+fn field_end(bytes: &[u8], i: usize) -> Option<usize> {
+    let i = i + 1;
+    match *bytes.get(i - 1)? {
+        0x00 | 0x05 => Some(i),
+        0x01 | 0x02 => Some(i + 8),
+        0x03 | 0x04 => {
+            let (len, next) = match bytes.get(i) {
+                // The usual one-byte length, without the general loop.
+                Some(&len) if len < 0x80 => (u64::from(len), i + 1),
+                _ => varint(bytes, i)?,
+            };
+            if len > MAX_VALUE_LEN {
+                return None;
+            }
+            // At most MAX_VALUE_LEN.
+            next.checked_add(usize::try_from(len).ok()?)
+        }
+        _ => None,
+    }
 }
 
 /// Which fields of a record [`record`] checks as key columns that must hold a value (see
@@ -541,34 +641,17 @@ enum Keys<'a> {
 fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<usize> {
     for field in 0..fields {
         // A number or payload that ran past the end makes this fail, or the check at the end.
-        let kind = *bytes.get(i)?;
-        i += 1;
-        match kind {
-            0x00 | 0x05 => {
-                let key = match keys {
-                    Keys::None => false,
-                    Keys::All => true,
-                    Keys::Flags(flags) => flags.get(field).is_some_and(|&f| f != 0),
-                };
-                if key {
-                    return None;
-                }
+        if matches!(bytes.get(i), Some(0x00 | 0x05)) {
+            let key = match keys {
+                Keys::None => false,
+                Keys::All => true,
+                Keys::Flags(flags) => flags.get(field).is_some_and(|&f| f != 0),
+            };
+            if key {
+                return None;
             }
-            0x01 | 0x02 => i += 8,
-            0x03 | 0x04 => {
-                let (len, next) = match bytes.get(i) {
-                    // The usual one-byte length, without the general loop.
-                    Some(&len) if len < 0x80 => (u64::from(len), i + 1),
-                    _ => varint(bytes, i)?,
-                };
-                if len > MAX_VALUE_LEN {
-                    return None;
-                }
-                // At most MAX_VALUE_LEN.
-                i = next.checked_add(usize::try_from(len).ok()?)?;
-            }
-            _ => return None,
         }
+        i = field_end(bytes, i)?;
     }
     // The last field must end within `bytes`; a record of no field ends after the indirect
     // flag, which must be there.
