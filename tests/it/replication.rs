@@ -499,3 +499,49 @@ async fn replica_killed_at_random_points_resumes_exactly_once() {
         dump(&primary, "item").await
     );
 }
+
+/// Found by the soak (`liteorm-soak`, fault `fill_replica_disk`): SQLite rolls a transaction
+/// back by itself when the disk is full, so the replica's ROLLBACK after the failed apply found
+/// none, and the replica reported "cannot rollback - no transaction is active" instead of the
+/// full disk. It must report the cause, keep its cursor, and go on once there is room.
+#[tokio::test]
+async fn a_replica_on_a_full_disk_reports_it_and_resumes_when_freed() {
+    let (primary, _d1) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    for _ in 0..5 {
+        record(
+            &log,
+            "ada",
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) \
+             INSERT INTO item(name, qty) SELECT printf('%.2000c', 'x'), i FROM n",
+        )
+        .await;
+    }
+    let (replica_db, _d2) = db_with_schema().await;
+    // One connection, so that the cap below is the replica's.
+    let pinned = replica_db.pin().await.unwrap();
+    let capped = pinned.session();
+    let replica = Replica::open(&capped).await.unwrap();
+    let pages: i64 = capped.query("PRAGMA page_count", &[]).await.unwrap()[0]
+        .try_get(0)
+        .unwrap();
+    capped
+        .query(&format!("PRAGMA max_page_count = {pages}"), &[])
+        .await
+        .unwrap();
+    let mut source = LogTableSource::new(&primary);
+    let err = replica.catch_up(&mut source).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("full") && !message.contains("cannot rollback"),
+        "{message}"
+    );
+    assert_eq!(replica.last_applied().await.unwrap(), 0);
+
+    capped
+        .query("PRAGMA max_page_count = 1073741823", &[])
+        .await
+        .unwrap();
+    assert_eq!(replica.catch_up(&mut source).await.unwrap().last_seq, 5);
+    assert_eq!(dump(&capped, "item").await, dump(&primary, "item").await);
+}
