@@ -100,8 +100,6 @@ impl<'a> Values<'a> {
                 (Value::Text(t), _) => push_bytes(&mut out, 3, t.as_bytes()),
                 (Value::Blob(b), true) => push_bytes(&mut out, 3, b),
                 (Value::Blob(b), false) => push_bytes(&mut out, 4, b),
-                // `Value` is non-exhaustive.
-                (_, _) => out.push(0),
             }
         }
         out
