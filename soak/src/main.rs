@@ -65,7 +65,7 @@ fn parse(args: &[String]) -> Result<soak::Config, String> {
     let mut config = soak::Config {
         duration: Duration::from_secs(60),
         writers: 3,
-        pace: Duration::from_millis(20),
+        pace: Duration::from_millis(50),
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {

@@ -411,6 +411,13 @@ impl Soak {
 
     /// Injects one fault, waits for the affected replicas to recover, and describes it.
     async fn inject(&mut self, fault: Fault, turn: usize, started: Instant) -> Json {
+        // Each fault starts from a steady state: every replica has what the primary had.
+        for i in 0..self.watched.len() {
+            if let Err(err) = self.recover(i).await {
+                self.failures
+                    .push(format!("before {}: {err}", fault.name()));
+            }
+        }
         let at = started.elapsed();
         eprintln!("soak: {:.0} s: {}", at.as_secs_f64(), fault.name());
         self.in_fault.store(true, Ordering::Relaxed);
@@ -509,8 +516,9 @@ impl Soak {
     }
 
     /// Inserts a row into follower-b's replica, then records the same row on the primary: the
-    /// follower must stop naming exactly that entry's seq. Then removes the planted row,
-    /// restarts the follower and times its catch-up.
+    /// follower must stop naming exactly that entry's seq. Then removes the planted row (also
+    /// when the check failed, so that the soak goes on), restarts the follower and times its
+    /// catch-up.
     async fn plant_conflict(&mut self) -> Result<Json> {
         let f = self.followers.len() - 1;
         self.planted += 1;
@@ -523,7 +531,7 @@ impl Soak {
             )
             .await?;
         let row = id.clone();
-        let seq = self
+        let recorded = self
             .log
             .record(
                 Meta::actor("soak").reason("planted conflict"),
@@ -533,15 +541,44 @@ impl Soak {
                     Ok::<_, liteorm_replication::Error>(())
                 },
             )
-            .await?
-            .ok_or("the conflicting unit of work recorded nothing")?;
+            .await;
+        let stop = match recorded {
+            Ok(Some(seq)) => self.await_stop(f, seq).await,
+            Ok(None) => Err("the conflicting unit of work recorded nothing".into()),
+            Err(err) => Err(err.into()),
+        };
+        replica_db
+            .execute("DELETE FROM planted WHERE id = ?", &[id])
+            .await?;
+        let name = self.followers[f].name;
+        if self.followers[f].child.try_wait()?.is_some() {
+            self.followers[f] = self.spawn_follower(name)?;
+            self.update_pids();
+        }
+        let (seq, stopped_ms) = stop?;
+        let recovery_ms = self.recover(f + 1).await?;
+        Ok(json!({
+            "replica": name,
+            "conflict_seq": seq,
+            "stopped_at_seq": seq,
+            "stopped_after_ms": stopped_ms,
+            "recovery_ms": recovery_ms,
+        }))
+    }
+
+    /// Waits for follower `f` to stop at the conflict of entry `seq`; checks that it names
+    /// exactly that seq, and returns it with how long the stop took.
+    async fn await_stop(&mut self, f: usize, seq: u64) -> Result<(u64, u64)> {
         let start = Instant::now();
         let status = loop {
             if let Some(status) = self.followers[f].child.try_wait()? {
                 break status;
             }
             if start.elapsed() > RECOVERY_TIMEOUT {
-                return Err(format!("the follower did not stop at seq {seq}").into());
+                return Err(format!(
+                    "the follower did not stop at seq {seq} within {RECOVERY_TIMEOUT:?}"
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         };
@@ -558,20 +595,7 @@ impl Soak {
             )
             .into());
         }
-        replica_db
-            .execute("DELETE FROM planted WHERE id = ?", &[id])
-            .await?;
-        let name = self.followers[f].name;
-        self.followers[f] = self.spawn_follower(name)?;
-        self.update_pids();
-        let recovery_ms = self.recover(f + 1).await?;
-        Ok(json!({
-            "replica": name,
-            "conflict_seq": seq,
-            "stopped_at_seq": reported,
-            "stopped_after_ms": stopped_ms,
-            "recovery_ms": recovery_ms,
-        }))
+        Ok((seq, stopped_ms))
     }
 
     /// Samples memory and lag every 500 ms until stopped.
