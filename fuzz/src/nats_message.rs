@@ -25,6 +25,12 @@ pub fn parse_headers(block: &[u8]) -> Option<HeaderMap> {
             value.push_str(more);
         }
         value.truncate(value.trim_end().len());
+        // A CR left inside the value (`lines` only strips one before the LF) makes async-nats
+        // 0.51 panic in its connection task (`HeaderValue::from` asserts): no such message
+        // reaches the follower's decoder.
+        if value.contains('\r') {
+            return None;
+        }
         headers.append(name, value.as_str());
     }
     Some(headers)

@@ -545,3 +545,41 @@ async fn a_replica_on_a_full_disk_reports_it_and_resumes_when_freed() {
     assert_eq!(replica.catch_up(&mut source).await.unwrap().last_seq, 5);
     assert_eq!(dump(&capped, "item").await, dump(&primary, "item").await);
 }
+
+/// Found by the `log_row` fuzz target: a log row whose seq (or ref_seq) is not positive, as a
+/// damaged or hand-edited database may hold, was read back as an entry with seq 0 (a replica
+/// would take it for "before the first entry"). It is a corrupt entry.
+#[tokio::test]
+async fn a_log_row_with_a_seq_below_1_is_a_corrupt_entry_not_entry_0() {
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record(&log, "ada", "UPDATE counter SET n = n + 1 WHERE id = 1").await;
+    for (seq, ref_seq) in [(-5, None), (0, None), (7, Some(-1))] {
+        primary
+            .execute(
+                "INSERT INTO liteorm_changes(seq, committed_at, tables, kind, ref_seq, blob) \
+                 SELECT ?, committed_at, tables, 'revert', ?, blob FROM liteorm_changes \
+                 WHERE seq = 1",
+                &[
+                    Value::Integer(seq),
+                    ref_seq.map_or(Value::Null, Value::Integer),
+                ],
+            )
+            .await
+            .unwrap();
+        match log.entries(&LogFilter::all()).await {
+            Err(Error::CorruptEntry { reason, .. }) => {
+                assert!(reason.contains("not positive"), "{reason}")
+            }
+            other => panic!("expected a corrupt entry, got {other:?}"),
+        }
+        primary
+            .execute(
+                "DELETE FROM liteorm_changes WHERE seq = ?",
+                &[Value::Integer(seq)],
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(log.entries(&LogFilter::all()).await.unwrap().len(), 1);
+}
