@@ -460,3 +460,34 @@ fn rebaser_keeps_an_indirect_delete_named_again_and_leaks_nothing() {
     assert_eq!(in_one.as_bytes(), once.as_bytes());
     assert_eq!(in_two.as_bytes(), once.as_bytes());
 }
+
+/// Found by the `invert` target: a REAL key column holding a NaN. SQLite cannot store a NaN (it
+/// reads one as NULL), so its invert of an UPDATE keyed by a NaN wrote a NULL key, which liteorm
+/// handed out as a trusted changeset (a NULL key is what made concat read out of bounds, see
+/// `INSERT_WITH_NULL_KEY`). SQLite never writes a NaN into a changeset: refused on validation,
+/// in every record that names a row, in both kinds and in both walks (streamed and whole).
+#[tokio::test]
+async fn a_nan_in_a_key_column_is_refused() {
+    // t(k REAL PRIMARY KEY, v): an UPDATE keyed by NaN, an INSERT and a DELETE of key NaN.
+    let nan = f64::NAN.to_be_bytes();
+    let with_nan = |head: &[u8], tail: &[u8]| [head, &nan, tail].concat();
+    let changesets = [
+        with_nan(b"T\x02\x01\x00t\x00\x17\x00\x02", b"\x03\x01x\x00\x03\x01y"),
+        with_nan(b"T\x02\x01\x00t\x00\x12\x00\x02", b"\x03\x01x"),
+        with_nan(b"T\x02\x01\x00t\x00\x09\x00\x02", b"\x03\x01x"),
+    ];
+    for bytes in &changesets {
+        let err = Changeset::from_bytes(bytes.clone()).unwrap_err();
+        assert!(err.to_string().contains("NaN"), "{err}");
+        let streamed =
+            liteorm_changeset::stream::invert(std::io::Cursor::new(bytes.clone()), Vec::new())
+                .await;
+        assert!(streamed.is_err(), "{streamed:?}");
+    }
+    let err = Patchset::from_bytes(with_nan(b"P\x02\x01\x00t\x00\x09\x00\x02", b"")).unwrap_err();
+    assert!(err.to_string().contains("NaN"), "{err}");
+    // A NaN outside the key is SQLite's business (it stores NULL) and stays accepted.
+    let value = with_nan(b"T\x02\x01\x00t\x00\x12\x00\x03\x01k\x02", b"");
+    let cs = Changeset::from_bytes(value).unwrap();
+    assert_eq!(cs.invert().unwrap().changes().unwrap().len(), 1);
+}
