@@ -89,8 +89,12 @@ enum State {
 /// undefined nor NULL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyRecord {
-    /// None (a changeset UPDATE's new record).
+    /// None (a changeset UPDATE's new record, where a key column is normally undefined).
     None,
+    /// A changeset UPDATE's new record, whose key columns may stay undefined but, if set, must
+    /// not be NULL (or a NaN): merging the update into an insert (a change group, a rebase)
+    /// would make that the row's key.
+    NewRecord,
     /// Every field (a patchset DELETE, which holds only the key).
     All,
     /// The fields whose column has a non-zero key flag.
@@ -359,11 +363,17 @@ impl Checker {
                     let what = if b == 0x00 { "undefined" } else { "NULL" };
                     return self.fail(at, format!("primary-key column {} is {what}", self.field));
                 }
+                0x05 if self.is_new_key_field() => {
+                    return self.fail(
+                        at,
+                        format!("an update sets primary-key column {} to NULL", self.field),
+                    );
+                }
                 0x00 | 0x05 => self.end_field(),
                 0x01 | 0x02 => {
                     self.state = State::Number {
                         left: 8,
-                        key_real: b == 0x02 && self.is_key_field(),
+                        key_real: b == 0x02 && (self.is_key_field() || self.is_new_key_field()),
                         bits: 0,
                     }
                 }
@@ -409,10 +419,16 @@ impl Checker {
     /// Whether the current field is a key column of a record that names the row.
     fn is_key_field(&self) -> bool {
         match self.key_record {
-            KeyRecord::None => false,
+            KeyRecord::None | KeyRecord::NewRecord => false,
             KeyRecord::All => true,
             KeyRecord::Flags => self.keys.get(self.field).is_some_and(|&f| f != 0),
         }
+    }
+
+    /// Whether the current field is a key column that an UPDATE's new record sets.
+    fn is_new_key_field(&self) -> bool {
+        self.key_record == KeyRecord::NewRecord
+            && self.keys.get(self.field).is_some_and(|&f| f != 0)
     }
 
     fn end_field(&mut self) {
@@ -427,7 +443,7 @@ impl Checker {
             self.records_left -= 1;
             self.fields_left = self.n_col;
             self.field = 0;
-            self.key_record = KeyRecord::None;
+            self.key_record = KeyRecord::NewRecord;
             return;
         }
         self.end_change();
@@ -590,7 +606,7 @@ pub(crate) fn walk(bytes: &[u8], mut visit: impl FnMut(Item<'_>)) -> Option<()> 
             }
             (UPDATE, false) => {
                 let new = record(bytes, fields, keys.len(), Keys::Flags(keys))?;
-                record(bytes, new, keys.len(), Keys::None)?
+                record(bytes, new, keys.len(), Keys::New(keys))?
             }
             (DELETE, true) => record(bytes, fields, n_pk, Keys::All)?,
             _ => return None,
@@ -652,7 +668,8 @@ fn field_end(bytes: &[u8], i: usize) -> Option<usize> {
 /// [`KeyRecord`]).
 #[derive(Clone, Copy)]
 enum Keys<'a> {
-    None,
+    /// An UPDATE's new record: key columns (per flag) may be undefined, not NULL or a NaN.
+    New(&'a [u8]),
     All,
     /// Per column: its primary-key flag.
     Flags(&'a [u8]),
@@ -664,12 +681,12 @@ fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<u
     for field in 0..fields {
         // A number or payload that ran past the end makes this fail, or the check at the end.
         let key = match keys {
-            Keys::None => false,
             Keys::All => true,
-            Keys::Flags(flags) => flags.get(field).is_some_and(|&f| f != 0),
+            Keys::Flags(flags) | Keys::New(flags) => flags.get(field).is_some_and(|&f| f != 0),
         };
         if key {
             match bytes.get(i) {
+                Some(0x00) if matches!(keys, Keys::New(_)) => {}
                 Some(0x00 | 0x05) => return None,
                 Some(0x02) => {
                     let real = bytes.get(i + 1..i + 9)?;
