@@ -77,8 +77,8 @@ enum State {
     Indirect { op: u8 },
     /// Expecting a field's type byte.
     FieldType,
-    /// In an 8-byte integer or real.
-    Number { left: u8 },
+    /// In an 8-byte integer or real; a real in a key column is kept (`bits`) to refuse a NaN.
+    Number { left: u8, key_real: bool, bits: u64 },
     /// In a text or blob length varint.
     Length { value: u64, read: u8 },
     /// In a text or blob value.
@@ -89,8 +89,12 @@ enum State {
 /// undefined nor NULL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyRecord {
-    /// None (a changeset UPDATE's new record).
+    /// None (a changeset UPDATE's new record, where a key column is normally undefined).
     None,
+    /// A changeset UPDATE's new record, whose key columns may stay undefined but, if set, must
+    /// not be NULL (or a NaN): merging the update into an insert (a change group, a rebase)
+    /// would make that the row's key.
+    NewRecord,
     /// Every field (a patchset DELETE, which holds only the key).
     All,
     /// The fields whose column has a non-zero key flag.
@@ -229,15 +233,31 @@ impl Checker {
                         }
                     }
                 }
-                State::Number { left } => {
+                State::Number {
+                    left,
+                    key_real,
+                    mut bits,
+                } => {
                     let take = usize::from(left).min(bytes.len() - i);
+                    if key_real {
+                        bits = bytes[i..i + take]
+                            .iter()
+                            .fold(bits, |bits, &b| bits << 8 | u64::from(b));
+                    }
                     i += take;
                     // `take <= left`, which is at most 8.
                     let left = left - u8::try_from(take).unwrap_or(left);
-                    if left == 0 {
-                        self.end_field();
+                    if left > 0 {
+                        self.state = State::Number {
+                            left,
+                            key_real,
+                            bits,
+                        };
+                    } else if key_real && f64::from_bits(bits).is_nan() {
+                        let field = self.field;
+                        return self.fail(at + take - 9, nan_key(field));
                     } else {
-                        self.state = State::Number { left };
+                        self.end_field();
                     }
                 }
                 State::Payload { left } => {
@@ -343,8 +363,20 @@ impl Checker {
                     let what = if b == 0x00 { "undefined" } else { "NULL" };
                     return self.fail(at, format!("primary-key column {} is {what}", self.field));
                 }
+                0x05 if self.is_new_key_field() => {
+                    return self.fail(
+                        at,
+                        format!("an update sets primary-key column {} to NULL", self.field),
+                    );
+                }
                 0x00 | 0x05 => self.end_field(),
-                0x01 | 0x02 => self.state = State::Number { left: 8 },
+                0x01 | 0x02 => {
+                    self.state = State::Number {
+                        left: 8,
+                        key_real: b == 0x02 && (self.is_key_field() || self.is_new_key_field()),
+                        bits: 0,
+                    }
+                }
                 0x03 | 0x04 => self.state = State::Length { value: 0, read: 0 },
                 other => return self.fail(at, format!("unknown field type {other:#04x}")),
             },
@@ -387,10 +419,16 @@ impl Checker {
     /// Whether the current field is a key column of a record that names the row.
     fn is_key_field(&self) -> bool {
         match self.key_record {
-            KeyRecord::None => false,
+            KeyRecord::None | KeyRecord::NewRecord => false,
             KeyRecord::All => true,
             KeyRecord::Flags => self.keys.get(self.field).is_some_and(|&f| f != 0),
         }
+    }
+
+    /// Whether the current field is a key column that an UPDATE's new record sets.
+    fn is_new_key_field(&self) -> bool {
+        self.key_record == KeyRecord::NewRecord
+            && self.keys.get(self.field).is_some_and(|&f| f != 0)
     }
 
     fn end_field(&mut self) {
@@ -405,7 +443,7 @@ impl Checker {
             self.records_left -= 1;
             self.fields_left = self.n_col;
             self.field = 0;
-            self.key_record = KeyRecord::None;
+            self.key_record = KeyRecord::NewRecord;
             return;
         }
         self.end_change();
@@ -435,7 +473,7 @@ impl Checker {
             State::Name { .. } => "table name is not NUL-terminated".to_owned(),
             State::Indirect { .. } => "truncated: expected the indirect flag".to_owned(),
             State::FieldType => "truncated: expected a field type".to_owned(),
-            State::Number { left } => format!("truncated: a number needs {left} more bytes"),
+            State::Number { left, .. } => format!("truncated: a number needs {left} more bytes"),
             State::Length { .. } => "truncated: expected a text/blob length".to_owned(),
             State::Payload { left } => {
                 format!("truncated: a text/blob value needs {left} more bytes")
@@ -473,13 +511,63 @@ fn varint_step(value: u64, read: u8, b: u8) -> Varint {
 /// machine stepped byte by byte: several times faster, which matters on apply's hot path (every
 /// apply surveys its blob). `None` says nothing about why; the checker names the problem.
 pub(crate) fn sections(bytes: &[u8]) -> Option<Vec<Section>> {
+    let mut sections: Vec<Section> = Vec::new();
+    walk(bytes, |item| match item {
+        Item::Header { name, pk } => sections.push(Section {
+            table: String::from_utf8_lossy(name).into_owned(),
+            pk: pk.to_vec(),
+            changes: 0,
+        }),
+        Item::Change(_) => {
+            if let Some(section) = sections.last_mut() {
+                section.changes += 1;
+            }
+        }
+    })?;
+    Some(sections)
+}
+
+/// One change of a well-formed changeset or patchset, as [`walk`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChangeAt {
+    /// The op byte (`0x12` INSERT, `0x17` UPDATE, `0x09` DELETE).
+    pub(crate) op: u8,
+    /// Whether the indirect flag is set (SQLite treats any non-zero byte as set).
+    pub(crate) indirect: bool,
+    /// Offset of the op byte.
+    pub(crate) start: usize,
+    /// Offset of the first field of its first record.
+    pub(crate) record: usize,
+    /// Offset after its last record.
+    pub(crate) end: usize,
+}
+
+impl ChangeAt {
+    /// Whether it is a DELETE.
+    pub(crate) fn is_delete(&self) -> bool {
+        self.op == DELETE
+    }
+}
+
+/// What [`walk`] hands its visitor, in blob order.
+pub(crate) enum Item<'a> {
+    /// A table header: the table's name (without the NUL) and per column its key position or 0.
+    Header { name: &'a [u8], pk: &'a [u8] },
+    /// A change of the table of the last header.
+    Change(ChangeAt),
+}
+
+/// Walks a whole blob of either kind with the checks of [`Checker`], handing every table header
+/// and change to `visit`; `None` if the checker would refuse the blob (after visiting the items
+/// before the problem).
+pub(crate) fn walk(bytes: &[u8], mut visit: impl FnMut(Item<'_>)) -> Option<()> {
     let marker = match bytes.first() {
-        None => return Some(Vec::new()),
+        None => return Some(()),
         Some(&b) if b == CHANGESET || b == PATCHSET => b,
         Some(_) => return None,
     };
     let patchset = marker == PATCHSET;
-    let mut sections: Vec<Section> = Vec::new();
+    let mut in_table = false;
     let mut keys: &[u8] = &[];
     let mut n_pk = 0;
     let mut i = 0;
@@ -498,39 +586,90 @@ pub(crate) fn sections(bytes: &[u8]) -> Option<Vec<Section>> {
             if end == 0 {
                 return None;
             }
-            sections.push(Section {
-                table: String::from_utf8_lossy(&name[..end]).into_owned(),
-                pk: keys.to_vec(),
-                changes: 0,
+            in_table = true;
+            visit(Item::Header {
+                name: &name[..end],
+                pk: keys,
             });
             i = next + n_col + end + 1;
             continue;
         }
         // An op byte needs a table header before it.
-        let section = sections.last_mut()?;
+        if !in_table {
+            return None;
+        }
         // After the op byte, the indirect flag (any value), then the records.
         let fields = i + 2;
-        i = match (b, patchset) {
+        let end = match (b, patchset) {
             (INSERT | DELETE, false) | (INSERT | UPDATE, true) => {
                 record(bytes, fields, keys.len(), Keys::Flags(keys))?
             }
             (UPDATE, false) => {
                 let new = record(bytes, fields, keys.len(), Keys::Flags(keys))?;
-                record(bytes, new, keys.len(), Keys::None)?
+                record(bytes, new, keys.len(), Keys::New(keys))?
             }
             (DELETE, true) => record(bytes, fields, n_pk, Keys::All)?,
             _ => return None,
         };
-        section.changes += 1;
+        visit(Item::Change(ChangeAt {
+            op: b,
+            indirect: bytes.get(i + 1).is_some_and(|&f| f != 0),
+            start: i,
+            record: fields,
+            end,
+        }));
+        i = end;
     }
-    Some(sections)
+    Some(())
+}
+
+/// The serialized key fields of the record that starts at `i` in a blob [`walk`] accepted, one
+/// after the other: what SQLite compares byte for byte to tell whether two changes name the same
+/// row. `flags` are the table's key flags (every field a key field for a patchset DELETE).
+pub(crate) fn key_fields(bytes: &[u8], mut i: usize, flags: &[u8]) -> Vec<u8> {
+    let mut key = Vec::new();
+    for &flag in flags {
+        let Some(end) = field_end(bytes, i) else {
+            break;
+        };
+        if flag != 0 {
+            key.extend_from_slice(&bytes[i..end]);
+        }
+        i = end;
+    }
+    key
+}
+
+/// The offset after the field whose type byte is at `i` (its payload unchecked against the end
+/// of `bytes`), or `None` if its type or length is malformed.
+#[inline]
+fn field_end(bytes: &[u8], i: usize) -> Option<usize> {
+    let i = i + 1;
+    match *bytes.get(i - 1)? {
+        0x00 | 0x05 => Some(i),
+        0x01 | 0x02 => Some(i + 8),
+        0x03 | 0x04 => {
+            let (len, next) = match bytes.get(i) {
+                // The usual one-byte length, without the general loop.
+                Some(&len) if len < 0x80 => (u64::from(len), i + 1),
+                _ => varint(bytes, i)?,
+            };
+            if len > MAX_VALUE_LEN {
+                return None;
+            }
+            // At most MAX_VALUE_LEN.
+            next.checked_add(usize::try_from(len).ok()?)
+        }
+        _ => None,
+    }
 }
 
 /// Which fields of a record [`record`] checks as key columns that must hold a value (see
 /// [`KeyRecord`]).
 #[derive(Clone, Copy)]
 enum Keys<'a> {
-    None,
+    /// An UPDATE's new record: key columns (per flag) may be undefined, not NULL or a NaN.
+    New(&'a [u8]),
     All,
     /// Per column: its primary-key flag.
     Flags(&'a [u8]),
@@ -541,38 +680,35 @@ enum Keys<'a> {
 fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<usize> {
     for field in 0..fields {
         // A number or payload that ran past the end makes this fail, or the check at the end.
-        let kind = *bytes.get(i)?;
-        i += 1;
-        match kind {
-            0x00 | 0x05 => {
-                let key = match keys {
-                    Keys::None => false,
-                    Keys::All => true,
-                    Keys::Flags(flags) => flags.get(field).is_some_and(|&f| f != 0),
-                };
-                if key {
-                    return None;
+        let key = match keys {
+            Keys::All => true,
+            Keys::Flags(flags) | Keys::New(flags) => flags.get(field).is_some_and(|&f| f != 0),
+        };
+        if key {
+            match bytes.get(i) {
+                Some(0x00) if matches!(keys, Keys::New(_)) => {}
+                Some(0x00 | 0x05) => return None,
+                Some(0x02) => {
+                    let real = bytes.get(i + 1..i + 9)?;
+                    if f64::from_be_bytes(real.try_into().ok()?).is_nan() {
+                        return None;
+                    }
                 }
+                _ => {}
             }
-            0x01 | 0x02 => i += 8,
-            0x03 | 0x04 => {
-                let (len, next) = match bytes.get(i) {
-                    // The usual one-byte length, without the general loop.
-                    Some(&len) if len < 0x80 => (u64::from(len), i + 1),
-                    _ => varint(bytes, i)?,
-                };
-                if len > MAX_VALUE_LEN {
-                    return None;
-                }
-                // At most MAX_VALUE_LEN.
-                i = next.checked_add(usize::try_from(len).ok()?)?;
-            }
-            _ => return None,
         }
+        i = field_end(bytes, i)?;
     }
     // The last field must end within `bytes`; a record of no field ends after the indirect
     // flag, which must be there.
     (i <= bytes.len()).then_some(i)
+}
+
+/// Why a key column holding a NaN is refused: SQLite reads a NaN as NULL (it cannot store one),
+/// so its own invert of such a change writes a NULL key, which other calls read out of bounds.
+/// SQLite never writes a NaN into a changeset (found by the `invert` fuzz target).
+fn nan_key(field: usize) -> String {
+    format!("primary-key column {field} is a NaN, which SQLite reads as NULL")
 }
 
 /// The varint at `i` and the offset after it, or `None` if `bytes` ends first.

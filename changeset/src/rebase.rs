@@ -1,12 +1,14 @@
 //! Rebasing: rewriting local changes so they apply cleanly on top of remote changes that were
 //! applied here with conflicts resolved (SQLite's experimental `sqlite3_rebaser`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::Arc;
 
 use crate::ffi::RawRebaser;
-use crate::format::{Checker, Section};
+use crate::format::{ChangeAt, Checker, Item, Section};
 use crate::{Changeset, Error, format};
 
 /// How an apply resolved its conflicts, in SQLite's rebase format: what a [`Rebaser`] needs to
@@ -117,6 +119,16 @@ pub struct Rebaser {
     /// The primary key flags of every table the configured resolutions name, by name in ASCII
     /// lower case (SQLite matches the names of local tables case-insensitively).
     tables: HashMap<String, Vec<u8>>,
+    /// The entry SQLite holds for every row the configured resolutions name, by table name in
+    /// ASCII lower case and serialized key (see [`Rebaser::guard_leak`]).
+    rows: HashMap<(Vec<u8>, Vec<u8>), Resolved>,
+}
+
+/// What SQLite's rebaser holds for one row: the op and indirect flag of its merged entry.
+#[derive(Clone, Copy)]
+struct Resolved {
+    delete: bool,
+    indirect: bool,
 }
 
 impl Rebaser {
@@ -125,6 +137,7 @@ impl Rebaser {
         Ok(Rebaser {
             raw: RawRebaser::new()?,
             tables: HashMap::new(),
+            rows: HashMap::new(),
         })
     }
 
@@ -146,13 +159,71 @@ impl Rebaser {
                 )?;
             }
         }
-        self.raw.configure(resolutions.as_bytes())?;
+        let resolutions = self.guard_leak(resolutions.as_bytes());
+        self.raw.configure(&resolutions)?;
         for section in sections {
             self.tables
                 .entry(section.table.to_ascii_lowercase())
                 .or_insert(section.pk);
         }
         Ok(())
+    }
+
+    /// `resolutions` without the changes for a row whose entry in SQLite's rebaser is already an
+    /// indirect DELETE (a remote delete resolved with `Replace`), in this buffer or an earlier
+    /// one.
+    ///
+    /// SQLite (3.51.3 to at least 3.54.1) leaks such an entry: `sessionChangeMerge` means to keep
+    /// it (`*ppNew = pExist`) and ignore the later change, but then returns NULL, so the entry,
+    /// already unlinked from the rebaser's hash table, is dropped and never freed (found by the
+    /// `rebase` fuzz target under LeakSanitizer; a C reproducer is in
+    /// `tests/repro/rebaser_configure_leak.c`). Leaving those changes out is what SQLite meant,
+    /// and it keeps the resolution that SQLite would lose. The entries are tracked as SQLite
+    /// merges them: a new row takes the change's op and flag; a merged one the later op and
+    /// either flag.
+    fn guard_leak<'a>(&mut self, resolutions: &'a [u8]) -> Cow<'a, [u8]> {
+        let mut skipped: Vec<ChangeAt> = Vec::new();
+        let mut table: Vec<u8> = Vec::new();
+        let mut flags: Vec<u8> = Vec::new();
+        let rows = &mut self.rows;
+        // The buffer was validated on construction, so the walk sees all of it; if it did not,
+        // SQLite would refuse the buffer.
+        let _ = format::walk(resolutions, |item| match item {
+            Item::Header { name, pk } => {
+                table = name.to_ascii_lowercase();
+                flags = pk.to_vec();
+            }
+            Item::Change(change) => {
+                let key = format::key_fields(resolutions, change.record, &flags);
+                let this = Resolved {
+                    delete: change.is_delete(),
+                    indirect: change.indirect,
+                };
+                match rows.entry((table.clone(), key)) {
+                    Entry::Vacant(row) => {
+                        row.insert(this);
+                    }
+                    Entry::Occupied(row) if row.get().delete && row.get().indirect => {
+                        skipped.push(change);
+                    }
+                    Entry::Occupied(mut row) => {
+                        let indirect = this.indirect || row.get().indirect;
+                        row.insert(Resolved { indirect, ..this });
+                    }
+                }
+            }
+        });
+        if skipped.is_empty() {
+            return Cow::Borrowed(resolutions);
+        }
+        let mut kept = Vec::with_capacity(resolutions.len());
+        let mut at = 0;
+        for change in skipped {
+            kept.extend_from_slice(&resolutions[at..change.start]);
+            at = change.end;
+        }
+        kept.extend_from_slice(&resolutions[at..]);
+        Cow::Owned(kept)
     }
 
     /// `local`, rewritten to carry the configured resolutions. A table of `local` that the

@@ -157,6 +157,72 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
 
 type Seeds = Vec<(String, Vec<u8>)>;
 
+/// A real change log that recorded every script (with metadata that needs escaping), reverted
+/// one entry and rolled back to another: its rows (every column, in table order) and entries.
+async fn log_seed_data()
+-> Result<(Vec<liteorm_core::Row>, Vec<liteorm_replication::LogEntry>), Error> {
+    use liteorm_replication::{ChangeLog, ConflictPolicy, LogFilter, Meta};
+
+    let db = base().await?;
+    let log = ChangeLog::open(&db).await?;
+    for (i, (name, sql)) in SCRIPTS.iter().enumerate() {
+        let meta = Meta::actor(format!("writer {i}")).reason(format!("{name}, 100% ✓"));
+        // Scripts written for the base rows may fail on the rows earlier ones left: those
+        // record nothing, the others go on.
+        let _ = log
+            .record(meta, |s| async move {
+                s.execute_batch(sql).await?;
+                Ok::<_, liteorm_replication::Error>(())
+            })
+            .await;
+    }
+    // The last entry reverted, then the revert rolled back: both apply cleanly.
+    let last = log.last_seq().await?;
+    log.revert(last, ConflictPolicy::abort(), Meta::default())
+        .await?;
+    log.rollback_to(last, ConflictPolicy::abort(), Meta::actor("auditor"))
+        .await?;
+    let rows = db
+        .query("SELECT * FROM liteorm_changes ORDER BY seq", &[])
+        .await?;
+    Ok((rows, log.entries(&LogFilter::all()).await?))
+}
+
+/// Writes the `log_row` seeds (one row each) and the `nats_message` seeds (each entry as the
+/// publisher sends it); returns how many entries.
+fn write_log_seeds(
+    rows: &[liteorm_core::Row],
+    entries: &[liteorm_replication::LogEntry],
+    log_rows: &Path,
+    messages: &Path,
+) -> Result<usize, Error> {
+    use liteorm_fuzz::log_row::{Field, LogRowTarget, Values};
+    use liteorm_fuzz::nats_message;
+
+    let target = LogRowTarget::new();
+    for (i, row) in rows.iter().enumerate() {
+        let fields: Vec<Field> = (0..target.columns().len())
+            .map(|c| Field {
+                value: row.get(c).cloned().unwrap_or(liteorm_core::Value::Null),
+                as_text: false,
+            })
+            .collect();
+        let seed = [&[0_u8][..], &Values::encode(&fields)].concat();
+        target.check(&seed);
+        write(log_rows, &format!("row-{}", i + 1), &seed)?;
+    }
+    for entry in entries {
+        let (headers, payload) = liteorm_nats::fuzzing::encode(entry);
+        let block = nats_message::header_block(&headers);
+        let seed = join_pair(false, &block, &payload).ok_or("seed too large")?;
+        // Byte 0 is the stream seq.
+        let seed = [&[u8::try_from(entry.seq).unwrap_or(1)][..], &seed[1..]].concat();
+        nats_message::check(&seed);
+        write(messages, &format!("entry-{}", entry.seq), &seed)?;
+    }
+    Ok(entries.len())
+}
+
 /// Captures every seed: single changesets/patchsets, and concat pairs.
 async fn capture_seeds() -> Result<(Seeds, Seeds), Error> {
     let mut singles: Seeds = Vec::new();
@@ -258,6 +324,7 @@ fn main() -> Result<(), Error> {
         .build()?;
     let (singles, pairs) = runtime.block_on(capture_seeds())?;
     let rebases = runtime.block_on(rebase_seeds())?;
+    let (log_rows, log_entries) = runtime.block_on(log_seed_data())?;
     drop(runtime);
     // The apply target has a runtime of its own, so it is made after the one above is gone.
     let apply = ApplyTarget::new();
@@ -310,6 +377,13 @@ fn main() -> Result<(), Error> {
         write(&target("rebase"), name, bytes)?;
         extra.2 += 1;
     }
+    let written = write_log_seeds(
+        &log_rows,
+        &log_entries,
+        &target("log_row"),
+        &target("nats_message"),
+    )?;
+    println!("wrote {written} log_row and nats_message seeds");
     println!(
         "wrote {} changegroup, {} stream and {} rebase seeds",
         extra.0, extra.1, extra.2

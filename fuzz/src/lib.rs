@@ -8,6 +8,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod log_row;
+pub mod nats_message;
+
 use std::io::Read;
 
 use liteorm_changeset::{

@@ -105,3 +105,10 @@ pub use publisher::{PublishReport, Publisher};
 pub use snapshot::{snapshot, snapshot_named};
 pub use source::NatsSource;
 pub use stream::{ChangeStream, DEFAULT_DUPLICATE_WINDOW};
+
+/// The wire format's decoder and encoder, for liteorm's fuzz targets (`fuzz/`). Not a stable
+/// API: use [`NatsSource`], [`Follower`] and [`Publisher`].
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::wire::{decode, encode};
+}

@@ -43,7 +43,7 @@ const HASH: &str = "Liteorm-Hash";
 const VERSION: u32 = 2;
 
 /// The headers (without the NATS ones) and payload of `entry`.
-pub(crate) fn encode(entry: &LogEntry) -> (HeaderMap, Bytes) {
+pub fn encode(entry: &LogEntry) -> (HeaderMap, Bytes) {
     let mut headers = HeaderMap::new();
     headers.insert(WIRE, VERSION.to_string());
     headers.insert(HASH, entry.hash.to_hex());
@@ -72,11 +72,7 @@ pub(crate) fn encode(entry: &LogEntry) -> (HeaderMap, Bytes) {
 /// The entry carried by a delivered message at `stream_seq`. The payload is untrusted bytes
 /// from the network: it becomes a [`Changeset`] only through [`Changeset::from_bytes`], which
 /// validates it.
-pub(crate) fn decode(
-    headers: Option<&HeaderMap>,
-    payload: &[u8],
-    stream_seq: u64,
-) -> Result<LogEntry> {
+pub fn decode(headers: Option<&HeaderMap>, payload: &[u8], stream_seq: u64) -> Result<LogEntry> {
     let malformed = |reason: String| Error::Malformed { stream_seq, reason };
     let headers = headers.ok_or_else(|| malformed("no headers".into()))?;
     let text = |name: &str| headers.get(name).map(|v| v.as_str());

@@ -106,9 +106,20 @@ impl LogEntry {
 
     /// Decodes one row of the log table (the only decoder of that format).
     pub(crate) fn from_row(row: &Row) -> Result<Self> {
-        let seq = seq_of(row.try_get::<i64>("seq")?);
+        let stored = row.try_get::<i64>("seq")?;
+        let seq = seq_of(stored);
         let corrupt = |reason: String| Error::CorruptEntry { seq, reason };
-        let ref_seq = row.try_get::<Option<i64>>("ref_seq")?.map(seq_of);
+        // Seqs start at 1; a damaged row must not pass for an entry 0 (found by the `log_row`
+        // fuzz target).
+        if seq == 0 {
+            return Err(corrupt(format!("seq {stored} is not positive")));
+        }
+        let ref_seq = match row.try_get::<Option<i64>>("ref_seq")? {
+            Some(stored) if seq_of(stored) == 0 => {
+                return Err(corrupt(format!("ref_seq {stored} is not positive")));
+            }
+            other => other.map(seq_of),
+        };
         let kind = match (row.try_get::<String>("kind")?.as_str(), ref_seq) {
             ("change", _) => EntryKind::Change,
             ("revert", Some(of)) => EntryKind::Revert(of),

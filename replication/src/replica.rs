@@ -112,8 +112,13 @@ impl Replica {
             }
             Err((failed_at, err)) => {
                 // Undo the whole batch, then redo the part that went through, so that the
-                // failing entry leaves no trace however far it got.
-                tx.rollback().await?;
+                // failing entry leaves no trace however far it got. On some errors (a full
+                // disk, an I/O error) SQLite has rolled the whole transaction back already, so
+                // the ROLLBACK finds none: then nothing is left to undo, the cursor did not
+                // move, and the error to report is the apply's.
+                if tx.rollback().await.is_err() {
+                    return Err(err);
+                }
                 if failed_at > 0 {
                     Box::pin(self.apply_entries(&entries[..failed_at])).await?;
                 }

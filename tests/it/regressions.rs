@@ -383,14 +383,125 @@ const LOCAL_CHANGES_REBASED_TO_A_NULL_KEY: &[u8] =
 #[test]
 fn a_rebase_that_would_write_a_null_key_is_an_error() {
     let buffer = liteorm_changeset::RebaseBuffer::from_bytes(REBASE_BUFFER_FOR_NULL_KEY).unwrap();
-    let local = Changeset::from_bytes(LOCAL_CHANGES_REBASED_TO_A_NULL_KEY).unwrap();
     let mut rebaser = liteorm_changeset::Rebaser::new().unwrap();
     rebaser.configure(&buffer).unwrap();
-    match rebaser.rebase(&local) {
-        Err(Error::Invalid { kind, reason, .. }) => {
-            assert_eq!(kind, "rebased changeset");
-            assert!(reason.contains("NULL"), "{reason}");
-        }
-        other => panic!("expected the rebased bytes to be refused, got {other:?}"),
+    // The local changes set `wide`'s key column to NULL in an UPDATE's new record: validation
+    // now refuses them (see `an_update_that_sets_a_key_column_to_null_is_refused`), so they
+    // never reach the rebaser, which still checks SQLite's output as untrusted bytes.
+    match Changeset::from_bytes(LOCAL_CHANGES_REBASED_TO_A_NULL_KEY) {
+        Err(Error::Invalid { reason, .. }) => assert!(reason.contains("NULL"), "{reason}"),
+        other => panic!("expected the local changes to be refused, got {other:?}"),
     }
+}
+
+/// The input the `rebase` target found under LeakSanitizer on SQLite 3.51.3, split as the target
+/// splits it (`split_pair`, at byte 115): resolutions whose `t` sections name the row `k = 1`
+/// twice, first as an indirect DELETE (flag `0x20`), then as a direct one; and local changes.
+///
+/// `sqlite3rebaser_configure` leaked the first entry (72 bytes, allocated in
+/// `sessionChangeMerge` ← `sessionOneChangeToHash` ← `sessionChangesetToHash`): see
+/// `Rebaser::guard_leak` and `tests/repro/rebaser_configure_leak.c`.
+const LEAKING_REBASE_BUFFER: &[u8] = b"T\x04\x01\x06\x00\x00\x8c\x00\x12\x00\x01\x00\x00\x00\
+\x00\x00\x00\x00\x01\x03\x03uno\x00\x00T\x04\x01\x00\x00\x00t\x00\x09 \x01\x00\x00\x00\x00\x00\
+\x00\x00\x01\x03\x03one\x02?\xf8\x00\x00\x00\x00\x00\x00\x04\x00\x12\x00\x01\x00\x00\x00\x04\
+\x00\x00\x00\x01\x03\x03uno\x00\x00T\x04\x01\x00\x00\x00t\x00\x09\x00\x01\x00\x00\x00\x00\x00\
+\x00\x00\x01\x03\x03one\x02?\xf8\x00\x00\x00\x00\x00\x00\x04\x01\x01";
+const LOCAL_CHANGES_FOR_THE_LEAK: &[u8] =
+    b"T\x03\x02\x01\x00pair\x00\x09\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x03\x01x\x05";
+
+/// `t(k INTEGER PRIMARY KEY, v TEXT)`: a DELETE of `k = 1`, indirect or not.
+fn delete_k1(indirect: bool) -> Vec<u8> {
+    let mut out = vec![0x09, u8::from(indirect), 0x01];
+    out.extend_from_slice(&1_i64.to_be_bytes());
+    out.extend_from_slice(b"\x03\x01x");
+    out
+}
+
+fn resolutions(changes: &[Vec<u8>]) -> liteorm_changeset::RebaseBuffer {
+    let mut bytes = b"T\x02\x01\x00t\x00".to_vec();
+    changes.iter().for_each(|c| bytes.extend_from_slice(c));
+    liteorm_changeset::RebaseBuffer::from_bytes(bytes).unwrap()
+}
+
+/// Run under LeakSanitizer, this test failed before the guard (SQLite leaked an entry in
+/// every configure below); without a sanitizer it failed too: SQLite dropped the indirect
+/// DELETE it leaked, so the local UPDATE was rebased as if that resolution had never been
+/// configured.
+#[test]
+fn rebaser_keeps_an_indirect_delete_named_again_and_leaks_nothing() {
+    let mut rebaser = liteorm_changeset::Rebaser::new().unwrap();
+    let buffer = liteorm_changeset::RebaseBuffer::from_bytes(LEAKING_REBASE_BUFFER).unwrap();
+    rebaser.configure(&buffer).unwrap();
+    let local = Changeset::from_bytes(LOCAL_CHANGES_FOR_THE_LEAK).unwrap();
+    // Whatever the outcome of this rebase, it must end in a result or an error.
+    let _ = rebaser.rebase(&local);
+
+    // Local: UPDATE t SET v = 'y' WHERE k = 1.
+    let mut update = b"T\x02\x01\x00t\x00\x17\x00\x01".to_vec();
+    update.extend_from_slice(&1_i64.to_be_bytes());
+    update.extend_from_slice(b"\x03\x01x\x00\x03\x01y");
+    let local = Changeset::from_bytes(update).unwrap();
+    let rebased_over = |buffers: &[liteorm_changeset::RebaseBuffer]| {
+        let mut rebaser = liteorm_changeset::Rebaser::new().unwrap();
+        for buffer in buffers {
+            rebaser.configure(buffer).unwrap();
+        }
+        rebaser.rebase(&local).unwrap()
+    };
+    let once = rebased_over(&[resolutions(&[delete_k1(true)])]);
+    assert_ne!(once.as_bytes(), local.as_bytes(), "the resolution matters");
+    // The row named again in the same buffer, and in a later one (two applies).
+    let in_one = rebased_over(&[resolutions(&[delete_k1(true), delete_k1(false)])]);
+    let in_two = rebased_over(&[
+        resolutions(&[delete_k1(true)]),
+        resolutions(&[delete_k1(false)]),
+    ]);
+    assert_eq!(in_one.as_bytes(), once.as_bytes());
+    assert_eq!(in_two.as_bytes(), once.as_bytes());
+}
+
+/// Found by the `invert` target: a REAL key column holding a NaN. SQLite cannot store a NaN (it
+/// reads one as NULL), so its invert of an UPDATE keyed by a NaN wrote a NULL key, which liteorm
+/// handed out as a trusted changeset (a NULL key is what made concat read out of bounds, see
+/// `INSERT_WITH_NULL_KEY`). SQLite never writes a NaN into a changeset: refused on validation,
+/// in every record that names a row, in both kinds and in both walks (streamed and whole).
+#[tokio::test]
+async fn a_nan_in_a_key_column_is_refused() {
+    // t(k REAL PRIMARY KEY, v): an UPDATE keyed by NaN, an INSERT and a DELETE of key NaN.
+    let nan = f64::NAN.to_be_bytes();
+    let with_nan = |head: &[u8], tail: &[u8]| [head, &nan, tail].concat();
+    let changesets = [
+        with_nan(b"T\x02\x01\x00t\x00\x17\x00\x02", b"\x03\x01x\x00\x03\x01y"),
+        with_nan(b"T\x02\x01\x00t\x00\x12\x00\x02", b"\x03\x01x"),
+        with_nan(b"T\x02\x01\x00t\x00\x09\x00\x02", b"\x03\x01x"),
+    ];
+    for bytes in &changesets {
+        let err = Changeset::from_bytes(bytes.clone()).unwrap_err();
+        assert!(err.to_string().contains("NaN"), "{err}");
+        let streamed =
+            liteorm_changeset::stream::invert(std::io::Cursor::new(bytes.clone()), Vec::new())
+                .await;
+        assert!(streamed.is_err(), "{streamed:?}");
+    }
+    let err = Patchset::from_bytes(with_nan(b"P\x02\x01\x00t\x00\x09\x00\x02", b"")).unwrap_err();
+    assert!(err.to_string().contains("NaN"), "{err}");
+    // A NaN outside the key is SQLite's business (it stores NULL) and stays accepted.
+    let value = with_nan(b"T\x02\x01\x00t\x00\x12\x00\x03\x01k\x02", b"");
+    let cs = Changeset::from_bytes(value).unwrap();
+    assert_eq!(cs.invert().unwrap().changes().unwrap().len(), 1);
+}
+
+/// Found by the `changegroup` target: an INSERT of `k = 10`, then an UPDATE whose new record sets
+/// the key column to NULL. SQLite never writes that (it records a key change as a DELETE and an
+/// INSERT), and a change group merging the two wrote an INSERT whose key is NULL (like the
+/// rebaser did, see `a_rebase_that_would_write_a_null_key_is_an_error`). Refused on validation;
+/// an undefined key in the new record stays the normal form.
+#[test]
+fn an_update_that_sets_a_key_column_to_null_is_refused() {
+    // t(k INTEGER PRIMARY KEY, v): UPDATE old (k = 10, v = 'x'), new (k = NULL, v = 'y').
+    let mut bytes = b"T\x02\x01\x00t\x00\x17\x00\x01".to_vec();
+    bytes.extend_from_slice(&10_i64.to_be_bytes());
+    bytes.extend_from_slice(b"\x03\x01x\x05\x03\x01y");
+    let err = Changeset::from_bytes(bytes).unwrap_err();
+    assert!(err.to_string().contains("NULL"), "{err}");
 }

@@ -499,3 +499,87 @@ async fn replica_killed_at_random_points_resumes_exactly_once() {
         dump(&primary, "item").await
     );
 }
+
+/// Found by the soak (`liteorm-soak`, fault `fill_replica_disk`): SQLite rolls a transaction
+/// back by itself when the disk is full, so the replica's ROLLBACK after the failed apply found
+/// none, and the replica reported "cannot rollback - no transaction is active" instead of the
+/// full disk. It must report the cause, keep its cursor, and go on once there is room.
+#[tokio::test]
+async fn a_replica_on_a_full_disk_reports_it_and_resumes_when_freed() {
+    let (primary, _d1) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    for _ in 0..5 {
+        record(
+            &log,
+            "ada",
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) \
+             INSERT INTO item(name, qty) SELECT printf('%.2000c', 'x'), i FROM n",
+        )
+        .await;
+    }
+    let (replica_db, _d2) = db_with_schema().await;
+    // One connection, so that the cap below is the replica's.
+    let pinned = replica_db.pin().await.unwrap();
+    let capped = pinned.session();
+    let replica = Replica::open(&capped).await.unwrap();
+    let pages: i64 = capped.query("PRAGMA page_count", &[]).await.unwrap()[0]
+        .try_get(0)
+        .unwrap();
+    capped
+        .query(&format!("PRAGMA max_page_count = {pages}"), &[])
+        .await
+        .unwrap();
+    let mut source = LogTableSource::new(&primary);
+    let err = replica.catch_up(&mut source).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("full") && !message.contains("cannot rollback"),
+        "{message}"
+    );
+    assert_eq!(replica.last_applied().await.unwrap(), 0);
+
+    capped
+        .query("PRAGMA max_page_count = 1073741823", &[])
+        .await
+        .unwrap();
+    assert_eq!(replica.catch_up(&mut source).await.unwrap().last_seq, 5);
+    assert_eq!(dump(&capped, "item").await, dump(&primary, "item").await);
+}
+
+/// Found by the `log_row` fuzz target: a log row whose seq (or ref_seq) is not positive, as a
+/// damaged or hand-edited database may hold, was read back as an entry with seq 0 (a replica
+/// would take it for "before the first entry"). It is a corrupt entry.
+#[tokio::test]
+async fn a_log_row_with_a_seq_below_1_is_a_corrupt_entry_not_entry_0() {
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record(&log, "ada", "UPDATE counter SET n = n + 1 WHERE id = 1").await;
+    for (seq, ref_seq) in [(-5, None), (0, None), (7, Some(-1))] {
+        primary
+            .execute(
+                "INSERT INTO liteorm_changes(seq, committed_at, tables, kind, ref_seq, blob) \
+                 SELECT ?, committed_at, tables, 'revert', ?, blob FROM liteorm_changes \
+                 WHERE seq = 1",
+                &[
+                    Value::Integer(seq),
+                    ref_seq.map_or(Value::Null, Value::Integer),
+                ],
+            )
+            .await
+            .unwrap();
+        match log.entries(&LogFilter::all()).await {
+            Err(Error::CorruptEntry { reason, .. }) => {
+                assert!(reason.contains("not positive"), "{reason}")
+            }
+            other => panic!("expected a corrupt entry, got {other:?}"),
+        }
+        primary
+            .execute(
+                "DELETE FROM liteorm_changes WHERE seq = ?",
+                &[Value::Integer(seq)],
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(log.entries(&LogFilter::all()).await.unwrap().len(), 1);
+}

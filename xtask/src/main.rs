@@ -32,6 +32,11 @@ commands:
         build liteorm-bench in release and run the benchmarks (`cargo xtask bench --help`)
   fuzz [--time S] [--sanitizer address|none] [target...]
         run the cargo-fuzz targets for S seconds each (`cargo xtask fuzz --help`)
+  soak [--minutes N]
+        the soak with faults (liteorm-soak, default 30 minutes): writers, a local replica
+        and two NATS followers while followers are SIGKILLed, nats-server restarts, a
+        replica's disk fills and a replica conflicts; prints JSON figures, fails on any
+        divergence (`cargo xtask test` runs it for 30 s)
 ";
 
 /// The crate directories `tidy` checks, recursively (src, tests, examples, benches, ...).
@@ -47,6 +52,7 @@ const TIDY_DIRS: &[&str] = &[
     "xtask",
     "bench",
     "fuzz",
+    "soak",
 ];
 
 fn main() -> ExitCode {
@@ -78,12 +84,39 @@ fn main() -> ExitCode {
         Some("downstream") => usage_error("`downstream` takes no options"),
         Some("bench") => bench::bench(&root, &args[1..]),
         Some("fuzz") => fuzz::fuzz(&root, &args[1..]),
+        Some("soak") => soak(&root, &args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS
         }
         Some(other) => usage_error(&format!("unknown command `{other}`")),
         None => usage_error("no command given"),
+    }
+}
+
+/// `cargo xtask soak [--minutes N]`: runs liteorm-soak (dev profile, whose dependencies are
+/// optimised) for N minutes.
+fn soak(root: &Path, args: &[String]) -> ExitCode {
+    let minutes = match args {
+        [] => 30,
+        [flag, n] if flag == "--minutes" => match n.parse::<u64>() {
+            Ok(n) if n > 0 => n,
+            _ => return usage_error(&format!("`--minutes {n}`: expected minutes > 0")),
+        },
+        _ => return usage_error("usage: cargo xtask soak [--minutes N]"),
+    };
+    let seconds = (minutes * 60).to_string();
+    match run(cargo(root).args([
+        "run",
+        "--quiet",
+        "-p",
+        "liteorm-soak",
+        "--",
+        "--seconds",
+        &seconds,
+    ])) {
+        Outcome::Pass => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
     }
 }
 
@@ -212,7 +245,7 @@ impl fmt::Display for Outcome {
     }
 }
 
-const CELL_STEPS: [&str; 7] = [
+const CELL_STEPS: [&str; 9] = [
     "clippy",
     "test",
     "doctest",
@@ -220,6 +253,8 @@ const CELL_STEPS: [&str; 7] = [
     "docs",
     "package",
     "downstream",
+    "fuzz-replay",
+    "soak",
 ];
 
 /// The runnable examples (package, example), the README's demo first: each must exit 0.
@@ -246,7 +281,7 @@ const DOC_CRATES: &[&str] = &[
 struct CellReport {
     cell: Cell,
     version: String,
-    steps: [Outcome; 7],
+    steps: [Outcome; 9],
     elapsed: Option<Duration>,
 }
 
@@ -328,7 +363,7 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
         let mut report = CellReport {
             cell,
             version: "?".to_owned(),
-            steps: [Outcome::NotRun; 7],
+            steps: [Outcome::NotRun; 9],
             elapsed: None,
         };
         if !runner.go() {
@@ -399,6 +434,17 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
                 &[],
             ));
             report.steps[6] = runner.step("downstream", || downstream::check(root));
+            // Every committed fuzz input and past finding through its target's check (the fuzz
+            // crate is a workspace of its own; no sanitizer here, that is `cargo xtask fuzz`).
+            report.steps[7] = runner.run(&mut cell_cmd(
+                &["test", "--manifest-path", "fuzz/Cargo.toml"],
+                &[],
+            ));
+            // The soak with faults, short: every fault kind once or twice.
+            report.steps[8] = runner.run(&mut cell_cmd(
+                &["run", "--quiet", "-p", "liteorm-soak", "--"],
+                &["--seconds", "30"],
+            ));
         }
 
         let elapsed = start.elapsed();

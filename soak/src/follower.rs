@@ -1,0 +1,65 @@
+//! The follower process the soak SIGKILLs and restarts: a [`Follower`] on one replica file,
+//! following the stream until it is killed or the replica stops.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use liteorm_nats::{ChangeStream, Follower, NatsSource, async_nats};
+use liteorm_replication::Replica;
+use liteorm_sqlite::SqliteSession;
+
+/// The line a follower prints when its replica stops at a conflict; the soak reads the seq
+/// back.
+pub(crate) const STOPPED_AT: &str = "stopped at seq ";
+
+/// The exit code of a follower whose replica stopped at a conflict.
+pub(crate) const STOPPED_EXIT: u8 = 3;
+
+/// `follow NATS_URL DB REPLICA_DB CONSUMER`: follows the stream of database DB into the replica
+/// file until killed. Exits [`STOPPED_EXIT`] after printing [`STOPPED_AT`] and the seq when the
+/// replica stops at a conflict, 1 on any other error.
+pub(crate) async fn follow(url: &str, db: &str, replica_db: &str, consumer: &str) -> ExitCode {
+    match run(url, db, replica_db, consumer).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(liteorm_nats::Error::Replication(liteorm_replication::Error::Stopped {
+            seq,
+            source,
+        })) => {
+            println!("{STOPPED_AT}{seq}: {source}");
+            ExitCode::from(STOPPED_EXIT)
+        }
+        Err(err) => {
+            println!("follower failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(url: &str, db: &str, replica_db: &str, consumer: &str) -> liteorm_nats::Result<()> {
+    let js = connect(url).await?;
+    let stream = ChangeStream::new(db)?;
+    let session = SqliteSession::open(replica_db).await?;
+    let replica = Replica::open(&session).await?;
+    let source = NatsSource::new(js, &stream, consumer)?;
+    let mut follower = Follower::new(replica, source).await?;
+    follower.run(std::future::pending()).await?;
+    Ok(())
+}
+
+/// A JetStream context on a connection that keeps retrying while the server is down.
+pub(crate) async fn connect(url: &str) -> liteorm_nats::Result<async_nats::jetstream::Context> {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(50 * u64::try_from(attempts.min(10)).unwrap_or(10))
+        })
+        .connect(url)
+        .await
+        .map_err(|e| liteorm_nats::Error::Nats {
+            op: "connect",
+            source: e.into(),
+        })?;
+    Ok(async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build(client))
+}
