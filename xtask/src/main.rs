@@ -429,6 +429,7 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
                 docs.args(["-p", krate]);
             }
             report.steps[4] = runner.run(docs.env("RUSTDOCFLAGS", "-D warnings"));
+            forget_packaged_sources();
             report.steps[5] = runner.run(&mut cell_cmd(
                 &["publish", "--workspace", "--dry-run", "--allow-dirty"],
                 &[],
@@ -462,6 +463,40 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Removes what earlier `cargo publish --dry-run`s extracted of this workspace's own crates.
+///
+/// The dry run verifies each crate against the ones packaged before it through a local registry
+/// under `target/package`, whose crates cargo extracts to `$CARGO_HOME/registry/src/-<hash>/`,
+/// a directory named by the registry's path and the crate's name and version only. An
+/// extraction left by an earlier run of the same version is reused as it is, so the crates
+/// would be verified against stale sources. Only those local-registry directories (named
+/// `-<hash>`, unlike crates.io's) and only `liteorm-*` crates are removed.
+fn forget_packaged_sources() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
+    let Some(src) = home.map(|home| home.join("registry").join("src")) else {
+        return;
+    };
+    let Ok(registries) = fs::read_dir(&src) else {
+        return;
+    };
+    for registry in registries.flatten() {
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        let Ok(crates) = fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for krate in crates.flatten() {
+            if krate.file_name().to_string_lossy().starts_with("liteorm-") {
+                // A directory that cannot be removed is reported by the dry run itself.
+                let _ = fs::remove_dir_all(krate.path());
+            }
+        }
     }
 }
 
