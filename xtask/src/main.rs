@@ -429,11 +429,18 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
                 docs.args(["-p", krate]);
             }
             report.steps[4] = runner.run(docs.env("RUSTDOCFLAGS", "-D warnings"));
-            forget_packaged_sources();
-            report.steps[5] = runner.run(&mut cell_cmd(
-                &["publish", "--workspace", "--dry-run", "--allow-dirty"],
-                &[],
-            ));
+            // In a target dir of its own, where this workspace's crates (which the dry run
+            // builds as registry crates of one version) always rebuild: see
+            // `forget_packaged_sources`.
+            let verify_dir = root.join("target").join("package-verify");
+            forget_packaged_sources(&verify_dir);
+            report.steps[5] = runner.run(
+                cell_cmd(
+                    &["publish", "--workspace", "--dry-run", "--allow-dirty"],
+                    &[],
+                )
+                .env("CARGO_TARGET_DIR", &verify_dir),
+            );
             report.steps[6] = runner.step("downstream", || downstream::check(root));
             // Every committed fuzz input and past finding through its target's check (the fuzz
             // crate is a workspace of its own; no sanitizer here, that is `cargo xtask fuzz`).
@@ -468,35 +475,39 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
     }
 }
 
-/// Removes what earlier `cargo publish --dry-run`s extracted of this workspace's own crates.
+/// Removes what earlier `cargo publish --dry-run`s left of this workspace's own crates: their
+/// extracted sources and their build fingerprints in `verify_dir`.
 ///
 /// The dry run verifies each crate against the ones packaged before it through a local registry
-/// under `target/package`, whose crates cargo extracts to `$CARGO_HOME/registry/src/-<hash>/`,
-/// a directory named by the registry's path and the crate's name and version only. An
-/// extraction left by an earlier run of the same version is reused as it is, so the crates
-/// would be verified against stale sources. Only those local-registry directories (named
-/// `-<hash>`, unlike crates.io's) and only `liteorm-*` crates are removed.
-fn forget_packaged_sources() {
+/// under `target/package`, whose crates cargo extracts to `$CARGO_HOME/registry/src/-<hash>/`
+/// (named by the registry's path, the crate's name and version only) and builds as registry
+/// crates, which it never rebuilds for a changed source. Both an extraction and a build left by
+/// an earlier run of the same version would be reused as they are, verifying against stale
+/// sources. Only local-registry directories (named `-<hash>`, unlike crates.io's) and only
+/// `liteorm-*` crates are touched.
+fn forget_packaged_sources(verify_dir: &Path) {
+    let fingerprints = verify_dir.join("debug").join(".fingerprint");
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
-    let Some(src) = home.map(|home| home.join("registry").join("src")) else {
-        return;
-    };
-    let Ok(registries) = fs::read_dir(&src) else {
-        return;
-    };
-    for registry in registries.flatten() {
-        if !registry.file_name().to_string_lossy().starts_with('-') {
-            continue;
-        }
-        let Ok(crates) = fs::read_dir(registry.path()) else {
+    let sources = home.map(|home| home.join("registry").join("src"));
+    let mut dirs = vec![fingerprints];
+    if let Some(Ok(registries)) = sources.map(fs::read_dir) {
+        dirs.extend(
+            registries
+                .flatten()
+                .filter(|r| r.file_name().to_string_lossy().starts_with('-'))
+                .map(|r| r.path()),
+        );
+    }
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
-        for krate in crates.flatten() {
-            if krate.file_name().to_string_lossy().starts_with("liteorm-") {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("liteorm-") {
                 // A directory that cannot be removed is reported by the dry run itself.
-                let _ = fs::remove_dir_all(krate.path());
+                let _ = fs::remove_dir_all(entry.path());
             }
         }
     }
