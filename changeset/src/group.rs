@@ -209,13 +209,7 @@ impl<C: Changes> Changegroup<C> {
     }
 
     fn usable(&self) -> Result<(), Error> {
-        if self.broken {
-            Err(Error::Misuse(
-                "an earlier add to this changegroup failed, leaving it unusable",
-            ))
-        } else {
-            Ok(())
-        }
+        usable(self.broken)
     }
 
     /// Records the outcome of an add of the changes with these `sections`.
@@ -255,6 +249,18 @@ impl<C> fmt::Debug for Changegroup<C> {
             .field("tables", &self.headers.len())
             .field("broken", &self.broken)
             .finish_non_exhaustive()
+    }
+}
+
+/// `Ok` unless an earlier add to a changegroup failed (SQLite leaves the group in an undefined
+/// state then).
+pub(crate) fn usable(broken: bool) -> Result<(), Error> {
+    if broken {
+        Err(Error::Misuse(
+            "an earlier add to this changegroup failed, leaving it unusable",
+        ))
+    } else {
+        Ok(())
     }
 }
 

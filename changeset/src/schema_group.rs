@@ -113,13 +113,7 @@ impl<C: Changes> SchemaChangegroup<C> {
     }
 
     fn usable(&self) -> Result<(), Error> {
-        if self.broken {
-            Err(Error::Misuse(
-                "an earlier add to this changegroup failed, leaving it unusable",
-            ))
-        } else {
-            Ok(())
-        }
+        crate::group::usable(self.broken)
     }
 }
 

@@ -5,6 +5,8 @@ use liteorm_changeset::{
     Capture, Changegroup, Changeset, Error, Patchset, SchemaChangegroup, apply,
 };
 use liteorm_core::{Session, Value};
+use liteorm_sqlite::SqliteSession;
+use tempfile::TempDir;
 
 use crate::support::{captured, dump, file_db, seed};
 
@@ -95,15 +97,22 @@ async fn a_table_recorded_with_other_columns_is_a_schema_mismatch() {
     assert!(matches!(group.output(), Err(Error::Misuse(_))));
 }
 
-#[tokio::test]
-async fn merge_with_schema_fills_in_columns_added_since_and_needs_sqlite_3_44() {
-    let (db, _dir) = file_db().await;
+/// A seeded database, a changeset recorded on it, then `ALTER TABLE t ADD COLUMN extra TEXT
+/// DEFAULT 'dflt'`, then a changeset recorded after that.
+async fn before_and_after_a_new_column() -> (SqliteSession, TempDir, Changeset, Changeset) {
+    let (db, dir) = file_db().await;
     seed(&db, 2).await;
     let before = captured(&db, &["t"], "INSERT INTO t VALUES (3, 'three', 3.0, NULL)").await;
     db.execute_batch("ALTER TABLE t ADD COLUMN extra TEXT DEFAULT 'dflt'")
         .await
         .unwrap();
     let after = captured(&db, &["t"], "UPDATE t SET extra = 'set' WHERE id = 1").await;
+    (db, dir, before, after)
+}
+
+#[tokio::test]
+async fn merge_with_schema_fills_in_columns_added_since_and_needs_sqlite_3_44() {
+    let (db, _dir, before, after) = before_and_after_a_new_column().await;
     let merged = Changegroup::merge_with_schema(&db, [before.clone(), after.clone()]).await;
     if db.info().version_number < 3_044_000 {
         let err = merged.unwrap_err();
@@ -214,13 +223,7 @@ async fn a_group_adds_from_streams_and_writes_to_one_as_from_blobs() {
 
 #[tokio::test]
 async fn a_schema_changegroup_takes_inputs_one_at_a_time() {
-    let (db, _dir) = file_db().await;
-    seed(&db, 2).await;
-    let before = captured(&db, &["t"], "INSERT INTO t VALUES (3, 'three', 3.0, NULL)").await;
-    db.execute_batch("ALTER TABLE t ADD COLUMN extra TEXT DEFAULT 'dflt'")
-        .await
-        .unwrap();
-    let after = captured(&db, &["t"], "UPDATE t SET extra = 'set' WHERE id = 1").await;
+    let (db, _dir, before, after) = before_and_after_a_new_column().await;
     let group = SchemaChangegroup::<Changeset>::new(&db).await;
     if db.info().version_number < 3_044_000 {
         assert!(matches!(group.unwrap_err(), Error::Unsupported { .. }));
