@@ -14,7 +14,7 @@
 //! change or table header is incomplete, so SQLite never sees a truncated one either.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 /// Op bytes (SQLITE_INSERT, SQLITE_UPDATE, SQLITE_DELETE).
 const INSERT: u8 = 0x12;
@@ -785,6 +785,52 @@ impl<R: Read> Read for Checked<R> {
         };
         checked.map_err(|malformed| io::Error::new(io::ErrorKind::InvalidData, malformed))?;
         Ok(n)
+    }
+}
+
+/// A writer that checks the structure of what passes through it as a changeset (`T`) or
+/// patchset (`P`) before handing it on, for output SQLite builds without checking (a rebase): a
+/// malformed change never reaches the inner writer; it fails with an `InvalidData` error
+/// carrying the checker's finding, which [`Self::malformed`] keeps.
+pub(crate) struct CheckedWriter<W> {
+    inner: W,
+    checker: Checker,
+    malformed: Option<Malformed>,
+}
+
+impl<W> CheckedWriter<W> {
+    pub(crate) fn new(inner: W, marker: u8) -> Self {
+        CheckedWriter {
+            inner,
+            checker: Checker::new(Some(marker)),
+            malformed: None,
+        }
+    }
+
+    /// What made a write fail, if anything did.
+    pub(crate) fn malformed(&mut self) -> Option<Malformed> {
+        self.malformed.take()
+    }
+
+    /// The inner writer, once the output ended between two changes.
+    pub(crate) fn finish(self) -> Result<W, Malformed> {
+        self.checker.finish()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for CheckedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Err(malformed) = self.checker.feed(buf) {
+            self.malformed.get_or_insert(malformed.clone());
+            return Err(io::Error::new(io::ErrorKind::InvalidData, malformed));
+        }
+        self.inner.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 

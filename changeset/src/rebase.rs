@@ -5,10 +5,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use crate::ffi::RawRebaser;
-use crate::format::{ChangeAt, Checker, Item, Section};
+use crate::ffi::{Input, Output, RawRebaser};
+use crate::format::{ChangeAt, Checked, CheckedWriter, Checker, Item, Malformed, Section};
 use crate::{Changeset, Error, format};
 
 /// How an apply resolved its conflicts, in SQLite's rebase format: what a [`Rebaser`] needs to
@@ -267,6 +268,97 @@ impl Rebaser {
             },
             other => other,
         })
+    }
+
+    /// Like [`Rebaser::rebase`], for a changeset that `local` reads, writing the rebased
+    /// changeset to `output` in chunks; returns `output` (flushed). SQLite reads the input in
+    /// small chunks and writes as it goes, so memory stays bounded by the largest change
+    /// whatever the size of the stream (the configured resolutions are in memory, as always).
+    ///
+    /// The input is untrusted: it is checked on its way to SQLite as [`crate::stream`] input
+    /// is ([`Error::Invalid`] naming the change and offset), and a table header that does not
+    /// match the resolutions ([`Error::SchemaMismatch`]) is refused before SQLite reads a
+    /// record of it. A patchset is [`Error::Misuse`]. The output is checked before it reaches
+    /// `output` ([`Error::Invalid`] of kind `"rebased changeset"`). On any error `output` may
+    /// hold the start of the rebased changeset: discard it.
+    ///
+    /// This blocks while it runs; in async code call it from a blocking task.
+    pub fn rebase_stream<R: Read, W: Write>(&mut self, local: R, output: W) -> Result<W, Error> {
+        let mut input = Input::new(MatchingTables {
+            inner: Checked::surveying(local),
+            tables: &self.tables,
+            checked: 0,
+            mismatch: None,
+        });
+        let mut output = Output::new(CheckedWriter::new(output, format::CHANGESET));
+        let rebased = self.raw.rebase_strm(&mut input, &mut output);
+        if let Some(mismatch) = input.reader.mismatch.take() {
+            return Err(mismatch);
+        }
+        if input.reader.inner.checker().marker() == Some(format::PATCHSET) {
+            return Err(Error::Misuse("a patchset cannot be rebased"));
+        }
+        if let Some(malformed) = output.writer.malformed() {
+            return Err(rebased_invalid(malformed));
+        }
+        rebased?;
+        let mut output = output.writer.finish().map_err(rebased_invalid)?;
+        output.flush()?;
+        Ok(output)
+    }
+}
+
+/// The error for a rebased changeset that is not well formed.
+fn rebased_invalid(malformed: Malformed) -> Error {
+    Error::Invalid {
+        kind: "rebased changeset",
+        entry: malformed.entry,
+        offset: Some(malformed.offset),
+        reason: malformed.reason,
+    }
+}
+
+/// A checked changeset reader that also fails, before SQLite sees them, on a patchset and on a
+/// table header whose columns or key differ from the configured resolutions' (see
+/// [`Rebaser::rebase`]).
+struct MatchingTables<'a, R> {
+    inner: Checked<R>,
+    /// The configured resolutions' primary key flags, by lower-case table name.
+    tables: &'a HashMap<String, Vec<u8>>,
+    /// Table sections already compared.
+    checked: usize,
+    mismatch: Option<Error>,
+}
+
+impl<R: Read> Read for MatchingTables<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.inner.checker().marker() == Some(format::PATCHSET) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a patchset cannot be rebased",
+            ));
+        }
+        // A header is surveyed when its last byte has been read, so one that does not match
+        // is refused in the read that completes it: SQLite never gets its bytes.
+        let sections = self.inner.checker().sections();
+        for section in &sections[self.checked..] {
+            if let Some(configured) = self.tables.get(&section.table.to_ascii_lowercase())
+                && let Err(err) = mismatch(
+                    &section.table,
+                    configured,
+                    &section.pk,
+                    "the resolutions",
+                    "the local changes",
+                )
+            {
+                let message = err.to_string();
+                self.mismatch = Some(err);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, message));
+            }
+        }
+        self.checked = sections.len();
+        Ok(n)
     }
 }
 

@@ -393,16 +393,20 @@ impl Grouping<Patchset> for Changegroup<Patchset> {
 }
 
 /// `rebase`: the two halves of a [`split_pair`] input are a rebase buffer and a local
-/// changeset; if both validate, configuring a rebaser with the buffer and rebasing the changeset
-/// either fails with an error or gives a valid changeset with no more changes.
+/// changeset; if the buffer validates and configures a rebaser, rebasing the local changeset
+/// either fails with an error or gives a valid changeset with no more changes. The same bytes,
+/// valid or not, are also rebased as a stream read in chunks of `flags >> 1` bytes (0: 256):
+/// untrusted stream input must fail cleanly, and a changeset that rebases must rebase over a
+/// stream to the same bytes.
 pub fn check_rebase(data: &[u8]) {
     let Some((_, buffer, local)) = split_pair(data) else {
         return;
     };
-    let (Ok(buffer), Ok(local)) = (
-        RebaseBuffer::from_bytes(buffer),
-        Changeset::from_bytes(local),
-    ) else {
+    let chunk = match data[0] >> 1 {
+        0 => 256,
+        n => usize::from(n),
+    };
+    let Ok(buffer) = RebaseBuffer::from_bytes(buffer) else {
         return;
     };
     let Ok(mut rebaser) = Rebaser::new() else {
@@ -412,13 +416,20 @@ pub fn check_rebase(data: &[u8]) {
         assert!(!err.to_string().is_empty());
         return;
     }
-    match rebaser.rebase(&local) {
-        Ok(rebased) => {
-            let count = Changeset::validate(rebased.as_bytes())
+    let blob = Changeset::from_bytes(local).map(|local| (rebaser.rebase(&local), local.count()));
+    let streamed = rebaser.rebase_stream(Chunked::new(local, chunk), Vec::new());
+    match (blob, streamed) {
+        (Ok((Ok(rebased), count)), Ok(out)) => {
+            let rebased_count = Changeset::validate(rebased.as_bytes())
                 .unwrap_or_else(|err| panic!("rebase made an invalid changeset: {err}"));
-            assert!(count <= local.count(), "rebase added changes");
+            assert!(rebased_count <= count, "rebase added changes");
+            assert_eq!(out, rebased.as_bytes(), "stream and blob rebase differ");
         }
-        Err(err) => assert!(!err.to_string().is_empty()),
+        (Ok((Ok(_), _)), Err(err)) => panic!("a changeset that rebases does not over a stream: {err}"),
+        (Ok((Err(err), _)), Ok(_)) => panic!("a stream rebases where its blob does not: {err}"),
+        (Err(_), Ok(out)) => panic!("an invalid changeset rebased over a stream to {out:?}"),
+        (Ok((Err(a), _)), Err(b)) => assert!(!a.to_string().is_empty() && !b.to_string().is_empty()),
+        (Err(_), Err(err)) => assert!(!err.to_string().is_empty()),
     }
 }
 

@@ -18,6 +18,14 @@ use crate::PinnedGuard;
 /// The C type of a database connection, for the signatures of raw calls.
 pub use libsqlite3_sys::sqlite3;
 
+/// Bytes of heap the linked SQLite holds in this process (`sqlite3_memory_used`): the page
+/// caches, schemas and statements of every connection, whatever opened it. 0 when SQLite was
+/// built without memory statistics (`SQLITE_DEFAULT_MEMSTATUS=0`).
+pub fn memory_used() -> i64 {
+    // SAFETY: no preconditions; SQLite reads its own counter under its mutex.
+    unsafe { libsqlite3_sys::sqlite3_memory_used() }
+}
+
 /// A `sqlite3*` that is valid, and used by nobody else, for the lifetime `'a`.
 ///
 /// `Copy`, so that a callee can pass it on; neither `Send` nor `Sync`, and the closures of

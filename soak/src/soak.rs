@@ -632,6 +632,8 @@ impl Soak {
                 samples.push(Sample {
                     at: start.elapsed(),
                     rss_kb: crate::figures::rss_kb(std::process::id()).unwrap_or(0),
+                    sqlite_kb: u64::try_from(liteorm_sqlite::raw::memory_used() / 1024)
+                        .unwrap_or(0),
                     followers_rss_kb: followers_kb,
                     lag_ms,
                     in_fault: in_fault.load(Ordering::Relaxed),

@@ -8,7 +8,7 @@ use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
 use tempfile::TempDir;
 
-use crate::support::{captured, dump, file_db, seed};
+use crate::support::{captured, dump, file_db, seed, trickle};
 
 const STEPS: [&str; 5] = [
     "INSERT INTO t VALUES (10, 'ten', 1.0, NULL), (11, 'eleven', 1.0, NULL)",
@@ -167,22 +167,6 @@ async fn add_filtered_keeps_the_chosen_changes_and_needs_sqlite_3_46() {
     assert_eq!(kept[0].primary_key(), [Value::Integer(2)]);
 }
 
-/// A reader that hands out its bytes one at a time, so SQLite pulls many small chunks.
-struct Trickle<'a>(&'a [u8]);
-
-impl std::io::Read for Trickle<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match (self.0.split_first(), buf.first_mut()) {
-            (Some((&byte, rest)), Some(slot)) => {
-                *slot = byte;
-                self.0 = rest;
-                Ok(1)
-            }
-            _ => Ok(0),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_group_adds_from_streams_and_writes_to_one_as_from_blobs() {
     let (primary, _dir) = file_db().await;
@@ -195,7 +179,7 @@ async fn a_group_adds_from_streams_and_writes_to_one_as_from_blobs() {
 
     let mut group = Changegroup::<Changeset>::new().unwrap();
     for step in &steps {
-        group.add_stream(Trickle(step.as_bytes())).unwrap();
+        group.add_stream(trickle(step.as_bytes())).unwrap();
     }
     assert_eq!(group.output().unwrap(), merged);
     let written = group.output_stream(Vec::new()).unwrap();

@@ -3,7 +3,7 @@
 //! SQLite, and a 200 MB changeset applied in bounded memory (measured in a child process).
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::process::Command;
 use std::time::Instant;
 
@@ -11,56 +11,10 @@ use liteorm_changeset::{Capture, ConflictAction, Error, Patchset, apply, stream}
 use liteorm_core::Session;
 use liteorm_sqlite::SqliteSession;
 
-use crate::support::{captured, dump, file_db, seed};
+use crate::support::{FailsAfter, Full, captured, cursor, dump, file_db, seed, trickle};
 
 const MIX: &str = "UPDATE t SET name = 'one' WHERE id = 1; DELETE FROM t WHERE id = 2; \
                    INSERT INTO t VALUES (99, 'ninety-nine', 9.0, X'09')";
-
-/// A reader over a copy of `bytes` that returns at most 7 bytes per read, so that changes
-/// straddle the chunks SQLite asks for.
-fn trickle(bytes: &[u8]) -> impl Read + Send + 'static {
-    struct Trickle(io::Cursor<Vec<u8>>);
-    impl Read for Trickle {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(7);
-            self.0.read(&mut buf[..n])
-        }
-    }
-    Trickle(io::Cursor::new(bytes.to_vec()))
-}
-
-fn cursor(bytes: &[u8]) -> io::Cursor<Vec<u8>> {
-    io::Cursor::new(bytes.to_vec())
-}
-
-/// A reader that fails after `ok` bytes.
-struct FailsAfter(Vec<u8>, usize);
-
-impl Read for FailsAfter {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.1 == 0 {
-            return Err(io::Error::other("disk on fire"));
-        }
-        let n = buf.len().min(self.1).min(self.0.len());
-        buf[..n].copy_from_slice(&self.0[..n]);
-        self.0.drain(..n);
-        self.1 -= n;
-        Ok(n)
-    }
-}
-
-/// A writer that refuses everything.
-#[derive(Debug)]
-struct Full;
-
-impl Write for Full {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(io::ErrorKind::StorageFull, "no space"))
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn stream_invert_concat_and_merge_match_the_blob_apis_byte_for_byte() {

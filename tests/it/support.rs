@@ -1,4 +1,7 @@
-//! Helpers shared by the integration tests: temp databases and table dumps.
+//! Helpers shared by the integration tests: temp databases, table dumps, and readers and
+//! writers for stream tests.
+
+use std::io::{self, Read, Write};
 
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
@@ -68,4 +71,50 @@ pub(crate) async fn captured(
     })
     .await
     .expect("capture")
+}
+
+/// A reader over a copy of `bytes` that returns at most 7 bytes per read, so that changes
+/// straddle the chunks SQLite asks for.
+pub(crate) fn trickle(bytes: &[u8]) -> impl Read + Send + 'static {
+    struct Trickle(io::Cursor<Vec<u8>>);
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(7);
+            self.0.read(&mut buf[..n])
+        }
+    }
+    Trickle(io::Cursor::new(bytes.to_vec()))
+}
+
+pub(crate) fn cursor(bytes: &[u8]) -> io::Cursor<Vec<u8>> {
+    io::Cursor::new(bytes.to_vec())
+}
+
+/// A reader that fails after `ok` bytes.
+pub(crate) struct FailsAfter(pub(crate) Vec<u8>, pub(crate) usize);
+
+impl Read for FailsAfter {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.1 == 0 {
+            return Err(io::Error::other("disk on fire"));
+        }
+        let n = buf.len().min(self.1).min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0.drain(..n);
+        self.1 -= n;
+        Ok(n)
+    }
+}
+
+/// A writer that refuses everything.
+#[derive(Debug)]
+pub(crate) struct Full;
+
+impl Write for Full {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(io::ErrorKind::StorageFull, "no space"))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

@@ -10,12 +10,12 @@ use super::{Outcome, capture, cargo, describe, run};
 
 /// The help text of `cargo xtask fuzz`.
 pub(crate) const USAGE: &str = "\
-usage: cargo xtask fuzz [--time S] [--sanitizer address|none] [target...]
+usage: cargo xtask fuzz [--time S] [--runs N] [--sanitizer address|none] [target...]
 
   Fuzzes the changeset entry points with cargo-fuzz (installed if missing): each target
   (default: all of validate invert concat apply changegroup stream rebase log_row
-  nats_message) for S seconds
-  (default 60), starting from the committed corpus fuzz/corpus/<target>/, which is only
+  nats_message) for S seconds (default 60), or until it has run N inputs when --runs is given
+  (then with no time limit unless --time is given too: whichever comes first), starting from the committed corpus fuzz/corpus/<target>/, which is only
   read; inputs the fuzzer finds go to fuzz/target/corpus/<target>/. Builds in release with
   debug assertions, RUSTC_BOOTSTRAP=1 and ASan (--sanitizer none: faster, fewer checks).
   SQLite's C code is instrumented for coverage (and ASan) when a clang of rustc's LLVM version
@@ -45,14 +45,17 @@ const TARGETS: [&str; 9] = [
 const TIMEOUT_SECS: u64 = 10;
 
 struct FuzzOptions {
-    seconds: u64,
+    /// `None`: no time limit (only with `runs`).
+    seconds: Option<u64>,
+    runs: Option<u64>,
     sanitizer: String,
     targets: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<FuzzOptions, String> {
     let mut opts = FuzzOptions {
-        seconds: 60,
+        seconds: None,
+        runs: None,
         sanitizer: "address".to_owned(),
         targets: Vec::new(),
     };
@@ -61,11 +64,23 @@ fn parse(args: &[String]) -> Result<FuzzOptions, String> {
         match arg.as_str() {
             "--time" => {
                 let value = args.next().ok_or("`--time` needs a number of seconds")?;
-                opts.seconds = value
-                    .parse()
-                    .ok()
-                    .filter(|&s| s > 0)
-                    .ok_or_else(|| format!("`--time {value}`: expected seconds > 0"))?;
+                opts.seconds = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|&s| s > 0)
+                        .ok_or_else(|| format!("`--time {value}`: expected seconds > 0"))?,
+                );
+            }
+            "--runs" => {
+                let value = args.next().ok_or("`--runs` needs a number of inputs")?;
+                opts.runs = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("`--runs {value}`: expected a count > 0"))?,
+                );
             }
             "--sanitizer" => {
                 let value = args.next().ok_or("`--sanitizer` needs a value")?;
@@ -90,7 +105,22 @@ fn parse(args: &[String]) -> Result<FuzzOptions, String> {
     if opts.targets.is_empty() {
         opts.targets = TARGETS.iter().map(|t| (*t).to_owned()).collect();
     }
+    if opts.runs.is_none() && opts.seconds.is_none() {
+        opts.seconds = Some(60);
+    }
     Ok(opts)
+}
+
+impl FuzzOptions {
+    /// How long each target runs, for the log: "60 s", "1000000 runs", or both.
+    fn limits(&self) -> String {
+        match (self.seconds, self.runs) {
+            (Some(s), Some(n)) => format!("{n} runs or {s} s"),
+            (None, Some(n)) => format!("{n} runs"),
+            (Some(s), None) => format!("{s} s"),
+            (None, None) => "no limit".to_owned(),
+        }
+    }
 }
 
 /// What one target's run did, read from libFuzzer's output.
@@ -153,8 +183,14 @@ pub(crate) fn fuzz(root: &Path, args: &[String]) -> ExitCode {
             }
         }
         let mut cmd = fuzz_cmd("run");
-        cmd.arg(target).arg(&work).arg(&seeds).arg("--").args([
-            format!("-max_total_time={}", opts.seconds),
+        cmd.arg(target).arg(&work).arg(&seeds).arg("--");
+        if let Some(seconds) = opts.seconds {
+            cmd.arg(format!("-max_total_time={seconds}"));
+        }
+        if let Some(runs) = opts.runs {
+            cmd.arg(format!("-runs={runs}"));
+        }
+        cmd.args([
             format!("-timeout={TIMEOUT_SECS}"),
             "-rss_limit_mb=4096".to_owned(),
             "-print_final_stats=1".to_owned(),
@@ -164,7 +200,7 @@ pub(crate) fn fuzz(root: &Path, args: &[String]) -> ExitCode {
             // exit is left then.
             "-detect_leaks=1".to_owned(),
         ]);
-        println!("\n== fuzz {target}: {} s ==", opts.seconds);
+        println!("\n== fuzz {target}: {} ==", opts.limits());
         reports.push((target.clone(), run_target(&mut cmd)));
     }
 
@@ -307,8 +343,8 @@ fn read_line(line: &str, report: &mut TargetReport) {
 
 fn print_summary(opts: &FuzzOptions, cc: Option<&str>, reports: &[(String, TargetReport)]) {
     println!(
-        "\n== fuzz summary: {} s per target, sanitizer {}, SQLite {} ==",
-        opts.seconds,
+        "\n== fuzz summary: {} per target, sanitizer {}, SQLite {} ==",
+        opts.limits(),
         opts.sanitizer,
         cc.map_or_else(
             || "not instrumented".to_owned(),

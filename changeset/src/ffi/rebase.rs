@@ -1,10 +1,12 @@
 //! `sqlite3_rebaser`: rebasing local changes over the conflict resolutions of applied remote ones.
 
-use std::ptr::NonNull;
+use std::io::{Read, Write};
+use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 use libsqlite3_sys as sys;
 
+use super::stream::{Input, Output, input_trampoline, output_trampoline, stream_result};
 use super::{RawError, c_len, check, construct, padded, take_output};
 
 /// A `sqlite3_rebaser`: conflict resolutions of applied remote changes, to rebase local ones.
@@ -51,6 +53,34 @@ impl RawRebaser {
                 sys::sqlite3rebaser_rebase(rebaser, input_len, input.as_ptr().cast(), len, buf)
             }
         })
+    }
+}
+
+impl RawRebaser {
+    /// Rebases the changeset `input` reads into `output` (`sqlite3rebaser_rebase_strm`). The
+    /// reader must hand on only a well-formed changeset whose tables match the configured
+    /// resolutions: SQLite reads its records with the resolutions' layout.
+    pub(crate) fn rebase_strm<R: Read, W: Write>(
+        &mut self,
+        input: &mut Input<R>,
+        output: &mut Output<W>,
+    ) -> Result<(), RawError> {
+        // SAFETY: the rebaser is live; both contexts outlive the call and match their
+        // trampolines. SQLite copies the input into its own buffer, chunk by chunk.
+        let rc = unsafe {
+            sys::sqlite3rebaser_rebase_strm(
+                self.ptr.as_ptr(),
+                Some(input_trampoline::<R>),
+                ptr::from_mut(input).cast(),
+                Some(output_trampoline::<W>),
+                ptr::from_mut(output).cast(),
+            )
+        };
+        stream_result(
+            rc,
+            "sqlite3rebaser_rebase_strm",
+            [input.error.take(), output.error.take()],
+        )
     }
 }
 
