@@ -182,6 +182,7 @@ pub struct LogFilter {
     until_ms: Option<i64>,
     table: Option<String>,
     actor: Option<String>,
+    limit: Option<u64>,
 }
 
 impl LogFilter {
@@ -214,6 +215,12 @@ impl LogFilter {
         self.actor = Some(actor.into());
         self
     }
+    /// At most `n` entries: the first `n` that match, in seq order (page on with
+    /// [`LogFilter::seqs`] from the last seq returned + 1).
+    pub fn limit(mut self, n: u64) -> Self {
+        self.limit = Some(n);
+        self
+    }
 
     fn to_sql(&self) -> (String, Vec<Value>) {
         let mut sql = format!("{SELECT_ENTRY} WHERE 1");
@@ -241,6 +248,10 @@ impl LogFilter {
             cond(" AND actor = ?", actor.clone().into());
         }
         sql.push_str(" ORDER BY seq");
+        if let Some(n) = self.limit {
+            sql.push_str(" LIMIT ?");
+            params.push(stored(n));
+        }
         (sql, params)
     }
 }

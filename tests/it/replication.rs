@@ -139,6 +139,30 @@ async fn entries_can_be_queried_by_seq_time_table_and_actor() {
 }
 
 #[tokio::test]
+async fn entries_limit_keeps_the_first_matches_in_seq_order() {
+    let (db, _dir) = db_with_schema().await;
+    let log = ChangeLog::open(&db).await.unwrap();
+    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 3)").await;
+    record(&log, "bob", "UPDATE counter SET n = 5 WHERE id = 2").await;
+    record(&log, "ada", "UPDATE item SET qty = 1 WHERE id = 1").await;
+    record(&log, "ada", "UPDATE item SET qty = 2 WHERE id = 1").await;
+    let seqs = |entries: Vec<LogEntry>| entries.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+    let query = |filter: LogFilter| {
+        let log = log.clone();
+        async move { seqs(log.entries(&filter).await.unwrap()) }
+    };
+    assert_eq!(query(LogFilter::all().limit(2)).await, [1, 2]);
+    // The limit applies after the other conditions.
+    assert_eq!(query(LogFilter::all().actor("ada").limit(2)).await, [1, 3]);
+    // Paging on from the last seq returned; an open upper bound.
+    assert_eq!(
+        query(LogFilter::all().seqs(3, u64::MAX).limit(5)).await,
+        [3, 4]
+    );
+    assert!(query(LogFilter::all().limit(0)).await.is_empty());
+}
+
+#[tokio::test]
 async fn revert_undoes_one_entry_and_is_itself_logged() {
     let (db, _dir) = db_with_schema().await;
     let log = ChangeLog::open(&db).await.unwrap();
