@@ -115,13 +115,17 @@ impl LogEntry {
             return Err(corrupt(format!("seq {stored} is not positive")));
         }
         let ref_seq = match row.try_get::<Option<i64>>("ref_seq")? {
-            Some(stored) if seq_of(stored) == 0 => {
+            Some(stored) if stored < 0 => {
                 return Err(corrupt(format!("ref_seq {stored} is not positive")));
             }
             other => other.map(seq_of),
         };
+        // A rollback to 0 returns to before the first entry; a revert undoes an entry (seq >= 1).
         let kind = match (row.try_get::<String>("kind")?.as_str(), ref_seq) {
             ("change", _) => EntryKind::Change,
+            ("revert", Some(0)) => {
+                return Err(corrupt("ref_seq 0 is not positive for a revert".into()));
+            }
             ("revert", Some(of)) => EntryKind::Revert(of),
             ("rollback", Some(to)) => EntryKind::Rollback(to),
             (other, _) => return Err(corrupt(format!("unknown kind {other:?}"))),

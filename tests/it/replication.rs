@@ -578,7 +578,7 @@ async fn a_log_row_with_a_seq_below_1_is_a_corrupt_entry_not_entry_0() {
     let (primary, _d) = db_with_schema().await;
     let log = ChangeLog::open(&primary).await.unwrap();
     record(&log, "ada", "UPDATE counter SET n = n + 1 WHERE id = 1").await;
-    for (seq, ref_seq) in [(-5, None), (0, None), (7, Some(-1))] {
+    for (seq, ref_seq) in [(-5, None), (0, None), (7, Some(-1)), (7, Some(0))] {
         primary
             .execute(
                 "INSERT INTO liteorm_changes(seq, committed_at, tables, kind, ref_seq, blob) \
@@ -606,4 +606,34 @@ async fn a_log_row_with_a_seq_below_1_is_a_corrupt_entry_not_entry_0() {
             .unwrap();
     }
     assert_eq!(log.entries(&LogFilter::all()).await.unwrap().len(), 1);
+}
+
+/// A rollback to seq 0 (before the first entry) is logged with ref_seq 0, which the
+/// not-positive check above once took for a corrupt row: the log then failed to read and verify.
+#[tokio::test]
+async fn a_rollback_to_0_is_logged_readable_and_verifies() {
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 3)").await;
+    record(&log, "ada", "UPDATE item SET qty = 1 WHERE id = 1").await;
+    let outcome = log
+        .rollback_to(0, ConflictPolicy::abort(), Meta::actor("ops"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.logged_as, Some(3));
+    assert_eq!(log.entry(3).await.unwrap().kind, EntryKind::Rollback(0));
+    assert_eq!(log.verify().await.unwrap().entries, 3);
+    assert!(dump(&primary, "item").await.is_empty());
+    // A replica applies it like any other entry.
+    let (replica_db, _r) = db_with_schema().await;
+    let replica = Replica::open(&replica_db).await.unwrap();
+    let caught_up = replica
+        .catch_up(&mut LogTableSource::new(&primary))
+        .await
+        .unwrap();
+    assert_eq!(caught_up.last_seq, 3);
+    assert_eq!(
+        dump(&replica_db, "item").await,
+        dump(&primary, "item").await
+    );
 }
