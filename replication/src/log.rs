@@ -265,7 +265,8 @@ impl LogFilter {
 pub struct RevertOutcome {
     /// The log entry that records the revert (`None` if it changed nothing).
     pub logged_as: Option<u64>,
-    /// What applying the inverse(s) did, entry by entry (newest first for a rollback).
+    /// What applying the inverse(s) did, entry by entry (newest first for a rollback), each
+    /// conflict with the action taken in [`ApplyReport::conflict_log`].
     pub reports: Vec<(u64, ApplyReport)>,
 }
 
@@ -542,7 +543,10 @@ impl ChangeLog {
             .record_as(meta, kind, move |s| async move {
                 let mut reports = Vec::with_capacity(inverses.len());
                 for (seq, inverse) in inverses {
-                    let report = apply(&s, &inverse).on_conflict(policy.handler()).await?;
+                    let report = apply(&s, &inverse)
+                        .on_conflict(policy.handler())
+                        .log_conflicts()
+                        .await?;
                     reports.push((seq, report));
                 }
                 Ok::<_, Error>(reports)

@@ -216,6 +216,11 @@ async fn revert_of_a_row_changed_later_is_a_conflict_not_an_overwrite() {
     let forced = ConflictPolicy::abort().on(ConflictKind::Data, ConflictAction::Replace);
     let outcome = log.revert(1, forced, Meta::actor("auditor")).await.unwrap();
     assert_eq!(outcome.reports[0].1.replaced, 1);
+    // The report names each conflict and what was done about it.
+    let conflicts = &outcome.reports[0].1.conflict_log;
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].0.kind, ConflictKind::Data);
+    assert_eq!(conflicts[0].1, ConflictAction::Replace);
     assert_eq!(dump(&db, "counter").await[0][1], Value::Integer(0));
 }
 
