@@ -373,7 +373,12 @@ pub(crate) async fn show(args: ShowArgs) -> Result<(), Failure> {
         Err(err) => return Err(named(&args.db, err.into())),
     };
     let changes = entry.changeset.changes()?;
-    let names = ColumnNames::of(&db).await?;
+    // Column names for the text and SQL forms; JSON refers to columns by position.
+    let names = if args.json {
+        ColumnNames::new()
+    } else {
+        ColumnNames::of(&db).await?
+    };
     let mut out = String::new();
     if args.json {
         let mut json = entry_json(&entry, &Counts::in_changes(&changes));
