@@ -69,7 +69,7 @@ fn read_blob(path: &Path) -> Result<Blob, Failure> {
     }
 }
 
-fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
+pub(crate) fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
     match path {
         Some(path) => std::fs::write(path, bytes).map_err(|e| Failure::file(path, &e)),
         None => {
@@ -123,7 +123,7 @@ pub(crate) async fn open_db(path: &Path) -> Result<SqliteSession, Failure> {
 }
 
 /// Prefixes a failure's message with the database it is about.
-fn named(path: &Path, failure: Failure) -> Failure {
+pub(crate) fn named(path: &Path, failure: Failure) -> Failure {
     let message = format!("{}: {failure}", path.display());
     match failure {
         Failure::NotADatabase(_) => Failure::NotADatabase(message),
@@ -188,7 +188,7 @@ pub(crate) async fn inspect(args: InspectArgs) -> Result<(), Failure> {
 }
 
 /// One human-readable line: `UPDATE users [id=1] name: 'ada' -> 'Ada'`.
-fn describe(change: &Change, names: &ColumnNames) -> String {
+pub(crate) fn describe(change: &Change, names: &ColumnNames) -> String {
     let name = |i: usize| {
         names
             .get(&change.table)
@@ -329,7 +329,7 @@ fn configure<'a>(
     apply.filter(move |t| tables.iter().any(|x| x == t))
 }
 
-fn report_text(report: &ApplyReport, dry_run: bool) -> String {
+pub(crate) fn report_text(report: &ApplyReport, dry_run: bool) -> String {
     let mut out = format!(
         "{}{} changes: {} applied, {} omitted, {} replaced\n",
         if dry_run {
@@ -363,6 +363,13 @@ fn report_text(report: &ApplyReport, dry_run: bool) -> String {
 }
 
 fn report_json(report: &ApplyReport, dry_run: bool) -> Result<String, Failure> {
+    let mut json = report_value(report);
+    json["dry_run"] = dry_run.into();
+    Ok(format!("{json}\n"))
+}
+
+/// An apply report and every conflict as JSON, values in the typed encoding of `inspect --json`.
+pub(crate) fn report_value(report: &ApplyReport) -> serde_json::Value {
     let conflicts: Vec<serde_json::Value> = report
         .conflict_log
         .iter()
@@ -376,8 +383,7 @@ fn report_json(report: &ApplyReport, dry_run: bool) -> Result<String, Failure> {
             })
         })
         .collect();
-    let json = serde_json::json!({
-        "dry_run": dry_run,
+    serde_json::json!({
         "changes": report.changes,
         "attempted": report.attempted,
         "applied": report.applied,
@@ -388,8 +394,7 @@ fn report_json(report: &ApplyReport, dry_run: bool) -> Result<String, Failure> {
             "table": s.table, "reason": format!("{:?}", s.reason), "changes": s.changes,
         })).collect::<Vec<_>>(),
         "conflicts": conflicts,
-    });
-    Ok(format!("{json}\n"))
+    })
 }
 
 pub(crate) fn build(args: BuildArgs) -> Result<(), Failure> {

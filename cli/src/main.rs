@@ -7,6 +7,7 @@
 
 mod commands;
 mod failure;
+mod log_commands;
 mod replicate;
 
 use std::path::PathBuf;
@@ -82,6 +83,18 @@ enum LogCommand {
     /// Check the change log's hash chain: exits 0 when intact, 10 naming the first seq whose
     /// content, metadata or order was changed, or that was deleted or inserted.
     Verify(VerifyArgs),
+    /// List the log's entries (seq, time, actor, reason, kind, tables, change counts), oldest
+    /// first, filtered by table, actor, time and seq range.
+    List(log_commands::ListArgs),
+    /// Show one entry: its metadata and changes (or the changes as SQL, or JSON).
+    Show(log_commands::ShowArgs),
+    /// Undo one entry by applying its inverse, as a new logged entry (the log is verified
+    /// first: exit 10 naming the seq if its chain is broken; a conflict the policy aborts on
+    /// exits 7 and changes nothing).
+    Revert(log_commands::RevertArgs),
+    /// Return the data to its state right after entry SEQ by undoing every later entry, newest
+    /// first, as one new logged entry (verified first and atomic, like `revert`).
+    RollbackTo(log_commands::RollbackArgs),
 }
 
 #[derive(Args)]
@@ -216,6 +229,15 @@ impl PolicyArgs {
             (K::Constraint, self.on_constraint),
             (K::ForeignKey, self.on_fk),
         ]
+    }
+
+    /// The policy: each kind's specific action, else the `--on-conflict` one.
+    fn conflict_policy(&self) -> liteorm_replication::ConflictPolicy {
+        let default = commands::action(self.on_conflict);
+        self.per_kind().into_iter().fold(
+            liteorm_replication::ConflictPolicy::abort(),
+            |policy, (kind, specific)| policy.on(kind, specific.map_or(default, commands::action)),
+        )
     }
 }
 
@@ -418,6 +440,10 @@ async fn main() -> ExitCode {
             replicate::follow(args).await
         }
         Command::Log(LogCommand::Verify(args)) => commands::verify_log(args).await,
+        Command::Log(LogCommand::List(args)) => log_commands::list(args).await,
+        Command::Log(LogCommand::Show(args)) => log_commands::show(args).await,
+        Command::Log(LogCommand::Revert(args)) => log_commands::revert(args).await,
+        Command::Log(LogCommand::RollbackTo(args)) => log_commands::rollback_to(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

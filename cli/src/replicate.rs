@@ -9,12 +9,12 @@ use std::time::Duration;
 use liteorm_nats::{
     Auth, ChangeStream, Connection, Follower, Lag, NatsConnect, NatsSource, Publisher,
 };
-use liteorm_replication::{ChangeLog, ConflictPolicy, Replica};
+use liteorm_replication::{ChangeLog, Replica};
 use liteorm_sqlite::SqliteSession;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-use crate::commands::{action, open_db};
+use crate::commands::open_db;
 use crate::failure::Failure;
 use crate::{FollowArgs, NatsArgs, PublishArgs, SnapshotArgs};
 
@@ -203,12 +203,9 @@ pub(crate) async fn follow(args: FollowArgs) -> Result<(), Failure> {
     let stream = ChangeStream::new(&args.stream)?;
     let connection = connect(&args.nats).await?;
     let js = connection.jetstream();
-    let default = action(args.policy.on_conflict);
-    let mut policy = ConflictPolicy::abort();
-    for (kind, specific) in args.policy.per_kind() {
-        policy = policy.on(kind, specific.map_or(default, action));
-    }
-    let replica = Replica::open(&db).await?.policy(policy);
+    let replica = Replica::open(&db)
+        .await?
+        .policy(args.policy.conflict_policy());
     let source = NatsSource::new(js.clone(), &stream, &args.durable)?;
     let mut follower = Follower::new(replica.clone(), source)
         .await?

@@ -115,13 +115,17 @@ impl LogEntry {
             return Err(corrupt(format!("seq {stored} is not positive")));
         }
         let ref_seq = match row.try_get::<Option<i64>>("ref_seq")? {
-            Some(stored) if seq_of(stored) == 0 => {
+            Some(stored) if stored < 0 => {
                 return Err(corrupt(format!("ref_seq {stored} is not positive")));
             }
             other => other.map(seq_of),
         };
+        // A rollback to 0 returns to before the first entry; a revert undoes an entry (seq >= 1).
         let kind = match (row.try_get::<String>("kind")?.as_str(), ref_seq) {
             ("change", _) => EntryKind::Change,
+            ("revert", Some(0)) => {
+                return Err(corrupt("ref_seq 0 is not positive for a revert".into()));
+            }
             ("revert", Some(of)) => EntryKind::Revert(of),
             ("rollback", Some(to)) => EntryKind::Rollback(to),
             (other, _) => return Err(corrupt(format!("unknown kind {other:?}"))),
@@ -182,6 +186,7 @@ pub struct LogFilter {
     until_ms: Option<i64>,
     table: Option<String>,
     actor: Option<String>,
+    limit: Option<u64>,
 }
 
 impl LogFilter {
@@ -214,6 +219,12 @@ impl LogFilter {
         self.actor = Some(actor.into());
         self
     }
+    /// At most `n` entries: the first `n` that match, in seq order (page on with
+    /// [`LogFilter::seqs`] from the last seq returned + 1).
+    pub fn limit(mut self, n: u64) -> Self {
+        self.limit = Some(n);
+        self
+    }
 
     fn to_sql(&self) -> (String, Vec<Value>) {
         let mut sql = format!("{SELECT_ENTRY} WHERE 1");
@@ -241,6 +252,10 @@ impl LogFilter {
             cond(" AND actor = ?", actor.clone().into());
         }
         sql.push_str(" ORDER BY seq");
+        if let Some(n) = self.limit {
+            sql.push_str(" LIMIT ?");
+            params.push(stored(n));
+        }
         (sql, params)
     }
 }
@@ -250,7 +265,8 @@ impl LogFilter {
 pub struct RevertOutcome {
     /// The log entry that records the revert (`None` if it changed nothing).
     pub logged_as: Option<u64>,
-    /// What applying the inverse(s) did, entry by entry (newest first for a rollback).
+    /// What applying the inverse(s) did, entry by entry (newest first for a rollback), each
+    /// conflict with the action taken in [`ApplyReport::conflict_log`].
     pub reports: Vec<(u64, ApplyReport)>,
 }
 
@@ -527,7 +543,10 @@ impl ChangeLog {
             .record_as(meta, kind, move |s| async move {
                 let mut reports = Vec::with_capacity(inverses.len());
                 for (seq, inverse) in inverses {
-                    let report = apply(&s, &inverse).on_conflict(policy.handler()).await?;
+                    let report = apply(&s, &inverse)
+                        .on_conflict(policy.handler())
+                        .log_conflicts()
+                        .await?;
                     reports.push((seq, report));
                 }
                 Ok::<_, Error>(reports)

@@ -139,6 +139,30 @@ async fn entries_can_be_queried_by_seq_time_table_and_actor() {
 }
 
 #[tokio::test]
+async fn entries_limit_keeps_the_first_matches_in_seq_order() {
+    let (db, _dir) = db_with_schema().await;
+    let log = ChangeLog::open(&db).await.unwrap();
+    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 3)").await;
+    record(&log, "bob", "UPDATE counter SET n = 5 WHERE id = 2").await;
+    record(&log, "ada", "UPDATE item SET qty = 1 WHERE id = 1").await;
+    record(&log, "ada", "UPDATE item SET qty = 2 WHERE id = 1").await;
+    let seqs = |entries: Vec<LogEntry>| entries.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+    let query = |filter: LogFilter| {
+        let log = log.clone();
+        async move { seqs(log.entries(&filter).await.unwrap()) }
+    };
+    assert_eq!(query(LogFilter::all().limit(2)).await, [1, 2]);
+    // The limit applies after the other conditions.
+    assert_eq!(query(LogFilter::all().actor("ada").limit(2)).await, [1, 3]);
+    // Paging on from the last seq returned; an open upper bound.
+    assert_eq!(
+        query(LogFilter::all().seqs(3, u64::MAX).limit(5)).await,
+        [3, 4]
+    );
+    assert!(query(LogFilter::all().limit(0)).await.is_empty());
+}
+
+#[tokio::test]
 async fn revert_undoes_one_entry_and_is_itself_logged() {
     let (db, _dir) = db_with_schema().await;
     let log = ChangeLog::open(&db).await.unwrap();
@@ -192,6 +216,11 @@ async fn revert_of_a_row_changed_later_is_a_conflict_not_an_overwrite() {
     let forced = ConflictPolicy::abort().on(ConflictKind::Data, ConflictAction::Replace);
     let outcome = log.revert(1, forced, Meta::actor("auditor")).await.unwrap();
     assert_eq!(outcome.reports[0].1.replaced, 1);
+    // The report names each conflict and what was done about it.
+    let conflicts = &outcome.reports[0].1.conflict_log;
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].0.kind, ConflictKind::Data);
+    assert_eq!(conflicts[0].1, ConflictAction::Replace);
     assert_eq!(dump(&db, "counter").await[0][1], Value::Integer(0));
 }
 
@@ -554,7 +583,7 @@ async fn a_log_row_with_a_seq_below_1_is_a_corrupt_entry_not_entry_0() {
     let (primary, _d) = db_with_schema().await;
     let log = ChangeLog::open(&primary).await.unwrap();
     record(&log, "ada", "UPDATE counter SET n = n + 1 WHERE id = 1").await;
-    for (seq, ref_seq) in [(-5, None), (0, None), (7, Some(-1))] {
+    for (seq, ref_seq) in [(-5, None), (0, None), (7, Some(-1)), (7, Some(0))] {
         primary
             .execute(
                 "INSERT INTO liteorm_changes(seq, committed_at, tables, kind, ref_seq, blob) \
@@ -582,4 +611,34 @@ async fn a_log_row_with_a_seq_below_1_is_a_corrupt_entry_not_entry_0() {
             .unwrap();
     }
     assert_eq!(log.entries(&LogFilter::all()).await.unwrap().len(), 1);
+}
+
+/// A rollback to seq 0 (before the first entry) is logged with ref_seq 0, which the
+/// not-positive check above once took for a corrupt row: the log then failed to read and verify.
+#[tokio::test]
+async fn a_rollback_to_0_is_logged_readable_and_verifies() {
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 3)").await;
+    record(&log, "ada", "UPDATE item SET qty = 1 WHERE id = 1").await;
+    let outcome = log
+        .rollback_to(0, ConflictPolicy::abort(), Meta::actor("ops"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.logged_as, Some(3));
+    assert_eq!(log.entry(3).await.unwrap().kind, EntryKind::Rollback(0));
+    assert_eq!(log.verify().await.unwrap().entries, 3);
+    assert!(dump(&primary, "item").await.is_empty());
+    // A replica applies it like any other entry.
+    let (replica_db, _r) = db_with_schema().await;
+    let replica = Replica::open(&replica_db).await.unwrap();
+    let caught_up = replica
+        .catch_up(&mut LogTableSource::new(&primary))
+        .await
+        .unwrap();
+    assert_eq!(caught_up.last_seq, 3);
+    assert_eq!(
+        dump(&replica_db, "item").await,
+        dump(&primary, "item").await
+    );
 }
