@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use liteorm_changeset::{ChangeOp, ConflictAction};
 use liteorm_core::{Session, Value};
@@ -12,8 +11,9 @@ use tokio::runtime::Runtime;
 use crate::capture::{count_ops, raw_mix};
 use crate::common::{
     BenchResult, Common, DELETE_ID, DbMode, Fingerprint, INSERT, Line, RowData, UPDATE_B,
-    fingerprint, line_if, median, mix_inserts, ms, per_s, populate,
+    fingerprint, line_if, median, mix_inserts, per_s, populate,
 };
+use crate::instr::Timer;
 use crate::lite::{self, LiteDb};
 use crate::raw::{self, ChangesetIter, Db, Handle, Op, ValueRef};
 
@@ -157,20 +157,20 @@ fn raw_rep(mode: DbMode, n: i64, inserts: &[RowData]) -> BenchResult<Rep> {
     populate(h, n)?;
     let original = fingerprint(h)?;
     let mut calls = 0;
-    let start = Instant::now();
+    let start = Timer::start();
     h.apply(&cs, raw::abort_counting, &mut calls)?;
-    let apply = ms(start.elapsed());
+    let apply = start.stop(c"apply_ms");
     assert_eq!(
         fingerprint(h)?,
         mixed,
         "content check failed after the apply"
     );
-    let start = Instant::now();
+    let start = Timer::start();
     let inverse = raw::invert(&cs)?;
-    let invert = ms(start.elapsed());
-    let start = Instant::now();
+    let invert = start.stop(c"invert_ms");
+    let start = Timer::start();
     h.apply(&inverse, raw::abort_counting, &mut calls)?;
-    let invert_apply = ms(start.elapsed());
+    let invert_apply = start.stop(c"invert_apply_ms");
     assert_eq!(
         fingerprint(h)?,
         original,
@@ -181,9 +181,9 @@ fn raw_rep(mode: DbMode, n: i64, inserts: &[RowData]) -> BenchResult<Rep> {
     let changes = decode_raw(&cs)?;
     let replay_db = Db::open(mode)?;
     populate(replay_db.handle(), n)?;
-    let start = Instant::now();
+    let start = Timer::start();
     raw_replay(replay_db.handle(), &changes)?;
-    let replay = ms(start.elapsed());
+    let replay = start.stop(c"replay_sql_ms");
     assert_eq!(
         fingerprint(replay_db.handle())?,
         mixed,
@@ -223,24 +223,24 @@ async fn lite_rep(mode: DbMode, n: i64, inserts: &[[Value; 5]]) -> BenchResult<R
             ConflictAction::Abort
         }
     };
-    let start = Instant::now();
+    let start = Timer::start();
     let report = liteorm_changeset::apply(&target.session, &cs)
         .on_conflict(abort_counting(&calls))
         .await?;
-    let apply = ms(start.elapsed());
+    let apply = start.stop(c"apply_ms");
     assert_eq!(
         target.with_raw(fingerprint).await?,
         mixed,
         "content check failed after the apply"
     );
-    let start = Instant::now();
+    let start = Timer::start();
     let inverse = cs.invert()?;
-    let invert = ms(start.elapsed());
-    let start = Instant::now();
+    let invert = start.stop(c"invert_ms");
+    let start = Timer::start();
     let inverse_report = liteorm_changeset::apply(&target.session, &inverse)
         .on_conflict(abort_counting(&calls))
         .await?;
-    let invert_apply = ms(start.elapsed());
+    let invert_apply = start.stop(c"invert_apply_ms");
     assert_eq!(
         target.with_raw(fingerprint).await?,
         original,
@@ -255,13 +255,13 @@ async fn lite_rep(mode: DbMode, n: i64, inserts: &[[Value; 5]]) -> BenchResult<R
 
     let changes = decode_lite(&cs)?;
     let replay_db = LiteDb::populated(mode, n).await?;
-    let start = Instant::now();
+    let start = Timer::start();
     let tx = replay_db.session.begin().await?;
     for (sql, params) in &changes {
         tx.execute(sql, params).await?;
     }
     tx.commit().await?;
-    let replay = ms(start.elapsed());
+    let replay = start.stop(c"replay_sql_ms");
     assert_eq!(
         replay_db.with_raw(fingerprint).await?,
         mixed,

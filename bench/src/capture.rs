@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use crate::instr::{self, Timer};
+
 use liteorm_core::{Session, Value};
 use tokio::runtime::Runtime;
 
@@ -87,27 +89,35 @@ pub(crate) fn raw_session_cost(mode: DbMode, n: i64, inserts: &[RowData]) -> Ben
 fn raw_rep(mode: DbMode, n: i64, inserts: &[RowData]) -> BenchResult<Rep> {
     let plain = Db::open(mode)?;
     populate(plain.handle(), n)?;
-    let start = Instant::now();
+    let start = Timer::start();
     raw_mix(plain.handle(), inserts)?;
-    let mix_without = ms(start.elapsed());
+    let mix_without = start.stop(c"mix_without_ms");
     drop(plain);
 
     let db = Db::open(mode)?;
     let h = db.handle();
     populate(h, n)?;
+    // Under `--callgrind`, each segment counts towards the figures it is part of.
+    instr::begin();
     let start = Instant::now();
     let session = h.session("t")?;
     let t0 = Instant::now();
+    instr::end(c"capture_ms,capture_patchset_ms");
     raw_mix(h, inserts)?;
     let t1 = Instant::now();
+    instr::end(c"mix_with_ms,capture_ms,capture_patchset_ms");
     let changeset = session.changeset()?;
     let t2 = Instant::now();
+    instr::end(c"changeset_ms,capture_ms");
     let patchset = session.patchset()?;
     let t3 = Instant::now();
+    instr::end(c"patchset_ms,capture_patchset_ms");
     drop(session);
+    let deleted = Instant::now();
+    instr::end(c"capture_ms,capture_patchset_ms");
     // Deleting a session frees every change it recorded: about a tenth of the capture here.
     // liteorm's capture ends with its session deleted, as `small` times the raw cycle.
-    let create_delete = ms(t0 - start) + ms(t3.elapsed());
+    let create_delete = ms(t0 - start) + ms(deleted - t3);
 
     Ok(Rep {
         mix_without,
@@ -126,25 +136,25 @@ fn raw_rep(mode: DbMode, n: i64, inserts: &[RowData]) -> BenchResult<Rep> {
 
 async fn lite_rep(mode: DbMode, n: i64, inserts: &[[Value; 5]]) -> BenchResult<Rep> {
     let plain = LiteDb::populated(mode, n).await?;
-    let start = Instant::now();
+    let start = Timer::start();
     let tx = plain.session.begin().await?;
     lite::mix(tx.as_session(), inserts).await?;
     tx.commit().await?;
-    let mix_without = ms(start.elapsed());
+    let mix_without = start.stop(c"mix_without_ms");
     plain.close().await;
 
     let db = LiteDb::populated(mode, n).await?;
-    let start = Instant::now();
+    let start = Timer::start();
     let changeset = liteorm_changeset::capture(&db.session, &["t"], |s| async move {
         lite::mix(&s, inserts).await?;
         Ok::<_, liteorm_changeset::Error>(())
     })
     .await?;
-    let capture = ms(start.elapsed());
+    let capture = start.stop(c"capture_ms");
     db.close().await;
 
     let db = LiteDb::populated(mode, n).await?;
-    let start = Instant::now();
+    let start = Timer::start();
     let patchset = liteorm_changeset::Capture::new(&db.session)
         .tables(["t"])
         .patchset(|s| async move {
@@ -152,7 +162,7 @@ async fn lite_rep(mode: DbMode, n: i64, inserts: &[[Value; 5]]) -> BenchResult<R
             Ok::<_, liteorm_changeset::Error>(())
         })
         .await?;
-    let capture_patchset = ms(start.elapsed());
+    let capture_patchset = start.stop(c"capture_patchset_ms");
     db.close().await;
 
     Ok(Rep {

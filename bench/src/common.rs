@@ -1,7 +1,10 @@
 //! What both implementations share: options, the table's deterministic rows, statistics
 //! (median, nearest-rank percentiles), the content fingerprint and the JSON line writer.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value as Json;
@@ -246,7 +249,7 @@ fn round(x: f64, digits: i32) -> f64 {
 
 /// One output line: an ordered list of fields, printed as a JSON object.
 pub(crate) struct Line {
-    fields: Vec<(&'static str, Json)>,
+    fields: Vec<(String, Json)>,
 }
 
 impl Line {
@@ -263,13 +266,13 @@ impl Line {
 
     /// A string field.
     pub(crate) fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
-        self.fields.push((key, Json::from(value)));
+        self.fields.push((key.to_owned(), Json::from(value)));
         self
     }
 
     /// An integer field.
     pub(crate) fn int(&mut self, key: &'static str, value: u64) -> &mut Self {
-        self.fields.push((key, Json::from(value)));
+        self.fields.push((key.to_owned(), Json::from(value)));
         self
     }
 
@@ -280,7 +283,7 @@ impl Line {
         } else {
             Json::Null
         };
-        self.fields.push((key, json));
+        self.fields.push((key.to_owned(), json));
         self
     }
 
@@ -303,7 +306,7 @@ impl Line {
     pub(crate) fn get(&self, key: &str) -> f64 {
         self.fields
             .iter()
-            .find(|(k, _)| *k == key)
+            .find(|(k, _)| k == key)
             .and_then(|(_, v)| v.as_f64())
             .unwrap_or(f64::NAN)
     }
@@ -316,7 +319,7 @@ impl Line {
                 out.push(',');
             }
             // A `&str` key and a `serde_json::Value` always serialize.
-            let _ = write!(out, "{}:{}", Json::from(*key), value);
+            let _ = write!(out, "{}:{}", Json::from(key.as_str()), value);
         }
         out.push('}');
         println!("{out}");
@@ -333,6 +336,82 @@ pub(crate) struct Common {
     pub(crate) sqlite: String,
     /// `--impl`: run only liteorm or only the raw baseline (for profiling one side).
     pub(crate) only: Option<&'static str>,
+    /// `--baseline`: the rusqlite baseline, run once per repetition after liteorm and raw.
+    pub(crate) baseline: Option<Baseline>,
+}
+
+/// The rusqlite baseline (`bench/rusqlite-baseline`): a separate program run with `--reps 1`
+/// once per repetition, so that its repetitions interleave with liteorm's and raw's.
+pub(crate) struct Baseline {
+    /// The `rusqlite-baseline` binary.
+    pub(crate) program: PathBuf,
+    /// Its arguments: the workload, the size, `--db`, `--reps 1`.
+    pub(crate) args: Vec<String>,
+    /// The JSON line of each repetition run so far.
+    pub(crate) lines: RefCell<Vec<serde_json::Map<String, Json>>>,
+}
+
+impl Baseline {
+    /// Runs one repetition and keeps its line.
+    fn run_rep(&self) -> BenchResult<()> {
+        let out = Command::new(&self.program).args(&self.args).output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} {}: {}\n{}",
+                self.program.display(),
+                self.args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        let stdout = String::from_utf8(out.stdout)?;
+        let line = stdout
+            .lines()
+            .next()
+            .ok_or("the baseline printed nothing")?;
+        match serde_json::from_str(line)? {
+            Json::Object(fields) => {
+                self.lines.borrow_mut().push(fields);
+                Ok(())
+            }
+            other => Err(format!("the baseline printed {other}, not an object").into()),
+        }
+    }
+
+    /// The line of all repetitions: every numeric field the median over them, `reps` their
+    /// count, the other fields as the first repetition printed them.
+    fn median_line(&self) -> Option<Line> {
+        let lines = self.lines.borrow();
+        let first = lines.first()?;
+        let mut line = Line { fields: Vec::new() };
+        for (key, value) in first {
+            let value = if key == "reps" {
+                Json::from(lines.len() as u64)
+            } else if value.is_u64() {
+                // Counts: the same in every repetition, or the lower middle one.
+                let mut values: Vec<u64> = lines
+                    .iter()
+                    .filter_map(|l| l.get(key).and_then(Json::as_u64))
+                    .collect();
+                values.sort_unstable();
+                values
+                    .get(values.len().saturating_sub(1) / 2)
+                    .map_or(Json::Null, |&v| Json::from(v))
+            } else if value.is_number() {
+                let values: Vec<f64> = lines
+                    .iter()
+                    .map(|l| l.get(key).and_then(Json::as_f64).unwrap_or(f64::NAN))
+                    .collect();
+                serde_json::Number::from_f64(round(median(&values), 4))
+                    .map_or(Json::Null, Json::Number)
+            } else {
+                value.clone()
+            };
+            line.fields.push((key.clone(), value));
+        }
+        Some(line)
+    }
 }
 
 impl Common {
@@ -351,12 +430,16 @@ impl Common {
             if self.only != Some("liteorm") {
                 raws.push(raw()?);
             }
+            if let Some(baseline) = &self.baseline {
+                baseline.run_rep()?;
+            }
         }
         Ok((lites, raws))
     }
 
     /// Prints the liteorm and raw lines that were run, then (when both were) the ratio line
-    /// with liteorm/raw for each of `keys`. `size` is `("rows", N)` or `("iters", K)`.
+    /// with liteorm/raw for each of `keys`; with `--baseline`, then the rusqlite line (medians
+    /// over its repetitions) and the raw/rusqlite and liteorm/rusqlite ratios of `keys`. `size` is `("rows", N)` or `("iters", K)`.
     pub(crate) fn print(
         &self,
         cmd: &str,
@@ -368,13 +451,27 @@ impl Common {
         for line in lite.iter().chain(&raw) {
             line.print();
         }
-        if let (Some(lite), Some(raw)) = (lite, raw) {
+        if let (Some(lite), Some(raw)) = (&lite, &raw) {
             let mut ratio = Line::new(cmd, "ratio", self);
             ratio.int(size.0, size.1);
             for key in keys {
                 ratio.ratio(key, lite.get(key) / raw.get(key));
             }
             ratio.print();
+        }
+        let Some(baseline) = self.baseline.as_ref().and_then(Baseline::median_line) else {
+            return;
+        };
+        baseline.print();
+        for (side, line) in [("raw", &raw), ("liteorm", &lite)] {
+            if let Some(line) = line {
+                let mut ratio = Line::new(cmd, &format!("{side}/rusqlite"), self);
+                ratio.int(size.0, size.1);
+                for key in keys {
+                    ratio.ratio(key, line.get(key) / baseline.get(key));
+                }
+                ratio.print();
+            }
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use liteorm_changeset::{ConflictAction, ConflictKind};
 use liteorm_core::Session;
@@ -12,8 +11,9 @@ use tokio::runtime::Runtime;
 use crate::capture::count_ops;
 use crate::common::{
     BenchResult, CONFLICT_SETUP, Common, DbMode, Line, MIX_UPDATE, check_conflicts_content,
-    line_if, median, ms, per_s, populate,
+    line_if, median, per_s, populate,
 };
+use crate::instr::Timer;
 use crate::lite::LiteDb;
 use crate::raw::{self, Db};
 
@@ -57,22 +57,22 @@ fn raw_rep(mode: DbMode, n: i64) -> BenchResult<Rep> {
     populate(target.handle(), n)?;
     target.handle().exec(CONFLICT_SETUP)?;
     let mut calls = 0;
-    let start = Instant::now();
+    let start = Timer::start();
     target
         .handle()
         .apply(&cs, raw::omit_data_counting, &mut calls)?;
-    let apply = ms(start.elapsed());
+    let apply = start.stop(c"apply_ms");
     check_conflicts_content(target.handle(), n - conflicting, conflicting)?;
     drop(target);
 
     let clean_db = Db::open(mode)?;
     populate(clean_db.handle(), n)?;
     let mut clean_calls = 0;
-    let start = Instant::now();
+    let start = Timer::start();
     clean_db
         .handle()
         .apply(&cs, raw::omit_data_counting, &mut clean_calls)?;
-    let clean = ms(start.elapsed());
+    let clean = start.stop(c"clean_apply_ms");
     assert_eq!(
         clean_calls, 0,
         "content check failed: conflicts in the clean apply"
@@ -110,11 +110,11 @@ async fn lite_rep(mode: DbMode, n: i64) -> BenchResult<Rep> {
     let target = LiteDb::populated(mode, n).await?;
     target.session.execute(CONFLICT_SETUP, &[]).await?;
     let calls = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
+    let start = Timer::start();
     let report = liteorm_changeset::apply(&target.session, &cs)
         .on_conflict_ref(omit_data(&calls))
         .await?;
-    let apply = ms(start.elapsed());
+    let apply = start.stop(c"apply_ms");
     target
         .with_raw(|h| check_conflicts_content(h, n - conflicting, conflicting))
         .await?;
@@ -128,11 +128,11 @@ async fn lite_rep(mode: DbMode, n: i64) -> BenchResult<Rep> {
 
     let clean_db = LiteDb::populated(mode, n).await?;
     let clean_calls = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
+    let start = Timer::start();
     liteorm_changeset::apply(&clean_db.session, &cs)
         .on_conflict_ref(omit_data(&clean_calls))
         .await?;
-    let clean = ms(start.elapsed());
+    let clean = start.stop(c"clean_apply_ms");
     assert_eq!(
         clean_calls.load(Ordering::Relaxed),
         0,

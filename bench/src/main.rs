@@ -18,6 +18,7 @@ mod capture_stream;
 mod common;
 mod conflicts;
 mod diesel;
+mod instr;
 mod lite;
 mod orm;
 mod raw;
@@ -56,6 +57,9 @@ options:
                   (default mem)
   --impl both|liteorm|raw
                   run only one side, for profiling it (no ratio line); default both
+  --baseline PATH the rusqlite-baseline binary (bench/rusqlite-baseline): for capture, apply,
+                  small and conflicts, run it once per repetition after liteorm and raw, and
+                  print its line and the raw/rusqlite and liteorm/rusqlite ratios
 ";
 
 /// The parsed command line.
@@ -67,6 +71,7 @@ struct Args {
     reps: usize,
     db: DbMode,
     only: Option<&'static str>,
+    baseline: Option<std::path::PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -80,6 +85,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         reps: 5,
         db: DbMode::Mem,
         only: None,
+        baseline: None,
     };
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or(format!("`{arg}` needs a value"));
@@ -133,10 +139,37 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     other => return Err(format!("--impl {other}: expected both, liteorm or raw")),
                 };
             }
+            "--baseline" => parsed.baseline = Some(value()?.into()),
             other => return Err(format!("unknown option `{other}`")),
         }
     }
     Ok(parsed)
+}
+
+/// The workloads that the rusqlite baseline implements.
+const BASELINE_WORKLOADS: [&str; 4] = ["capture", "apply", "small", "conflicts"];
+
+/// The rusqlite baseline's invocation for one repetition of this run, if `--baseline` was
+/// given and the workload is one it implements.
+fn baseline(args: &Args) -> Option<common::Baseline> {
+    let program = args.baseline.clone()?;
+    if !BASELINE_WORKLOADS.contains(&args.workload.as_str()) {
+        return None;
+    }
+    let mut cmd = vec![args.workload.clone()];
+    if let Some(rows) = args.rows {
+        cmd.extend(["--rows".to_owned(), rows.to_string()]);
+    }
+    if let Some(iters) = args.iters {
+        cmd.extend(["--iters".to_owned(), iters.to_string()]);
+    }
+    cmd.extend(["--db".to_owned(), args.db.name().to_owned()]);
+    cmd.extend(["--reps".to_owned(), "1".to_owned()]);
+    Some(common::Baseline {
+        program,
+        args: cmd,
+        lines: std::cell::RefCell::new(Vec::new()),
+    })
 }
 
 fn run(args: &Args) -> BenchResult<()> {
@@ -148,6 +181,7 @@ fn run(args: &Args) -> BenchResult<()> {
         reps: args.reps,
         sqlite: raw::libversion(),
         only: args.only,
+        baseline: baseline(args),
     };
     // Both sides must run on the same SQLite for the ratios to mean anything.
     let probe = rt.block_on(LiteDb::open(args.db))?;

@@ -4,16 +4,15 @@
 //! side does the same work with direct SQLite calls on one connection per database, which is
 //! the floor of any implementation on this machine and this SQLite.
 
-use std::time::Instant;
-
 use liteorm_core::{Session, Value};
 use liteorm_replication::{ChangeLog, LogTableSource, Meta, Replica};
 use tokio::runtime::Runtime;
 
 use crate::common::{
     BenchResult, CREATE_TABLE, Common, DbMode, INSERT, Line, RowData, fingerprint, line_if, median,
-    ms, per_s, query_i64,
+    per_s, query_i64,
 };
+use crate::instr::Timer;
 use crate::lite::{self, LiteDb};
 use crate::raw::{self, Db};
 
@@ -34,7 +33,7 @@ async fn rep(mode: DbMode, rows: &[[Value; 5]]) -> BenchResult<Rep> {
     let log = ChangeLog::open(&primary.session).await?;
     let replica = Replica::open(&replica_db.session).await?;
 
-    let start = Instant::now();
+    let start = Timer::start();
     for row in rows {
         log.record(Meta::actor("bench"), |s| async move {
             s.execute(INSERT, row).await?;
@@ -42,13 +41,13 @@ async fn rep(mode: DbMode, rows: &[[Value; 5]]) -> BenchResult<Rep> {
         })
         .await?;
     }
-    let record_ms = ms(start.elapsed());
+    let record_ms = start.stop(c"record_ms");
 
-    let start = Instant::now();
+    let start = Timer::start();
     let caught_up = replica
         .catch_up(&mut LogTableSource::new(&primary.session))
         .await?;
-    let apply_ms = ms(start.elapsed());
+    let apply_ms = start.stop(c"apply_ms");
 
     // Content checks (untimed): one log entry per transaction, all applied, same table.
     assert_eq!(log.last_seq().await?, expected, "content check failed");
@@ -101,7 +100,7 @@ fn raw_rep(mode: DbMode, rows: &[RowData]) -> BenchResult<Rep> {
          VALUES (?, 'bench', NULL, ',t,', 'change', NULL, ?)",
     )?;
 
-    let start = Instant::now();
+    let start = Timer::start();
     for row in rows {
         p.exec("BEGIN IMMEDIATE")?;
         let recording = p.session("t")?;
@@ -115,12 +114,12 @@ fn raw_rep(mode: DbMode, rows: &[RowData]) -> BenchResult<Rep> {
         append.run()?;
         p.exec("COMMIT")?;
     }
-    let record_ms = ms(start.elapsed());
+    let record_ms = start.stop(c"record_ms");
 
     let mut fetch = p.prepare("SELECT seq, blob FROM log WHERE seq > ? ORDER BY seq LIMIT ?")?;
     let mut cursor = r.prepare("UPDATE cursor SET last_seq = ? WHERE name = 'bench'")?;
     let mut calls = 0;
-    let start = Instant::now();
+    let start = Timer::start();
     let mut last = 0;
     loop {
         fetch.bind_i64(1, last)?;
@@ -144,7 +143,7 @@ fn raw_rep(mode: DbMode, rows: &[RowData]) -> BenchResult<Rep> {
             break;
         }
     }
-    let apply_ms = ms(start.elapsed());
+    let apply_ms = start.stop(c"apply_ms");
 
     // Content checks (untimed), as on the liteorm side.
     assert_eq!((last, calls), (expected, 0), "content check failed");

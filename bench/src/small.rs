@@ -11,6 +11,7 @@ use crate::common::{
     BenchResult, CREATE_TABLE, Common, DbMode, INSERT, Line, RowData, line_if, median, percentile,
     query_i64, us,
 };
+use crate::instr;
 use crate::lite::{self, LiteDb};
 use crate::raw::{Db, Handle};
 
@@ -28,12 +29,15 @@ fn raw_rep(mode: DbMode, rows: &[RowData]) -> BenchResult<Rep> {
     h.exec(CREATE_TABLE)?;
     let mut insert = h.prepare(INSERT)?;
     let mut plain = Vec::with_capacity(rows.len());
+    // Under `--callgrind`, a loop's K transactions are one counted segment.
+    instr::begin();
     for row in rows {
         let start = Instant::now();
         insert.bind_row(row)?;
         insert.run()?;
         plain.push(us(start.elapsed()));
     }
+    instr::end(c"plain_tx");
     drop(insert);
     assert_eq!(
         query_i64(h, "SELECT count(*) FROM t")?,
@@ -47,6 +51,7 @@ fn raw_rep(mode: DbMode, rows: &[RowData]) -> BenchResult<Rep> {
     h.exec(CREATE_TABLE)?;
     let mut insert = h.prepare(INSERT)?;
     let (mut session, mut bytes) = (Vec::with_capacity(rows.len()), Vec::new());
+    instr::begin();
     for row in rows {
         let start = Instant::now();
         let recording = h.session("t")?;
@@ -57,6 +62,7 @@ fn raw_rep(mode: DbMode, rows: &[RowData]) -> BenchResult<Rep> {
         session.push(us(start.elapsed()));
         bytes.push(len);
     }
+    instr::end(c"session_tx");
     // The per-transaction changeset is freed inside the timer; check one outside it.
     let recording = h.session("t")?;
     insert.bind_row(&RowData::new(expected + 1))?;
@@ -89,17 +95,21 @@ async fn lite_rep(mode: DbMode, rows: &[[Value; 5]]) -> BenchResult<Rep> {
     let db = LiteDb::open(mode).await?;
     db.session.execute_batch(CREATE_TABLE).await?;
     let mut plain = Vec::with_capacity(rows.len());
+    // Under `--callgrind`, a loop's K transactions are one counted segment.
+    instr::begin();
     for row in rows {
         let start = Instant::now();
         db.session.execute(INSERT, row).await?;
         plain.push(us(start.elapsed()));
     }
+    instr::end(c"plain_tx");
     assert_eq!(db.with_raw(count).await?, expected, "content check failed");
     db.close().await;
 
     let db = LiteDb::open(mode).await?;
     db.session.execute_batch(CREATE_TABLE).await?;
     let (mut session, mut bytes) = (Vec::with_capacity(rows.len()), Vec::new());
+    instr::begin();
     for row in rows {
         let start = Instant::now();
         let cs = liteorm_changeset::capture(&db.session, &["t"], |s| async move {
@@ -112,6 +122,7 @@ async fn lite_rep(mode: DbMode, rows: &[[Value; 5]]) -> BenchResult<Rep> {
         session.push(us(start.elapsed()));
         bytes.push(len);
     }
+    instr::end(c"session_tx");
     // The per-transaction changeset is dropped inside the timer; check one outside it.
     let extra = lite::values(&RowData::new(expected + 1));
     let one = liteorm_changeset::capture(&db.session, &["t"], |s| async move {

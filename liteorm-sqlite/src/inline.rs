@@ -496,20 +496,28 @@ impl Statement {
         collect: bool,
         busy_to_sqlx: bool,
     ) -> Option<Result<(u64, Vec<Row>), Error>> {
-        /// Resets the statement and clears its bindings when `run` returns or unwinds: no
-        /// step is left half-way, and SQLite holds no pointer into `params` afterwards.
-        struct Reset(*mut ffi::sqlite3_stmt);
+        /// Resets the statement when `run` returns or unwinds, so that no step is left half-way,
+        /// and (`clear`) clears its bindings, so that SQLite holds no pointer into `params`
+        /// afterwards. Without text or blob parameters there is no such pointer, and the next
+        /// run binds every parameter again (`prepare` checked their count), so the bound
+        /// numbers can stay.
+        struct Reset(*mut ffi::sqlite3_stmt, bool);
         impl Drop for Reset {
             fn drop(&mut self) {
                 // SAFETY: `run`'s caller's promise: the statement is live and its connection
                 // locked for us.
                 unsafe {
                     ffi::sqlite3_reset(self.0);
-                    ffi::sqlite3_clear_bindings(self.0);
+                    if self.1 {
+                        ffi::sqlite3_clear_bindings(self.0);
+                    }
                 }
             }
         }
-        let _reset = Reset(self.stmt.as_ptr());
+        let borrows = params
+            .iter()
+            .any(|p| matches!(p, Value::Text(_) | Value::Blob(_)));
+        let _reset = Reset(self.stmt.as_ptr(), borrows);
         // SAFETY: the caller's promise.
         unsafe { self.bind_and_step(db, params, collect, busy_to_sqlx) }
     }

@@ -83,7 +83,10 @@ impl Parking {
             Ok(held) => return Ok(held),
             Err(waiting) => waiting,
         };
-        let conn = self.pool.acquire().await.map_err(convert::error);
+        // Boxed: sqlx's acquire future is large, and every statement's future holds this one's
+        // state, so a statement that takes a parked connection (or runs on a pinned one) would
+        // otherwise move and allocate room for it on each call.
+        let conn = Box::pin(self.pool.acquire()).await.map_err(convert::error);
         drop(waiting);
         Ok(Held::new(conn?))
     }

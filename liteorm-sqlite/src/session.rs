@@ -239,6 +239,35 @@ impl SqliteSession {
         }
         result
     }
+
+    /// [`Session::execute`], unboxed: a transaction's `execute` awaits this directly instead
+    /// of the session's boxed trait future (one allocation less per statement).
+    async fn execute_unboxed(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.run(|mut guard| async move {
+            if let Some(changes) = guard.execute_inline(sql, params).await? {
+                return Ok(changes);
+            }
+            let query =
+                sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
+            let done = guard.connection().execute(query).await;
+            guard.sqlx_result(done).map(|done| done.rows_affected())
+        })
+        .await
+    }
+
+    /// [`Session::query`], unboxed (see [`Self::execute_unboxed`]).
+    async fn query_unboxed(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.run(|mut guard| async move {
+            if let Some(rows) = guard.query_inline(sql, params).await? {
+                return Ok(rows);
+            }
+            let query =
+                sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
+            let rows = guard.connection().fetch_all(query).await;
+            convert::rows(guard.sqlx_result(rows)?)
+        })
+        .await
+    }
 }
 
 impl std::fmt::Debug for SqliteSession {
@@ -261,16 +290,7 @@ impl Session for SqliteSession {
     }
 
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.run(|mut guard| async move {
-            if let Some(changes) = guard.execute_inline(sql, params).await? {
-                return Ok(changes);
-            }
-            let query =
-                sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
-            let done = guard.connection().execute(query).await;
-            guard.sqlx_result(done).map(|done| done.rows_affected())
-        })
-        .await
+        self.execute_unboxed(sql, params).await
     }
 
     async fn execute_batch(&self, sql: &str) -> Result<()> {
@@ -279,16 +299,7 @@ impl Session for SqliteSession {
     }
 
     async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.run(|mut guard| async move {
-            if let Some(rows) = guard.query_inline(sql, params).await? {
-                return Ok(rows);
-            }
-            let query =
-                sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
-            let rows = guard.connection().fetch_all(query).await;
-            convert::rows(guard.sqlx_result(rows)?)
-        })
-        .await
+        self.query_unboxed(sql, params).await
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
@@ -357,13 +368,13 @@ impl Session for SqliteTransaction {
         &self.session
     }
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        Session::execute(&self.session, sql, params).await
+        self.session.execute_unboxed(sql, params).await
     }
     async fn execute_batch(&self, sql: &str) -> Result<()> {
         self.session.execute_batch(sql).await
     }
     async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.session.query(sql, params).await
+        self.session.query_unboxed(sql, params).await
     }
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         self.session.begin().await
