@@ -11,16 +11,18 @@ use tokio::sync::mpsc;
 use crate::chain::{self, EntryHash, Fields};
 use crate::{ChainBreak, ConflictPolicy, Error, Result};
 
-/// The log table. It is written after each capture ends, so it is never recorded itself.
+/// The log table. It is written after each capture ends, so it is never recorded itself. (No
+/// comment after the column before `hash`: `ALTER TABLE ... DROP COLUMN hash`, how the tests
+/// make an old log, would leave it unterminated.)
 pub(crate) const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS liteorm_changes(
     seq INTEGER PRIMARY KEY,      -- horizon + 1, + 2, ... without gaps (only pruning deletes)
     committed_at INTEGER NOT NULL, -- Unix time in milliseconds
     actor TEXT,
     reason TEXT,
     tables TEXT NOT NULL,         -- ',a,b,': the tables the entry touches
-    kind TEXT NOT NULL,           -- 'change' | 'revert' | 'rollback' | 'schema'
+    kind TEXT NOT NULL,           -- 'change' | 'revert' | 'rollback' | 'schema' (blob: its SQL)
     ref_seq INTEGER,              -- the entry a revert undoes / the seq a rollback returns to
-    blob BLOB NOT NULL,           -- the changeset; for 'schema', the migration's SQL (UTF-8)
+    blob BLOB NOT NULL,
     hash BLOB                     -- chain::link(previous hash, this entry): tamper evidence
 )";
 
