@@ -514,6 +514,12 @@ pub(crate) async fn verify_log(args: VerifyArgs) -> Result<(), Failure> {
         verified.entries,
         verified.head
     );
+    if verified.pruned_through > 0 {
+        println!(
+            "entries up to seq {} were pruned; the chain is checked from the hash recorded then",
+            verified.pruned_through
+        );
+    }
     if let Some(seq) = verified.upgraded_through {
         println!(
             "entries up to seq {seq} were chained when the log was upgraded, not when committed"

@@ -7,6 +7,7 @@
 
 mod commands;
 mod failure;
+mod log_admin;
 mod replicate;
 
 use std::path::PathBuf;
@@ -82,6 +83,12 @@ enum LogCommand {
     /// Check the change log's hash chain: exits 0 when intact, 10 naming the first seq whose
     /// content, metadata or order was changed, or that was deleted or inserted.
     Verify(VerifyArgs),
+    /// Run a schema migration (DDL) on a primary and log it in the same transaction; replicas
+    /// run it when they reach its seq. Exits 8 if the SQL fails or is refused (nothing changed).
+    Migrate(log_admin::MigrateArgs),
+    /// Delete the change log's entries up to a seq, keeping the chain verifiable. Exits 7
+    /// (nothing pruned) if a known replica has not applied them yet, unless --force.
+    Prune(log_admin::PruneArgs),
 }
 
 #[derive(Args)]
@@ -418,6 +425,8 @@ async fn main() -> ExitCode {
             replicate::follow(args).await
         }
         Command::Log(LogCommand::Verify(args)) => commands::verify_log(args).await,
+        Command::Log(LogCommand::Migrate(args)) => log_admin::migrate(args).await,
+        Command::Log(LogCommand::Prune(args)) => log_admin::prune(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
