@@ -69,7 +69,10 @@ async fn record_with_migrations(log: &ChangeLog) -> u64 {
         let sql = if k % 2 == 0 {
             format!("CREATE INDEX item_qty_{k} ON item(qty)")
         } else {
-            format!("ALTER TABLE item ADD COLUMN c{k} INTEGER DEFAULT {k}")
+            // Backfilled: see `migrations::MIGRATIONS`.
+            format!(
+                "ALTER TABLE item ADD COLUMN c{k} INTEGER DEFAULT {k}; UPDATE item SET c{k} = c{k}"
+            )
         };
         log.migrate(Meta::actor("dba"), &sql).await.unwrap();
     }
