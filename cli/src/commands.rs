@@ -507,18 +507,46 @@ pub(crate) async fn diff(args: DiffArgs) -> Result<(), Failure> {
     write_output(args.output.as_deref(), &bytes)
 }
 
+/// Opens the change log of an existing database; a database without one is an error (reading
+/// or undoing never creates the log table).
+pub(crate) async fn open_log(
+    path: &Path,
+) -> Result<(SqliteSession, liteorm_replication::ChangeLog), Failure> {
+    let db = open_db(path).await?;
+    let has_log = db
+        .query(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'liteorm_changes'",
+            &[],
+        )
+        .await
+        .map_err(|e| named(path, e.into()))?;
+    if has_log.is_empty() {
+        return Err(Failure::Sql(format!(
+            "{}: no change log (no liteorm_changes table)",
+            path.display()
+        )));
+    }
+    let log = liteorm_replication::ChangeLog::open(&db)
+        .await
+        .map_err(|e| named(path, e.into()))?;
+    Ok((db, log))
+}
+
 pub(crate) async fn verify_log(args: VerifyArgs) -> Result<(), Failure> {
-    let db = open_db(&args.db).await?;
-    let verified = liteorm_replication::ChangeLog::open(&db)
-        .await?
-        .verify()
-        .await?;
+    let (_db, log) = open_log(&args.db).await?;
+    let verified = log.verify().await?;
     println!(
         "{}: change log intact, {} entries, head {}",
         args.db.display(),
         verified.entries,
         verified.head
     );
+    if verified.pruned_through > 0 {
+        println!(
+            "entries up to seq {} were pruned; the chain is checked from the hash recorded then",
+            verified.pruned_through
+        );
+    }
     if let Some(seq) = verified.upgraded_through {
         println!(
             "entries up to seq {seq} were chained when the log was upgraded, not when committed"

@@ -31,6 +31,9 @@ pub(crate) enum Failure {
     NatsTls(String),
     /// A NATS secret, credentials file or certificate cannot be read (exit 13).
     NatsCredentials(String),
+    /// A replica is behind the change log's pruned horizon: re-bootstrap it from a snapshot
+    /// (exit 14).
+    BehindHorizon(String),
     /// Anything else (exit 1).
     Other(String),
 }
@@ -51,6 +54,7 @@ impl Failure {
             Failure::NatsAuth(_) => 11,
             Failure::NatsTls(_) => 12,
             Failure::NatsCredentials(_) => 13,
+            Failure::BehindHorizon(_) => 14,
         }
     }
 
@@ -74,6 +78,7 @@ impl fmt::Display for Failure {
             | Failure::NatsAuth(m)
             | Failure::NatsTls(m)
             | Failure::NatsCredentials(m)
+            | Failure::BehindHorizon(m)
             | Failure::Other(m) => f.write_str(m),
         }
     }
@@ -129,7 +134,12 @@ impl From<liteorm_replication::Error> for Failure {
             E::Changeset(inner) => inner.into(),
             // A conflict under an abort policy: the replica stopped at that entry.
             E::Stopped { .. } => Failure::Aborted(err.to_string()),
-            E::SchemaMismatch { .. } => Failure::Sql(err.to_string()),
+            E::SchemaMismatch { .. } | E::InvalidMigration(_) | E::MigrationFailed { .. } => {
+                Failure::Sql(err.to_string())
+            }
+            // Refused, nothing changed: like a conflict under an abort policy.
+            E::PruneBlocked { .. } | E::NotRevertible { .. } => Failure::Aborted(err.to_string()),
+            E::BehindHorizon { .. } => Failure::BehindHorizon(err.to_string()),
             E::CorruptEntry { .. } => Failure::InvalidBlob(err.to_string()),
             E::ChainBroken { .. } => Failure::Tampered(err.to_string()),
             other => Failure::Other(other.to_string()),

@@ -5,14 +5,12 @@ use std::path::{Path, PathBuf};
 
 use changeset::{Change, ChangeOp, ColumnNames};
 use clap::Args;
-use liteorm_core::Session as _;
 use liteorm_replication::{ChangeLog, EntryKind, LogEntry, LogFilter, Meta, RevertOutcome};
-use liteorm_sqlite::SqliteSession;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::PolicyArgs;
-use crate::commands::{describe, named, open_db, report_text, report_value, write_output};
+use crate::commands::{describe, named, open_log, report_text, report_value, write_output};
 use crate::failure::Failure;
 
 const TIME_HELP: &str = "RFC 3339 (2026-05-01T12:00:00Z, 2026-05-01T14:00:00.250+02:00) or Unix \
@@ -147,29 +145,6 @@ fn format_time(ms: i64) -> String {
     }
 }
 
-/// Opens the change log of an existing database; a database without one is an error (reading
-/// or undoing never creates the log table).
-async fn open_log(path: &Path) -> Result<(SqliteSession, ChangeLog), Failure> {
-    let db = open_db(path).await?;
-    let has_log = db
-        .query(
-            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'liteorm_changes'",
-            &[],
-        )
-        .await
-        .map_err(|e| named(path, e.into()))?;
-    if has_log.is_empty() {
-        return Err(Failure::Sql(format!(
-            "{}: no change log (no liteorm_changes table)",
-            path.display()
-        )));
-    }
-    let log = ChangeLog::open(&db)
-        .await
-        .map_err(|e| named(path, e.into()))?;
-    Ok((db, log))
-}
-
 /// The failure for a seq the log does not have, saying which seqs it has.
 async fn no_such_entry(path: &Path, log: &ChangeLog, seq: u64) -> Failure {
     let has = match log.last_seq().await {
@@ -201,12 +176,13 @@ fn optional(text: Option<&str>) -> String {
     text.map_or_else(|| "-".to_owned(), printable)
 }
 
-/// `change`, `revert of 3`, `rollback to 2`.
+/// `change`, `revert of 3`, `rollback to 2`, `schema`.
 fn kind_text(kind: EntryKind) -> String {
     match kind {
         EntryKind::Change => "change".to_owned(),
         EntryKind::Revert(seq) => format!("revert of {seq}"),
         EntryKind::Rollback(seq) => format!("rollback to {seq}"),
+        EntryKind::Schema => "schema".to_owned(),
     }
 }
 
@@ -216,6 +192,7 @@ fn kind_parts(kind: EntryKind) -> (&'static str, Option<u64>) {
         EntryKind::Change => ("change", None),
         EntryKind::Revert(seq) => ("revert", Some(seq)),
         EntryKind::Rollback(seq) => ("rollback", Some(seq)),
+        EntryKind::Schema => ("schema", None),
     }
 }
 
@@ -266,6 +243,7 @@ fn entry_json(entry: &LogEntry, counts: &Counts) -> serde_json::Value {
         "ref_seq": ref_seq,
         "tables": entry.tables,
         "counts": counts.json(),
+        "ddl": entry.ddl,
         "hash": entry.hash.to_hex(),
     })
 }
@@ -387,6 +365,11 @@ pub(crate) async fn show(args: ShowArgs) -> Result<(), Failure> {
         out.push_str(&json.to_string());
         out.push('\n');
     } else if args.sql {
+        // A schema entry's SQL is what replicas run; a change entry's, what its changes do.
+        if let Some(ddl) = &entry.ddl {
+            out.push_str(ddl.trim_end());
+            out.push('\n');
+        }
         for change in &changes {
             out.push_str(&change.to_sql(&names));
             out.push('\n');
@@ -423,6 +406,10 @@ pub(crate) async fn show(args: ShowArgs) -> Result<(), Failure> {
             out.push_str(&format!("{name:<8}{value}\n"));
         }
         out.push('\n');
+        if let Some(ddl) = &entry.ddl {
+            out.push_str(ddl.trim_end());
+            out.push('\n');
+        }
         for change in &changes {
             out.push_str(&describe(change, &names));
             out.push('\n');

@@ -7,6 +7,7 @@
 
 mod commands;
 mod failure;
+mod log_admin;
 mod log_commands;
 mod replicate;
 
@@ -95,6 +96,12 @@ enum LogCommand {
     /// Return the data to its state right after entry SEQ by undoing every later entry, newest
     /// first, as one new logged entry (verified first and atomic, like `revert`).
     RollbackTo(log_commands::RollbackArgs),
+    /// Run a schema migration (DDL) on a primary and log it in the same transaction; replicas
+    /// run it when they reach its seq. Exits 8 if the SQL fails or is refused (nothing changed).
+    Migrate(log_admin::MigrateArgs),
+    /// Delete the change log's entries up to a seq, keeping the chain verifiable. Exits 7
+    /// (nothing pruned) if a known replica has not applied them yet, unless --force.
+    Prune(log_admin::PruneArgs),
 }
 
 #[derive(Args)]
@@ -444,6 +451,8 @@ async fn main() -> ExitCode {
         Command::Log(LogCommand::Show(args)) => log_commands::show(args).await,
         Command::Log(LogCommand::Revert(args)) => log_commands::revert(args).await,
         Command::Log(LogCommand::RollbackTo(args)) => log_commands::rollback_to(args).await,
+        Command::Log(LogCommand::Migrate(args)) => log_admin::migrate(args).await,
+        Command::Log(LogCommand::Prune(args)) => log_admin::prune(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -509,9 +509,11 @@ fn bad_inputs_give_one_line_and_the_usual_exit_codes() {
     // A database without a change log: refused, and not given one.
     let plain = dir.path().join("plain.db");
     shell(&plain, SCHEMA);
-    for command in ["list", "show", "revert", "rollback-to"] {
+    for command in ["list", "show", "revert", "rollback-to", "verify", "prune"] {
         let mut args = vec!["log", command, "--db", s(&plain)];
-        if command != "list" {
+        if command == "prune" {
+            args.extend(["--up-to", "1"]);
+        } else if !matches!(command, "list" | "verify") {
             args.push("1");
         }
         fails(&run(&args), 8, "no change log");
@@ -552,4 +554,53 @@ fn stored_text_cannot_break_the_table() {
     let table = ok(&run(&["log", "list", "--db", s(&db)]));
     assert_eq!(table.lines().count(), 3, "{table}");
     assert!(table.contains("line one\\n2  fake  row"), "{table}");
+}
+
+/// A migration (`log migrate`) is listed as a `schema` entry without changes, and `show` prints
+/// the SQL replicas run: as text, with `--sql`, and in the JSON's `ddl`.
+#[test]
+fn a_schema_entry_is_listed_and_shown_with_its_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = primary(dir.path(), 2);
+    let ddl = "ALTER TABLE item ADD COLUMN note TEXT";
+    ok(&run(&[
+        "log",
+        "migrate",
+        "--db",
+        s(&db),
+        "--sql",
+        ddl,
+        "--actor",
+        "ops",
+    ]));
+
+    let entries = json_lines(&ok(&run(&["log", "list", "--db", s(&db), "--json"])));
+    assert_eq!(seqs(&entries), [1, 2, 3]);
+    let schema = &entries[2];
+    assert_eq!(schema["kind"], "schema");
+    assert_eq!(schema["ddl"], ddl);
+    assert_eq!(schema["tables"], serde_json::json!(["item"]));
+    assert_eq!(
+        schema["counts"],
+        serde_json::json!({"insert": 0, "update": 0, "delete": 0})
+    );
+    assert!(entries[0]["ddl"].is_null(), "a change entry has no SQL");
+    let table = ok(&run(&["log", "list", "--db", s(&db)]));
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with('3'))
+        .unwrap();
+    assert!(row.contains("schema") && row.contains("ops"), "{row}");
+
+    let sql = ok(&run(&["log", "show", "3", "--db", s(&db), "--sql"]));
+    assert_eq!(sql, format!("{ddl}\n"));
+    let shown = ok(&run(&["log", "show", "3", "--db", s(&db)]));
+    assert!(shown.contains("kind    schema\n"), "{shown}");
+    assert!(shown.trim_end().ends_with(ddl), "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["log", "show", "3", "--db", s(&db), "--json"]))).unwrap();
+    assert_eq!(
+        (&json["ddl"], &json["changes"]),
+        (&serde_json::json!(ddl), &serde_json::json!([]))
+    );
 }

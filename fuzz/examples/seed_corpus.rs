@@ -158,7 +158,8 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
 type Seeds = Vec<(String, Vec<u8>)>;
 
 /// A real change log that recorded every script (with metadata that needs escaping), reverted
-/// one entry and rolled back to another: its rows (every column, in table order) and entries.
+/// one entry, rolled back to another and migrated the schema: its rows (every column, in table
+/// order) and entries.
 async fn log_seed_data()
 -> Result<(Vec<liteorm_core::Row>, Vec<liteorm_replication::LogEntry>), Error> {
     use liteorm_replication::{ChangeLog, ConflictPolicy, LogFilter, Meta};
@@ -182,6 +183,12 @@ async fn log_seed_data()
         .await?;
     log.rollback_to(last, ConflictPolicy::abort(), Meta::actor("auditor"))
         .await?;
+    // A schema entry: its payload is SQL, with a literal that holds a `;`.
+    log.migrate(
+        Meta::actor("dba").reason("v2: notes"),
+        "ALTER TABLE t ADD COLUMN note TEXT DEFAULT 'n/a; none'; CREATE INDEX t_note ON t(note)",
+    )
+    .await?;
     let rows = db
         .query("SELECT * FROM liteorm_changes ORDER BY seq", &[])
         .await?;

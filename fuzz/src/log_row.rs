@@ -9,7 +9,9 @@
 //! [`ChangeLog::last_seq`].
 
 use liteorm_core::{Session, Value};
-use liteorm_replication::{ChangeLog, ChangeSource, LogEntry, LogFilter, LogTableSource};
+use liteorm_replication::{
+    ChangeLog, ChangeSource, LogEntry, LogFilter, LogTableSource, Payload,
+};
 use liteorm_sqlite::{PinnedConnection, SqliteSession};
 
 /// Reads typed SQLite values off the front of an input.
@@ -224,10 +226,17 @@ impl LogRowTarget {
                 .iter()
                 .find(|(seq, _)| u64::try_from(*seq).ok() == Some(entry.seq))
                 .unwrap_or_else(|| panic!("entry {} is no stored row", entry.seq));
+            let payload = match entry.payload() {
+                Payload::Changes(changeset) => changeset.as_bytes(),
+                Payload::Schema(sql) => {
+                    assert!(entry.changeset.is_empty(), "a schema entry with changes");
+                    sql.as_bytes()
+                }
+            };
             assert_eq!(
                 stored.1.as_deref(),
-                Some(entry.changeset.as_bytes()),
-                "entry {}: its changeset is not the stored blob",
+                Some(payload),
+                "entry {}: its payload is not the stored blob",
                 entry.seq
             );
             assert!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
-use futures::FutureExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use liteorm_core::{Session, Value};
 use liteorm_replication::{ChainBreak, ChangeLog, LogEntry, LogFilter};
 use liteorm_sqlite::SqliteSession;
@@ -67,6 +67,8 @@ pub struct Publisher {
     batch: usize,
     poll: Duration,
     wake: Option<mpsc::Receiver<LogEntry>>,
+    report_every: Duration,
+    reported_at: Option<tokio::time::Instant>,
 }
 
 impl Publisher {
@@ -98,6 +100,8 @@ impl Publisher {
             batch: 256,
             poll: Duration::from_millis(100),
             wake: None,
+            report_every: Duration::from_secs(10),
+            reported_at: None,
         })
     }
 
@@ -122,6 +126,37 @@ impl Publisher {
     pub fn wake_on(mut self, receiver: mpsc::Receiver<LogEntry>) -> Self {
         self.wake = Some(receiver);
         self
+    }
+
+    /// How often [`Publisher::run`] reports the stream's consumers' ack floors to the primary
+    /// ([`Publisher::report_consumers`]; default 10 s).
+    pub fn report_interval(mut self, every: Duration) -> Self {
+        self.report_every = every;
+        self
+    }
+
+    /// Copies every durable consumer's ack floor into the primary's replica cursors, as
+    /// `nats:<consumer>` ([`ChangeLog::replica_cursors`]), so that
+    /// [`ChangeLog::prune`] keeps what a NATS follower has not applied. A follower acks an
+    /// entry only after committing it, so its ack floor never runs ahead of its replica.
+    /// Returns how many consumers were reported.
+    pub async fn report_consumers(&mut self) -> Result<usize> {
+        let mut report = PublishReport::default();
+        let handle = self.stream_handle(&mut report).await?;
+        let mut consumers = handle.consumers();
+        let mut reported = 0;
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(Error::nats("list consumers"))?;
+            let Some(durable) = info.config.durable_name.as_deref() else {
+                continue;
+            };
+            self.log
+                .report_cursor(&format!("nats:{durable}"), info.ack_floor.stream_sequence)
+                .await?;
+            reported += 1;
+        }
+        self.reported_at = Some(tokio::time::Instant::now());
+        Ok(reported)
     }
 
     /// The stream this publisher writes.
@@ -198,7 +233,14 @@ impl Publisher {
                 published_seq: total.published_seq,
                 ..PublishReport::default()
             };
-            match self.step(&mut report).await {
+            let report_due = self
+                .reported_at
+                .is_none_or(|at| at.elapsed() >= self.report_every);
+            let stepped = match self.step(&mut report).await {
+                Ok(more) if report_due => self.report_consumers().await.map(|_| more),
+                other => other,
+            };
+            match stepped {
                 Ok(more) => {
                     total.add(report);
                     backoff.reset();
@@ -286,6 +328,15 @@ impl Publisher {
             .take_while(|(expected, entry)| entry.seq == *expected)
             .count();
         if run == 0 {
+            let horizon = self.log.horizon().await?;
+            if horizon > cursor {
+                // Force-pruned past what this publisher sent: the stream cannot be completed.
+                return Err(liteorm_replication::Error::BehindHorizon {
+                    applied: cursor,
+                    horizon,
+                }
+                .into());
+            }
             return Err(liteorm_replication::Error::ChainBroken {
                 seq: cursor + 1,
                 reason: ChainBreak::Missing {

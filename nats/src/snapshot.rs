@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use liteorm_core::{Session, Value};
-use liteorm_replication::Replica;
+use liteorm_replication::{ChangeLog, Replica};
 use liteorm_sqlite::SqliteSession;
 
 use crate::{Error, Result};
@@ -24,8 +24,11 @@ pub async fn snapshot(primary: &dyn Session, path: &Path) -> Result<u64> {
 /// with their data, so the newest entry in the copy is exactly the state of its data. (SQLite
 /// refuses `VACUUM INTO` inside an explicit transaction, so reading the seq from the primary
 /// "in the same transaction" is not possible; reading it from the copy is the same guarantee.)
-/// The copy then drops the change log and outbox tables (a replica does not need the primary's
-/// history, and must not look like a publisher), records the cursor and is compacted.
+/// The copy then drops the change log, outbox, horizon and replica cursor tables (a replica
+/// does not need the primary's history, and must not look like a publisher), records the cursor
+/// and is compacted. A snapshot is also how a replica behind the pruned horizon
+/// ([`ChangeLog::prune`]) comes back: every later entry, schema migrations included, is still in
+/// the log (or stream).
 ///
 /// Move the file to the replica's machine, open it, and follow the stream: the follower starts
 /// at seq + 1. The primary must be a database file (an in-memory one is refused).
@@ -78,21 +81,29 @@ async fn tag(copy: &SqliteSession, name: &str) -> Result<Option<u64>> {
     if has_log.is_empty() {
         return Ok(None);
     }
-    let rows = copy
-        .query("SELECT coalesce(max(seq), 0) FROM liteorm_changes", &[])
-        .await?;
-    let seq: i64 = rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
+    // The newest entry, or where a log pruned to nothing starts again.
+    let log = ChangeLog::open(copy).await?;
+    let seq = i64::try_from(log.last_seq().await?).unwrap_or(i64::MAX);
     // The replica's own API creates its state table; only the cursor value is set here, with
     // the chain hash of that entry, against which the replica checks the next one.
     Replica::open_named(copy, name).await?;
     copy.execute(
-        "UPDATE liteorm_replica SET last_seq = ?, \
-         last_hash = (SELECT hash FROM liteorm_changes WHERE seq = ?) WHERE name = ?",
-        &[Value::Integer(seq), Value::Integer(seq), name.into()],
+        "UPDATE liteorm_replica SET last_seq = ?, last_hash = coalesce(\
+         (SELECT hash FROM liteorm_changes WHERE seq = ?), \
+         (SELECT hash FROM liteorm_log_horizon WHERE seq = ?)) WHERE name = ?",
+        &[
+            Value::Integer(seq),
+            Value::Integer(seq),
+            Value::Integer(seq),
+            name.into(),
+        ],
     )
     .await?;
-    copy.execute_batch("DROP TABLE liteorm_changes; DROP TABLE IF EXISTS liteorm_outbox")
-        .await?;
+    copy.execute_batch(
+        "DROP TABLE liteorm_changes; DROP TABLE IF EXISTS liteorm_outbox; \
+         DROP TABLE IF EXISTS liteorm_log_horizon; DROP TABLE IF EXISTS liteorm_replica_cursors",
+    )
+    .await?;
     copy.execute_batch("VACUUM").await?;
     Ok(Some(u64::try_from(seq).unwrap_or(0)))
 }

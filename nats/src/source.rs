@@ -35,6 +35,12 @@ use crate::{ChangeStream, Error, Result, wire};
 /// for the server's redelivery timeout. A hole that is still there afterwards is in the stream
 /// itself: the entries are handed over and the replica refuses them with
 /// [`Gap`](liteorm_replication::Error::Gap).
+///
+/// **Retention.** When the stream no longer has the entry after the cursor (its `max_age` or
+/// other limits dropped it, or it was purged), positioning fails with
+/// [`BehindHorizon`](liteorm_replication::Error::BehindHorizon): bootstrap the replica again
+/// from a snapshot. The consumer's ack floor is the replica's cursor as far as the primary can
+/// see it: the [`Publisher`](crate::Publisher) reports it for pruning.
 pub struct NatsSource {
     js: jetstream::Context,
     stream: ChangeStream,
@@ -271,6 +277,20 @@ impl NatsSource {
         self.held.clear();
         self.ready.clear();
         let handle = self.stream_handle().await?;
+        // Entries the stream no longer has (its limits dropped them, or it was purged) cannot
+        // be delivered: say so rather than wait for them or report a gap.
+        let state = handle
+            .get_info()
+            .await
+            .map_err(Error::nats("stream info"))?
+            .state;
+        if state.first_sequence > after + 1 && state.last_sequence > after {
+            return Err(liteorm_replication::Error::BehindHorizon {
+                applied: after,
+                horizon: state.first_sequence - 1,
+            }
+            .into());
+        }
         if let Err(err) = handle.delete_consumer(&self.durable).await {
             let missing = matches!(
                 err.kind(),

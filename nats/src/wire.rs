@@ -5,18 +5,24 @@
 //! | `Nats-Msg-Id`            | the seq (the server drops a re-send within its window)       |
 //! | `Liteorm-Seq`            | the seq                                                      |
 //! | `Liteorm-Committed-At`   | commit time, Unix milliseconds                               |
-//! | `Liteorm-Kind`           | `change`, `revert` or `rollback`                             |
+//! | `Liteorm-Kind`           | `change`, `revert`, `rollback` or `schema`                   |
 //! | `Liteorm-Ref-Seq`        | the entry a revert undoes / the seq a rollback returns to    |
 //! | `Liteorm-Actor`          | who (escaped; absent when unknown)                           |
 //! | `Liteorm-Reason`         | why (escaped; absent when unknown)                           |
 //! | `Liteorm-Tables`         | the tables touched, escaped, joined with `,`                 |
-//! | `Liteorm-Wire`           | the format version, `2`                                      |
+//! | `Liteorm-Wire`           | the format version: `3` for a schema entry, else `2`         |
 //! | `Liteorm-Hash`           | the entry's chain hash, 64 hex digits                        |
 //!
 //! Version 1 (no `Liteorm-Wire` header) had no hash. Such a message is refused rather than
 //! applied unchecked: accepting it would let anyone who can publish to the subject strip the
-//! hash and bypass the replica's chain check. A version above 2 is refused too, naming it, so an
+//! hash and bypass the replica's chain check. A version above 3 is refused too, naming it, so an
 //! old follower stops with a clear error instead of misreading a newer format.
+//!
+//! Version 3 adds schema entries ([`EntryKind::Schema`]): the payload is the migration's SQL
+//! (UTF-8), not a changeset. Only schema entries are sent as version 3, so a follower that reads
+//! version 2 keeps following a stream until the first migration, and stops there with an error
+//! naming the version instead of skipping the schema change. A schema kind in a version 2
+//! message is refused.
 //!
 //! Free text is percent-escaped: every byte outside printable ASCII, and `%`, `,` and space,
 //! becomes `%XX`, so a value can hold no line break (which would end the header block) and
@@ -26,7 +32,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::message::StreamMessage;
 use bytes::Bytes;
 use liteorm_changeset::Changeset;
-use liteorm_replication::{EntryHash, EntryKind, LogEntry};
+use liteorm_replication::{EntryHash, EntryKind, LogEntry, Payload};
 
 use crate::{Error, Result};
 
@@ -39,13 +45,19 @@ const REASON: &str = "Liteorm-Reason";
 const TABLES: &str = "Liteorm-Tables";
 const WIRE: &str = "Liteorm-Wire";
 const HASH: &str = "Liteorm-Hash";
-/// The format [`encode`] writes and [`decode`] reads.
+/// The format [`encode`] writes for entries with a changeset, the oldest [`decode`] reads.
 const VERSION: u32 = 2;
+/// The format of schema entries (the newest [`decode`] reads).
+const VERSION_SCHEMA: u32 = 3;
 
 /// The headers (without the NATS ones) and payload of `entry`.
 pub fn encode(entry: &LogEntry) -> (HeaderMap, Bytes) {
     let mut headers = HeaderMap::new();
-    headers.insert(WIRE, VERSION.to_string());
+    let version = match entry.kind {
+        EntryKind::Schema => VERSION_SCHEMA,
+        _ => VERSION,
+    };
+    headers.insert(WIRE, version.to_string());
     headers.insert(HASH, entry.hash.to_hex());
     headers.insert(SEQ, entry.seq.to_string());
     headers.insert(COMMITTED_AT, entry.committed_at_ms.to_string());
@@ -53,6 +65,7 @@ pub fn encode(entry: &LogEntry) -> (HeaderMap, Bytes) {
         EntryKind::Change => ("change", None),
         EntryKind::Revert(of) => ("revert", Some(of)),
         EntryKind::Rollback(to) => ("rollback", Some(to)),
+        EntryKind::Schema => ("schema", None),
     };
     headers.insert(KIND, kind);
     if let Some(ref_seq) = ref_seq {
@@ -66,7 +79,11 @@ pub fn encode(entry: &LogEntry) -> (HeaderMap, Bytes) {
     }
     let tables: Vec<String> = entry.tables.iter().map(|t| escape(t)).collect();
     headers.insert(TABLES, tables.join(","));
-    (headers, Bytes::copy_from_slice(entry.changeset.as_bytes()))
+    let payload = match entry.payload() {
+        Payload::Changes(changeset) => changeset.as_bytes(),
+        Payload::Schema(sql) => sql.as_bytes(),
+    };
+    (headers, Bytes::copy_from_slice(payload))
 }
 
 /// The entry carried by a delivered message at `stream_seq`. The payload is untrusted bytes
@@ -82,20 +99,23 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &[u8], stream_seq: u64) -> R
         raw.parse()
             .map_err(|_| malformed(format!("{name} is not a number: {raw:?}")))
     };
-    match text(WIRE) {
+    let version = match text(WIRE) {
         None => {
             return Err(malformed(format!(
                 "no {WIRE} header: a version 1 message without a chain hash, refused \
                  (republish the log with this version of liteorm-nats)"
             )));
         }
-        Some(v) if v == VERSION.to_string() => {}
-        Some(other) => {
-            return Err(malformed(format!(
-                "wire format version {other:?}; this follower reads version {VERSION}"
-            )));
-        }
-    }
+        Some(v) => match v.parse::<u32>() {
+            Ok(n @ VERSION..=VERSION_SCHEMA) => n,
+            _ => {
+                return Err(malformed(format!(
+                    "wire format version {v:?}; this follower reads versions {VERSION} to \
+                     {VERSION_SCHEMA}: upgrade liteorm-nats"
+                )));
+            }
+        },
+    };
     let hash_raw = required(HASH)?;
     let hash = EntryHash::from_hex(hash_raw)
         .ok_or_else(|| malformed(format!("{HASH} is not 64 hex digits: {hash_raw:?}")))?;
@@ -111,7 +131,12 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &[u8], stream_seq: u64) -> R
         "change" => EntryKind::Change,
         "revert" => EntryKind::Revert(number(REF_SEQ)?),
         "rollback" => EntryKind::Rollback(number(REF_SEQ)?),
-        other => return Err(malformed(format!("unknown {KIND} {other:?}"))),
+        "schema" if version >= VERSION_SCHEMA => EntryKind::Schema,
+        other => {
+            return Err(malformed(format!(
+                "unknown {KIND} {other:?} in a version {version} message"
+            )));
+        }
     };
     let optional = |name: &str| {
         text(name)
@@ -125,8 +150,15 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &[u8], stream_seq: u64) -> R
             .map(|t| unescape(t).ok_or_else(|| malformed(format!("bad escape in {TABLES}"))))
             .collect::<Result<_>>()?,
     };
-    let changeset = Changeset::from_bytes(payload.to_vec())
-        .map_err(|e| malformed(format!("payload is not a valid changeset: {e}")))?;
+    let (changeset, ddl) = if kind == EntryKind::Schema {
+        let sql = String::from_utf8(payload.to_vec())
+            .map_err(|_| malformed("the SQL of a schema entry is not UTF-8".into()))?;
+        (Changeset::default(), Some(sql))
+    } else {
+        let changeset = Changeset::from_bytes(payload.to_vec())
+            .map_err(|e| malformed(format!("payload is not a valid changeset: {e}")))?;
+        (changeset, None)
+    };
     Ok(LogEntry {
         seq,
         committed_at_ms,
@@ -135,6 +167,7 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &[u8], stream_seq: u64) -> R
         kind,
         tables,
         changeset,
+        ddl,
         hash,
     })
 }
@@ -194,6 +227,8 @@ mod tests {
             tables: tables.iter().map(|t| (*t).to_owned()).collect(),
             // An empty changeset is valid and needs no database to make.
             changeset: Changeset::from_bytes(Vec::new()).unwrap(),
+            ddl: (kind == EntryKind::Schema)
+                .then(|| "ALTER TABLE item ADD COLUMN note TEXT DEFAULT 'é'".into()),
             hash: EntryHash::from([7; 32]),
         }
     }
@@ -204,6 +239,7 @@ mod tests {
             (Some("ada"), EntryKind::Change, &["item", "odd,name"][..]),
             (None, EntryKind::Revert(7), &[][..]),
             (Some(" spaced "), EntryKind::Rollback(3), &["t"][..]),
+            (Some("ada"), EntryKind::Schema, &["item"][..]),
         ] {
             let original = entry(actor, kind, tables);
             let (headers, payload) = encode(&original);
@@ -245,7 +281,7 @@ mod tests {
             Err(Error::Malformed { reason, .. }) if reason.contains(HASH)
         ));
         let mut bad = headers.clone();
-        bad.insert(WIRE, "3");
+        bad.insert(WIRE, "4");
         assert!(matches!(
             decode(Some(&bad), b"", 1),
             Err(Error::Malformed { reason, .. }) if reason.contains("version")
@@ -267,6 +303,28 @@ mod tests {
         assert!(matches!(
             decode(Some(&bad), b"", 1),
             Err(Error::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_schema_entry_travels_as_version_3_and_a_version_2_one_is_refused() {
+        let schema = entry(Some("ada"), EntryKind::Schema, &["item"]);
+        let (headers, payload) = encode(&schema);
+        assert_eq!(headers.get(WIRE).map(|v| v.as_str()), Some("3"));
+        assert_eq!(&payload[..], schema.ddl.as_deref().unwrap().as_bytes());
+        let (change_headers, _) = encode(&entry(None, EntryKind::Change, &[]));
+        assert_eq!(change_headers.get(WIRE).map(|v| v.as_str()), Some("2"));
+        // What a follower that reads only version 2 sees, and what it would make of a schema
+        // kind if one came with version 2.
+        let mut old = headers.clone();
+        old.insert(WIRE, "2");
+        assert!(matches!(
+            decode(Some(&old), &payload, 1),
+            Err(Error::Malformed { reason, .. }) if reason.contains("schema")
+        ));
+        assert!(matches!(
+            decode(Some(&headers), b"\xff\xfe", 1),
+            Err(Error::Malformed { reason, .. }) if reason.contains("UTF-8")
         ));
     }
 

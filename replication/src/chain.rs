@@ -9,16 +9,20 @@
 //! | domain         | `len ‖ "liteorm-changes/v1"`                                      |
 //! | previous hash  | 32 bytes                                                          |
 //! | seq            | u64, big-endian                                                   |
-//! | kind           | `len ‖ "change" / "revert" / "rollback"`                          |
+//! | kind           | `len ‖ "change" / "revert" / "rollback" / "schema"`               |
 //! | ref_seq        | `0x00`, or `0x01 ‖ u64`                                            |
 //! | committed_at   | i64 (Unix ms), big-endian                                         |
 //! | actor, reason  | each `0x00`, or `0x01 ‖ len ‖ UTF-8`                               |
 //! | tables         | `count ‖ (len ‖ UTF-8)*`                                           |
-//! | changeset      | `len ‖ bytes`                                                     |
+//! | payload        | `len ‖ bytes`: the changeset, or a schema entry's SQL (UTF-8)      |
 //!
 //! where `len` and `count` are u64 big-endian. Every variable-length field carries its length, so
 //! no two different entries encode to the same bytes (moving a byte from the actor to the reason
 //! changes the hash).
+//!
+//! Schema entries were added without a new version: their kind name is new, so every entry of
+//! the older kinds hashes exactly as before, and a schema entry cannot hash like a change entry
+//! whose changeset has the same bytes.
 
 use std::fmt;
 
@@ -92,7 +96,8 @@ pub(crate) struct Fields<'a> {
     pub(crate) reason: Option<&'a str>,
     pub(crate) kind: EntryKind,
     pub(crate) tables: &'a [String],
-    pub(crate) changeset: &'a [u8],
+    /// The changeset; for a schema entry, its SQL (UTF-8).
+    pub(crate) payload: &'a [u8],
 }
 
 /// The hash of the entry with `fields` that follows the entry hashed `prev`.
@@ -130,7 +135,7 @@ pub(crate) fn link(prev: &EntryHash, fields: &Fields<'_>) -> EntryHash {
     for table in fields.tables {
         bytes(&mut h, table.as_bytes());
     }
-    bytes(&mut h, fields.changeset);
+    bytes(&mut h, fields.payload);
     EntryHash(h.finalize().into())
 }
 
@@ -140,6 +145,7 @@ pub(crate) fn kind_parts(kind: EntryKind) -> (&'static str, Option<u64>) {
         EntryKind::Change => ("change", None),
         EntryKind::Revert(of) => ("revert", Some(of)),
         EntryKind::Rollback(to) => ("rollback", Some(to)),
+        EntryKind::Schema => ("schema", None),
     }
 }
 
@@ -159,7 +165,7 @@ mod tests {
             reason,
             kind: EntryKind::Change,
             tables,
-            changeset: b"",
+            payload: b"",
         }
     }
 
@@ -218,7 +224,7 @@ mod tests {
             link(
                 &EntryHash::GENESIS,
                 &Fields {
-                    changeset: b"x",
+                    payload: b"x",
                     ..base
                 },
             ),
@@ -255,12 +261,37 @@ mod tests {
             reason: None,
             kind: EntryKind::Revert(3),
             tables: &tables,
-            changeset: b"\x12\x34",
+            payload: b"\x12\x34",
         };
         assert_eq!(
             link(&EntryHash::GENESIS, &entry).to_hex(),
             "395045e21c92eb5cbc35825c6e9bdaef9940c01f619b9b101c1120042de3299d"
         );
+    }
+
+    #[test]
+    fn a_schema_entry_hashes_its_sql_under_its_own_kind() {
+        // Python, as above: kind "schema", no ref_seq, the SQL as the payload.
+        let tables = vec!["item".to_owned()];
+        let entry = Fields {
+            seq: 8,
+            committed_at_ms: 1_700_000_000_456,
+            actor: Some("ada"),
+            reason: Some("v2"),
+            kind: EntryKind::Schema,
+            tables: &tables,
+            payload: b"ALTER TABLE item ADD COLUMN note TEXT",
+        };
+        let schema = link(&EntryHash::GENESIS, &entry);
+        assert_eq!(
+            schema.to_hex(),
+            "3d9f77fa680e09911204303b90ebb26848d666ba1e79b68ddeb0c9ed2be91335"
+        );
+        let same_bytes_as_a_change = Fields {
+            kind: EntryKind::Change,
+            ..entry
+        };
+        assert_ne!(link(&EntryHash::GENESIS, &same_bytes_as_a_change), schema);
     }
 
     #[test]

@@ -61,6 +61,55 @@ pub enum Error {
     /// The change source failed or went away.
     #[error("change source: {0}")]
     Source(String),
+    /// A replica could not run the schema migration of entry `seq` (its schema differs from
+    /// the primary's at that point, say); it stopped before it, with the cursor unchanged.
+    #[error("replica stopped at seq {seq}: the schema migration failed: {source}")]
+    MigrationFailed {
+        /// The schema entry.
+        seq: u64,
+        /// SQLite's error.
+        source: Box<liteorm_core::Error>,
+    },
+    /// [`ChangeLog::migrate`](crate::ChangeLog::migrate) refused the SQL before running it, or
+    /// rolled it back: nothing was changed or logged.
+    #[error("migration refused: {0}")]
+    InvalidMigration(String),
+    /// A revert or rollback would have to undo entry `seq`, which it cannot: a schema
+    /// migration, or changes the current schema can no longer take (their table was dropped,
+    /// renamed or lost columns since). Nothing was applied.
+    #[error("cannot undo entry {seq}: {reason}")]
+    NotRevertible {
+        /// The entry.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// [`ChangeLog::prune`](crate::ChangeLog::prune) refused to drop entries a known replica
+    /// has not applied yet. Nothing was pruned.
+    #[error(
+        "not pruning up to seq {up_to}: replica {replica:?} has applied only up to seq \
+         {applied}; wait for it, forget it, or force the prune"
+    )]
+    PruneBlocked {
+        /// The seq asked for.
+        up_to: u64,
+        /// The replica furthest behind.
+        replica: String,
+        /// Its last applied seq.
+        applied: u64,
+    },
+    /// The replica needs entries that were pruned from the log (or dropped by the stream's
+    /// limits): it cannot catch up from this source any more.
+    #[error(
+        "replica at seq {applied} is behind the pruned horizon (entries up to seq {horizon} are \
+         gone): bootstrap it again from a snapshot of the primary"
+    )]
+    BehindHorizon {
+        /// The replica's last applied seq.
+        applied: u64,
+        /// Entries up to this seq are gone.
+        horizon: u64,
+    },
 }
 
 /// How a change log's hash chain is broken (see [`Error::ChainBroken`]).

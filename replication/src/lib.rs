@@ -11,6 +11,11 @@
 //!   with its own changeset and metadata ([`EntryHash`]); [`ChangeLog::verify`] names the first
 //!   seq that was edited, deleted, inserted or moved, and a replica checks every entry it
 //!   receives against the one before it.
+//! - Schema changes: [`ChangeLog::migrate`] runs DDL and logs it as a schema entry
+//!   ([`EntryKind::Schema`], carrying the SQL) in the same transaction; replicas run it at the
+//!   same point of the log.
+//! - Retention: [`ChangeLog::prune`] deletes entries up to a seq that every known replica has
+//!   applied ([`ChangeLog::replica_cursors`]) and records the horizon the chain goes on from.
 //! - [`Replica`] (replica side): applies log entries in seq order and stores the last applied seq
 //!   in the replica database in the same transaction as the data, so a crash at any point resumes
 //!   exactly once. Entries come from a [`ChangeSource`]: [`LogTableSource`] reads the primary's
@@ -48,13 +53,18 @@ mod chain;
 mod error;
 pub mod lent;
 mod log;
+mod migration;
 mod policy;
 mod replica;
+mod retention;
 mod source;
 
 pub use chain::EntryHash;
 pub use error::{ChainBreak, Error, Result};
-pub use log::{ChangeLog, EntryKind, LogEntry, LogFilter, Meta, RevertOutcome, VerifiedChain};
+pub use log::{
+    ChangeLog, EntryKind, LogEntry, LogFilter, Meta, Payload, RevertOutcome, VerifiedChain,
+};
 pub use policy::ConflictPolicy;
 pub use replica::{CatchUp, Replica};
+pub use retention::{Pruned, ReplicaCursor};
 pub use source::{ChangeSource, ChannelSource, LogTableSource};

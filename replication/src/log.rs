@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use liteorm_changeset::{ApplyReport, Capture, Changeset, apply};
+use liteorm_changeset::{ApplyReport, Capability, Capture, Changeset, SchemaChangegroup, apply};
 use liteorm_core::{Row, Session, Value};
 use liteorm_sqlite::SqliteSession;
 use tokio::sync::mpsc;
@@ -11,20 +11,37 @@ use tokio::sync::mpsc;
 use crate::chain::{self, EntryHash, Fields};
 use crate::{ChainBreak, ConflictPolicy, Error, Result};
 
-/// The log table. It is written after each capture ends, so it is never recorded itself.
+/// The log table. It is written after each capture ends, so it is never recorded itself. (No
+/// comment after the column before `hash`: `ALTER TABLE ... DROP COLUMN hash`, how the tests
+/// make an old log, would leave it unterminated.)
 pub(crate) const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS liteorm_changes(
-    seq INTEGER PRIMARY KEY,      -- 1, 2, 3, ... without gaps (entries are never deleted)
+    seq INTEGER PRIMARY KEY,      -- horizon + 1, + 2, ... without gaps (only pruning deletes)
     committed_at INTEGER NOT NULL, -- Unix time in milliseconds
     actor TEXT,
     reason TEXT,
-    tables TEXT NOT NULL,         -- ',a,b,': the tables the changeset touches
-    kind TEXT NOT NULL,           -- 'change' | 'revert' | 'rollback'
+    tables TEXT NOT NULL,         -- ',a,b,': the tables the entry touches
+    kind TEXT NOT NULL,           -- 'change' | 'revert' | 'rollback' | 'schema' (blob: its SQL)
     ref_seq INTEGER,              -- the entry a revert undoes / the seq a rollback returns to
     blob BLOB NOT NULL,
     hash BLOB                     -- chain::link(previous hash, this entry): tamper evidence
 )";
 
+/// Where a pruned log starts: the last pruned entry's seq and chain hash (one row at most).
+pub(crate) const CREATE_HORIZON: &str = "CREATE TABLE IF NOT EXISTS liteorm_log_horizon(
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,         -- every entry up to here was pruned
+    hash BLOB NOT NULL,           -- the chain hash of entry seq: the next entry links to it
+    pruned_at INTEGER NOT NULL    -- Unix time in milliseconds
+)";
+
 pub(crate) const SELECT_ENTRY: &str = "SELECT seq, committed_at, actor, reason, tables, kind, ref_seq, blob, hash FROM liteorm_changes";
+
+/// The replica cursors reported to the primary (see `retention`).
+pub(crate) const CREATE_CURSORS: &str = "CREATE TABLE IF NOT EXISTS liteorm_replica_cursors(
+    name TEXT PRIMARY KEY,
+    applied_seq INTEGER NOT NULL, -- the replica has applied every entry up to here
+    reported_at INTEGER NOT NULL  -- Unix time in milliseconds
+)";
 
 /// Who made a change and why; stored with the log entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,6 +77,18 @@ pub enum EntryKind {
     Revert(u64),
     /// [`ChangeLog::rollback_to`] this seq.
     Rollback(u64),
+    /// A schema migration run through [`ChangeLog::migrate`]: the entry carries its SQL
+    /// ([`LogEntry::ddl`]), which every replica runs at this point of the log, not a changeset.
+    Schema,
+}
+
+/// What a log entry carries, by kind (see [`LogEntry::payload`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Payload<'a> {
+    /// Row changes: a [`EntryKind::Change`], [`EntryKind::Revert`] or [`EntryKind::Rollback`].
+    Changes(&'a Changeset),
+    /// The SQL of a [`EntryKind::Schema`] entry.
+    Schema(&'a str),
 }
 
 /// One entry of the change log.
@@ -75,16 +104,28 @@ pub struct LogEntry {
     pub reason: Option<String>,
     /// What produced it.
     pub kind: EntryKind,
-    /// The tables its changeset touches.
+    /// The tables it touches: those its changeset changes, or for a schema entry those whose
+    /// definition (or an index or trigger on them) the migration created, changed or dropped.
     pub tables: Vec<String>,
-    /// The changes.
+    /// The changes (empty for a [`EntryKind::Schema`] entry).
     pub changeset: Changeset,
+    /// The SQL a [`EntryKind::Schema`] entry ran; `None` for every other kind.
+    pub ddl: Option<String>,
     /// Chains this entry to the one before it (see [`ChangeLog::verify`]): a hash of the
     /// previous entry's hash and every field above.
     pub hash: EntryHash,
 }
 
 impl LogEntry {
+    /// What the entry carries: the SQL of a schema entry, the changeset of any other.
+    pub fn payload(&self) -> Payload<'_> {
+        match (self.kind, &self.ddl) {
+            (EntryKind::Schema, Some(sql)) => Payload::Schema(sql),
+            (EntryKind::Schema, None) => Payload::Schema(""),
+            _ => Payload::Changes(&self.changeset),
+        }
+    }
+
     /// The fields the chain hash covers.
     pub(crate) fn fields(&self) -> Fields<'_> {
         Fields {
@@ -94,7 +135,10 @@ impl LogEntry {
             reason: self.reason.as_deref(),
             kind: self.kind,
             tables: &self.tables,
-            changeset: self.changeset.as_bytes(),
+            payload: match self.payload() {
+                Payload::Changes(changeset) => changeset.as_bytes(),
+                Payload::Schema(sql) => sql.as_bytes(),
+            },
         }
     }
 
@@ -128,10 +172,18 @@ impl LogEntry {
             }
             ("revert", Some(of)) => EntryKind::Revert(of),
             ("rollback", Some(to)) => EntryKind::Rollback(to),
+            ("schema", _) => EntryKind::Schema,
             (other, _) => return Err(corrupt(format!("unknown kind {other:?}"))),
         };
         let blob: Vec<u8> = row.try_get("blob")?;
-        let changeset = Changeset::from_bytes(blob).map_err(|e| corrupt(e.to_string()))?;
+        let (changeset, ddl) = if kind == EntryKind::Schema {
+            let sql = String::from_utf8(blob)
+                .map_err(|_| corrupt("the SQL of a schema entry is not UTF-8".into()))?;
+            (Changeset::default(), Some(sql))
+        } else {
+            let changeset = Changeset::from_bytes(blob).map_err(|e| corrupt(e.to_string()))?;
+            (changeset, None)
+        };
         let tables: String = row.try_get("tables")?;
         let hash = row
             .try_get::<Option<Vec<u8>>>("hash")?
@@ -150,6 +202,7 @@ impl LogEntry {
                 .map(str::to_owned)
                 .collect(),
             changeset,
+            ddl,
             hash,
         })
     }
@@ -274,7 +327,7 @@ pub struct RevertOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct VerifiedChain {
-    /// Entries checked (seqs 1 to `entries`).
+    /// Entries checked (seqs `pruned_through + 1` to `pruned_through + entries`).
     pub entries: u64,
     /// The newest entry's hash ([`EntryHash::GENESIS`] for an empty log). Kept elsewhere, it
     /// also proves later that no entry up to there was removed from the end.
@@ -282,6 +335,9 @@ pub struct VerifiedChain {
     /// Entries up to this seq were chained when an older log was upgraded
     /// ([`ChangeLog::open`]), not when they were committed.
     pub upgraded_through: Option<u64>,
+    /// Entries up to this seq were pruned ([`ChangeLog::prune`]); the check starts from the
+    /// hash recorded for that seq when it was pruned (0: nothing pruned).
+    pub pruned_through: u64,
 }
 
 /// The change log of one SQLite database: the primary side of the audit log and of replication.
@@ -303,6 +359,8 @@ impl ChangeLog {
     pub async fn open(session: &dyn Session) -> Result<Self> {
         let db = sqlite(session)?;
         db.execute_batch(CREATE_LOG).await?;
+        db.execute_batch(CREATE_HORIZON).await?;
+        db.execute_batch(CREATE_CURSORS).await?;
         upgrade(&db).await?;
         Ok(ChangeLog {
             db,
@@ -368,14 +426,7 @@ impl ChangeLog {
         let entry = append(&mut tx.session(), meta, kind, changes).await?;
         tx.commit().await.map_err(Error::from)?;
         let seq = entry.seq;
-        if let Some(sender) = &self.publish
-            && sender.send(entry).await.is_err()
-        {
-            tracing::warn!(
-                seq,
-                "change log subscriber is gone; the entry is only in the log table"
-            );
-        }
+        self.published(entry).await;
         Ok((value, Some(seq)))
     }
 
@@ -401,24 +452,45 @@ impl ChangeLog {
             .ok_or(Error::NoSuchEntry(seq))?
     }
 
-    /// The newest seq (0 when the log is empty).
+    /// The newest seq (0 when the log never had an entry; the pruned horizon when every entry
+    /// was pruned).
     pub async fn last_seq(&self) -> Result<u64> {
-        let rows = self
-            .db
-            .query("SELECT coalesce(max(seq), 0) FROM liteorm_changes", &[])
-            .await?;
-        Ok(seq_of(
-            rows.first()
-                .map(|r| r.try_get::<i64>(0))
-                .transpose()?
-                .unwrap_or(0),
-        ))
+        Ok(head(&mut &self.db).await?.0)
+    }
+
+    /// The pruned horizon: every entry up to this seq was pruned ([`ChangeLog::prune`]); 0
+    /// when none was.
+    pub async fn horizon(&self) -> Result<u64> {
+        Ok(horizon(&mut &self.db).await?.map_or(0, |(seq, _)| seq))
+    }
+
+    /// The session of the log's database.
+    pub(crate) fn session(&self) -> &SqliteSession {
+        &self.db
+    }
+
+    /// The sender of committed entries, if any ([`ChangeLog::publish_to`]).
+    pub(crate) async fn published(&self, entry: LogEntry) {
+        let seq = entry.seq;
+        if let Some(sender) = &self.publish
+            && sender.send(entry).await.is_err()
+        {
+            tracing::warn!(
+                seq,
+                "change log subscriber is gone; the entry is only in the log table"
+            );
+        }
     }
 
     /// Undoes entry `seq` by applying its inverse under `policy`, as a new logged unit of work.
     /// A row that a later entry changed again conflicts (with the default policy the revert fails
     /// and changes nothing). The log is verified first ([`ChangeLog::verify`]): a broken chain
     /// fails the revert with [`Error::ChainBroken`] before anything is applied.
+    ///
+    /// An entry recorded before a migration of its tables is conformed to the current schema
+    /// first (columns added since take their default values; needs SQLite 3.44). A schema
+    /// entry, or changes to a table since dropped, renamed or narrowed, fail with
+    /// [`Error::NotRevertible`] naming the entry, and nothing is applied.
     pub async fn revert(
         &self,
         seq: u64,
@@ -475,8 +547,10 @@ impl ChangeLog {
                 reason: ChainBreak::Unreadable(format!("an entry with seq {raw}, below 1")),
             });
         }
-        let mut prev = EntryHash::GENESIS;
-        let mut last = 0;
+        let (mut last, mut prev) = horizon(&mut &self.db)
+            .await?
+            .unwrap_or((0, EntryHash::GENESIS));
+        let pruned_through = last;
         loop {
             let page = self
                 .db
@@ -522,9 +596,10 @@ impl ChangeLog {
             Err(_) => None,
         };
         Ok(VerifiedChain {
-            entries: last,
+            entries: last - pruned_through,
             head: prev,
             upgraded_through,
+            pruned_through,
         })
     }
 
@@ -535,10 +610,10 @@ impl ChangeLog {
         meta: Meta,
         kind: EntryKind,
     ) -> Result<RevertOutcome> {
-        let inverses = entries
-            .into_iter()
-            .map(|e| Ok((e.seq, e.changeset.invert()?)))
-            .collect::<Result<Vec<_>>>()?;
+        let mut inverses = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            inverses.push((entry.seq, self.inverse_now(entry).await?));
+        }
         let (reports, logged_as) = self
             .record_as(meta, kind, move |s| async move {
                 let mut reports = Vec::with_capacity(inverses.len());
@@ -556,8 +631,61 @@ impl ChangeLog {
     }
 }
 
+impl ChangeLog {
+    /// The inverse of `entry`'s changes for the schema the database has now: conformed to it
+    /// (new columns at their defaults) when a later migration changed one of its tables.
+    async fn inverse_now(&self, entry: &LogEntry) -> Result<Changeset> {
+        let not_revertible = |reason: String| Error::NotRevertible {
+            seq: entry.seq,
+            reason,
+        };
+        let changeset = match entry.payload() {
+            Payload::Changes(changeset) => changeset,
+            Payload::Schema(_) => {
+                return Err(not_revertible(
+                    "it is a schema migration; undo it with a migration that reverses it".into(),
+                ));
+            }
+        };
+        if !self.migrated_since(entry).await? {
+            return Ok(changeset.invert()?);
+        }
+        if !Capability::ChangegroupSchema.is_available() {
+            return Err(not_revertible(
+                "a later migration changed its tables, and conforming its changes to the \
+                 current schema needs SQLite 3.44 or later"
+                    .into(),
+            ));
+        }
+        let conformed = {
+            let mut group = SchemaChangegroup::<Changeset>::new(&self.db).await?;
+            group.add(changeset).await.map_err(|err| {
+                not_revertible(format!("a later migration changed its tables: {err}"))
+            })?;
+            group.output()?
+        };
+        Ok(conformed.invert()?)
+    }
+
+    /// Whether a schema entry after `entry` touched one of its tables.
+    async fn migrated_since(&self, entry: &LogEntry) -> Result<bool> {
+        if entry.tables.is_empty() {
+            return Ok(false);
+        }
+        let mut sql =
+            String::from("SELECT 1 FROM liteorm_changes WHERE kind = 'schema' AND seq > ? AND (0");
+        let mut params = vec![stored(entry.seq)];
+        for table in &entry.tables {
+            sql.push_str(" OR instr(tables, ?) > 0");
+            params.push(format!(",{table},").into());
+        }
+        sql.push_str(") LIMIT 1");
+        Ok(!self.db.query(&sql, &params).await?.is_empty())
+    }
+}
+
 /// The time now in Unix milliseconds.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -577,6 +705,35 @@ pub(crate) async fn append(
     changeset: Changeset,
 ) -> Result<LogEntry> {
     let tables = changeset.tables()?;
+    append_entry(db, meta, kind, tables, changeset, None).await
+}
+
+/// Appends a [`EntryKind::Schema`] entry for `sql`, which touched `tables` (see [`append`]).
+pub(crate) async fn append_schema(
+    db: &mut impl EntryWriter,
+    meta: Meta,
+    tables: Vec<String>,
+    sql: String,
+) -> Result<LogEntry> {
+    append_entry(
+        db,
+        meta,
+        EntryKind::Schema,
+        tables,
+        Changeset::default(),
+        Some(sql),
+    )
+    .await
+}
+
+async fn append_entry(
+    db: &mut impl EntryWriter,
+    meta: Meta,
+    kind: EntryKind,
+    tables: Vec<String>,
+    changeset: Changeset,
+    ddl: Option<String>,
+) -> Result<LogEntry> {
     let committed_at_ms = now_ms();
     let (last, prev) = head(db).await?;
     let mut entry = LogEntry {
@@ -587,6 +744,7 @@ pub(crate) async fn append(
         kind,
         tables,
         changeset,
+        ddl,
         hash: EntryHash::GENESIS,
     };
     entry.hash = chain::link(&prev, &entry.fields());
@@ -602,7 +760,7 @@ pub(crate) async fn append(
             format!(",{},", entry.tables.join(",")).into(),
             kind_name.into(),
             ref_seq.map_or(Value::Null, stored),
-            entry.changeset.as_bytes().into(),
+            entry.fields().payload.into(),
             entry.hash.as_bytes().as_slice().into(),
         ],
     )
@@ -610,7 +768,8 @@ pub(crate) async fn append(
     Ok(entry)
 }
 
-/// The newest entry's seq and hash (0 and [`EntryHash::GENESIS`] for an empty log).
+/// The newest entry's seq and hash: of the pruned horizon when the log is empty after
+/// pruning, 0 and [`EntryHash::GENESIS`] for a log that never had an entry.
 async fn head(db: &mut impl EntryWriter) -> Result<(u64, EntryHash)> {
     let rows = db
         .query(
@@ -619,7 +778,7 @@ async fn head(db: &mut impl EntryWriter) -> Result<(u64, EntryHash)> {
         )
         .await?;
     let Some(row) = rows.first() else {
-        return Ok((0, EntryHash::GENESIS));
+        return Ok(horizon(db).await?.unwrap_or((0, EntryHash::GENESIS)));
     };
     let seq = seq_of(row.try_get::<i64>(0)?);
     let hash = row.try_get::<Option<Vec<u8>>>(1)?;
@@ -631,6 +790,36 @@ async fn head(db: &mut impl EntryWriter) -> Result<(u64, EntryHash)> {
             reason: ChainBreak::Unreadable("the newest entry has no valid chain hash".into()),
         })?;
     Ok((seq, hash))
+}
+
+/// The pruned horizon: the last pruned seq and its chain hash (`None`: never pruned). The
+/// table exists only once the log was pruned, or opened by a version that knows pruning.
+pub(crate) async fn horizon(db: &mut impl EntryWriter) -> Result<Option<(u64, EntryHash)>> {
+    let exists = db
+        .query(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'liteorm_log_horizon'",
+            &[],
+        )
+        .await?;
+    if exists.is_empty() {
+        return Ok(None);
+    }
+    let rows = db
+        .query(
+            "SELECT seq, hash FROM liteorm_log_horizon WHERE id = 1",
+            &[],
+        )
+        .await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let seq = seq_of(row.try_get::<i64>(0)?);
+    let hash = row.try_get::<Vec<u8>>(1)?;
+    let hash = EntryHash::from_slice(&hash).ok_or(Error::ChainBroken {
+        seq: seq + 1,
+        reason: ChainBreak::Unreadable("the pruned horizon has no valid chain hash".into()),
+    })?;
+    Ok(Some((seq, hash)))
 }
 
 /// Adds the hash column to a log created before tamper evidence and chains its entries (see

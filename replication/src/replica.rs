@@ -5,7 +5,9 @@ use liteorm_core::{Session, Value};
 use liteorm_sqlite::{SqliteSession, SqliteTransaction};
 
 use crate::log::sqlite;
-use crate::{ChainBreak, ChangeSource, ConflictPolicy, EntryHash, Error, LogEntry, Result};
+use crate::{
+    ChainBreak, ChangeSource, ConflictPolicy, EntryHash, Error, LogEntry, Payload, Result,
+};
 
 const CREATE_STATE: &str = "CREATE TABLE IF NOT EXISTS liteorm_replica(
     name TEXT PRIMARY KEY,
@@ -27,6 +29,11 @@ pub struct CatchUp {
 /// The last applied seq is stored in the replica database (table `liteorm_replica`) and updated
 /// in the same transaction as the entries it covers: after a crash at any point, the replica
 /// resumes right after the last committed entry, so no entry is lost or applied twice.
+///
+/// **Schema entries** ([`ChangeLog::migrate`](crate::ChangeLog::migrate)) are run, in seq
+/// order, in that same transaction: the replica's schema changes exactly when the primary's
+/// did, between the entries recorded before and after. A migration the replica cannot run
+/// stops it with [`Error::MigrationFailed`] naming the seq, cursor and schema unchanged.
 ///
 /// **Chain check.** The replica also stores the chain hash of its last applied entry and
 /// applies an entry only if its hash links to that one ([`LogEntry::follows`]); otherwise it
@@ -179,7 +186,26 @@ impl Replica {
                     },
                 )
             };
-            let report = apply(session, &entry.changeset)
+            let changeset = match entry.payload() {
+                Payload::Changes(changeset) => changeset,
+                Payload::Schema(sql) => {
+                    // DDL is transactional in SQLite: it commits with the cursor, or not at all.
+                    session.execute_batch(sql).await.map_err(|source| {
+                        (
+                            i,
+                            Error::MigrationFailed {
+                                seq: entry.seq,
+                                source: Box::new(source),
+                            },
+                        )
+                    })?;
+                    tracing::info!(replica = %self.name, seq = entry.seq, "schema migration applied");
+                    last = entry.seq;
+                    last_hash = Some(entry.hash);
+                    continue;
+                }
+            };
+            let report = apply(session, changeset)
                 .on_conflict(self.policy.handler())
                 .await
                 .map_err(stopped)?;

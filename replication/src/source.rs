@@ -8,7 +8,8 @@ use liteorm_core::{Session, Value};
 use liteorm_sqlite::SqliteSession;
 use tokio::sync::mpsc;
 
-use crate::log::{LogEntry, SELECT_ENTRY};
+use crate::log::{LogEntry, SELECT_ENTRY, horizon};
+use crate::retention::report_cursor;
 use crate::{Error, Result};
 
 /// A source of change log entries, in seq order.
@@ -27,9 +28,15 @@ pub trait ChangeSource: Send {
 
 /// Reads the primary's log table directly (the same process, or the primary's database file
 /// opened by the replica process), polling for new entries.
+///
+/// Named with [`LogTableSource::report_as`], it also reports the replica's cursor to the
+/// primary, so that [`ChangeLog::prune`](crate::ChangeLog::prune) keeps what it has not applied.
+/// A replica behind the pruned horizon gets [`Error::BehindHorizon`].
 pub struct LogTableSource {
     primary: SqliteSession,
     poll: Duration,
+    report: Option<String>,
+    reported: Option<u64>,
 }
 
 impl LogTableSource {
@@ -38,7 +45,17 @@ impl LogTableSource {
         LogTableSource {
             primary: primary.clone(),
             poll: Duration::from_millis(100),
+            report: None,
+            reported: None,
         }
+    }
+
+    /// Reports the replica's cursor to the primary as replica `name` (table
+    /// `liteorm_replica_cursors`): each fetch after a new seq records it, since the replica
+    /// passes its committed cursor. The write is small, but it is a write to the primary.
+    pub fn report_as(mut self, name: impl Into<String>) -> Self {
+        self.report = Some(name.into());
+        self
     }
 
     /// How long [`ChangeSource::wait`] sleeps before the next look (default 100 ms).
@@ -51,11 +68,27 @@ impl LogTableSource {
 #[async_trait]
 impl ChangeSource for LogTableSource {
     async fn fetch(&mut self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
+        if let Some(name) = &self.report
+            && self.reported != Some(after)
+        {
+            report_cursor(&self.primary, name, after).await?;
+            self.reported = Some(after);
+        }
         let sql = format!("{SELECT_ENTRY} WHERE seq > ? ORDER BY seq LIMIT ?");
-        let after = Value::Integer(i64::try_from(after).unwrap_or(i64::MAX));
+        let from = Value::Integer(i64::try_from(after).unwrap_or(i64::MAX));
         let limit = Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows = self.primary.query(&sql, &[after, limit]).await?;
-        rows.iter().map(LogEntry::from_row).collect()
+        let rows = self.primary.query(&sql, &[from, limit]).await?;
+        let entries: Vec<LogEntry> = rows.iter().map(LogEntry::from_row).collect::<Result<_>>()?;
+        if entries.first().is_none_or(|e| e.seq != after + 1)
+            && let Some((horizon, _)) = horizon(&mut &self.primary).await?
+            && horizon > after
+        {
+            return Err(Error::BehindHorizon {
+                applied: after,
+                horizon,
+            });
+        }
+        Ok(entries)
     }
 
     async fn wait(&mut self, _after: u64) -> Result<()> {

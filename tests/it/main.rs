@@ -17,6 +17,7 @@ mod diff;
 mod gate;
 mod group;
 mod inspect;
+mod migrations;
 mod properties;
 mod rebase;
 mod regressions;

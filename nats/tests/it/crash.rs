@@ -6,9 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use liteorm_nats::{ChangeStream, Publisher};
-use liteorm_replication::{ChangeLog, Replica};
+use liteorm_replication::{ChangeLog, Meta, Replica};
 use liteorm_sqlite::SqliteSession;
 
+use crate::migrations::state;
 use crate::support::{
     NatsServer, content, db_file, db_with_schema, follower, record_many, spawn_follower,
     spawn_publisher, wait_progress,
@@ -60,6 +61,24 @@ fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// Units of work with a schema migration after every 25 of them (an index created, or a column
+/// added), so that kills land in batches with schema entries too; returns the last seq.
+async fn record_with_migrations(log: &ChangeLog) -> u64 {
+    for k in 0..12 {
+        record_many(log, 25).await;
+        let sql = if k % 2 == 0 {
+            format!("CREATE INDEX item_qty_{k} ON item(qty)")
+        } else {
+            // Backfilled: see `migrations::MIGRATIONS`.
+            format!(
+                "ALTER TABLE item ADD COLUMN c{k} INTEGER DEFAULT {k}; UPDATE item SET c{k} = c{k}"
+            )
+        };
+        log.migrate(Meta::actor("dba"), &sql).await.unwrap();
+    }
+    log.last_seq().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_killed_mid_stream_resumes_exactly_once() {
     let server = NatsServer::start();
@@ -67,11 +86,12 @@ async fn a_follower_killed_mid_stream_resumes_exactly_once() {
     let stream = ChangeStream::new("killfollower").unwrap();
     let (primary, _d) = db_with_schema().await;
     let log = ChangeLog::open(&primary).await.unwrap();
-    record_many(&log, 300).await;
+    let last = record_with_migrations(&log).await;
+    assert_eq!(last, 312);
     let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
         .await
         .unwrap();
-    assert_eq!(publisher.publish_pending().await.unwrap().published, 300);
+    assert_eq!(publisher.publish_pending().await.unwrap().published, last);
 
     let (replica_db, dir) = db_with_schema().await;
     drop(replica_db);
@@ -92,11 +112,12 @@ async fn a_follower_killed_mid_stream_resumes_exactly_once() {
     assert!(kills > 0, "the worker was never killed mid-way");
 
     // An entry applied twice would have conflicted (each one increments a counter from its
-    // old value) and made the worker fail; a lost one would show in the content.
+    // old value), and a migration run twice would have failed (the index or column exists):
+    // either makes the worker fail. A lost one would show in the schema or the content.
     let replica_db = SqliteSession::open(path_str(&replica_path)).await.unwrap();
     let replica = Replica::open(&replica_db).await.unwrap();
-    assert_eq!(replica.last_applied().await.unwrap(), 300);
-    assert_eq!(content(&replica_db).await, content(&primary).await);
+    assert_eq!(replica.last_applied().await.unwrap(), last);
+    assert_eq!(state(&replica_db).await, state(&primary).await);
 }
 
 /// Entries the killed publisher publishes: enough that an uninterrupted run takes well over the

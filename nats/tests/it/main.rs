@@ -6,6 +6,7 @@
 mod bootstrap;
 mod crash;
 mod follow;
+mod migrations;
 mod publish;
 mod secure;
 mod support;
