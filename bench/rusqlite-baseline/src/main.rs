@@ -14,6 +14,9 @@
 //! default. The content checks are liteorm-bench's: identical fingerprints after each apply and
 //! the replay, the expected entries per op, and the expected rows after the conflicts apply.
 
+// The same client requests as liteorm-bench's, from its source: both sides mark their
+// regions identically.
+#[path = "../../src/instr.rs"]
 mod instr;
 
 use std::fmt::Write as _;
