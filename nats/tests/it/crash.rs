@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use liteorm_core::Session as _;
 use liteorm_nats::{ChangeStream, Publisher};
 use liteorm_replication::{ChangeLog, Meta, Replica};
 use liteorm_sqlite::SqliteSession;
@@ -118,6 +119,127 @@ async fn a_follower_killed_mid_stream_resumes_exactly_once() {
     let replica = Replica::open(&replica_db).await.unwrap();
     assert_eq!(replica.last_applied().await.unwrap(), last);
     assert_eq!(state(&replica_db).await, state(&primary).await);
+}
+
+/// A migration that takes a while to run (it fills a table of 600 000 rows and indexes it),
+/// deterministic, so that the primary and a replica end with the same rows.
+const SLOW_MIGRATION: &str = "CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT NOT NULL); \
+    WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600000) \
+    INSERT INTO big SELECT i, printf('%08d', i * 7919 % 1000003) FROM n; \
+    CREATE INDEX big_v ON big(v)";
+
+/// The follower's cursor in the replica file (0 before its state table exists).
+async fn cursor_of(replica: &Path) -> u64 {
+    let db = SqliteSession::open(path_str(replica)).await.unwrap();
+    let rows = db
+        .query(
+            "SELECT last_seq FROM liteorm_replica WHERE name = 'default' \
+             AND EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'liteorm_replica')",
+            &[],
+        )
+        .await
+        .unwrap_or_default();
+    db.close().await;
+    rows.first().map_or(0, |row| {
+        u64::try_from(row.try_get::<i64>(0).unwrap()).unwrap()
+    })
+}
+
+/// Not left to chance as in the test above: the follower is SIGKILLed while it runs a schema
+/// entry (the first of its batch, and slow), then restarted. The kill rolls the migration back
+/// with the cursor (no `big` table, cursor before it), and the restart runs it exactly once (a
+/// second run would fail: the table exists) and converges with the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_while_it_runs_a_schema_entry_runs_it_exactly_once() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("killschema").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 8).await;
+    let schema_seq = log
+        .migrate(Meta::actor("dba"), SLOW_MIGRATION)
+        .await
+        .unwrap();
+    assert_eq!(schema_seq, 9);
+    record_many(&log, 8).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    assert_eq!(publisher.publish_pending().await.unwrap().published, 17);
+
+    let (replica_db, dir) = db_with_schema().await;
+    drop(replica_db);
+    let replica_path = db_file(dir.path());
+    // Batches of 4 entries: 1-4, 5-8, then 9 (the migration) to 12.
+    let args = [
+        "follow",
+        &server.url(),
+        stream.db(),
+        path_str(&replica_path),
+        "replica",
+        "4",
+    ]
+    .map(str::to_owned);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nats_worker"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while cursor_of(&replica_path).await < schema_seq - 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the follower made no progress"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the follower exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Into the migration's batch, well before it can be done.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // SAFETY: `child.id()` is the pid of a child we have not reaped yet.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "the follower finished the migration's batch within 150 ms: {status:?}"
+    );
+    assert_eq!(
+        cursor_of(&replica_path).await,
+        schema_seq - 1,
+        "killed in the middle of the migration's batch"
+    );
+    let replica_db = SqliteSession::open(path_str(&replica_path)).await.unwrap();
+    let big = replica_db
+        .query("SELECT 1 FROM sqlite_schema WHERE name = 'big'", &[])
+        .await
+        .unwrap();
+    assert!(big.is_empty(), "the killed migration left its table behind");
+    replica_db.close().await;
+
+    // Restarted, it runs the migration once and the rest of the log.
+    let status = Command::new(env!("CARGO_BIN_EXE_nats_worker"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let replica_db = SqliteSession::open(path_str(&replica_path)).await.unwrap();
+    let replica = Replica::open(&replica_db).await.unwrap();
+    assert_eq!(replica.last_applied().await.unwrap(), 17);
+    assert_eq!(state(&replica_db).await, state(&primary).await);
+    let count = |db: SqliteSession| async move {
+        db.query("SELECT count(*), sum(length(v)) FROM big", &[])
+            .await
+            .unwrap()[0]
+            .values()
+            .to_vec()
+    };
+    assert_eq!(count(replica_db).await, count(primary).await);
 }
 
 /// Entries the killed publisher publishes: enough that an uninterrupted run takes well over the
