@@ -62,7 +62,6 @@ impl ChangeLog {
     /// publisher's outbox cursor included.
     pub async fn replica_cursors(&self) -> Result<Vec<ReplicaCursor>> {
         let db = self.session();
-        db.execute_batch(CREATE_CURSORS).await?;
         let mut cursors: Vec<ReplicaCursor> = db
             .query(
                 "SELECT name, applied_seq, reported_at FROM liteorm_replica_cursors",
@@ -110,7 +109,6 @@ impl ChangeLog {
     /// Returns whether it was known.
     pub async fn forget_replica(&self, name: &str) -> Result<bool> {
         let db = self.session();
-        db.execute_batch(CREATE_CURSORS).await?;
         let deleted = db
             .execute(
                 "DELETE FROM liteorm_replica_cursors WHERE name = ?",
