@@ -168,18 +168,14 @@ impl Cell {
         }
     }
 
-    /// Extra environment; the system cell has its own target dir so the two builds do not keep
-    /// invalidating each other's libsqlite3-sys.
-    fn env(self, root: &Path) -> Vec<(&'static str, String)> {
+    /// Extra environment. Both cells build in the same target dir: the system cell's
+    /// `libsqlite3-sys/session` feature gives libsqlite3-sys, and every crate that depends on
+    /// it, hashes of their own, so the two builds never overwrite each other's artifacts, and the
+    /// dependencies that do not depend on SQLite (most of them) compile once for both.
+    fn env(self) -> Vec<(&'static str, String)> {
         match self {
             Cell::Bundled => Vec::new(),
-            Cell::System => vec![
-                ("LIBSQLITE3_SYS_USE_PKG_CONFIG", "1".to_owned()),
-                (
-                    "CARGO_TARGET_DIR",
-                    root.join("target").join("system").display().to_string(),
-                ),
-            ],
+            Cell::System => vec![("LIBSQLITE3_SYS_USE_PKG_CONFIG", "1".to_owned())],
         }
     }
 
@@ -257,13 +253,14 @@ const CELL_STEPS: [&str; 9] = [
     "soak",
 ];
 
-/// The runnable examples (package, example), the README's demo first: each must exit 0.
-const EXAMPLES: &[(&str, &str)] = &[
-    ("liteorm-seaorm", "seaorm_audit"),
-    ("liteorm-diesel", "diesel_audit"),
-    ("liteorm-replication", "audit_replicate"),
-    ("liteorm-replication", "sqlx_audit"),
-    ("liteorm-changeset", "demo"),
+/// The runnable examples, the README's demo first: each must exit 0. (Example names are unique
+/// in the workspace: cargo puts every package's examples in one directory.)
+const EXAMPLES: &[&str] = &[
+    "seaorm_audit",    // liteorm-seaorm
+    "diesel_audit",    // liteorm-diesel
+    "audit_replicate", // liteorm-replication
+    "sqlx_audit",      // liteorm-replication
+    "demo",            // liteorm-changeset
 ];
 
 /// The crates published to crates.io whose docs must build without warnings (the CLI is a
@@ -383,7 +380,7 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
         };
         println!("\n== cell {}: SQLite {} ==", cell.name(), report.version);
 
-        let env = cell.env(root);
+        let env = cell.env();
         let features = cell.cargo_args();
         let cell_cmd = |args: &[&str], tail: &[&str]| {
             let mut cmd = cargo(root);
@@ -409,19 +406,18 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
         };
         report.steps[2] = runner.run(&mut cell_cmd(&["test", "--workspace", "--doc"], &[]));
         // The demos run against the cell's SQLite too: a README command that only compiles
-        // proves nothing.
-        report.steps[3] = EXAMPLES
-            .iter()
-            .fold(Outcome::Pass, |outcome, (package, example)| {
-                let ran = runner.run(&mut cell_cmd(
-                    &["run", "--quiet", "-p", package, "--example", example],
-                    &[],
-                ));
-                match (outcome, ran) {
-                    (Outcome::Fail, _) | (_, Outcome::Pass) => outcome,
-                    _ => ran,
-                }
-            });
+        // proves nothing. Built for the whole workspace, like the tests just were, so that
+        // nothing is compiled again (see `run_built`).
+        report.steps[3] = runner.step("examples", || {
+            run_built(
+                root,
+                &mut cell_cmd(&["build", "--workspace", "--examples", "--bins"], &[]),
+                &EXAMPLES
+                    .iter()
+                    .map(|example| (Path::new("examples").join(example), Vec::new()))
+                    .collect::<Vec<_>>(),
+            )
+        });
         // What a user or crates.io sees does not depend on the SQLite the suite links: once.
         if cell == Cell::Bundled {
             let mut docs = cell_cmd(&["doc", "--no-deps"], &[]);
@@ -451,10 +447,13 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
                     .env("CARGO_TARGET_DIR", root.join("target")),
             );
             // The soak with faults, short: every fault kind once or twice.
-            report.steps[8] = runner.run(&mut cell_cmd(
-                &["run", "--quiet", "-p", "liteorm-soak", "--"],
-                &["--seconds", "30"],
-            ));
+            report.steps[8] = runner.step("soak --seconds 30", || {
+                run_built(
+                    root,
+                    &mut cell_cmd(&["build", "--workspace", "--bins"], &[]),
+                    &[(PathBuf::from("liteorm-soak"), vec!["--seconds", "30"])],
+                )
+            });
         }
 
         let elapsed = start.elapsed();
@@ -473,6 +472,52 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Runs `build`, then each of `programs` (a path under the target dir's `debug`, and its
+/// arguments) in the workspace root; fails if any fails, after running them all.
+///
+/// The build is the workspace's (`--workspace`), so its features are unified exactly as in the
+/// test build before it and nothing is compiled again. `cargo run -p <package>` would resolve
+/// features for that one package: every dependency whose features differ (tokio, sqlx, ...)
+/// would compile once more per package, minutes per cell.
+fn run_built(root: &Path, build: &mut Command, programs: &[(PathBuf, Vec<&str>)]) -> Outcome {
+    if run(build) == Outcome::Fail {
+        return Outcome::Fail;
+    }
+    let debug = match target_dir(root) {
+        Ok(dir) => dir.join("debug"),
+        Err(msg) => {
+            eprintln!("xtask: cannot find the target directory: {msg}");
+            return Outcome::Fail;
+        }
+    };
+    let mut outcome = Outcome::Pass;
+    for (program, args) in programs {
+        let mut path = debug.join(program);
+        path.as_mut_os_string().push(std::env::consts::EXE_SUFFIX);
+        let mut cmd = Command::new(path);
+        cmd.args(args).current_dir(root);
+        let start = Instant::now();
+        let ran = run(&mut cmd);
+        println!("({ran} in {})", format_duration(start.elapsed()));
+        if ran == Outcome::Fail {
+            outcome = Outcome::Fail;
+        }
+    }
+    outcome
+}
+
+/// The workspace's target directory, as cargo resolves it (`CARGO_TARGET_DIR`, config, or
+/// `target`), from `cargo metadata`; a plain string search, like [`bundled_sqlite_version`].
+fn target_dir(root: &Path) -> Result<PathBuf, String> {
+    let metadata = capture(cargo(root).args(["metadata", "--no-deps", "--format-version", "1"]))?;
+    metadata
+        .split("\"target_directory\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(|path| PathBuf::from(path.replace("\\\\", "\\")))
+        .ok_or_else(|| "no target_directory in `cargo metadata`".to_owned())
 }
 
 /// Removes what earlier `cargo publish --dry-run`s left of this workspace's own crates: their
