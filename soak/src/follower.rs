@@ -15,11 +15,17 @@ pub(crate) const STOPPED_AT: &str = "stopped at seq ";
 /// The exit code of a follower whose replica stopped at a conflict.
 pub(crate) const STOPPED_EXIT: u8 = 3;
 
-/// `follow NATS_URL DB REPLICA_DB CONSUMER`: follows the stream of database DB into the replica
-/// file until killed. Exits [`STOPPED_EXIT`] after printing [`STOPPED_AT`] and the seq when the
+/// `follow NATS_URL DB REPLICA_DB CONSUMER [CACHE_KIB]`: follows the stream of database DB into
+/// the replica file until killed. Exits [`STOPPED_EXIT`] after printing [`STOPPED_AT`] and the seq when the
 /// replica stops at a conflict, 1 on any other error.
-pub(crate) async fn follow(url: &str, db: &str, replica_db: &str, consumer: &str) -> ExitCode {
-    match run(url, db, replica_db, consumer).await {
+pub(crate) async fn follow(
+    url: &str,
+    db: &str,
+    replica_db: &str,
+    consumer: &str,
+    cache_kib: Option<u64>,
+) -> ExitCode {
+    match run(url, db, replica_db, consumer, cache_kib).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(liteorm_nats::Error::Replication(liteorm_replication::Error::Stopped {
             seq,
@@ -35,15 +41,35 @@ pub(crate) async fn follow(url: &str, db: &str, replica_db: &str, consumer: &str
     }
 }
 
-async fn run(url: &str, db: &str, replica_db: &str, consumer: &str) -> liteorm_nats::Result<()> {
+async fn run(
+    url: &str,
+    db: &str,
+    replica_db: &str,
+    consumer: &str,
+    cache_kib: Option<u64>,
+) -> liteorm_nats::Result<()> {
     let js = connect(url).await?;
     let stream = ChangeStream::new(db)?;
-    let session = SqliteSession::open(replica_db).await?;
+    let session = open_db(replica_db, cache_kib).await?;
     let replica = Replica::open(&session).await?;
     let source = NatsSource::new(js, &stream, consumer)?;
     let mut follower = Follower::new(replica, source).await?;
     follower.run(std::future::pending()).await?;
     Ok(())
+}
+
+/// Opens a database with liteorm's defaults and, if given, a page cache of `cache_kib` KiB on
+/// each connection.
+pub(crate) async fn open_db(
+    url_or_path: &str,
+    cache_kib: Option<u64>,
+) -> liteorm_sqlite::Result<SqliteSession> {
+    let mut options = SqliteSession::options(url_or_path)?;
+    if let Some(kib) = cache_kib {
+        // Negative: a size in KiB rather than in pages.
+        options = options.pragma("cache_size", format!("-{kib}"));
+    }
+    SqliteSession::connect_with(options, SqliteSession::pool_options()).await
 }
 
 /// A JetStream context on a connection that keeps retrying while the server is down.

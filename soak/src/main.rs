@@ -11,8 +11,8 @@
 //! and exits 1 if any check failed.
 //!
 //! ```text
-//! liteorm-soak [--seconds N] [--writers W]
-//! liteorm-soak follow NATS_URL DB REPLICA_DB CONSUMER   (the follower process)
+//! liteorm-soak [--seconds N] [--writers W] [--cache-kib K]
+//! liteorm-soak follow NATS_URL DB REPLICA_DB CONSUMER [CACHE_KIB]   (the follower process)
 //! ```
 
 use std::process::ExitCode;
@@ -23,16 +23,25 @@ mod follower;
 mod server;
 mod soak;
 
-const USAGE: &str = "usage: liteorm-soak [--seconds N] [--writers W]\n       \
-                     liteorm-soak follow NATS_URL DB REPLICA_DB CONSUMER";
+const USAGE: &str = "usage: liteorm-soak [--seconds N] [--writers W] [--cache-kib K]\n       \
+                     liteorm-soak follow NATS_URL DB REPLICA_DB CONSUMER [CACHE_KIB]";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [mode, url, db, replica_db, consumer] = args.as_slice()
+    if let [mode, url, db, replica_db, consumer, cache @ ..] = args.as_slice()
         && mode == "follow"
+        && cache.len() <= 1
     {
-        return follower::follow(url, db, replica_db, consumer).await;
+        let cache_kib = match cache.first().map(|kib| kib.parse::<u64>()) {
+            None => None,
+            Some(Ok(kib)) => Some(kib),
+            Some(Err(_)) => {
+                eprintln!("liteorm-soak: follow: CACHE_KIB must be a number\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        return follower::follow(url, db, replica_db, consumer, cache_kib).await;
     }
     let config = match parse(&args) {
         Ok(config) => config,
@@ -66,6 +75,7 @@ fn parse(args: &[String]) -> Result<soak::Config, String> {
         duration: Duration::from_secs(60),
         writers: 3,
         pace: Duration::from_millis(50),
+        cache_kib: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -83,6 +93,7 @@ fn parse(args: &[String]) -> Result<soak::Config, String> {
                 config.writers =
                     usize::try_from(number("--writers")?).map_err(|e| e.to_string())?;
             }
+            "--cache-kib" => config.cache_kib = Some(number("--cache-kib")?),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }

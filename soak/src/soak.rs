@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::figures::{Sample, Samples};
-use crate::follower::{STOPPED_AT, STOPPED_EXIT, connect};
+use crate::follower::{STOPPED_AT, STOPPED_EXIT, connect, open_db};
 use crate::server::NatsServer;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -46,6 +46,10 @@ pub(crate) struct Config {
     pub(crate) writers: usize,
     /// Pause of each writer between two units of work.
     pub(crate) pace: Duration,
+    /// `PRAGMA cache_size` of every connection (the followers' too), in KiB; `None`: SQLite's
+    /// default, 2 MiB. A small cache fills in the first minutes, so that the whole process's
+    /// memory, page caches included, is flat for the rest of the run.
+    pub(crate) cache_kib: Option<u64>,
 }
 
 /// The kinds of fault, injected in turn.
@@ -113,7 +117,7 @@ pub(crate) async fn run(config: Config) -> Result<Json> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().to_path_buf();
     let server = NatsServer::start(&dir.join("nats"))?;
-    let primary = open(&dir.join("primary.db")).await?;
+    let primary = open(&dir.join("primary.db"), config.cache_kib).await?;
     primary.execute_batch(SCHEMA).await?;
     for w in 0..config.writers {
         primary
@@ -138,7 +142,7 @@ pub(crate) async fn run(config: Config) -> Result<Json> {
     };
 
     // The local replica: one pinned connection, so that `max_page_count` applies to it.
-    let local_db = open(&dir.join("local.db")).await?;
+    let local_db = open(&dir.join("local.db"), config.cache_kib).await?;
     let local_pin = local_db.pin().await?;
     let local = local_pin.session();
     let local_errors = Arc::new(AtomicU64::new(0));
@@ -146,7 +150,7 @@ pub(crate) async fn run(config: Config) -> Result<Json> {
 
     let mut watched = Vec::new();
     for name in ["local", "follower-a", "follower-b"] {
-        let session = open(&dir.join(format!("{name}.db"))).await?;
+        let session = open(&dir.join(format!("{name}.db")), config.cache_kib).await?;
         watched.push(Watched {
             name,
             replica: Replica::open(&session).await?,
@@ -218,6 +222,9 @@ pub(crate) async fn run(config: Config) -> Result<Json> {
     let converge_ms = millis(converge_start.elapsed());
     shut.send_replace(true);
     let samples = sampling.await?;
+    if let Some(growing) = samples.growing(soak.config.duration) {
+        soak.failures.push(growing);
+    }
     let published = publishing.await??;
     let _ = following_locally.await;
     for follower in &mut soak.followers {
@@ -264,8 +271,8 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-async fn open(path: &Path) -> Result<SqliteSession> {
-    Ok(SqliteSession::open(path.to_str().ok_or("a non-UTF-8 temp path")?).await?)
+async fn open(path: &Path, cache_kib: Option<u64>) -> Result<SqliteSession> {
+    Ok(open_db(path.to_str().ok_or("a non-UTF-8 temp path")?, cache_kib).await?)
 }
 
 /// Writer `w`: units of work until stopped; returns how many committed. Each bumps the
@@ -359,6 +366,7 @@ impl Soak {
             .arg(STREAM_DB)
             .arg(&db)
             .arg(name)
+            .args(self.config.cache_kib.map(|kib| kib.to_string()))
             .stdout(Stdio::from(File::create(&log)?))
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -523,7 +531,7 @@ impl Soak {
         let f = self.followers.len() - 1;
         self.planted += 1;
         let id = Value::Integer(self.planted);
-        let replica_db = open(&self.followers[f].db).await?;
+        let replica_db = open(&self.followers[f].db, self.config.cache_kib).await?;
         replica_db
             .execute(
                 "INSERT INTO planted VALUES (?, 'planted on the replica')",
@@ -634,6 +642,8 @@ impl Soak {
                     rss_kb: crate::figures::rss_kb(std::process::id()).unwrap_or(0),
                     sqlite_kb: u64::try_from(liteorm_sqlite::raw::memory_used() / 1024)
                         .unwrap_or(0),
+                    page_cache_kb: u64::try_from(liteorm_sqlite::raw::page_cache_used() / 1024)
+                        .unwrap_or(0),
                     followers_rss_kb: followers_kb,
                     lag_ms,
                     in_fault: in_fault.load(Ordering::Relaxed),
@@ -695,7 +705,7 @@ impl Soak {
                     "{name} applied up to {applied:?}, the log ends at {last}"
                 ));
             }
-            let replica = open(&self.dir.join(format!("{name}.db"))).await?;
+            let replica = open(&self.dir.join(format!("{name}.db")), self.config.cache_kib).await?;
             for table in TABLES {
                 let sql = format!("SELECT * FROM {table} ORDER BY 1");
                 let (want, got) = (

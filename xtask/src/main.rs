@@ -32,11 +32,14 @@ commands:
         build liteorm-bench in release and run the benchmarks (`cargo xtask bench --help`)
   fuzz [--time S] [--sanitizer address|none] [target...]
         run the cargo-fuzz targets for S seconds each (`cargo xtask fuzz --help`)
-  soak [--minutes N]
+  soak [--minutes N] [--cache-kib K]
         the soak with faults (liteorm-soak, default 30 minutes): writers, a local replica
         and two NATS followers while followers are SIGKILLed, nats-server restarts, a
         replica's disk fills and a replica conflicts; prints JSON figures, fails on any
-        divergence (`cargo xtask test` runs it for 30 s)
+        divergence, and on a run of 10 minutes or more if memory other than SQLite's page
+        caches grows (`cargo xtask test` runs it for 30 s)
+        --cache-kib K  `PRAGMA cache_size` of every connection in KiB (default SQLite's
+                       2 MiB): a small cache fills early, so that the whole RSS is flat
 ";
 
 /// The crate directories `tidy` checks, recursively (src, tests, examples, benches, ...).
@@ -97,16 +100,25 @@ fn main() -> ExitCode {
 /// `cargo xtask soak [--minutes N]`: runs liteorm-soak (dev profile, whose dependencies are
 /// optimised) for N minutes.
 fn soak(root: &Path, args: &[String]) -> ExitCode {
-    let minutes = match args {
-        [] => 30,
-        [flag, n] if flag == "--minutes" => match n.parse::<u64>() {
-            Ok(n) if n > 0 => n,
-            _ => return usage_error(&format!("`--minutes {n}`: expected minutes > 0")),
-        },
-        _ => return usage_error("usage: cargo xtask soak [--minutes N]"),
-    };
+    let mut minutes = 30;
+    let mut cache_kib = None;
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let Some(n) = args.next() else {
+            return usage_error("usage: cargo xtask soak [--minutes N] [--cache-kib K]");
+        };
+        let Some(n) = n.parse::<u64>().ok().filter(|&n| n > 0) else {
+            return usage_error(&format!("`{flag} {n}`: expected a number > 0"));
+        };
+        match flag.as_str() {
+            "--minutes" => minutes = n,
+            "--cache-kib" => cache_kib = Some(n),
+            _ => return usage_error("usage: cargo xtask soak [--minutes N] [--cache-kib K]"),
+        }
+    }
     let seconds = (minutes * 60).to_string();
-    match run(cargo(root).args([
+    let mut cmd = cargo(root);
+    cmd.args([
         "run",
         "--quiet",
         "-p",
@@ -114,7 +126,11 @@ fn soak(root: &Path, args: &[String]) -> ExitCode {
         "--",
         "--seconds",
         &seconds,
-    ])) {
+    ]);
+    if let Some(kib) = cache_kib {
+        cmd.args(["--cache-kib", &kib.to_string()]);
+    }
+    match run(&mut cmd) {
         Outcome::Pass => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     }
