@@ -63,7 +63,7 @@ async fn run(
 pub(crate) async fn open_db(
     url_or_path: &str,
     cache_kib: Option<u64>,
-) -> liteorm_sqlite::Result<SqliteSession> {
+) -> liteorm_core::Result<SqliteSession> {
     let mut options = SqliteSession::options(url_or_path)?;
     if let Some(kib) = cache_kib {
         // Negative: a size in KiB rather than in pages.
