@@ -37,7 +37,10 @@ async fn page_cache_use_grows_to_the_cache_size_and_is_freed_on_close() {
         filled - before > 3 * MIB,
         "4 MiB of pages in a 16 MiB cache: page cache use went from {before} to {filled}"
     );
-    assert!(raw::memory_used() >= filled, "the page caches are part of SQLite's heap");
+    assert!(
+        raw::memory_used() >= filled,
+        "the page caches are part of SQLite's heap"
+    );
     big.close().await;
     let closed = raw::page_cache_used();
     assert!(

@@ -74,11 +74,16 @@ impl Samples {
         })
     }
 
-    /// The peak of `f` in each tenth of the run.
+    /// The peak of `f` in each tenth of the run (fewer values with fewer than ten samples).
     fn tenths(&self, f: fn(&Sample) -> u64) -> Vec<u64> {
-        self.0
-            .chunks(self.0.len().div_ceil(10).max(1))
-            .map(|chunk| chunk.iter().map(f).max().unwrap_or(0))
+        let n = self.0.len();
+        (0..10)
+            .filter_map(|tenth| {
+                self.0[tenth * n / 10..(tenth + 1) * n / 10]
+                    .iter()
+                    .map(f)
+                    .max()
+            })
             .collect()
     }
 
@@ -192,6 +197,18 @@ mod tests {
         let figures = leaking.rss();
         assert_eq!(figures["rss_less_page_cache_growth_second_half_pct"], 13.1);
         assert_eq!(figures["sqlite_page_cache_kb_per_tenth"][9], 9900);
+    }
+
+    #[test]
+    fn tenths_are_ten_whatever_the_number_of_samples() {
+        let mut samples = run(|_| 1000);
+        samples.0.truncate(81);
+        let tenths = samples.tenths(|s| s.page_cache_kb);
+        assert_eq!(tenths.len(), 10);
+        assert_eq!(tenths[0], 700, "samples 0..8");
+        assert_eq!(tenths[9], 8000, "samples 72..81");
+        samples.0.truncate(3);
+        assert_eq!(samples.tenths(|s| s.page_cache_kb), [0, 100, 200]);
     }
 
     #[test]
