@@ -103,9 +103,15 @@ fn show(title: &str, conn: &mut SqliteConnection) -> QueryResult<()> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The databases stay in a directory given as the argument (to look at them afterwards, with
+    // the CLI for instance); otherwise in a temporary one, removed at the end.
+    let temp;
     let dir = match std::env::args().nth(1) {
         Some(dir) => std::path::PathBuf::from(dir),
-        None => std::env::temp_dir().join(format!("liteorm-diesel-{}", std::process::id())),
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_path_buf()
+        }
     };
     std::fs::create_dir_all(&dir)?;
     let (app_path, replica_path) = (dir.join("app.db"), dir.join("replica.db"));

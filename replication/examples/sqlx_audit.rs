@@ -15,8 +15,8 @@ struct Account {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile_dir()?;
-    let db = SqliteSession::open(&dir.join("app.db").to_string_lossy()).await?;
+    let dir = tempfile::tempdir()?;
+    let db = SqliteSession::open(&dir.path().join("app.db").to_string_lossy()).await?;
     sqlx::query("CREATE TABLE account(id INTEGER PRIMARY KEY, owner TEXT NOT NULL, balance INTEGER NOT NULL)")
         .execute(&db)
         .await?;
@@ -73,12 +73,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("after the refund: {accounts:?}");
     assert_eq!(accounts[0].balance, 100);
     Ok(())
-}
-
-/// A fresh directory for the example's database.
-fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("liteorm-sqlx-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
