@@ -161,13 +161,15 @@ fn variants(root: &Path, project: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo` in the project, with its own target dir and none of the workspace's environment.
+/// `cargo` in the project, with its own target dir and none of the workspace's environment (but
+/// [`crate::LINE_TABLES`]).
 fn downstream_cargo(root: &Path, project: &Path, target: &Path) -> Command {
     let mut cmd = cargo(root);
     cmd.current_dir(project);
     for key in WORKSPACE_ENV {
         cmd.env_remove(key);
     }
-    cmd.env("CARGO_TARGET_DIR", target);
+    cmd.env("CARGO_TARGET_DIR", target)
+        .env(crate::LINE_TABLES.0, crate::LINE_TABLES.1);
     cmd
 }

@@ -451,7 +451,8 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
                     &["publish", "--workspace", "--dry-run", "--allow-dirty"],
                     &[],
                 )
-                .env("CARGO_TARGET_DIR", &verify_dir),
+                .env("CARGO_TARGET_DIR", &verify_dir)
+                .env(LINE_TABLES.0, LINE_TABLES.1),
             );
             report.steps[6] = runner.step("downstream", || downstream::check(root));
             // Every committed fuzz input and past finding through its target's check (the fuzz
@@ -535,6 +536,11 @@ fn target_dir(root: &Path) -> Result<PathBuf, String> {
         .map(|path| PathBuf::from(path.replace("\\\\", "\\")))
         .ok_or_else(|| "no target_directory in `cargo metadata`".to_owned())
 }
+
+/// For the builds of packaged crates and of the downstream project, whose manifests do not have
+/// the workspace's profile: dependencies with line tables only, as in the workspace (full debug
+/// info is most of a debug build's time), which changes nothing the checks look at.
+pub(crate) const LINE_TABLES: (&str, &str) = ("CARGO_PROFILE_DEV_DEBUG", "line-tables-only");
 
 /// Removes what earlier `cargo publish --dry-run`s left of this workspace's own crates: their
 /// extracted sources and their build fingerprints in `verify_dir`.
