@@ -89,6 +89,7 @@
 
 mod backoff;
 mod connect;
+mod connection;
 mod error;
 mod follower;
 mod publisher;

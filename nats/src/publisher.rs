@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use crate::backoff::Backoff;
+use crate::connection::ConnectionWatch;
 use crate::{ChangeStream, Error, Result, wire};
 
 /// The publisher's cursor, in the primary database: one row per stream.
@@ -364,6 +365,7 @@ impl Publisher {
         // order, and the sequence check makes the server store them in order or not at all.
         let mut sent: Vec<(u64, PublishAckFuture)> = Vec::with_capacity(entries.len());
         let mut failure = None;
+        let connection = ConnectionWatch::new(&self.js);
         for entry in entries {
             let (headers, payload) = wire::encode(entry);
             let message = PublishMessage::build()
@@ -391,8 +393,18 @@ impl Publisher {
             }
         }
         let mut acked = cursor;
+        let mut lost = std::pin::pin!(connection.lost());
         for (seq, ack) in sent {
-            match ack.await {
+            let ack = tokio::select! {
+                ack = ack => ack,
+                // A restarted server will not acknowledge what it got before: send again (the
+                // message id and expected sequence make a resend of a stored entry harmless).
+                () = lost.as_mut() => {
+                    failure = Some(Outcome::Fail(ConnectionWatch::error("publish acknowledgement")));
+                    break;
+                }
+            };
+            match ack {
                 Ok(ack) if ack.sequence == seq => {
                     if ack.duplicate {
                         report.duplicates += 1;

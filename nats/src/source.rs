@@ -12,6 +12,7 @@ use futures::StreamExt as _;
 use liteorm_replication::{ChangeSource, LogEntry};
 use tokio::time::Instant;
 
+use crate::connection::ConnectionWatch;
 use crate::stream::check_name;
 use crate::{ChangeStream, Error, Result, wire};
 
@@ -331,6 +332,7 @@ impl NatsSource {
         let Some(consumer) = &self.consumer else {
             return Ok(());
         };
+        let connection = ConnectionWatch::new(&self.js);
         let request = match wait {
             None => consumer.fetch().max_messages(limit).messages().await,
             Some(wait) => {
@@ -344,8 +346,14 @@ impl NatsSource {
         };
         let mut batch: Batch = request.map_err(Error::nats("pull request"))?;
         let deadline = Instant::now() + wait.unwrap_or_default() + self.request_timeout;
+        let mut lost = std::pin::pin!(connection.lost());
         loop {
-            match tokio::time::timeout_at(deadline, batch.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, batch.next()) => next,
+                // A restarted server forgot the request: pull again rather than wait it out.
+                () = lost.as_mut() => return Err(ConnectionWatch::error("pull")),
+            };
+            match next {
                 Err(_elapsed) => {
                     return Err(Error::Nats {
                         op: "pull",

@@ -6,14 +6,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use liteorm_core::Session as _;
-use liteorm_nats::{ChangeStream, Publisher};
+use liteorm_nats::{ChangeStream, Follower, NatsSource, Publisher};
 use liteorm_replication::{ChangeLog, Meta, Replica};
 use liteorm_sqlite::SqliteSession;
 
 use crate::migrations::state;
 use crate::support::{
-    NatsServer, content, db_file, db_with_schema, follower, record_many, spawn_follower,
-    spawn_publisher, wait_progress,
+    NatsServer, content, db_file, db_with_schema, follower, record, record_many, spawn_follower,
+    spawn_publisher, wait_progress, work,
 };
 
 /// Runs the worker with `args` until it exits 0, SIGKILLing it after a random delay below
@@ -332,4 +332,45 @@ async fn the_server_killed_and_restarted_mid_stream_loses_nothing() {
         .state
         .clone();
     assert_eq!((state.messages, state.last_sequence), (300, 300));
+}
+
+/// A follower waiting on its long poll when the server restarts does not sit out that pull's
+/// deadline: the restarted server forgot the request and would never answer it. The follower
+/// notices the lost connection and pulls again. Its long poll and request timeout are 60 s each
+/// here, so a follower that waited them out would miss the 30 s `wait_progress` allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_waiting_on_a_restarted_server_pulls_again_at_once() {
+    let mut server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("repoll").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    let publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap()
+        .poll_interval(Duration::from_millis(10));
+    let publishing = spawn_publisher(publisher);
+    let (replica_db, _d2) = db_with_schema().await;
+    let source = NatsSource::new(js.clone(), &stream, "replica")
+        .unwrap()
+        .long_poll(Duration::from_secs(60))
+        .request_timeout(Duration::from_secs(60));
+    let replica = Replica::open(&replica_db).await.unwrap();
+    let follower = Follower::new(replica, source).await.unwrap();
+    let mut progress = follower.progress();
+    let following = spawn_follower(follower);
+
+    record(&log, work(0)).await;
+    wait_progress(&mut progress, 1, "before the restart").await;
+    // The follower is in its long poll by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+    record(&log, work(1)).await;
+    wait_progress(&mut progress, 2, "after the restart").await;
+
+    let (_, published) = publishing.stop().await;
+    assert_eq!(published.unwrap().published_seq, 2);
+    let (_, followed) = following.stop().await;
+    assert_eq!(followed.unwrap(), 2);
+    assert_eq!(content(&replica_db).await, content(&primary).await);
 }
