@@ -277,12 +277,13 @@ fn table(header: &[&str], numeric: &[bool], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// How many entries `log list` reads at a time: their changesets are dropped once listed, so a
+/// long log is never in memory whole (only its rows of text are, for the table's widths).
+const LIST_PAGE: u64 = 256;
+
 pub(crate) async fn list(args: ListArgs) -> Result<(), Failure> {
     let (_db, log) = open_log(&args.db).await?;
     let mut filter = LogFilter::all();
-    if args.from_seq.is_some() || args.to_seq.is_some() {
-        filter = filter.seqs(args.from_seq.unwrap_or(0), args.to_seq.unwrap_or(u64::MAX));
-    }
     if let Some(table) = args.table {
         filter = filter.table(table);
     }
@@ -295,38 +296,51 @@ pub(crate) async fn list(args: ListArgs) -> Result<(), Failure> {
     if let Some(ms) = args.until {
         filter = filter.until_ms(ms);
     }
-    if let Some(n) = args.limit {
-        filter = filter.limit(n);
-    }
-    let entries = log
-        .entries(&filter)
-        .await
-        .map_err(|e| named(&args.db, e.into()))?;
+    let (mut from, to) = (args.from_seq.unwrap_or(0), args.to_seq.unwrap_or(u64::MAX));
+    let mut remaining = args.limit.unwrap_or(u64::MAX);
     let mut out = String::new();
-    if args.json {
-        for entry in &entries {
-            out.push_str(&entry_json(entry, &Counts::of(entry)?).to_string());
-            out.push('\n');
-        }
-        return write_output(None, out.as_bytes());
-    }
-    let rows = entries
-        .iter()
-        .map(|entry| {
+    let mut rows = Vec::new();
+    while remaining > 0 && from <= to {
+        let take = remaining.min(LIST_PAGE);
+        let page = log
+            .entries(&filter.clone().seqs(from, to).limit(take))
+            .await
+            .map_err(|e| named(&args.db, e.into()))?;
+        for entry in &page {
             let counts = Counts::of(entry)?;
-            Ok(vec![
-                entry.seq.to_string(),
-                format_time(entry.committed_at_ms),
-                optional(entry.actor.as_deref()),
-                optional(entry.reason.as_deref()),
-                kind_text(entry.kind),
-                printable(&entry.tables.join(",")),
-                counts.inserts.to_string(),
-                counts.updates.to_string(),
-                counts.deletes.to_string(),
-            ])
-        })
-        .collect::<Result<Vec<_>, Failure>>()?;
+            if args.json {
+                out.push_str(&entry_json(entry, &counts).to_string());
+                out.push('\n');
+            } else {
+                rows.push(vec![
+                    entry.seq.to_string(),
+                    format_time(entry.committed_at_ms),
+                    optional(entry.actor.as_deref()),
+                    optional(entry.reason.as_deref()),
+                    kind_text(entry.kind),
+                    printable(&entry.tables.join(",")),
+                    counts.inserts.to_string(),
+                    counts.updates.to_string(),
+                    counts.deletes.to_string(),
+                ]);
+            }
+        }
+        if args.json {
+            // JSON lines go out a page at a time.
+            write_output(None, out.as_bytes())?;
+            out.clear();
+        }
+        match page.last() {
+            Some(last) if (page.len() as u64) == take => {
+                from = last.seq.saturating_add(1);
+                remaining -= take;
+            }
+            _ => break,
+        }
+    }
+    if args.json {
+        return Ok(());
+    }
     out.push_str(&table(
         &[
             "SEQ", "TIME", "ACTOR", "REASON", "KIND", "TABLES", "INS", "UPD", "DEL",
@@ -334,7 +348,7 @@ pub(crate) async fn list(args: ListArgs) -> Result<(), Failure> {
         &[true, false, false, false, false, false, true, true, true],
         &rows,
     ));
-    out.push_str(&match entries.len() {
+    out.push_str(&match rows.len() {
         1 => "1 entry\n".to_owned(),
         n => format!("{n} entries\n"),
     });

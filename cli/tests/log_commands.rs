@@ -174,6 +174,46 @@ fn redact_times(text: &str) -> String {
     out
 }
 
+/// `log list` reads the log a page (256 entries) at a time: every filter and limit holds across
+/// pages.
+#[test]
+fn log_list_pages_through_a_long_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.db");
+    runtime().block_on(async {
+        let db = SqliteSession::open(path.to_str().unwrap()).await.unwrap();
+        db.execute_batch(SCHEMA).await.unwrap();
+        let log = ChangeLog::open(&db).await.unwrap();
+        for i in 0..600_i64 {
+            let actor = if i % 2 == 0 { "ada" } else { "bob" };
+            log.record(Meta::actor(actor), move |s| async move {
+                s.execute("INSERT INTO item VALUES (?, 'pen', 1)", &[(i + 10).into()])
+                    .await?;
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        }
+        db.close().await;
+    });
+    let all: Vec<u64> = (1..=600).collect();
+    assert_eq!(list(&path, &[]), all);
+    let odd: Vec<u64> = (1..=600).step_by(2).collect();
+    assert_eq!(list(&path, &["--actor", "ada"]), odd);
+    assert_eq!(list(&path, &["--actor", "ada", "--limit", "200"]), odd[..200]);
+    assert_eq!(list(&path, &["--limit", "300"]), all[..300]);
+    assert_eq!(list(&path, &["--limit", "256"]), all[..256]);
+    assert_eq!(
+        list(&path, &["--from-seq", "250", "--to-seq", "520"]),
+        all[249..520]
+    );
+    assert_eq!(list(&path, &["--from-seq", "590", "--limit", "50"]), all[589..]);
+    let table = ok(&run(&["log", "list", "--db", s(&path)]));
+    assert!(table.ends_with("600 entries\n"), "{}", &table[table.len() - 40..]);
+    assert_eq!(table.lines().count(), 602, "a header, 600 rows and the count");
+}
+
 #[test]
 fn log_list_prints_a_table_and_json_lines_and_filters() {
     let dir = tempfile::tempdir().unwrap();
