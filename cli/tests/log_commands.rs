@@ -201,17 +201,31 @@ fn log_list_pages_through_a_long_log() {
     assert_eq!(list(&path, &[]), all);
     let odd: Vec<u64> = (1..=600).step_by(2).collect();
     assert_eq!(list(&path, &["--actor", "ada"]), odd);
-    assert_eq!(list(&path, &["--actor", "ada", "--limit", "200"]), odd[..200]);
+    assert_eq!(
+        list(&path, &["--actor", "ada", "--limit", "200"]),
+        odd[..200]
+    );
     assert_eq!(list(&path, &["--limit", "300"]), all[..300]);
     assert_eq!(list(&path, &["--limit", "256"]), all[..256]);
     assert_eq!(
         list(&path, &["--from-seq", "250", "--to-seq", "520"]),
         all[249..520]
     );
-    assert_eq!(list(&path, &["--from-seq", "590", "--limit", "50"]), all[589..]);
+    assert_eq!(
+        list(&path, &["--from-seq", "590", "--limit", "50"]),
+        all[589..]
+    );
     let table = ok(&run(&["log", "list", "--db", s(&path)]));
-    assert!(table.ends_with("600 entries\n"), "{}", &table[table.len() - 40..]);
-    assert_eq!(table.lines().count(), 602, "a header, 600 rows and the count");
+    assert!(
+        table.ends_with("600 entries\n"),
+        "{}",
+        &table[table.len() - 40..]
+    );
+    assert_eq!(
+        table.lines().count(),
+        602,
+        "a header, 600 rows and the count"
+    );
 }
 
 #[test]

@@ -222,7 +222,7 @@ pub(crate) async fn run(config: Config) -> Result<Json> {
     let converge_ms = millis(converge_start.elapsed());
     shut.send_replace(true);
     let samples = sampling.await?;
-    if let Some(growing) = samples.growing(soak.config.duration) {
+    if let Some(growing) = samples.growing() {
         soak.failures.push(growing);
     }
     let published = publishing.await??;
@@ -612,13 +612,14 @@ impl Soak {
         let replicas: Vec<Replica> = self.watched.iter().map(|w| w.replica.clone()).collect();
         let pids = Arc::clone(&self.follower_pids);
         let in_fault = Arc::clone(&self.in_fault);
+        let duration = self.config.duration;
         tokio::spawn(async move {
-            let mut samples = Samples::default();
+            let mut samples = Samples::new(duration);
             let start = Instant::now();
             while !*stopped.borrow() {
                 let last = log.last_seq().await.unwrap_or(0);
-                let mut lag_ms = Vec::new();
-                for replica in &replicas {
+                let mut lag_ms = [0; 3];
+                for (lag, replica) in lag_ms.iter_mut().zip(&replicas) {
                     let applied = replica.last_applied().await.unwrap_or(0);
                     let behind = if applied >= last {
                         0
@@ -627,7 +628,7 @@ impl Soak {
                             .await
                             .map_or(0, |e| (now_ms() - e.committed_at_ms).max(0))
                     };
-                    lag_ms.push(u64::try_from(behind).unwrap_or(0));
+                    *lag = u64::try_from(behind).unwrap_or(0);
                 }
                 let followers_kb = pids
                     .lock()
