@@ -797,3 +797,25 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// `run_built` runs programs from the target dir `cargo metadata` names: the one cargo
+    /// builds into for this workspace (the test runs in xtask's directory, below the root).
+    #[test]
+    fn the_target_dir_is_where_cargo_builds() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask is below the workspace root");
+        let dir = super::target_dir(root).expect("cargo metadata names a target dir");
+        match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(set) => assert_eq!(dir, Path::new(&set)),
+            None => assert_eq!(dir, root.join("target")),
+        }
+        // This very test binary was built there.
+        let exe = std::env::current_exe().expect("the test binary's path");
+        assert!(exe.starts_with(&dir), "{} is not under {}", exe.display(), dir.display());
+    }
+}
