@@ -68,19 +68,28 @@ pub(crate) async fn record_only(txns: u64, synchronous: Synchronous) -> Result<R
     check_content(&primary, txns).await?;
     primary.close().await;
     Ok(Run {
-        source_tps: txns as f64 / seconds,
+        source_tps: Some(txns as f64 / seconds),
         end_to_end: None,
         lags: Vec::new(),
     })
 }
 
-/// Runs one scenario on fresh databases and a fresh stream `LITEORM_<name>`: `txns`
-/// transactions back to back, or at `rate` per second.
+/// When the transactions are recorded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Load {
+    /// While the publisher and the follower run: back to back, or at a rate per second.
+    Live(Option<f64>),
+    /// All of them before the publisher and the follower start (`drain`): the time is the
+    /// transport's and the replica's alone, as the raw pipeline's.
+    Backlog,
+}
+
+/// Runs one scenario on fresh databases and a fresh stream `LITEORM_<name>`.
 pub(crate) async fn scenario(
     js: &async_nats::jetstream::Context,
     name: &str,
     txns: u64,
-    rate: Option<f64>,
+    load: Load,
     synchronous: Synchronous,
 ) -> Result<Run, BoxError> {
     let dir = tempfile::tempdir()?;
@@ -92,15 +101,23 @@ pub(crate) async fn scenario(
     }
     let stream = ChangeStream::new(name)?;
     let (wake, woken) = tokio::sync::mpsc::channel(1024);
-    let log = ChangeLog::open(&primary).await?.publish_to(wake);
-    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
-        .await?
-        .wake_on(woken);
+    let log = ChangeLog::open(&primary).await?;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone()).await?;
+    let recorded = Stamps::new(txns)?;
+    let log = if load == Load::Backlog {
+        // Nobody drains the wake-up channel yet: record without it.
+        for i in 0..txns {
+            record(&log, i).await?;
+        }
+        log
+    } else {
+        publisher = publisher.wake_on(woken);
+        log.publish_to(wake)
+    };
     let source = NatsSource::new(js.clone(), &stream, "bench")?;
     let mut follower = Follower::new(Replica::open(&replica_db).await?, source).await?;
 
     // Commit time on the primary and on the replica, per seq.
-    let recorded = Stamps::new(txns)?;
     let applied = Stamps::new(txns)?;
     let mut progress = follower.progress();
     let stamper = tokio::spawn({
@@ -132,8 +149,15 @@ pub(crate) async fn scenario(
     });
 
     let start = Instant::now();
+    let (count, rate) = match load {
+        Load::Live(rate) => (txns, rate),
+        Load::Backlog => {
+            recorded.stamp(1, txns, start);
+            (0, None)
+        }
+    };
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    for i in 0..txns {
+    for i in 0..count {
         if let Some(interval) = interval {
             let due = start + interval.mul_f64(i as f64);
             tokio::time::sleep_until(due.into()).await;
@@ -161,7 +185,10 @@ pub(crate) async fn scenario(
     replica_db.close().await;
     js.delete_stream(stream.name()).await?;
     Ok(Run {
-        source_tps: txns as f64 / recorded_in.as_secs_f64(),
+        source_tps: match load {
+            Load::Live(_) => Some(txns as f64 / recorded_in.as_secs_f64()),
+            Load::Backlog => None,
+        },
         end_to_end: Some(total),
         lags: recorded.lags_to(&applied),
     })

@@ -219,8 +219,9 @@ impl Stamps {
 
 /// What one scenario measured.
 pub(crate) struct Run {
-    /// Transactions recorded (liteorm) or handed to the client (raw) per second.
-    pub(crate) source_tps: f64,
+    /// Transactions recorded (liteorm) or handed to the client (raw) per second; `None` for
+    /// `drain`, recorded before the timer.
+    pub(crate) source_tps: Option<f64>,
     /// From the first transaction to the last one committed on the replica; `None` for
     /// `record_only`.
     pub(crate) end_to_end: Option<Duration>,
@@ -249,7 +250,7 @@ fn median(values: &[f64]) -> Option<f64> {
 /// One scenario's figures, as they go into its JSON line.
 #[derive(Clone, Copy)]
 struct Figures {
-    source_tps: f64,
+    source_tps: Option<f64>,
     end_to_end_tps: Option<f64>,
     lag_p50_ms: Option<f64>,
     lag_p99_ms: Option<f64>,
@@ -314,7 +315,11 @@ impl Context<'_> {
         let run = match (imp, mode) {
             ("liteorm", "record_only") => liteorm::record_only(self.txns, self.synchronous).await?,
             ("liteorm", _) => {
-                liteorm::scenario(self.js, &name, self.txns, rate, self.synchronous).await?
+                let load = match mode {
+                    "drain" => liteorm::Load::Backlog,
+                    _ => liteorm::Load::Live(rate),
+                };
+                liteorm::scenario(self.js, &name, self.txns, load, self.synchronous).await?
             }
             _ => raw::scenario(self.js, &name, changesets, rate, self.synchronous).await?,
         };
@@ -357,7 +362,7 @@ impl Context<'_> {
             line.insert(format!("{field}_median"), json!(median(&values)));
             line.insert(format!("{field}_best"), json!(best));
         };
-        put("source_tps", &|f| Some(f.source_tps), true);
+        put("source_tps", &|f| f.source_tps, true);
         if mode != "record_only" {
             put("end_to_end_tps", &|f| f.end_to_end_tps, true);
             put("lag_p50_ms", &|f| f.lag_p50_ms, false);
@@ -387,6 +392,21 @@ fn ratio_line(ctx: &Context<'_>, results: &Results, rate: Option<f64>) -> Json {
         )
     };
     let burst = pair("burst", &|f| f.end_to_end_tps, true);
+    // liteorm's transport alone (its log recorded before the timer) against raw's burst, whose
+    // changesets also exist before the timer.
+    let drain = {
+        let lite: Vec<f64> = results
+            .of("liteorm", "drain")
+            .iter()
+            .filter_map(|f| f.end_to_end_tps)
+            .collect();
+        let raw: Vec<f64> = results
+            .of("raw", "burst")
+            .iter()
+            .filter_map(|f| f.end_to_end_tps)
+            .collect();
+        median(&lite).zip(median(&raw)).map(|(l, r)| l / r)
+    };
     let p99 = pair("paced", &|f| f.lag_p99_ms, false);
     let p50 = pair("paced", &|f| f.lag_p50_ms, false);
     let mut line = ctx.line("liteorm/raw", "ratio");
@@ -394,6 +414,7 @@ fn ratio_line(ctx: &Context<'_>, results: &Results, rate: Option<f64>) -> Json {
     line.insert("burst_end_to_end_tps_median".into(), json!(burst.0));
     line.insert("burst_end_to_end_tps_best".into(), json!(burst.1));
     line.insert("burst_end_to_end_tps_paired_median".into(), json!(burst.2));
+    line.insert("drain_over_raw_burst_tps_median".into(), json!(drain));
     line.insert("paced_lag_p99_median".into(), json!(p99.0));
     line.insert("paced_lag_p99_best".into(), json!(p99.1));
     line.insert("paced_lag_p99_paired_median".into(), json!(p99.2));
@@ -446,6 +467,8 @@ async fn main() -> Result<(), BoxError> {
         if impls.contains(&"liteorm") {
             ctx.run(&mut results, "liteorm", "record_only", round, None, &[])
                 .await?;
+            ctx.run(&mut results, "liteorm", "drain", round, None, &[])
+                .await?;
         }
         for imp in order(round) {
             ctx.run(&mut results, imp, "burst", round, None, &changesets)
@@ -476,7 +499,7 @@ async fn main() -> Result<(), BoxError> {
         }
     }
     for imp in impls {
-        for mode in ["record_only", "burst", "paced"] {
+        for mode in ["record_only", "drain", "burst", "paced"] {
             if let Some(line) = ctx.summary(&results, imp, mode, rate) {
                 println!("{line}");
             }

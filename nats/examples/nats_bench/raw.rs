@@ -151,7 +151,7 @@ pub(crate) async fn scenario(
     check.close().await;
     js.delete_stream(stream.name()).await?;
     Ok(Run {
-        source_tps: txns as f64 / published_in.as_secs_f64(),
+        source_tps: Some(txns as f64 / published_in.as_secs_f64()),
         end_to_end: Some(total),
         lags: published.lags_to(&applied),
     })
