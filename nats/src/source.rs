@@ -8,7 +8,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use liteorm_replication::{ChangeSource, LogEntry};
 use tokio::time::Instant;
 
@@ -54,6 +54,12 @@ pub struct NatsSource {
     held: Vec<(u64, jetstream::Message)>,
     /// Entries after the last `after` seen, by seq (a redelivery replaces nothing).
     ready: BTreeMap<u64, LogEntry>,
+    /// The open waiting pull request of [`NatsSource::wait_for_more`] and when it must have
+    /// ended: the server delivers each new entry to it at once, and `next_batch` takes what it
+    /// delivered since.
+    waiting: Option<(Batch, Instant)>,
+    /// The largest batch asked for, which a waiting pull asks for too.
+    limit: usize,
     skipped: u64,
     repositions: u64,
 }
@@ -74,6 +80,8 @@ impl NatsSource {
             consumer: None,
             held: Vec::new(),
             ready: BTreeMap::new(),
+            waiting: None,
+            limit: 1,
             skipped: 0,
             repositions: 0,
         })
@@ -87,8 +95,10 @@ impl NatsSource {
         self
     }
 
-    /// How long one [`ChangeSource::wait`] waits on the server for a new entry (default 5 s).
-    /// Shorter notices a restarted server sooner; longer sends fewer idle requests.
+    /// How long one [`ChangeSource::wait`]'s pull request stays open on the server (default
+    /// 5 s): every entry published meanwhile (up to the largest batch asked for) is delivered
+    /// to it at once, and the next `fetch` takes them without a request of its own. Shorter
+    /// notices a restarted server sooner; longer sends fewer idle requests.
     pub fn long_poll(mut self, long_poll: Duration) -> Self {
         self.long_poll = long_poll;
         self
@@ -160,6 +170,7 @@ impl NatsSource {
         self.consumer = None;
         self.held.clear();
         self.ready.clear();
+        self.waiting = None;
     }
 
     fn reset_after<T>(&mut self, result: &Result<T>) {
@@ -171,8 +182,14 @@ impl NatsSource {
     async fn next_batch_inner(&mut self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
         self.ensure_consumer(after).await?;
         self.ack_committed(after).await;
+        self.limit = self.limit.max(limit);
         if !self.ready.contains_key(&(after + 1)) {
-            self.pull(after, limit, None).await?;
+            if self.waiting.is_some() {
+                // The server hands new entries to the open request, not to another one.
+                self.take_delivered(after).await?;
+            } else {
+                self.pull(after, limit).await?;
+            }
         }
         let mut run = self.contiguous(after, limit);
         if run.is_empty() && !self.ready.is_empty() {
@@ -185,7 +202,7 @@ impl NatsSource {
             );
             self.repositions += 1;
             self.recreate_consumer(after).await?;
-            self.pull(after, limit, None).await?;
+            self.pull(after, limit).await?;
             run = self.contiguous(after, limit);
             if run.is_empty() && !self.ready.is_empty() {
                 // Not a delivery problem: the stream lacks the entry. The replica refuses
@@ -202,9 +219,66 @@ impl NatsSource {
         if self.ready.range(after + 1..).next().is_some() {
             return Ok(());
         }
-        // One message is enough to wake the caller; `next_batch` then pulls the rest without
-        // waiting. A larger waiting pull would be cut short by the caller and lose deliveries.
-        self.pull(after, 1, Some(self.long_poll)).await
+        // The request stays open after the first message (kept here, so a caller that stops
+        // waiting loses nothing): the entries after it are delivered as they are published,
+        // without a request each.
+        if self.waiting.is_none() {
+            let Some(consumer) = &self.consumer else {
+                return Ok(());
+            };
+            let request = consumer
+                .batch()
+                .max_messages(self.limit.max(1))
+                .expires(self.long_poll)
+                .messages()
+                .await
+                .map_err(Error::nats("pull request"))?;
+            let deadline = Instant::now() + self.long_poll + self.request_timeout;
+            self.waiting = Some((request, deadline));
+        }
+        let Some((request, deadline)) = &mut self.waiting else {
+            return Ok(());
+        };
+        let first = match tokio::time::timeout_at(*deadline, request.next()).await {
+            Err(_elapsed) => return Err(pull_timed_out()),
+            Ok(next) => next,
+        };
+        match first {
+            // Expired, or every message asked for was delivered: the next wait asks again.
+            None => {
+                self.waiting = None;
+                Ok(())
+            }
+            Some(Err(source)) => {
+                self.waiting = None;
+                Err(Error::Nats { op: "pull", source })
+            }
+            Some(Ok(message)) => {
+                self.take(message, after).await?;
+                self.take_delivered(after).await
+            }
+        }
+    }
+
+    /// Takes in what the open waiting request has delivered so far, without waiting.
+    async fn take_delivered(&mut self, after: u64) -> Result<()> {
+        loop {
+            let Some((request, _)) = &mut self.waiting else {
+                return Ok(());
+            };
+            match request.next().now_or_never() {
+                None => return Ok(()),
+                Some(None) => {
+                    self.waiting = None;
+                    return Ok(());
+                }
+                Some(Some(Err(source))) => {
+                    self.waiting = None;
+                    return Err(Error::Nats { op: "pull", source });
+                }
+                Some(Some(Ok(message))) => self.take(message, after).await?,
+            }
+        }
     }
 
     /// The entries `after + 1, after + 2, ...` that are ready, at most `limit`.
@@ -276,6 +350,7 @@ impl NatsSource {
         self.consumer = None;
         self.held.clear();
         self.ready.clear();
+        self.waiting = None;
         let handle = self.stream_handle().await?;
         // Entries the stream no longer has (its limits dropped them, or it was purged) cannot
         // be delivered: say so rather than wait for them or report a gap.
@@ -325,36 +400,18 @@ impl NatsSource {
         Ok(())
     }
 
-    /// One pull request: without waiting (`wait: None`, up to `limit` messages that are there)
-    /// or waiting up to `wait` for one message. Every message of the request is taken in.
-    async fn pull(&mut self, after: u64, limit: usize, wait: Option<Duration>) -> Result<()> {
+    /// One pull request without waiting: up to `limit` messages that are there, every one of
+    /// them taken in.
+    async fn pull(&mut self, after: u64, limit: usize) -> Result<()> {
         let Some(consumer) = &self.consumer else {
             return Ok(());
         };
-        let request = match wait {
-            None => consumer.fetch().max_messages(limit).messages().await,
-            Some(wait) => {
-                consumer
-                    .batch()
-                    .max_messages(limit)
-                    .expires(wait)
-                    .messages()
-                    .await
-            }
-        };
+        let request = consumer.fetch().max_messages(limit).messages().await;
         let mut batch: Batch = request.map_err(Error::nats("pull request"))?;
-        let deadline = Instant::now() + wait.unwrap_or_default() + self.request_timeout;
+        let deadline = Instant::now() + self.request_timeout;
         loop {
             match tokio::time::timeout_at(deadline, batch.next()).await {
-                Err(_elapsed) => {
-                    return Err(Error::Nats {
-                        op: "pull",
-                        source: Box::new(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "no answer to a pull request in time",
-                        )),
-                    });
-                }
+                Err(_elapsed) => return Err(pull_timed_out()),
                 Ok(None) => return Ok(()),
                 Ok(Some(Err(source))) => {
                     return Err(Error::Nats { op: "pull", source });
@@ -399,6 +456,17 @@ impl NatsSource {
         self.ready.entry(seq).or_insert(entry);
         self.held.push((seq, message));
         Ok(())
+    }
+}
+
+/// A pull request that got no answer within its wait plus the request timeout.
+fn pull_timed_out() -> Error {
+    Error::Nats {
+        op: "pull",
+        source: Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer to a pull request in time",
+        )),
     }
 }
 
