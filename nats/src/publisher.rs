@@ -291,9 +291,14 @@ impl Publisher {
             };
             match stepped {
                 Ok(more) => {
+                    // A batch shorter than the batch size was everything logged when it was
+                    // read; with wake-ups, whatever committed since has queued one, so the
+                    // publisher waits for it instead of reading the log again to find nothing.
+                    let short = report.published_seq.saturating_sub(total.published_seq)
+                        < self.batch as u64;
                     total.add(report);
                     backoff.reset();
-                    if !more {
+                    if !more || (short && self.wake.is_some()) {
                         if self.cursor_due() {
                             self.flush_cursor().await?;
                         }
