@@ -42,7 +42,7 @@ usage: cargo xtask bench [--rows N] [--iters K] [--mb M] [--reps R] [--db mem|fi
   changesets published with async-nats, applied with sqlite3changeset_apply), rounds interleaved
   (liteorm-nats's nats_bench example; it starts its own `nats-server -js`, which
   scripts/install-deps.sh installs when it is missing). One JSON line per scenario (record_only,
-  burst, paced at half of liteorm's burst rate) and round, the medians and bests, and the
+  drain, burst, paced at half of liteorm's burst rate) and round, the medians and bests, and the
   liteorm/raw ratios. --iters sets its transaction count (default 2000), --reps its rounds
   (default 3).
 ";

@@ -14,7 +14,8 @@
 //! applies them with `sqlite3changeset_apply`, one transaction per fetched batch.
 //!
 //! Scenarios: `record_only` (liteorm only) records N transactions with nothing replicating them;
-//! `burst` sends N back to back (throughput; the lag includes the queue that builds up);
+//! `drain` (liteorm only) records them before its publisher and follower start, and times the
+//! transport and the replica alone, as raw's `burst` does; `burst` sends N back to back (throughput; the lag includes the queue that builds up);
 //! `paced` sends N at a fixed rate, by default half of liteorm's median burst rate of this run
 //! (the lag of one transaction on its own). Rounds are interleaved: every burst round runs both
 //! implementations (alternating which goes first), then every paced round does.
