@@ -31,13 +31,15 @@ impl ConnectionWatch {
     /// Completes once the connection is down or has been re-established since [`Self::new`]
     /// (a reconnect between two looks still counts); pending forever while it stays up.
     pub(crate) async fn lost(&self) {
-        loop {
-            let reconnected = self.client.statistics().connects.load(Ordering::Relaxed);
-            if self.client.connection_state() != State::Connected || reconnected != self.connects {
-                return;
-            }
+        while !self.is_lost() {
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Whether the connection is down or has been re-established since [`Self::new`], now.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.client.connection_state() != State::Connected
+            || self.client.statistics().connects.load(Ordering::Relaxed) != self.connects
     }
 
     /// The error of a request whose connection was lost: transient, so the run loops retry.

@@ -52,8 +52,9 @@ impl PublishReport {
 /// Entry `seq` goes to [`ChangeStream::subject`] with `Nats-Msg-Id: seq` and
 /// `Nats-Expected-Last-Sequence: seq - 1`, its metadata in headers and its changeset as payload.
 /// After the server's acknowledgement the publisher records the published-up-to seq in the
-/// primary database (table `liteorm_outbox`). A crash anywhere makes the next publisher resend
-/// from that cursor, never skipping: a re-send within the duplicate window is dropped by the
+/// primary database (table `liteorm_outbox`; [`Publisher::run`] at most once per
+/// [`cursor_interval`](Publisher::cursor_interval)). A crash anywhere makes the next publisher
+/// resend from that cursor, never skipping: a re-send within the duplicate window is dropped by the
 /// server (`Nats-Msg-Id`); a later one is refused by the sequence check and the publisher moves
 /// its cursor over what the stream already has. So every entry is in the stream exactly once,
 /// at stream sequence = seq.
@@ -70,6 +71,13 @@ pub struct Publisher {
     wake: Option<mpsc::Receiver<LogEntry>>,
     report_every: Duration,
     reported_at: Option<tokio::time::Instant>,
+    cursor_every: Duration,
+    /// Whether cursor writes wait for `cursor_every` (inside `run` only).
+    defer_cursor: bool,
+    /// The cursor in the outbox table, and the acknowledged seq it may lag behind.
+    written_seq: u64,
+    acked_seq: u64,
+    written_at: Option<tokio::time::Instant>,
 }
 
 impl Publisher {
@@ -103,6 +111,11 @@ impl Publisher {
             wake: None,
             report_every: Duration::from_secs(10),
             reported_at: None,
+            cursor_every: Duration::from_secs(1),
+            defer_cursor: false,
+            written_seq: 0,
+            acked_seq: 0,
+            written_at: None,
         })
     }
 
@@ -126,6 +139,22 @@ impl Publisher {
     /// give it room for the commits made during one batch (say 1024).
     pub fn wake_on(mut self, receiver: mpsc::Receiver<LogEntry>) -> Self {
         self.wake = Some(receiver);
+        self
+    }
+
+    /// How often [`Publisher::run`] writes its cursor to the primary at most (default 1 s;
+    /// zero: after every batch, as [`Publisher::publish_pending`] always does).
+    ///
+    /// The cursor write is a write transaction on the primary: after every batch it would take
+    /// the database's write lock once per batch, which the application's own writers then
+    /// wait for (SQLite's busy handler sleeps at least a millisecond), and it costs about a
+    /// third of the publisher's CPU when batches are small. Between writes the table's cursor
+    /// lags behind what the server acknowledged; a crash then only makes the next publisher
+    /// re-send entries the stream already has, which the server drops (`Nats-Msg-Id`) or the
+    /// sequence check skips, as after any crash between an acknowledgement and the write. The
+    /// cursor is written when `run` returns, and when it is idle once the interval has passed.
+    pub fn cursor_interval(mut self, every: Duration) -> Self {
+        self.cursor_every = every;
         self
     }
 
@@ -165,7 +194,9 @@ impl Publisher {
         &self.stream
     }
 
-    /// The outbox cursor: every entry up to this seq is in the stream.
+    /// The outbox cursor: every entry up to this seq is in the stream. While
+    /// [`Publisher::run`] runs, it may lag behind by up to one
+    /// [`cursor_interval`](Publisher::cursor_interval).
     pub async fn published_seq(&self) -> Result<u64> {
         let rows = self
             .db
@@ -192,6 +223,7 @@ impl Publisher {
             published_seq: self.published_seq().await?,
             ..PublishReport::default()
         };
+        self.cursor_written(report.published_seq);
         while self.step(&mut report).await? {}
         Ok(report)
     }
@@ -214,11 +246,28 @@ impl Publisher {
         &mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<PublishReport> {
+        self.defer_cursor = true;
+        let result = self.run_loop(shutdown).await;
+        self.defer_cursor = false;
+        // What the server acknowledged is recorded on the way out, whatever stopped the loop.
+        let flushed = self.flush_cursor().await;
+        let report = result?;
+        flushed?;
+        Ok(report)
+    }
+
+    async fn run_loop(
+        &mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<PublishReport> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut total = PublishReport {
             published_seq: self.published_seq().await?,
             ..PublishReport::default()
         };
+        self.cursor_written(total.published_seq);
+        // Read, not written: the first acknowledged batch is written at once.
+        self.written_at = None;
         tracing::info!(published_seq = total.published_seq, "publisher started");
         let mut backoff = Backoff::new();
         loop {
@@ -243,10 +292,20 @@ impl Publisher {
             };
             match stepped {
                 Ok(more) => {
+                    // A batch shorter than the batch size was everything logged when it was
+                    // read; with wake-ups, whatever committed since has queued one, so the
+                    // publisher waits for it instead of reading the log again to find nothing.
+                    let short = report.published_seq.saturating_sub(total.published_seq)
+                        < self.batch as u64;
                     total.add(report);
                     backoff.reset();
-                    if !more && !self.idle(shutdown.as_mut()).await {
-                        break;
+                    if !more || (short && self.wake.is_some()) {
+                        if self.cursor_due() {
+                            self.flush_cursor().await?;
+                        }
+                        if !self.idle(shutdown.as_mut()).await {
+                            break;
+                        }
                     }
                 }
                 Err(err) if err.is_transient() => {
@@ -270,9 +329,16 @@ impl Publisher {
         Ok(total)
     }
 
-    /// Waits for new entries; `false` if `shutdown` completed instead.
+    /// Waits for new entries (or until a deferred cursor write is due); `false` if `shutdown`
+    /// completed instead.
     async fn idle(&mut self, mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
-        let poll = tokio::time::sleep(self.poll);
+        let wait = match self.written_at {
+            Some(at) if self.acked_seq > self.written_seq => self
+                .poll
+                .min(self.cursor_every.saturating_sub(at.elapsed())),
+            _ => self.poll,
+        };
+        let poll = tokio::time::sleep(wait);
         let woken = match &mut self.wake {
             Some(wake) => tokio::select! {
                 () = shutdown.as_mut() => return false,
@@ -433,8 +499,11 @@ impl Publisher {
             }
         }
         if acked > cursor {
-            self.write_cursor(acked).await?;
             report.published_seq = acked;
+            self.acked_seq = acked;
+            if !self.defer_cursor || self.cursor_due() {
+                self.flush_cursor().await?;
+            }
             tracing::debug!(published_seq = acked, "batch acknowledged");
         }
         match failure {
@@ -501,7 +570,33 @@ impl Publisher {
             );
         }
         self.write_cursor(stream_last).await?;
+        self.cursor_written(stream_last);
         report.published_seq = stream_last;
+        Ok(())
+    }
+
+    /// The outbox table holds `seq` (read or written just now).
+    fn cursor_written(&mut self, seq: u64) {
+        self.written_seq = seq;
+        self.acked_seq = seq;
+        self.written_at = Some(tokio::time::Instant::now());
+    }
+
+    /// Whether a deferred cursor write is due: something acknowledged is not in the table and
+    /// the last write is one cursor interval old.
+    fn cursor_due(&self) -> bool {
+        self.acked_seq > self.written_seq
+            && self
+                .written_at
+                .is_none_or(|at| at.elapsed() >= self.cursor_every)
+    }
+
+    /// Writes the acknowledged seq to the outbox table if it is not there yet.
+    async fn flush_cursor(&mut self) -> Result<()> {
+        if self.acked_seq > self.written_seq {
+            self.write_cursor(self.acked_seq).await?;
+            self.cursor_written(self.acked_seq);
+        }
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use liteorm_replication::{ChangeSource, LogEntry};
 use tokio::time::Instant;
 
@@ -55,6 +55,12 @@ pub struct NatsSource {
     held: Vec<(u64, jetstream::Message)>,
     /// Entries after the last `after` seen, by seq (a redelivery replaces nothing).
     ready: BTreeMap<u64, LogEntry>,
+    /// The open waiting pull request of [`NatsSource::wait_for_more`] and when it must have
+    /// ended: the server delivers each new entry to it at once, and `next_batch` takes what it
+    /// delivered since.
+    waiting: Option<Waiting>,
+    /// The largest batch asked for, which a waiting pull asks for too.
+    limit: usize,
     skipped: u64,
     repositions: u64,
 }
@@ -75,6 +81,8 @@ impl NatsSource {
             consumer: None,
             held: Vec::new(),
             ready: BTreeMap::new(),
+            waiting: None,
+            limit: 1,
             skipped: 0,
             repositions: 0,
         })
@@ -88,8 +96,10 @@ impl NatsSource {
         self
     }
 
-    /// How long one [`ChangeSource::wait`] waits on the server for a new entry (default 5 s).
-    /// Shorter notices a restarted server sooner; longer sends fewer idle requests.
+    /// How long one [`ChangeSource::wait`]'s pull request stays open on the server (default
+    /// 5 s): every entry published meanwhile (up to the largest batch asked for) is delivered
+    /// to it at once, and the next `fetch` takes them without a request of its own. Shorter
+    /// notices a restarted server sooner; longer sends fewer idle requests.
     pub fn long_poll(mut self, long_poll: Duration) -> Self {
         self.long_poll = long_poll;
         self
@@ -161,6 +171,7 @@ impl NatsSource {
         self.consumer = None;
         self.held.clear();
         self.ready.clear();
+        self.waiting = None;
     }
 
     fn reset_after<T>(&mut self, result: &Result<T>) {
@@ -172,8 +183,22 @@ impl NatsSource {
     async fn next_batch_inner(&mut self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
         self.ensure_consumer(after).await?;
         self.ack_committed(after).await;
+        self.limit = self.limit.max(limit);
+        if self
+            .waiting
+            .as_ref()
+            .is_some_and(|waiting| waiting.connection.is_lost())
+        {
+            // A restarted server forgot the request: it will deliver nothing more.
+            self.waiting = None;
+        }
         if !self.ready.contains_key(&(after + 1)) {
-            self.pull(after, limit, None).await?;
+            if self.waiting.is_some() {
+                // The server hands new entries to the open request, not to another one.
+                self.take_delivered(after).await?;
+            } else {
+                self.pull(after, limit).await?;
+            }
         }
         let mut run = self.contiguous(after, limit);
         if run.is_empty() && !self.ready.is_empty() {
@@ -186,7 +211,7 @@ impl NatsSource {
             );
             self.repositions += 1;
             self.recreate_consumer(after).await?;
-            self.pull(after, limit, None).await?;
+            self.pull(after, limit).await?;
             run = self.contiguous(after, limit);
             if run.is_empty() && !self.ready.is_empty() {
                 // Not a delivery problem: the stream lacks the entry. The replica refuses
@@ -203,9 +228,80 @@ impl NatsSource {
         if self.ready.range(after + 1..).next().is_some() {
             return Ok(());
         }
-        // One message is enough to wake the caller; `next_batch` then pulls the rest without
-        // waiting. A larger waiting pull would be cut short by the caller and lose deliveries.
-        self.pull(after, 1, Some(self.long_poll)).await
+        // The request stays open after the first message (kept here, so a caller that stops
+        // waiting loses nothing): the entries after it are delivered as they are published,
+        // without a request each.
+        if self.waiting.is_none() {
+            let Some(consumer) = &self.consumer else {
+                return Ok(());
+            };
+            let connection = ConnectionWatch::new(&self.js);
+            let request = consumer
+                .batch()
+                .max_messages(self.limit.max(1))
+                .expires(self.long_poll)
+                .messages()
+                .await
+                .map_err(Error::nats("pull request"))?;
+            self.waiting = Some(Waiting {
+                request,
+                deadline: Instant::now() + self.long_poll + self.request_timeout,
+                connection,
+            });
+        }
+        let Some(Waiting {
+            request,
+            deadline,
+            connection,
+        }) = &mut self.waiting
+        else {
+            return Ok(());
+        };
+        let first = tokio::select! {
+            next = tokio::time::timeout_at(*deadline, request.next()) => match next {
+                Err(_elapsed) => return Err(pull_timed_out()),
+                Ok(next) => next,
+            },
+            // A restarted server forgot the request: pull again rather than wait it out (the
+            // error resets the source, and the request with it).
+            () = connection.lost() => return Err(ConnectionWatch::error("pull")),
+        };
+        match first {
+            // Expired, or every message asked for was delivered: the next wait asks again.
+            None => {
+                self.waiting = None;
+                Ok(())
+            }
+            Some(Err(source)) => {
+                self.waiting = None;
+                Err(Error::Nats { op: "pull", source })
+            }
+            Some(Ok(message)) => {
+                self.take(message, after).await?;
+                self.take_delivered(after).await
+            }
+        }
+    }
+
+    /// Takes in what the open waiting request has delivered so far, without waiting.
+    async fn take_delivered(&mut self, after: u64) -> Result<()> {
+        loop {
+            let Some(Waiting { request, .. }) = &mut self.waiting else {
+                return Ok(());
+            };
+            match request.next().now_or_never() {
+                None => return Ok(()),
+                Some(None) => {
+                    self.waiting = None;
+                    return Ok(());
+                }
+                Some(Some(Err(source))) => {
+                    self.waiting = None;
+                    return Err(Error::Nats { op: "pull", source });
+                }
+                Some(Some(Ok(message))) => self.take(message, after).await?,
+            }
+        }
     }
 
     /// The entries `after + 1, after + 2, ...` that are ready, at most `limit`.
@@ -277,6 +373,7 @@ impl NatsSource {
         self.consumer = None;
         self.held.clear();
         self.ready.clear();
+        self.waiting = None;
         let handle = self.stream_handle().await?;
         // Entries the stream no longer has (its limits dropped them, or it was purged) cannot
         // be delivered: say so rather than wait for them or report a gap.
@@ -326,26 +423,16 @@ impl NatsSource {
         Ok(())
     }
 
-    /// One pull request: without waiting (`wait: None`, up to `limit` messages that are there)
-    /// or waiting up to `wait` for one message. Every message of the request is taken in.
-    async fn pull(&mut self, after: u64, limit: usize, wait: Option<Duration>) -> Result<()> {
+    /// One pull request without waiting: up to `limit` messages that are there, every one of
+    /// them taken in.
+    async fn pull(&mut self, after: u64, limit: usize) -> Result<()> {
         let Some(consumer) = &self.consumer else {
             return Ok(());
         };
         let connection = ConnectionWatch::new(&self.js);
-        let request = match wait {
-            None => consumer.fetch().max_messages(limit).messages().await,
-            Some(wait) => {
-                consumer
-                    .batch()
-                    .max_messages(limit)
-                    .expires(wait)
-                    .messages()
-                    .await
-            }
-        };
+        let request = consumer.fetch().max_messages(limit).messages().await;
         let mut batch: Batch = request.map_err(Error::nats("pull request"))?;
-        let deadline = Instant::now() + wait.unwrap_or_default() + self.request_timeout;
+        let deadline = Instant::now() + self.request_timeout;
         let mut lost = std::pin::pin!(connection.lost());
         loop {
             let next = tokio::select! {
@@ -354,15 +441,7 @@ impl NatsSource {
                 () = lost.as_mut() => return Err(ConnectionWatch::error("pull")),
             };
             match next {
-                Err(_elapsed) => {
-                    return Err(Error::Nats {
-                        op: "pull",
-                        source: Box::new(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "no answer to a pull request in time",
-                        )),
-                    });
-                }
+                Err(_elapsed) => return Err(pull_timed_out()),
                 Ok(None) => return Ok(()),
                 Ok(Some(Err(source))) => {
                     return Err(Error::Nats { op: "pull", source });
@@ -407,6 +486,26 @@ impl NatsSource {
         self.ready.entry(seq).or_insert(entry);
         self.held.push((seq, message));
         Ok(())
+    }
+}
+
+/// The open waiting pull request: the server delivers new entries to it until it expires.
+struct Waiting {
+    request: Batch,
+    /// When it must have ended (its wait plus the request timeout).
+    deadline: Instant,
+    /// The connection it was sent on: a server that restarted since forgot it.
+    connection: ConnectionWatch,
+}
+
+/// A pull request that got no answer within its wait plus the request timeout.
+fn pull_timed_out() -> Error {
+    Error::Nats {
+        op: "pull",
+        source: Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer to a pull request in time",
+        )),
     }
 }
 

@@ -14,7 +14,7 @@ usage: cargo xtask bench [--rows N] [--iters K] [--mb M] [--reps R] [--db mem|fi
   capture capture_stream apply small conflicts stall replication orm diesel nats) with WORKLOADS.md's defaults
   (rows 100000, iters 10000, reps 5, db mem; stall: rows 1000000). --rows applies to every row-based
   workload, stall too; --iters to small and replication. Prints one JSON line per
-  implementation (liteorm, raw) and one of ratios per workload (nats: liteorm only).
+  implementation (liteorm, raw) and one of ratios per workload.
 
   capture, apply, small and conflicts also run the rusqlite baseline (bench/rusqlite-baseline,
   its own workspace, built into target/rusqlite-baseline), once per repetition after liteorm
@@ -37,11 +37,14 @@ usage: cargo xtask bench [--rows N] [--iters K] [--mb M] [--reps R] [--db mem|fi
   diesel: the capture mix written through Diesel inside liteorm_diesel::capture, against the
   same Diesel writes in an immediate_transaction (one line, then the ratio; target 1.10).
 
-  nats: one-row transactions recorded on a primary and applied on a follower through NATS
-  JetStream on loopback (liteorm-nats's nats_bench example; it starts its own `nats-server -js`,
-  which scripts/install-deps.sh installs when it is missing). One JSON line per scenario
-  (record_only, burst, paced): throughput and p50/p99 end-to-end lag. --iters sets its
-  transaction count (default 2000).
+  nats: one-row transactions replicated through NATS JetStream on loopback by liteorm (recorded
+  on a primary, published, applied on a follower) and by a raw JetStream pipeline (the same
+  changesets published with async-nats, applied with sqlite3changeset_apply), rounds interleaved
+  (liteorm-nats's nats_bench example; it starts its own `nats-server -js`, which
+  scripts/install-deps.sh installs when it is missing). One JSON line per scenario (record_only,
+  drain, burst, paced at half of liteorm's burst rate) and round, the medians and bests, and the
+  liteorm/raw ratios. --iters sets its transaction count (default 2000), --reps its rounds
+  (default 3).
 ";
 
 /// Every workload, in the order they run by default.
@@ -148,11 +151,16 @@ fn parse(args: &[String]) -> Result<BenchOptions, String> {
 /// workloads (`small`, `replication`), `--rows` for the others.
 fn workload_args(workload: &str, forwarded: &[(String, String)]) -> Vec<String> {
     if workload == "nats" {
-        // Only the transaction count applies to the NATS benchmark.
+        // The transaction count and the rounds (interleaved liteorm and raw runs) apply to the
+        // NATS benchmark; it always uses files.
         return forwarded
             .iter()
-            .filter(|(flag, _)| flag == "--iters")
-            .flat_map(|(_, value)| ["--txns".to_owned(), value.clone()])
+            .filter_map(|(flag, value)| match flag.as_str() {
+                "--iters" => Some(["--txns".to_owned(), value.clone()]),
+                "--reps" => Some(["--rounds".to_owned(), value.clone()]),
+                _ => None,
+            })
+            .flatten()
             .collect();
     }
     let mut args = vec![workload.to_owned()];

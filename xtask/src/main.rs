@@ -816,6 +816,11 @@ mod tests {
         }
         // This very test binary was built there.
         let exe = std::env::current_exe().expect("the test binary's path");
-        assert!(exe.starts_with(&dir), "{} is not under {}", exe.display(), dir.display());
+        assert!(
+            exe.starts_with(&dir),
+            "{} is not under {}",
+            exe.display(),
+            dir.display()
+        );
     }
 }

@@ -179,3 +179,48 @@ async fn a_gap_in_the_stream_is_refused_with_both_seqs() {
         "the hole was first taken for lost deliveries"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_cut_short_loses_no_delivery() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("cutshort").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 1).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    publisher.publish_pending().await.unwrap();
+    let mut source = liteorm_nats::NatsSource::new(js.clone(), &stream, "replica")
+        .unwrap()
+        .long_poll(Duration::from_secs(5));
+    let first = source.next_batch(0, 16).await.unwrap();
+    assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+
+    // The caller stops waiting (a shutdown, a select): the request stays with the source.
+    let cut = tokio::time::timeout(Duration::from_millis(100), source.wait_for_more(1)).await;
+    assert!(cut.is_err(), "nothing new was published");
+    record_many(&log, 3).await;
+    publisher.publish_pending().await.unwrap();
+
+    let mut seqs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seqs.len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "got only {seqs:?}");
+        source.wait_for_more(1).await.unwrap();
+        let after = seqs.last().copied().unwrap_or(1);
+        seqs.extend(
+            source
+                .next_batch(after, 16)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.seq),
+        );
+    }
+    assert_eq!(seqs, [2, 3, 4]);
+    // None went missing (the source would have repositioned its consumer) or came twice.
+    assert_eq!(source.repositions(), 0);
+    assert_eq!(source.redeliveries_skipped(), 0);
+}

@@ -192,3 +192,94 @@ async fn duplicates_that_reach_the_stream_are_skipped_by_the_replica() {
         "{err}"
     );
 }
+
+/// Polls the stream until it holds `count` messages (bounded).
+async fn wait_for_messages(js: &async_nats::jetstream::Context, stream: &ChangeStream, count: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // Not found until the publisher creates it.
+        if let Ok(mut handle) = js.get_stream(stream.name()).await
+            && handle.info().await.unwrap().state.messages >= count
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream did not reach {count} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_writes_its_cursor_once_per_interval_and_a_crash_in_between_only_resends() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("deferred").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 5).await;
+    let publisher = |interval| {
+        let (primary, js, stream) = (primary.clone(), js.clone(), stream.clone());
+        async move {
+            Publisher::new(&primary, js, stream)
+                .await
+                .unwrap()
+                .batch_size(2)
+                .poll_interval(Duration::from_millis(10))
+                .cursor_interval(interval)
+        }
+    };
+
+    // Batches 1-2, 3-4, 5: the first one's cursor is written, the others wait for the interval.
+    let mut running = publisher(Duration::from_secs(3600)).await;
+    let task = tokio::spawn(async move { running.run(std::future::pending()).await });
+    wait_for_messages(&js, &stream, 5).await;
+    // A crash: the task ends without returning.
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let restarted = publisher(Duration::from_secs(3600)).await;
+    assert_eq!(restarted.published_seq().await.unwrap(), 2);
+
+    // The next publisher re-sends 3..=5, which the server drops: nothing is lost or doubled.
+    record_many(&log, 3).await;
+    let running = crate::support::spawn_publisher(restarted);
+    wait_for_messages(&js, &stream, 8).await;
+    let (restarted, report) = running.stop().await;
+    let report = report.unwrap();
+    assert_eq!(
+        (report.published, report.duplicates, report.published_seq),
+        (3, 3, 8)
+    );
+    // Written on the way out.
+    assert_eq!(restarted.published_seq().await.unwrap(), 8);
+    assert_eq!(restarted.backlog().await.unwrap(), 0);
+
+    // Idle, a due cursor is written without waiting for shutdown.
+    let running = crate::support::spawn_publisher(publisher(Duration::from_millis(50)).await);
+    record_many(&log, 2).await;
+    wait_for_messages(&js, &stream, 10).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let watcher = publisher(Duration::ZERO).await;
+    while watcher.published_seq().await.unwrap() < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle publisher did not write its cursor"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.stop().await.1.unwrap();
+
+    let (replica_db, _d2) = db_with_schema().await;
+    let mut follower = follower(&js, &stream, &replica_db, "replica").await;
+    assert_eq!(follower.catch_up().await.unwrap().last_seq, 10);
+    assert_eq!(content(&replica_db).await, content(&primary).await);
+    let state = js
+        .get_stream(stream.name())
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .clone();
+    assert_eq!((state.messages, state.last_sequence), (10, 10));
+}
