@@ -570,6 +570,7 @@ pub(crate) fn walk(bytes: &[u8], mut visit: impl FnMut(Item<'_>)) -> Option<()> 
     let mut in_table = false;
     let mut keys: &[u8] = &[];
     let mut n_pk = 0;
+    let mut key_span = 0;
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == marker {
@@ -581,6 +582,11 @@ pub(crate) fn walk(bytes: &[u8], mut visit: impl FnMut(Item<'_>)) -> Option<()> 
             let n_col = usize::try_from(n_col).ok()?;
             keys = bytes.get(next..next.checked_add(n_col)?)?;
             n_pk = keys.iter().filter(|&&f| f != 0).count();
+            // Fields after the last key column are only skipped (see `record`).
+            key_span = keys
+                .iter()
+                .rposition(|&f| f != 0)
+                .map_or(0, |last| last + 1);
             let name = bytes.get(next + n_col..)?;
             let end = name.iter().position(|&b| b == 0)?;
             if end == 0 {
@@ -602,11 +608,11 @@ pub(crate) fn walk(bytes: &[u8], mut visit: impl FnMut(Item<'_>)) -> Option<()> 
         let fields = i + 2;
         let end = match (b, patchset) {
             (INSERT | DELETE, false) | (INSERT | UPDATE, true) => {
-                record(bytes, fields, keys.len(), Keys::Flags(keys))?
+                record(bytes, fields, keys.len(), Keys::Flags(&keys[..key_span]))?
             }
             (UPDATE, false) => {
-                let new = record(bytes, fields, keys.len(), Keys::Flags(keys))?;
-                record(bytes, new, keys.len(), Keys::New(keys))?
+                let new = record(bytes, fields, keys.len(), Keys::Flags(&keys[..key_span]))?;
+                record(bytes, new, keys.len(), Keys::New(&keys[..key_span]))?
             }
             (DELETE, true) => record(bytes, fields, n_pk, Keys::All)?,
             _ => return None,
@@ -671,22 +677,29 @@ enum Keys<'a> {
     /// An UPDATE's new record: key columns (per flag) may be undefined, not NULL or a NaN.
     New(&'a [u8]),
     All,
-    /// Per column: its primary-key flag.
+    /// Per column up to the last key column: its primary-key flag.
     Flags(&'a [u8]),
 }
 
 /// The offset after a record of `fields` fields that starts at `i`, or `None` if it is
-/// malformed or runs past the end of `bytes`.
+/// malformed or runs past the end of `bytes`. The fields up to the last key column (the length
+/// of the flags in `keys`; every field for [`Keys::All`]) have their key values checked; the
+/// others, usually most of them, are only skipped by their types and lengths.
 fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<usize> {
-    for field in 0..fields {
+    let (checked, new) = match keys {
+        Keys::All => (fields, false),
+        Keys::Flags(flags) => (flags.len().min(fields), false),
+        Keys::New(flags) => (flags.len().min(fields), true),
+    };
+    for field in 0..checked {
         // A number or payload that ran past the end makes this fail, or the check at the end.
         let key = match keys {
             Keys::All => true,
-            Keys::Flags(flags) | Keys::New(flags) => flags.get(field).is_some_and(|&f| f != 0),
+            Keys::Flags(flags) | Keys::New(flags) => flags[field] != 0,
         };
         if key {
             match bytes.get(i) {
-                Some(0x00) if matches!(keys, Keys::New(_)) => {}
+                Some(0x00) if new => {}
                 Some(0x00 | 0x05) => return None,
                 Some(0x02) => {
                     let real = bytes.get(i + 1..i + 9)?;
@@ -697,6 +710,9 @@ fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<u
                 _ => {}
             }
         }
+        i = field_end(bytes, i)?;
+    }
+    for _ in checked..fields {
         i = field_end(bytes, i)?;
     }
     // The last field must end within `bytes`; a record of no field ends after the indirect

@@ -14,7 +14,7 @@ use crate::change::Change;
 use crate::conflict::{Conflict, ConflictAction, ConflictKind};
 use crate::ffi::{self, ApplyHooks, IterRef, RawConflict, Verdict};
 
-use super::report::{ApplyReport, SkipReason, SkippedTable};
+use super::report::{ApplyReport, ConflictCounts, SkipReason, SkippedTable};
 
 /// One conflict as a borrowed view that decodes values only when asked, for
 /// [`Apply::on_conflict_ref`](super::Apply::on_conflict_ref): a handler that decides on
@@ -130,6 +130,9 @@ pub(super) struct Hooks {
     /// byte for byte), or once per change with a change filter.
     pub(super) decided: HashMap<String, bool>,
     pub(super) report: ApplyReport,
+    /// Conflicts per kind (indexed by [`ConflictKind::index`]), moved into the report's map at
+    /// the end: a lookup in the map per conflict costs more than the rest of the counting.
+    pub(super) conflict_counts: [ConflictCounts; ConflictKind::ALL.len()],
     pub(super) failure: Option<Error>,
     pub(super) table_cache: Option<Arc<str>>,
     /// Whether the input's tables are checked only after SQLite applied it (a stream, or a
@@ -155,6 +158,7 @@ impl Hooks {
             tables: HashMap::new(),
             decided: HashMap::new(),
             report: ApplyReport::default(),
+            conflict_counts: [ConflictCounts::default(); ConflictKind::ALL.len()],
             failure: None,
             table_cache: None,
             deferred: false,
@@ -201,6 +205,17 @@ impl Hooks {
             .collect();
         unasked.sort_by(|a, b| a.table.cmp(&b.table));
         self.report.skipped_tables.extend(unasked);
+    }
+
+    /// The report, with the conflicts counted per kind (the kinds that occurred).
+    pub(super) fn into_report(self) -> ApplyReport {
+        let mut report = self.report;
+        report.conflicts = ConflictKind::ALL
+            .into_iter()
+            .zip(self.conflict_counts)
+            .filter(|(_, counts)| counts.seen > 0)
+            .collect();
+        report
     }
 
     fn fail(&mut self, error: Error) -> Verdict {
@@ -316,7 +331,7 @@ impl ApplyHooks for Hooks {
             },
             None => None,
         };
-        let counts = self.report.conflicts.entry(kind).or_default();
+        let counts = &mut self.conflict_counts[kind.index()];
         counts.seen += 1;
         let code = match action {
             ConflictAction::Omit => {
