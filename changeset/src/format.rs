@@ -515,23 +515,28 @@ pub(crate) fn sections(bytes: &[u8]) -> Option<Vec<Section>> {
     // The changes of the last section, stored when the next one starts and at the end.
     let mut changes = 0;
     walk(bytes, |item| match item {
-        Item::Header { name, pk } => {
-            if let Some(section) = sections.last_mut() {
-                section.changes = changes;
-            }
-            changes = 0;
-            sections.push(Section {
-                table: String::from_utf8_lossy(name).into_owned(),
-                pk: pk.to_vec(),
-                changes: 0,
-            });
-        }
+        Item::Header { name, pk } => start_section(&mut sections, &mut changes, name, pk),
         Item::Change(_) => changes += 1,
     })?;
     if let Some(section) = sections.last_mut() {
         section.changes = changes;
     }
     Some(sections)
+}
+
+/// For [`sections`]: stores the changes of the section before (if any) and starts one. Kept out
+/// of line, so that the per-change step of the walk stays small.
+#[inline(never)]
+fn start_section(sections: &mut Vec<Section>, changes: &mut usize, name: &[u8], pk: &[u8]) {
+    if let Some(section) = sections.last_mut() {
+        section.changes = *changes;
+    }
+    *changes = 0;
+    sections.push(Section {
+        table: String::from_utf8_lossy(name).into_owned(),
+        pk: pk.to_vec(),
+        changes: 0,
+    });
 }
 
 /// One change of a well-formed changeset or patchset, as [`walk`] finds it.
@@ -678,12 +683,15 @@ fn field_end(bytes: &[u8], i: usize) -> Option<usize> {
 }
 
 /// [`FIELD_SIZE`] of a text or blob type: a length follows.
-const TEXT_OR_BLOB: u8 = 0;
-/// [`FIELD_SIZE`] of a byte that is no field type.
-const NO_TYPE: u8 = u8::MAX;
+const TEXT_OR_BLOB: usize = 0;
+/// [`FIELD_SIZE`] of a byte that is no field type: larger than the distance from any offset
+/// within a slice to its end (a slice is at most `isize::MAX` bytes long) and small enough not
+/// to overflow when added to one, so that the walk steps past the end and fails there, without
+/// a test of its own per field.
+const NO_TYPE: usize = usize::MAX / 2 + 1;
 /// Per type byte: the size of a field of that type with its type byte, when fixed (1 for
 /// undefined and NULL, 9 for an integer or a real), else [`TEXT_OR_BLOB`] or [`NO_TYPE`].
-static FIELD_SIZE: [u8; 256] = {
+static FIELD_SIZE: [usize; 256] = {
     let mut sizes = [NO_TYPE; 256];
     sizes[0x00] = 1;
     sizes[0x05] = 1;
@@ -694,18 +702,24 @@ static FIELD_SIZE: [u8; 256] = {
     sizes
 };
 
-/// The offset after `fields` fields that start at `i` (the last one's payload unchecked against
-/// the end of `bytes`), or `None` if a type or length is malformed: [`field_end`] over a run of
-/// fields, with the fixed sizes looked up rather than matched.
+/// The offset after `fields` fields that start at `i` (past the end of `bytes` if the last one's
+/// payload or a type is malformed; see [`NO_TYPE`]), or `None` if a length is malformed or a
+/// type byte is missing: [`field_end`] over a run of fields, with the sizes looked up rather
+/// than matched, and no test per field beyond the bounds check.
 #[inline(always)]
 fn skip_fields(bytes: &[u8], mut i: usize, fields: usize) -> Option<usize> {
     for _ in 0..fields {
-        match FIELD_SIZE[usize::from(*bytes.get(i)?)] {
-            TEXT_OR_BLOB => i = field_end(bytes, i)?,
-            NO_TYPE => return None,
-            // `i` is within `bytes`, so this cannot overflow.
-            size => i += usize::from(size),
+        let size = FIELD_SIZE[usize::from(*bytes.get(i)?)];
+        if size != TEXT_OR_BLOB {
+            // `i` is within `bytes`, so this cannot overflow (see `NO_TYPE`).
+            i += size;
+            continue;
         }
+        i = match bytes.get(i + 1) {
+            // The usual one-byte length, without the general loop.
+            Some(&len) if len < 0x80 => i + 2 + usize::from(len),
+            _ => field_end(bytes, i)?,
+        };
     }
     Some(i)
 }
