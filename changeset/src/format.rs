@@ -702,26 +702,22 @@ static FIELD_SIZE: [usize; 256] = {
     sizes
 };
 
-/// The offset after `fields` fields that start at `i` (past the end of `bytes` if the last one's
-/// payload or a type is malformed; see [`NO_TYPE`]), or `None` if a length is malformed or a
-/// type byte is missing: [`field_end`] over a run of fields, with the sizes looked up rather
-/// than matched, and no test per field beyond the bounds check.
+/// The offset after the field at `i` whose type byte `ty` is (past the end of `bytes` if its
+/// payload runs past it or `ty` is no type; see [`NO_TYPE`]), or `None` if its length is
+/// malformed or missing: [`field_end`] with the size looked up rather than matched, and no test
+/// beyond the one for a text or blob.
 #[inline(always)]
-fn skip_fields(bytes: &[u8], mut i: usize, fields: usize) -> Option<usize> {
-    for _ in 0..fields {
-        let size = FIELD_SIZE[usize::from(*bytes.get(i)?)];
-        if size != TEXT_OR_BLOB {
-            // `i` is within `bytes`, so this cannot overflow (see `NO_TYPE`).
-            i += size;
-            continue;
-        }
-        i = match bytes.get(i + 1) {
-            // The usual one-byte length, without the general loop.
-            Some(&len) if len < 0x80 => i + 2 + usize::from(len),
-            _ => field_end(bytes, i)?,
-        };
+fn skip_field(bytes: &[u8], i: usize, ty: u8) -> Option<usize> {
+    let size = FIELD_SIZE[usize::from(ty)];
+    if size != TEXT_OR_BLOB {
+        // `i` is within `bytes`, so this cannot overflow (see `NO_TYPE`).
+        return Some(i + size);
     }
-    Some(i)
+    match bytes.get(i + 1) {
+        // The usual one-byte length, without the general loop.
+        Some(&len) if len < 0x80 => Some(i + 2 + usize::from(len)),
+        _ => field_end(bytes, i),
+    }
 }
 
 /// Which fields of a record [`record`] checks as key columns that must hold a value (see
@@ -749,15 +745,16 @@ fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<u
     };
     for field in 0..checked {
         // A number or payload that ran past the end makes this fail, or the check at the end.
+        let ty = *bytes.get(i)?;
         let key = match keys {
             Keys::All => true,
             Keys::Flags(flags) | Keys::New(flags) => flags[field] != 0,
         };
         if key {
-            match bytes.get(i) {
-                Some(0x00) if new => {}
-                Some(0x00 | 0x05) => return None,
-                Some(0x02) => {
+            match ty {
+                0x00 if new => {}
+                0x00 | 0x05 => return None,
+                0x02 => {
                     let real = bytes.get(i + 1..i + 9)?;
                     if f64::from_be_bytes(real.try_into().ok()?).is_nan() {
                         return None;
@@ -766,9 +763,11 @@ fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<u
                 _ => {}
             }
         }
-        i = field_end(bytes, i)?;
+        i = skip_field(bytes, i, ty)?;
     }
-    i = skip_fields(bytes, i, fields - checked)?;
+    for _ in checked..fields {
+        i = skip_field(bytes, i, *bytes.get(i)?)?;
+    }
     // The last field must end within `bytes`; a record of no field ends after the indirect
     // flag, which must be there.
     (i <= bytes.len()).then_some(i)
