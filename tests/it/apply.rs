@@ -115,6 +115,24 @@ async fn omitted_and_replaced_conflicts_are_counted_per_kind() {
         Value::Text("one".into()),
         "Replace overwrote the changed row"
     );
+
+    // The lazy handler counts and logs the same (it decodes only for the log).
+    let (lazy_target, _dir) = file_db().await;
+    seed(&lazy_target, 3).await;
+    lazy_target
+        .execute_batch("UPDATE t SET name = 'changed' WHERE id = 1; DELETE FROM t WHERE id = 2")
+        .await
+        .unwrap();
+    let lazy = apply(&lazy_target, &cs)
+        .on_conflict_ref(|c| match c.kind {
+            ConflictKind::Data => ConflictAction::Replace,
+            _ => ConflictAction::Omit,
+        })
+        .log_conflicts()
+        .await
+        .unwrap();
+    assert_eq!(lazy, report);
+    assert_eq!(dump(&lazy_target, "t").await, rows);
 }
 
 #[tokio::test]

@@ -222,6 +222,63 @@ impl Hooks {
         self.failure.get_or_insert(error);
         Verdict::Abort
     }
+
+    /// Counts a conflict of `kind` answered with `action`; the verdict for SQLite if `action`
+    /// is one (`None` for `Abort`, and for a `Replace` that `kind` does not allow).
+    fn tally(&mut self, kind: ConflictKind, action: ConflictAction) -> Option<Verdict> {
+        let counts = &mut self.conflict_counts[kind.index()];
+        counts.seen += 1;
+        match action {
+            ConflictAction::Omit => {
+                counts.omitted += 1;
+                if kind != ConflictKind::ForeignKey {
+                    self.report.omitted += 1;
+                }
+                Some(Verdict::Omit)
+            }
+            ConflictAction::Replace if kind.allows_replace() => {
+                counts.replaced += 1;
+                self.report.replaced += 1;
+                Some(Verdict::Replace)
+            }
+            ConflictAction::Replace | ConflictAction::Abort => None,
+        }
+    }
+
+    /// The outcome of `action` on a conflict of `kind`, counted with `verdict` (see
+    /// [`Hooks::tally`]), that needs the owned conflict (`decoded`, or decoded from `iter` now):
+    /// one to log, or one that fails the apply.
+    #[inline(never)]
+    fn resolve(
+        &mut self,
+        kind: ConflictKind,
+        action: ConflictAction,
+        verdict: Option<Verdict>,
+        decoded: Option<Conflict>,
+        iter: &IterRef<'_>,
+    ) -> Verdict {
+        let conflict = match decoded {
+            Some(conflict) => conflict,
+            None => match read_conflict(kind, iter, &mut self.table_cache) {
+                Ok(conflict) => conflict,
+                Err(err) => return self.fail(err),
+            },
+        };
+        match verdict {
+            Some(verdict) => {
+                if self.log {
+                    self.report.conflict_log.push((conflict, action));
+                }
+                verdict
+            }
+            None if action == ConflictAction::Abort => self.fail(Error::Aborted {
+                conflict: Box::new(conflict),
+            }),
+            None => self.fail(Error::IllegalReplace {
+                conflict: Box::new(conflict),
+            }),
+        }
+    }
 }
 
 impl Hooks {
@@ -307,66 +364,26 @@ impl ApplyHooks for Hooks {
         let Some(kind) = kind.map(ConflictKind::from_raw) else {
             return self.fail(ffi::misuse("unknown conflict kind").into());
         };
-        // The owned conflict, decoded before the handler for `on_conflict`, and otherwise only
-        // when the outcome needs it (an error, or the conflict log).
-        let mut decoded = None;
         let action = match self.handler.as_mut() {
-            Some(Handler::Owned(handler)) => {
-                match read_conflict(kind, &iter, &mut self.table_cache) {
-                    Ok(conflict) => handler(decoded.insert(conflict)),
-                    Err(err) => return self.fail(err),
-                }
-            }
             Some(Handler::Lazy(handler)) => handler(&ConflictRef { kind, iter: &iter }),
+            // The owned conflict, decoded before the handler.
+            Some(Handler::Owned(handler)) => {
+                return match read_conflict(kind, &iter, &mut self.table_cache) {
+                    Ok(conflict) => {
+                        let action = handler(&conflict);
+                        let verdict = self.tally(kind, action);
+                        self.resolve(kind, action, verdict, Some(conflict), &iter)
+                    }
+                    Err(err) => self.fail(err),
+                };
+            }
             None => ConflictAction::Abort,
         };
-        let needs_owned = self.log
-            || matches!(action, ConflictAction::Abort)
-            || (matches!(action, ConflictAction::Replace) && !kind.allows_replace());
-        let conflict = match decoded {
-            Some(conflict) => Some(conflict),
-            None if needs_owned => match read_conflict(kind, &iter, &mut self.table_cache) {
-                Ok(conflict) => Some(conflict),
-                Err(err) => return self.fail(err),
-            },
-            None => None,
-        };
-        let counts = &mut self.conflict_counts[kind.index()];
-        counts.seen += 1;
-        let code = match action {
-            ConflictAction::Omit => {
-                counts.omitted += 1;
-                if kind != ConflictKind::ForeignKey {
-                    self.report.omitted += 1;
-                }
-                Verdict::Omit
-            }
-            ConflictAction::Replace if kind.allows_replace() => {
-                counts.replaced += 1;
-                self.report.replaced += 1;
-                Verdict::Replace
-            }
-            ConflictAction::Replace => {
-                return match conflict {
-                    Some(conflict) => self.fail(Error::IllegalReplace {
-                        conflict: Box::new(conflict),
-                    }),
-                    None => Verdict::Abort,
-                };
-            }
-            ConflictAction::Abort => {
-                return match conflict {
-                    Some(conflict) => self.fail(Error::Aborted {
-                        conflict: Box::new(conflict),
-                    }),
-                    None => Verdict::Abort,
-                };
-            }
-        };
-        if let Some(conflict) = conflict.filter(|_| self.log) {
-            self.report.conflict_log.push((conflict, action));
+        // The usual outcome of a lazy handler needs no decoding: counted, and answered.
+        match self.tally(kind, action) {
+            Some(verdict) if !self.log => verdict,
+            verdict => self.resolve(kind, action, verdict, None, &iter),
         }
-        code
     }
 
     fn should_stop(&self) -> bool {
