@@ -25,6 +25,26 @@ pub enum ConflictKind {
 }
 
 impl ConflictKind {
+    /// Every kind, in order.
+    pub(crate) const ALL: [ConflictKind; 5] = [
+        ConflictKind::Data,
+        ConflictKind::NotFound,
+        ConflictKind::Conflict,
+        ConflictKind::Constraint,
+        ConflictKind::ForeignKey,
+    ];
+
+    /// The position of this kind in [`ConflictKind::ALL`].
+    pub(crate) fn index(self) -> usize {
+        match self {
+            ConflictKind::Data => 0,
+            ConflictKind::NotFound => 1,
+            ConflictKind::Conflict => 2,
+            ConflictKind::Constraint => 3,
+            ConflictKind::ForeignKey => 4,
+        }
+    }
+
     pub(crate) fn from_raw(raw: RawConflict) -> Self {
         match raw {
             RawConflict::Data => ConflictKind::Data,
@@ -78,5 +98,17 @@ impl Conflict {
     /// The table of the conflicting change.
     pub fn table(&self) -> Option<&str> {
         self.change.as_ref().map(|c| &*c.table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_sits_at_its_index() {
+        for (i, kind) in ConflictKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind}");
+        }
     }
 }

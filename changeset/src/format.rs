@@ -512,19 +512,31 @@ fn varint_step(value: u64, read: u8, b: u8) -> Varint {
 /// apply surveys its blob). `None` says nothing about why; the checker names the problem.
 pub(crate) fn sections(bytes: &[u8]) -> Option<Vec<Section>> {
     let mut sections: Vec<Section> = Vec::new();
+    // The changes of the last section, stored when the next one starts and at the end.
+    let mut changes = 0;
     walk(bytes, |item| match item {
-        Item::Header { name, pk } => sections.push(Section {
-            table: String::from_utf8_lossy(name).into_owned(),
-            pk: pk.to_vec(),
-            changes: 0,
-        }),
-        Item::Change(_) => {
-            if let Some(section) = sections.last_mut() {
-                section.changes += 1;
-            }
-        }
+        Item::Header { name, pk } => start_section(&mut sections, &mut changes, name, pk),
+        Item::Change(_) => changes += 1,
     })?;
+    if let Some(section) = sections.last_mut() {
+        section.changes = changes;
+    }
     Some(sections)
+}
+
+/// For [`sections`]: stores the changes of the section before (if any) and starts one. Kept out
+/// of line, so that the per-change step of the walk stays small.
+#[inline(never)]
+fn start_section(sections: &mut Vec<Section>, changes: &mut usize, name: &[u8], pk: &[u8]) {
+    if let Some(section) = sections.last_mut() {
+        section.changes = *changes;
+    }
+    *changes = 0;
+    sections.push(Section {
+        table: String::from_utf8_lossy(name).into_owned(),
+        pk: pk.to_vec(),
+        changes: 0,
+    });
 }
 
 /// One change of a well-formed changeset or patchset, as [`walk`] finds it.
@@ -570,6 +582,7 @@ pub(crate) fn walk(bytes: &[u8], mut visit: impl FnMut(Item<'_>)) -> Option<()> 
     let mut in_table = false;
     let mut keys: &[u8] = &[];
     let mut n_pk = 0;
+    let mut key_span = 0;
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == marker {
@@ -581,6 +594,11 @@ pub(crate) fn walk(bytes: &[u8], mut visit: impl FnMut(Item<'_>)) -> Option<()> 
             let n_col = usize::try_from(n_col).ok()?;
             keys = bytes.get(next..next.checked_add(n_col)?)?;
             n_pk = keys.iter().filter(|&&f| f != 0).count();
+            // Fields after the last key column are only skipped (see `record`).
+            key_span = keys
+                .iter()
+                .rposition(|&f| f != 0)
+                .map_or(0, |last| last + 1);
             let name = bytes.get(next + n_col..)?;
             let end = name.iter().position(|&b| b == 0)?;
             if end == 0 {
@@ -602,11 +620,11 @@ pub(crate) fn walk(bytes: &[u8], mut visit: impl FnMut(Item<'_>)) -> Option<()> 
         let fields = i + 2;
         let end = match (b, patchset) {
             (INSERT | DELETE, false) | (INSERT | UPDATE, true) => {
-                record(bytes, fields, keys.len(), Keys::Flags(keys))?
+                record(bytes, fields, keys.len(), Keys::Flags(&keys[..key_span]))?
             }
             (UPDATE, false) => {
-                let new = record(bytes, fields, keys.len(), Keys::Flags(keys))?;
-                record(bytes, new, keys.len(), Keys::New(keys))?
+                let new = record(bytes, fields, keys.len(), Keys::Flags(&keys[..key_span]))?;
+                record(bytes, new, keys.len(), Keys::New(&keys[..key_span]))?
             }
             (DELETE, true) => record(bytes, fields, n_pk, Keys::All)?,
             _ => return None,
@@ -664,6 +682,44 @@ fn field_end(bytes: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// [`FIELD_SIZE`] of a text or blob type: a length follows.
+const TEXT_OR_BLOB: usize = 0;
+/// [`FIELD_SIZE`] of a byte that is no field type: larger than the distance from any offset
+/// within a slice to its end (a slice is at most `isize::MAX` bytes long) and small enough not
+/// to overflow when added to one, so that the walk steps past the end and fails there, without
+/// a test of its own per field.
+const NO_TYPE: usize = usize::MAX / 2 + 1;
+/// Per type byte: the size of a field of that type with its type byte, when fixed (1 for
+/// undefined and NULL, 9 for an integer or a real), else [`TEXT_OR_BLOB`] or [`NO_TYPE`].
+static FIELD_SIZE: [usize; 256] = {
+    let mut sizes = [NO_TYPE; 256];
+    sizes[0x00] = 1;
+    sizes[0x05] = 1;
+    sizes[0x01] = 9;
+    sizes[0x02] = 9;
+    sizes[0x03] = TEXT_OR_BLOB;
+    sizes[0x04] = TEXT_OR_BLOB;
+    sizes
+};
+
+/// The offset after the field at `i` whose type byte `ty` is (past the end of `bytes` if its
+/// payload runs past it or `ty` is no type; see [`NO_TYPE`]), or `None` if its length is
+/// malformed or missing: [`field_end`] with the size looked up rather than matched, and no test
+/// beyond the one for a text or blob.
+#[inline(always)]
+fn skip_field(bytes: &[u8], i: usize, ty: u8) -> Option<usize> {
+    let size = FIELD_SIZE[usize::from(ty)];
+    if size != TEXT_OR_BLOB {
+        // `i` is within `bytes`, so this cannot overflow (see `NO_TYPE`).
+        return Some(i + size);
+    }
+    match bytes.get(i + 1) {
+        // The usual one-byte length, without the general loop.
+        Some(&len) if len < 0x80 => Some(i + 2 + usize::from(len)),
+        _ => field_end(bytes, i),
+    }
+}
+
 /// Which fields of a record [`record`] checks as key columns that must hold a value (see
 /// [`KeyRecord`]).
 #[derive(Clone, Copy)]
@@ -671,24 +727,34 @@ enum Keys<'a> {
     /// An UPDATE's new record: key columns (per flag) may be undefined, not NULL or a NaN.
     New(&'a [u8]),
     All,
-    /// Per column: its primary-key flag.
+    /// Per column up to the last key column: its primary-key flag.
     Flags(&'a [u8]),
 }
 
 /// The offset after a record of `fields` fields that starts at `i`, or `None` if it is
-/// malformed or runs past the end of `bytes`.
+/// malformed or runs past the end of `bytes`. The fields up to the last key column (the length
+/// of the flags in `keys`; every field for [`Keys::All`]) have their key values checked; the
+/// others, usually most of them, are only skipped by their types and lengths. Inlined: it runs
+/// once or twice per change of every blob an apply surveys.
+#[inline(always)]
 fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<usize> {
-    for field in 0..fields {
+    let (checked, new) = match keys {
+        Keys::All => (fields, false),
+        Keys::Flags(flags) => (flags.len().min(fields), false),
+        Keys::New(flags) => (flags.len().min(fields), true),
+    };
+    for field in 0..checked {
         // A number or payload that ran past the end makes this fail, or the check at the end.
+        let ty = *bytes.get(i)?;
         let key = match keys {
             Keys::All => true,
-            Keys::Flags(flags) | Keys::New(flags) => flags.get(field).is_some_and(|&f| f != 0),
+            Keys::Flags(flags) | Keys::New(flags) => flags[field] != 0,
         };
         if key {
-            match bytes.get(i) {
-                Some(0x00) if matches!(keys, Keys::New(_)) => {}
-                Some(0x00 | 0x05) => return None,
-                Some(0x02) => {
+            match ty {
+                0x00 if new => {}
+                0x00 | 0x05 => return None,
+                0x02 => {
                     let real = bytes.get(i + 1..i + 9)?;
                     if f64::from_be_bytes(real.try_into().ok()?).is_nan() {
                         return None;
@@ -697,7 +763,10 @@ fn record(bytes: &[u8], mut i: usize, fields: usize, keys: Keys<'_>) -> Option<u
                 _ => {}
             }
         }
-        i = field_end(bytes, i)?;
+        i = skip_field(bytes, i, ty)?;
+    }
+    for _ in checked..fields {
+        i = skip_field(bytes, i, *bytes.get(i)?)?;
     }
     // The last field must end within `bytes`; a record of no field ends after the indirect
     // flag, which must be there.

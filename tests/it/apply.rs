@@ -115,6 +115,24 @@ async fn omitted_and_replaced_conflicts_are_counted_per_kind() {
         Value::Text("one".into()),
         "Replace overwrote the changed row"
     );
+
+    // The lazy handler counts and logs the same (it decodes only for the log).
+    let (lazy_target, _dir) = file_db().await;
+    seed(&lazy_target, 3).await;
+    lazy_target
+        .execute_batch("UPDATE t SET name = 'changed' WHERE id = 1; DELETE FROM t WHERE id = 2")
+        .await
+        .unwrap();
+    let lazy = apply(&lazy_target, &cs)
+        .on_conflict_ref(|c| match c.kind {
+            ConflictKind::Data => ConflictAction::Replace,
+            _ => ConflictAction::Omit,
+        })
+        .log_conflicts()
+        .await
+        .unwrap();
+    assert_eq!(lazy, report);
+    assert_eq!(dump(&lazy_target, "t").await, rows);
 }
 
 #[tokio::test]
@@ -392,6 +410,93 @@ async fn a_large_blob_reports_what_a_small_one_reports() {
         assert_eq!(small_rows, [Value::Integer(10), Value::Integer(6)]);
         assert_eq!(large_rows, [Value::Integer(20_000), Value::Integer(6)]);
     }
+}
+
+/// A large blob (listed alongside SQLite's apply) reports every change: with a table in two runs
+/// (changesets concatenated byte for byte) and an omitted conflict, and with a table SQLite
+/// skips because the target lacks it.
+#[tokio::test]
+async fn a_large_blob_reports_every_change_of_a_table_in_two_runs() {
+    let (src, _d1) = file_db().await;
+    src.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); CREATE TABLE u(id INTEGER PRIMARY KEY, w)",
+    )
+    .await
+    .unwrap();
+    let first = capture(&src, &[], |s| async move {
+        s.execute_batch(
+            "INSERT INTO t VALUES (1, zeroblob(20000)), (2, 'b'), (3, 'c'); \
+             INSERT INTO u VALUES (1, 'theirs'), (2, 'x')",
+        )
+        .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let second = capture(&src, &[], |s| async move {
+        s.execute_batch("UPDATE t SET v = 'bb' WHERE id = 2; DELETE FROM u WHERE id = 2")
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let both = [first.as_bytes(), second.as_bytes()].concat();
+    let cs = liteorm_changeset::Changeset::from_bytes(both).unwrap();
+    assert!(cs.len() > 16 * 1024);
+    assert_eq!(cs.tables().unwrap(), ["t", "u"]);
+
+    let (target, _d2) = file_db().await;
+    target
+        .execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v); CREATE TABLE u(id INTEGER PRIMARY KEY, w); \
+             INSERT INTO u VALUES (1, 'mine')",
+        )
+        .await
+        .unwrap();
+    let report = apply(&target, &cs)
+        .on_conflict(|_| ConflictAction::Omit)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.changes,
+            report.attempted,
+            report.applied,
+            report.omitted,
+            report.conflicts[&ConflictKind::Conflict].seen
+        ),
+        (7, 7, 6, 1, 1)
+    );
+    assert!(report.skipped_tables.is_empty() && report.filtered_tables.is_empty());
+    let lengths: Vec<_> = target
+        .query("SELECT id, length(v) FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.into_values())
+        .collect();
+    let int = |pair: [i64; 2]| pair.map(Value::Integer).to_vec();
+    assert_eq!(lengths, [int([1, 20_000]), int([2, 2]), int([3, 1])]);
+    assert_eq!(
+        dump(&target, "u").await,
+        [vec![Value::Integer(1), Value::Text("mine".into())]]
+    );
+
+    let (no_u, _d3) = file_db().await;
+    no_u.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+        .await
+        .unwrap();
+    let report = apply(&no_u, &cs).await.unwrap();
+    assert_eq!(
+        (report.changes, report.attempted, report.applied),
+        (7, 4, 4)
+    );
+    let skipped: Vec<_> = report
+        .skipped_tables
+        .iter()
+        .map(|s| (s.table.as_str(), s.changes, s.reason.clone()))
+        .collect();
+    assert_eq!(skipped, [("u", 3, SkipReason::Missing)]);
 }
 
 #[tokio::test]

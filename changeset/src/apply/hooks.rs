@@ -14,7 +14,7 @@ use crate::change::Change;
 use crate::conflict::{Conflict, ConflictAction, ConflictKind};
 use crate::ffi::{self, ApplyHooks, IterRef, RawConflict, Verdict};
 
-use super::report::{ApplyReport, SkipReason, SkippedTable};
+use super::report::{ApplyReport, ConflictCounts, SkipReason, SkippedTable};
 
 /// One conflict as a borrowed view that decodes values only when asked, for
 /// [`Apply::on_conflict_ref`](super::Apply::on_conflict_ref): a handler that decides on
@@ -130,6 +130,9 @@ pub(super) struct Hooks {
     /// byte for byte), or once per change with a change filter.
     pub(super) decided: HashMap<String, bool>,
     pub(super) report: ApplyReport,
+    /// Conflicts per kind (indexed by [`ConflictKind::index`]), moved into the report's map at
+    /// the end: a lookup in the map per conflict costs more than the rest of the counting.
+    pub(super) conflict_counts: [ConflictCounts; ConflictKind::ALL.len()],
     pub(super) failure: Option<Error>,
     pub(super) table_cache: Option<Arc<str>>,
     /// Whether the input's tables are checked only after SQLite applied it (a stream, or a
@@ -155,6 +158,7 @@ impl Hooks {
             tables: HashMap::new(),
             decided: HashMap::new(),
             report: ApplyReport::default(),
+            conflict_counts: [ConflictCounts::default(); ConflictKind::ALL.len()],
             failure: None,
             table_cache: None,
             deferred: false,
@@ -203,9 +207,77 @@ impl Hooks {
         self.report.skipped_tables.extend(unasked);
     }
 
+    /// The report, with the conflicts counted per kind (the kinds that occurred).
+    pub(super) fn into_report(self) -> ApplyReport {
+        let mut report = self.report;
+        report.conflicts = ConflictKind::ALL
+            .into_iter()
+            .zip(self.conflict_counts)
+            .filter(|(_, counts)| counts.seen > 0)
+            .collect();
+        report
+    }
+
     fn fail(&mut self, error: Error) -> Verdict {
         self.failure.get_or_insert(error);
         Verdict::Abort
+    }
+
+    /// Counts a conflict of `kind` answered with `action`; the verdict for SQLite if `action`
+    /// is one (`None` for `Abort`, and for a `Replace` that `kind` does not allow).
+    fn tally(&mut self, kind: ConflictKind, action: ConflictAction) -> Option<Verdict> {
+        let counts = &mut self.conflict_counts[kind.index()];
+        counts.seen += 1;
+        match action {
+            ConflictAction::Omit => {
+                counts.omitted += 1;
+                if kind != ConflictKind::ForeignKey {
+                    self.report.omitted += 1;
+                }
+                Some(Verdict::Omit)
+            }
+            ConflictAction::Replace if kind.allows_replace() => {
+                counts.replaced += 1;
+                self.report.replaced += 1;
+                Some(Verdict::Replace)
+            }
+            ConflictAction::Replace | ConflictAction::Abort => None,
+        }
+    }
+
+    /// The outcome of `action` on a conflict of `kind`, counted with `verdict` (see
+    /// [`Hooks::tally`]), that needs the owned conflict (`decoded`, or decoded from `iter` now):
+    /// one to log, or one that fails the apply.
+    #[inline(never)]
+    fn resolve(
+        &mut self,
+        kind: ConflictKind,
+        action: ConflictAction,
+        verdict: Option<Verdict>,
+        decoded: Option<Conflict>,
+        iter: &IterRef<'_>,
+    ) -> Verdict {
+        let conflict = match decoded {
+            Some(conflict) => conflict,
+            None => match read_conflict(kind, iter, &mut self.table_cache) {
+                Ok(conflict) => conflict,
+                Err(err) => return self.fail(err),
+            },
+        };
+        match verdict {
+            Some(verdict) => {
+                if self.log {
+                    self.report.conflict_log.push((conflict, action));
+                }
+                verdict
+            }
+            None if action == ConflictAction::Abort => self.fail(Error::Aborted {
+                conflict: Box::new(conflict),
+            }),
+            None => self.fail(Error::IllegalReplace {
+                conflict: Box::new(conflict),
+            }),
+        }
     }
 }
 
@@ -292,66 +364,26 @@ impl ApplyHooks for Hooks {
         let Some(kind) = kind.map(ConflictKind::from_raw) else {
             return self.fail(ffi::misuse("unknown conflict kind").into());
         };
-        // The owned conflict, decoded before the handler for `on_conflict`, and otherwise only
-        // when the outcome needs it (an error, or the conflict log).
-        let mut decoded = None;
         let action = match self.handler.as_mut() {
-            Some(Handler::Owned(handler)) => {
-                match read_conflict(kind, &iter, &mut self.table_cache) {
-                    Ok(conflict) => handler(decoded.insert(conflict)),
-                    Err(err) => return self.fail(err),
-                }
-            }
             Some(Handler::Lazy(handler)) => handler(&ConflictRef { kind, iter: &iter }),
+            // The owned conflict, decoded before the handler.
+            Some(Handler::Owned(handler)) => {
+                return match read_conflict(kind, &iter, &mut self.table_cache) {
+                    Ok(conflict) => {
+                        let action = handler(&conflict);
+                        let verdict = self.tally(kind, action);
+                        self.resolve(kind, action, verdict, Some(conflict), &iter)
+                    }
+                    Err(err) => self.fail(err),
+                };
+            }
             None => ConflictAction::Abort,
         };
-        let needs_owned = self.log
-            || matches!(action, ConflictAction::Abort)
-            || (matches!(action, ConflictAction::Replace) && !kind.allows_replace());
-        let conflict = match decoded {
-            Some(conflict) => Some(conflict),
-            None if needs_owned => match read_conflict(kind, &iter, &mut self.table_cache) {
-                Ok(conflict) => Some(conflict),
-                Err(err) => return self.fail(err),
-            },
-            None => None,
-        };
-        let counts = self.report.conflicts.entry(kind).or_default();
-        counts.seen += 1;
-        let code = match action {
-            ConflictAction::Omit => {
-                counts.omitted += 1;
-                if kind != ConflictKind::ForeignKey {
-                    self.report.omitted += 1;
-                }
-                Verdict::Omit
-            }
-            ConflictAction::Replace if kind.allows_replace() => {
-                counts.replaced += 1;
-                self.report.replaced += 1;
-                Verdict::Replace
-            }
-            ConflictAction::Replace => {
-                return match conflict {
-                    Some(conflict) => self.fail(Error::IllegalReplace {
-                        conflict: Box::new(conflict),
-                    }),
-                    None => Verdict::Abort,
-                };
-            }
-            ConflictAction::Abort => {
-                return match conflict {
-                    Some(conflict) => self.fail(Error::Aborted {
-                        conflict: Box::new(conflict),
-                    }),
-                    None => Verdict::Abort,
-                };
-            }
-        };
-        if let Some(conflict) = conflict.filter(|_| self.log) {
-            self.report.conflict_log.push((conflict, action));
+        // The usual outcome of a lazy handler needs no decoding: counted, and answered.
+        match self.tally(kind, action) {
+            Some(verdict) if !self.log => verdict,
+            verdict => self.resolve(kind, action, verdict, None, &iter),
         }
-        code
     }
 
     fn should_stop(&self) -> bool {

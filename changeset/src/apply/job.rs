@@ -176,7 +176,7 @@ impl Job {
             return Err(failure);
         }
         ended?;
-        let mut report = hooks.report;
+        let mut report = hooks.into_report();
         report.changes = tables.values().map(|t| t.changes).sum();
         report.attempted = report.attempted.saturating_sub(report.filtered_changes);
         report.applied = report.attempted - report.omitted.min(report.attempted);
