@@ -164,6 +164,17 @@ impl Held {
     }
 }
 
+/// Runs `f` on the handle lock of the connection in `slot` right away, without an await: the
+/// path of a statement on a pinned connection that nothing else is using and whose handle lock is
+/// already held (every statement of a transaction or capture after its first). `None`, without
+/// calling `f`, if the slot is taken, the connection was released, or the handle lock is not held
+/// (taking it is a trip to sqlx's worker): the caller then takes the general, awaiting path.
+pub(crate) fn with_held_raw<R>(slot: &Slot, f: impl FnOnce(&mut RawLock) -> R) -> Option<R> {
+    let mut held = slot.try_lock().ok()?;
+    // `raw` is only ever set while `conn` is (see `Held::keep`).
+    held.raw.as_mut().map(f)
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         drop(self.take());

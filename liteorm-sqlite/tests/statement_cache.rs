@@ -27,3 +27,29 @@ async fn each_sql_text_runs_its_own_statement_when_the_cache_starts_over() {
     }
     tx.commit().await.unwrap();
 }
+
+#[tokio::test]
+async fn texts_of_the_same_length_run_their_own_statements_when_interleaved() {
+    let db = SqliteSession::open_in_memory().await.unwrap();
+    let tx = db.begin().await.unwrap();
+    // Ten texts of one length, cycled through more often than the recently used ones are kept,
+    // then two of them in turn: each must find its own statement, not a recent one of the same
+    // length.
+    let texts: Vec<String> = (0..10).map(|i| format!("SELECT {i} + ?")).collect();
+    let order = (0..30).map(|k| k % 10).chain((0..20).map(|k| k % 2 * 7));
+    for (step, i) in order.enumerate() {
+        let step = i64::try_from(step).unwrap();
+        let rows = tx
+            .as_session()
+            .query(&texts[i], &[Value::Integer(step * 100)])
+            .await
+            .unwrap();
+        let i = i64::try_from(i).unwrap();
+        assert_eq!(
+            rows[0].values(),
+            [Value::Integer(i + step * 100)],
+            "step {step}"
+        );
+    }
+    tx.commit().await.unwrap();
+}
