@@ -464,6 +464,10 @@ unsafe fn is_file(db: NonNull<ffi::sqlite3>) -> bool {
 struct Statement {
     stmt: NonNull<ffi::sqlite3_stmt>,
     n_params: usize,
+    /// The result column names, shared by the rows of every run, with the statement's
+    /// re-prepare count when they were read: SQLite sets a statement's column names when it
+    /// prepares it, so they stay valid until it is prepared again (after a schema change).
+    columns: Option<(c_int, Arc<[String]>)>,
 }
 
 impl Statement {
@@ -490,6 +494,7 @@ impl Statement {
         let statement = Statement {
             stmt: NonNull::new(stmt)?,
             n_params: 0,
+            columns: None,
         };
         if rc != ffi::SQLITE_OK || tail.is_null() {
             return None;
@@ -609,7 +614,7 @@ impl Statement {
             match rc {
                 ffi::SQLITE_ROW if rows.is_some() => {
                     // SAFETY: the statement is on a row.
-                    let columns = columns.get_or_insert_with(|| unsafe { column_names(stmt) });
+                    let columns = columns.get_or_insert_with(|| unsafe { self.column_names() });
                     // SAFETY: as above.
                     match unsafe { read_row(stmt, columns.len()) } {
                         Ok(values) => {
@@ -639,6 +644,29 @@ impl Statement {
         // SAFETY: the caller's promise. sqlx reports `sqlite3_changes` after the statement.
         let changes = unsafe { ffi::sqlite3_changes(db.as_ptr()) };
         Some(Ok(u64::try_from(changes).unwrap_or(0)))
+    }
+}
+
+impl Statement {
+    /// The result column names, kept from an earlier run unless the statement was prepared
+    /// again since.
+    ///
+    /// # Safety
+    /// The statement is live, on a row, and its connection locked for us.
+    unsafe fn column_names(&mut self) -> Arc<[String]> {
+        let stmt = self.stmt.as_ptr();
+        // SAFETY: the caller's promise.
+        let prepared =
+            unsafe { ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_REPREPARE, 0) };
+        if let Some((seen, names)) = &self.columns
+            && *seen == prepared
+        {
+            return Arc::clone(names);
+        }
+        // SAFETY: the caller's promise.
+        let names = unsafe { column_names(stmt) };
+        self.columns = Some((prepared, Arc::clone(&names)));
+        names
     }
 }
 

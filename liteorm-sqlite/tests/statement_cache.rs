@@ -53,3 +53,23 @@ async fn texts_of_the_same_length_run_their_own_statements_when_interleaved() {
     }
     tx.commit().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cached_query_names_the_columns_a_schema_change_gave_it() {
+    let db = SqliteSession::open_in_memory().await.unwrap();
+    db.execute_batch("CREATE TABLE t(a INTEGER); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let tx = db.begin().await.unwrap();
+    let s = tx.as_session();
+    let rows = s.query("SELECT * FROM t", &[]).await.unwrap();
+    assert_eq!(rows[0].columns(), ["a"]);
+    // Run inline on the same connection, so the cached SELECT is prepared again, not dropped.
+    s.execute("ALTER TABLE t ADD COLUMN b INTEGER DEFAULT 2", &[])
+        .await
+        .unwrap();
+    let rows = s.query("SELECT * FROM t", &[]).await.unwrap();
+    assert_eq!(rows[0].columns(), ["a", "b"]);
+    assert_eq!(rows[0].try_get::<i64>("b").unwrap(), 2);
+    tx.commit().await.unwrap();
+}
