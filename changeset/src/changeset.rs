@@ -93,7 +93,7 @@ macro_rules! blob_type {
                     offset: Some(m.offset),
                     reason: m.reason,
                 })?;
-                Ok(iter::decode(bytes, $kind)?.len())
+                iter::count(bytes, $kind)
             }
 
             /// Wraps bytes that SQLite itself produced for this process.

@@ -36,16 +36,28 @@ const CACHE_MAX: usize = 64;
 /// worker.
 pub(crate) struct RawLock {
     /// Declared before `_handle`, so dropped (finalized) while the handle is still locked.
-    /// `None` for SQL that cannot run inline.
-    statements: Vec<Option<Statement>>,
-    /// Where the statement of each SQL text is in `statements` (looked up on every statement,
-    /// so with a fast hash: the keys are the application's own SQL).
+    /// Each SQL text with its statement, `None` for SQL that cannot run inline.
+    statements: Vec<(Box<str>, Option<Statement>)>,
+    /// Where the statement of each SQL text is in `statements` (with a fast hash: the keys are
+    /// the application's own SQL).
     by_sql: FxHashMap<Box<str>, usize>,
+    /// The positions in `statements` of the texts looked up last, compared before hashing: a
+    /// transaction or a replay cycles through a few texts, and comparing one text (its length
+    /// first) costs less than hashing it.
+    recent: [usize; RECENT],
+    /// The slot of `recent` that the next miss replaces.
+    next_recent: usize,
     /// Values read from the schema, kept while it does not change (see `schema_memo`).
     schema: SchemaMemo,
     db: NonNull<ffi::sqlite3>,
+    /// Whether the main database is a file (read once: only `sqlite3_deserialize` could change
+    /// it, into an in-memory database).
+    file: bool,
     _handle: LockedSqliteHandle<'static>,
 }
+
+/// How many recently used texts [`RawLock::cached`] compares before it hashes.
+const RECENT: usize = 8;
 
 /// Values read from the schema of `main` by namespace and key, and a statement that tells
 /// whether that schema may have changed since (see `RawLock::schema_unchanged`).
@@ -75,11 +87,16 @@ impl RawLock {
     /// The connection that `handle` locks outlives the returned value, and no statement is run
     /// on it through sqlx (nor is it closed or returned to the pool) until the value is dropped.
     pub(crate) unsafe fn new(mut handle: LockedSqliteHandle<'static>) -> Self {
+        let db = handle.as_raw_handle();
         RawLock {
             statements: Vec::new(),
             by_sql: FxHashMap::default(),
+            recent: [usize::MAX; RECENT],
+            next_recent: 0,
             schema: SchemaMemo::default(),
-            db: handle.as_raw_handle(),
+            db,
+            // SAFETY: the handle is locked for us (the caller's promise).
+            file: unsafe { is_file(db) },
             _handle: handle,
         }
     }
@@ -92,8 +109,7 @@ impl RawLock {
     /// Whether the main database is a file (so taking its locks may wait for other
     /// connections), rather than in-memory or temporary.
     pub(crate) fn is_file(&self) -> bool {
-        // SAFETY: `self.db` is valid and locked for us.
-        unsafe { is_file(self.db) }
+        self.file
     }
 
     /// Whether the connection is in autocommit mode (no transaction open).
@@ -112,7 +128,7 @@ impl RawLock {
             // SAFETY: `db` is locked for us and `statement` is one of its statements. `None`
             // (a shared-cache lock met before anything ran) falls through to `sqlite3_exec`,
             // which reports it.
-            if let Some(result) = unsafe { statement.run(db, &[], false, false) } {
+            if let Some(result) = unsafe { statement.run(db, &[], None, false) } {
                 return result.map(drop);
             }
         }
@@ -156,18 +172,18 @@ impl RawLock {
     /// Runs `sql` for its effect and returns the rows it changed (`sqlite3_changes`, as sqlx
     /// reports it); `None` if the statement has to go through sqlx (nothing was run).
     pub(crate) fn execute(&mut self, sql: &str, params: &[Value]) -> Option<Result<u64, Error>> {
-        self.run_inline(sql, params, false)
-            .map(|run| run.map(|(changes, _)| changes))
+        self.run_inline(sql, params, None)
     }
 
     /// Runs `sql` and returns its rows; `None` if it has to go through sqlx (nothing was run).
     pub(crate) fn query(&mut self, sql: &str, params: &[Value]) -> Option<Result<Vec<Row>, Error>> {
-        self.run_inline(sql, params, true)
-            .map(|run| run.map(|(_, rows)| rows))
+        let mut rows = Vec::new();
+        self.run_inline(sql, params, Some(&mut rows))
+            .map(|run| run.map(|_| rows))
     }
 
-    /// Runs the cached statement for `sql` inline; `None` if it has to go through sqlx (nothing
-    /// was run). A statement that could wait for another connection's lock ([`may_wait`]) must
+    /// Runs the cached statement for `sql` inline, collecting its rows into `rows` if given;
+    /// returns the changes, or `None` if it has to go through sqlx (nothing was run). A statement that could wait for another connection's lock ([`may_wait`]) must
     /// not wait here, on an async task: it runs with the busy timeout set to zero, and if the
     /// lock is taken (it then has done nothing, see [`Statement::run`]) it goes to sqlx, whose
     /// worker thread waits up to the timeout. Without a busy timeout (a custom busy handler,
@@ -176,16 +192,16 @@ impl RawLock {
         &mut self,
         sql: &str,
         params: &[Value],
-        collect: bool,
-    ) -> Option<Result<(u64, Vec<Row>), Error>> {
+        rows: Option<&mut Vec<Row>>,
+    ) -> Option<Result<u64, Error>> {
         let run = |lock: &mut Self, busy_to_sqlx| {
             let db = lock.db;
             let statement = lock.cached(sql).filter(|s| s.n_params == params.len())?;
             // SAFETY: `db` is locked for us and `statement` is one of its statements.
-            unsafe { statement.run(db, params, collect, busy_to_sqlx) }
+            unsafe { statement.run(db, params, rows, busy_to_sqlx) }
         };
         // SAFETY: `self.db` is valid and locked for us.
-        if unsafe { may_wait(self.db) } {
+        if self.file && unsafe { may_wait(self.db) } {
             let timeout = self.busy_timeout()?;
             self.without_waiting(timeout, |lock| run(lock, true))
         } else {
@@ -300,21 +316,39 @@ impl RawLock {
     /// The cached statement for `sql`, prepared on first use; `None` if `sql` is not exactly
     /// one statement with positional parameters only, or does not prepare.
     fn cached(&mut self, sql: &str) -> Option<&mut Statement> {
-        let index = match self.by_sql.get(sql) {
-            Some(&index) => index,
+        let statements = &self.statements;
+        let recent = self
+            .recent
+            .iter()
+            .copied()
+            .find(|&i| statements.get(i).is_some_and(|(text, _)| **text == *sql));
+        let index = match recent {
+            Some(index) => index,
             None => {
-                if self.statements.len() >= CACHE_MAX {
-                    self.by_sql.clear();
-                    self.statements.clear();
-                }
-                // SAFETY: `self.db` is valid and locked for us.
-                let statement = unsafe { Statement::prepare(self.db, sql) };
-                self.statements.push(statement);
-                self.by_sql.insert(sql.into(), self.statements.len() - 1);
-                self.statements.len() - 1
+                let index = match self.by_sql.get(sql) {
+                    Some(&index) => index,
+                    None => self.prepare(sql),
+                };
+                self.recent[self.next_recent] = index;
+                self.next_recent = (self.next_recent + 1) % RECENT;
+                index
             }
         };
-        self.statements.get_mut(index)?.as_mut()
+        self.statements.get_mut(index)?.1.as_mut()
+    }
+
+    /// Prepares `sql` into the cache (starting it over when full); returns its position.
+    fn prepare(&mut self, sql: &str) -> usize {
+        if self.statements.len() >= CACHE_MAX {
+            self.by_sql.clear();
+            self.statements.clear();
+            self.recent = [usize::MAX; RECENT];
+        }
+        // SAFETY: `self.db` is valid and locked for us.
+        let statement = unsafe { Statement::prepare(self.db, sql) };
+        self.statements.push((sql.into(), statement));
+        self.by_sql.insert(sql.into(), self.statements.len() - 1);
+        self.statements.len() - 1
     }
 }
 
@@ -348,12 +382,15 @@ pub(crate) unsafe fn query_once(
     };
     // SAFETY: the caller's promise; `statement` is one of `db`'s statements. Not `None`: no
     // busy hand-off was asked for, and `db` is not another connection's shared cache.
-    unsafe { statement.run(db, params, true, false) }
+    let mut rows = Vec::new();
+    // SAFETY: the caller's promise; `statement` is one of `db`'s statements. Not `None`: no
+    // busy hand-off was asked for, and `db` is not another connection's shared cache.
+    unsafe { statement.run(db, params, Some(&mut rows), false) }
         .unwrap_or_else(|| {
             // SAFETY: as above.
             Err(unsafe { db_error(db) })
         })
-        .map(|(_, rows)| rows)
+        .map(|_| rows)
 }
 
 /// Runs `sql` (statements without parameters) on `db` with `sqlite3_exec`.
@@ -384,20 +421,17 @@ pub(crate) unsafe fn exec_once(db: NonNull<ffi::sqlite3>, sql: &str) -> Result<(
     }
 }
 
-/// Whether a statement on `db` could have to wait for another connection's lock (and so must
-/// not run on an async task): unless a write transaction is open, any statement on a file
-/// database may, since taking a lock may wait up to the busy timeout. In-memory databases have
-/// no file locks (a shared-cache one reports `SQLITE_LOCKED`, handled in `Statement::run`).
+/// Whether a statement on `db`, whose main database is a file, could have to wait for another
+/// connection's lock (and so must not run on an async task): unless a write transaction is
+/// open, any statement may, since taking a lock may wait up to the busy timeout. (In-memory
+/// databases have no file locks; a shared-cache one reports `SQLITE_LOCKED`, handled in
+/// `Statement::run`.)
 ///
 /// # Safety
 /// `db` is valid and locked.
 unsafe fn may_wait(db: NonNull<ffi::sqlite3>) -> bool {
     // SAFETY: the caller's promise; a NULL schema asks for the highest state of all schemas.
-    if unsafe { ffi::sqlite3_txn_state(db.as_ptr(), ptr::null()) } == ffi::SQLITE_TXN_WRITE {
-        return false;
-    }
-    // SAFETY: the caller's promise.
-    unsafe { is_file(db) }
+    unsafe { ffi::sqlite3_txn_state(db.as_ptr(), ptr::null()) != ffi::SQLITE_TXN_WRITE }
 }
 
 /// Steps `stmt`, a pragma that returns one integer, and resets it; `None` if it returned no row.
@@ -430,6 +464,10 @@ unsafe fn is_file(db: NonNull<ffi::sqlite3>) -> bool {
 struct Statement {
     stmt: NonNull<ffi::sqlite3_stmt>,
     n_params: usize,
+    /// The result column names, shared by the rows of every run, with the statement's
+    /// re-prepare count when they were read: SQLite sets a statement's column names when it
+    /// prepares it, so they stay valid until it is prepared again (after a schema change).
+    columns: Option<(c_int, Arc<[String]>)>,
 }
 
 impl Statement {
@@ -456,6 +494,7 @@ impl Statement {
         let statement = Statement {
             stmt: NonNull::new(stmt)?,
             n_params: 0,
+            columns: None,
         };
         if rc != ffi::SQLITE_OK || tail.is_null() {
             return None;
@@ -478,8 +517,8 @@ impl Statement {
         Some(statement)
     }
 
-    /// Binds `params`, steps to the end and resets. Returns the changes and (when `collect`)
-    /// the rows; `None` if the statement met a shared-cache lock before doing anything, or (when
+    /// Binds `params`, steps to the end and resets. Returns the changes, and collects the rows
+    /// into `rows` if given; `None` if the statement met a shared-cache lock before doing anything, or (when
     /// `busy_to_sqlx`) a file lock held by another connection, so that sqlx (which waits for the
     /// unlock) runs it instead.
     ///
@@ -493,9 +532,9 @@ impl Statement {
         &mut self,
         db: NonNull<ffi::sqlite3>,
         params: &[Value],
-        collect: bool,
+        rows: Option<&mut Vec<Row>>,
         busy_to_sqlx: bool,
-    ) -> Option<Result<(u64, Vec<Row>), Error>> {
+    ) -> Option<Result<u64, Error>> {
         /// Resets the statement when `run` returns or unwinds, so that no step is left half-way,
         /// and (`clear`) clears its bindings, so that SQLite holds no pointer into `params`
         /// afterwards. Without text or blob parameters there is no such pointer, and the next
@@ -519,7 +558,7 @@ impl Statement {
             .any(|p| matches!(p, Value::Text(_) | Value::Blob(_)));
         let _reset = Reset(self.stmt.as_ptr(), borrows);
         // SAFETY: the caller's promise.
-        unsafe { self.bind_and_step(db, params, collect, busy_to_sqlx) }
+        unsafe { self.bind_and_step(db, params, rows, busy_to_sqlx) }
     }
 
     /// # Safety
@@ -528,9 +567,9 @@ impl Statement {
         &mut self,
         db: NonNull<ffi::sqlite3>,
         params: &[Value],
-        collect: bool,
+        mut rows: Option<&mut Vec<Row>>,
         busy_to_sqlx: bool,
-    ) -> Option<Result<(u64, Vec<Row>), Error>> {
+    ) -> Option<Result<u64, Error>> {
         let stmt = self.stmt.as_ptr();
         for (i, param) in params.iter().enumerate() {
             // `prepare` checked that the statement has `params.len()` parameters, a c_int.
@@ -565,7 +604,6 @@ impl Statement {
                 return Some(Err(unsafe { db_error(db) }));
             }
         }
-        let mut rows = Vec::new();
         let mut columns: Option<Arc<[String]>> = None;
         // sqlx decodes rows after the statement has run to its end; so does this.
         let mut decode_error = None;
@@ -574,12 +612,16 @@ impl Statement {
             // SAFETY: the caller's promise.
             let rc = unsafe { ffi::sqlite3_step(stmt) };
             match rc {
-                ffi::SQLITE_ROW if collect => {
+                ffi::SQLITE_ROW if rows.is_some() => {
                     // SAFETY: the statement is on a row.
-                    let columns = columns.get_or_insert_with(|| unsafe { column_names(stmt) });
+                    let columns = columns.get_or_insert_with(|| unsafe { self.column_names() });
                     // SAFETY: as above.
                     match unsafe { read_row(stmt, columns.len()) } {
-                        Ok(values) => rows.push(Row::new(Arc::clone(columns), values)),
+                        Ok(values) => {
+                            if let Some(rows) = rows.as_deref_mut() {
+                                rows.push(Row::new(Arc::clone(columns), values));
+                            }
+                        }
                         Err(err) => {
                             decode_error.get_or_insert(err);
                         }
@@ -601,7 +643,30 @@ impl Statement {
         }
         // SAFETY: the caller's promise. sqlx reports `sqlite3_changes` after the statement.
         let changes = unsafe { ffi::sqlite3_changes(db.as_ptr()) };
-        Some(Ok((u64::try_from(changes).unwrap_or(0), rows)))
+        Some(Ok(u64::try_from(changes).unwrap_or(0)))
+    }
+}
+
+impl Statement {
+    /// The result column names, kept from an earlier run unless the statement was prepared
+    /// again since.
+    ///
+    /// # Safety
+    /// The statement is live, on a row, and its connection locked for us.
+    unsafe fn column_names(&mut self) -> Arc<[String]> {
+        let stmt = self.stmt.as_ptr();
+        // SAFETY: the caller's promise.
+        let prepared =
+            unsafe { ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_REPREPARE, 0) };
+        if let Some((seen, names)) = &self.columns
+            && *seen == prepared
+        {
+            return Arc::clone(names);
+        }
+        // SAFETY: the caller's promise.
+        let names = unsafe { column_names(stmt) };
+        self.columns = Some((prepared, Arc::clone(&names)));
+        names
     }
 }
 

@@ -1,5 +1,6 @@
 //! One physical connection held for the duration of an operation (raw `sqlite3*` access to it is in `raw`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use liteorm_core::{Error, Result, Row, Value};
@@ -164,6 +165,17 @@ impl Held {
     }
 }
 
+/// Runs `f` on the handle lock of the connection in `slot` right away, without an await: the
+/// path of a statement on a pinned connection that nothing else is using and whose handle lock is
+/// already held (every statement of a transaction or capture after its first). `None`, without
+/// calling `f`, if the slot is taken, the connection was released, or the handle lock is not held
+/// (taking it is a trip to sqlx's worker): the caller then takes the general, awaiting path.
+pub(crate) fn with_held_raw<R>(slot: &Slot, f: impl FnOnce(&mut RawLock) -> R) -> Option<R> {
+    let mut held = slot.try_lock().ok()?;
+    // `raw` is only ever set while `conn` is (see `Held::keep`).
+    held.raw.as_mut().map(f)
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         drop(self.take());
@@ -177,13 +189,52 @@ fn savepoint(depth: usize) -> String {
     format!("liteorm_savepoint_{depth}")
 }
 
+/// Savepoint levels whose statements are spelled out below, so that the transaction control of
+/// a capture or a transaction inside a transaction formats no string.
+const SPELLED: usize = 3;
+
+/// The statement that opens transaction level `depth + 1` with a savepoint (`depth` >= 1).
+fn savepoint_sql(depth: usize) -> Cow<'static, str> {
+    const SQL: [&str; SPELLED] = [
+        "SAVEPOINT liteorm_savepoint_1",
+        "SAVEPOINT liteorm_savepoint_2",
+        "SAVEPOINT liteorm_savepoint_3",
+    ];
+    match depth.checked_sub(1).and_then(|i| SQL.get(i)) {
+        Some(sql) => Cow::Borrowed(sql),
+        None => Cow::Owned(format!("SAVEPOINT {}", savepoint(depth))),
+    }
+}
+
+/// Ends transaction level `depth` (at least 1) by committing it: `COMMIT`, or the release of its
+/// savepoint.
+fn commit_sql(depth: usize) -> Cow<'static, str> {
+    const SQL: [&str; SPELLED] = [
+        "COMMIT",
+        "RELEASE SAVEPOINT liteorm_savepoint_1",
+        "RELEASE SAVEPOINT liteorm_savepoint_2",
+    ];
+    match SQL.get(depth.saturating_sub(1)) {
+        Some(sql) => Cow::Borrowed(sql),
+        None => Cow::Owned(format!("RELEASE SAVEPOINT {}", savepoint(depth - 1))),
+    }
+}
+
 /// Ends transaction level `depth` (at least 1) by rolling it back.
-fn rollback_sql(depth: usize) -> String {
-    if depth == 1 {
-        "ROLLBACK".to_owned()
-    } else {
-        let name = savepoint(depth - 1);
-        format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+fn rollback_sql(depth: usize) -> Cow<'static, str> {
+    const SQL: [&str; SPELLED] = [
+        "ROLLBACK",
+        "ROLLBACK TO SAVEPOINT liteorm_savepoint_1; RELEASE SAVEPOINT liteorm_savepoint_1",
+        "ROLLBACK TO SAVEPOINT liteorm_savepoint_2; RELEASE SAVEPOINT liteorm_savepoint_2",
+    ];
+    match SQL.get(depth.saturating_sub(1)) {
+        Some(sql) => Cow::Borrowed(sql),
+        None => {
+            let name = savepoint(depth - 1);
+            Cow::Owned(format!(
+                "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
+            ))
+        }
     }
 }
 
@@ -391,9 +442,9 @@ impl PinnedGuard {
         let depth = self.guard.depth;
         let custom = depth == 0 && statement.is_some();
         let sql = match statement {
-            Some(statement) if depth == 0 => statement.to_owned(),
-            _ if depth == 0 => "BEGIN".to_owned(),
-            _ => format!("SAVEPOINT {}", savepoint(depth)),
+            Some(statement) if depth == 0 => Cow::Borrowed(statement),
+            _ if depth == 0 => Cow::Borrowed("BEGIN"),
+            _ => savepoint_sql(depth),
         };
         // `BEGIN IMMEDIATE` takes the write lock, so on a file it may have to wait (on sqlx's
         // worker, see `control`).
@@ -438,11 +489,7 @@ impl PinnedGuard {
         if depth == 0 {
             return Ok(());
         }
-        let sql = if depth == 1 {
-            "COMMIT".to_owned()
-        } else {
-            format!("RELEASE SAVEPOINT {}", savepoint(depth - 1))
-        };
+        let sql = commit_sql(depth);
         // Outside WAL mode, a COMMIT may wait for readers to finish.
         self.control(&sql, depth == 1).await?;
         self.guard.depth = depth - 1;
@@ -478,5 +525,32 @@ impl PinnedGuard {
     /// The connection, for a command through sqlx; pass its result to [`Self::sqlx_result`].
     pub(crate) fn connection(&mut self) -> &mut SqliteConnection {
         self.conn()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spelled_transaction_control_is_what_the_savepoint_names_give() {
+        for depth in 1..=SPELLED + 2 {
+            assert_eq!(
+                savepoint_sql(depth),
+                format!("SAVEPOINT {}", savepoint(depth)),
+                "open level {}",
+                depth + 1
+            );
+        }
+        assert_eq!(commit_sql(1), "COMMIT");
+        assert_eq!(rollback_sql(1), "ROLLBACK");
+        for depth in 2..=SPELLED + 2 {
+            let name = savepoint(depth - 1);
+            assert_eq!(commit_sql(depth), format!("RELEASE SAVEPOINT {name}"));
+            assert_eq!(
+                rollback_sql(depth),
+                format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+            );
+        }
     }
 }

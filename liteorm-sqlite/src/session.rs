@@ -1,17 +1,22 @@
 //! `SqliteSession`: the `Session` trait on a sqlx SQLite pool or on one pinned connection.
 
 use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use liteorm_core::{Dialect, Error, Result, Row, Session, Transaction, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Executor as _};
 
+use crate::inline::RawLock;
 use crate::parking::{DEFAULT_LINGER, Parking};
-use crate::pinned::Slot;
+use crate::pinned::{self, Slot};
 use crate::sqlx_compat::PoolId;
 use crate::{DIALECT, PinnedConnection, PinnedGuard, SqliteInfo, convert, routing};
 
@@ -240,11 +245,42 @@ impl SqliteSession {
         result
     }
 
-    /// [`Session::execute`], unboxed: a transaction's `execute` awaits this directly instead
-    /// of the session's boxed trait future (one allocation less per statement).
-    async fn execute_unboxed(&self, sql: &str, params: &[Value]) -> Result<u64> {
+    /// Runs a statement inline at once when the session is pinned to a connection that nothing
+    /// else is using and whose handle lock is held ([`pinned::with_held_raw`]): no lock to wait
+    /// for, no future to poll. `Tried::Done` with its result; `Tried::Sqlx` if the statement has
+    /// to go through sqlx (nothing was run); `Tried::No` if the fast path did not apply.
+    fn try_inline<R>(&self, run: impl FnOnce(&mut RawLock) -> Option<Result<R>>) -> Tried<R> {
+        let Target::Pinned(slot, _) = &self.target else {
+            return Tried::No;
+        };
+        match pinned::with_held_raw(slot, run) {
+            Some(Some(done)) => Tried::Done(done),
+            Some(None) => Tried::Sqlx,
+            None => Tried::No,
+        }
+    }
+
+    /// [`Session::execute`] as the trait's boxed future (see [`StatementFuture`]).
+    fn execute_boxed<'f>(
+        &'f self,
+        sql: &'f str,
+        params: &'f [Value],
+    ) -> BoxFuture<'f, Result<u64>> {
+        Box::pin(StatementFuture {
+            session: self,
+            sql,
+            params,
+            inline: RawLock::execute,
+            general: |s, sql, params, inline| Box::pin(s.execute_general(sql, params, inline)),
+            state: State::Start,
+        })
+    }
+
+    /// Runs one statement on a connection taken as [`Self::run`] does: inline unless `inline`
+    /// is false (the statement is known to need sqlx), else through sqlx.
+    async fn execute_general(&self, sql: &str, params: &[Value], inline: bool) -> Result<u64> {
         self.run(|mut guard| async move {
-            if let Some(changes) = guard.execute_inline(sql, params).await? {
+            if inline && let Some(changes) = guard.execute_inline(sql, params).await? {
                 return Ok(changes);
             }
             let query =
@@ -255,10 +291,26 @@ impl SqliteSession {
         .await
     }
 
-    /// [`Session::query`], unboxed (see [`Self::execute_unboxed`]).
-    async fn query_unboxed(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+    /// [`Session::query`] as the trait's boxed future (see [`StatementFuture`]).
+    fn query_boxed<'f>(
+        &'f self,
+        sql: &'f str,
+        params: &'f [Value],
+    ) -> BoxFuture<'f, Result<Vec<Row>>> {
+        Box::pin(StatementFuture {
+            session: self,
+            sql,
+            params,
+            inline: RawLock::query,
+            general: |s, sql, params, inline| Box::pin(s.query_general(sql, params, inline)),
+            state: State::Start,
+        })
+    }
+
+    /// Runs one query as [`Self::execute_general`] runs a statement.
+    async fn query_general(&self, sql: &str, params: &[Value], inline: bool) -> Result<Vec<Row>> {
         self.run(|mut guard| async move {
-            if let Some(rows) = guard.query_inline(sql, params).await? {
+            if inline && let Some(rows) = guard.query_inline(sql, params).await? {
                 return Ok(rows);
             }
             let query =
@@ -268,6 +320,74 @@ impl SqliteSession {
         })
         .await
     }
+}
+
+/// The future of one statement of [`Session::execute`] or [`Session::query`]. Its first poll
+/// runs the statement inline if it can ([`SqliteSession::try_inline`]) and is ready with the
+/// result, with no state machine to step and no connection future to build; otherwise it
+/// starts the general path (a second, boxed future) and polls that. Nothing runs before the
+/// first poll, as with an `async fn`.
+struct StatementFuture<'f, R> {
+    session: &'f SqliteSession,
+    sql: &'f str,
+    params: &'f [Value],
+    /// The inline run ([`RawLock::execute`] or [`RawLock::query`]).
+    inline: fn(&mut RawLock, &str, &[Value]) -> Option<Result<R>>,
+    /// The general path, told whether to try inline first.
+    general: General<'f, R>,
+    state: State<'f, R>,
+}
+
+/// The general path of a [`StatementFuture`]: session, SQL, parameters, and whether to try
+/// inline first.
+type General<'f, R> = fn(&'f SqliteSession, &'f str, &'f [Value], bool) -> BoxFuture<'f, Result<R>>;
+
+/// Where a [`StatementFuture`] is.
+enum State<'f, R> {
+    /// Not polled yet.
+    Start,
+    /// On the general path.
+    General(BoxFuture<'f, Result<R>>),
+    /// Ready was returned.
+    Finished,
+}
+
+impl<R> Future for StatementFuture<'_, R> {
+    type Output = Result<R>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        let this = &mut *self;
+        if let State::Start = this.state {
+            let (sql, params, inline) = (this.sql, this.params, this.inline);
+            let try_inline = match this.session.try_inline(|raw| inline(raw, sql, params)) {
+                Tried::Done(done) => {
+                    this.state = State::Finished;
+                    return Poll::Ready(done);
+                }
+                Tried::Sqlx => false,
+                Tried::No => true,
+            };
+            this.state = State::General((this.general)(this.session, sql, params, try_inline));
+        }
+        let State::General(general) = &mut this.state else {
+            return Poll::Ready(Err(Error::Closed(
+                "a statement future was polled after it completed",
+            )));
+        };
+        let done = std::task::ready!(general.as_mut().poll(cx));
+        this.state = State::Finished;
+        Poll::Ready(done)
+    }
+}
+
+/// What [`SqliteSession::try_inline`] did.
+enum Tried<R> {
+    /// Ran the statement inline: its result.
+    Done(Result<R>),
+    /// Found that the statement has to go through sqlx; nothing was run.
+    Sqlx,
+    /// Did not apply (not pinned, connection in use, or no handle lock held yet).
+    No,
 }
 
 impl std::fmt::Debug for SqliteSession {
@@ -289,8 +409,20 @@ impl Session for SqliteSession {
         self
     }
 
-    async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.execute_unboxed(sql, params).await
+    // `execute` and `query` are written out (not `async fn`): their futures are built by
+    // `execute_boxed` and `query_boxed`, which run a statement at once when they can.
+    fn execute<'s, 'q, 'p, 'f>(
+        &'s self,
+        sql: &'q str,
+        params: &'p [Value],
+    ) -> BoxFuture<'f, Result<u64>>
+    where
+        's: 'f,
+        'q: 'f,
+        'p: 'f,
+        Self: 'f,
+    {
+        self.execute_boxed(sql, params)
     }
 
     async fn execute_batch(&self, sql: &str) -> Result<()> {
@@ -298,8 +430,18 @@ impl Session for SqliteSession {
             .await
     }
 
-    async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.query_unboxed(sql, params).await
+    fn query<'s, 'q, 'p, 'f>(
+        &'s self,
+        sql: &'q str,
+        params: &'p [Value],
+    ) -> BoxFuture<'f, Result<Vec<Row>>>
+    where
+        's: 'f,
+        'q: 'f,
+        'p: 'f,
+        Self: 'f,
+    {
+        self.query_boxed(sql, params)
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
@@ -367,14 +509,34 @@ impl Session for SqliteTransaction {
     fn as_any(&self) -> &dyn Any {
         &self.session
     }
-    async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.session.execute_unboxed(sql, params).await
+    fn execute<'s, 'q, 'p, 'f>(
+        &'s self,
+        sql: &'q str,
+        params: &'p [Value],
+    ) -> BoxFuture<'f, Result<u64>>
+    where
+        's: 'f,
+        'q: 'f,
+        'p: 'f,
+        Self: 'f,
+    {
+        self.session.execute_boxed(sql, params)
     }
     async fn execute_batch(&self, sql: &str) -> Result<()> {
         self.session.execute_batch(sql).await
     }
-    async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.session.query_unboxed(sql, params).await
+    fn query<'s, 'q, 'p, 'f>(
+        &'s self,
+        sql: &'q str,
+        params: &'p [Value],
+    ) -> BoxFuture<'f, Result<Vec<Row>>>
+    where
+        's: 'f,
+        'q: 'f,
+        'p: 'f,
+        Self: 'f,
+    {
+        self.session.query_boxed(sql, params)
     }
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         self.session.begin().await

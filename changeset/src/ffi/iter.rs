@@ -165,6 +165,51 @@ impl IterRef<'_> {
         })
     }
 
+    /// Checks the current change the way [`Self::change`] reads it (the same calls in the same
+    /// order, so the same errors) without copying anything out: how a blob is validated.
+    pub(crate) fn check(&self) -> Result<(), RawError> {
+        let (rc, name, n_col, op, _) = self.op();
+        check(rc, "sqlite3changeset_op")?;
+        if name.is_null() {
+            return Err(code_error(sys::SQLITE_CORRUPT, "sqlite3changeset_op"));
+        }
+        if !matches!(
+            op,
+            sys::SQLITE_INSERT | sys::SQLITE_UPDATE | sys::SQLITE_DELETE
+        ) {
+            return Err(code_error(sys::SQLITE_CORRUPT, "sqlite3changeset_op"));
+        }
+        let (mut pk_ptr, mut pk_cols) = (ptr::null_mut(), 0);
+        // SAFETY: the iterator is positioned on a change; the out-pointers are valid.
+        let rc = unsafe { sys::sqlite3changeset_pk(self.iter, &mut pk_ptr, &mut pk_cols) };
+        if rc != sys::SQLITE_OK || pk_ptr.is_null() || pk_cols != n_col {
+            return Err(code_error(sys::SQLITE_CORRUPT, "sqlite3changeset_pk"));
+        }
+        if op != sys::SQLITE_INSERT {
+            self.check_values(n_col, sys::sqlite3changeset_old, "sqlite3changeset_old")?;
+        }
+        if op != sys::SQLITE_DELETE {
+            self.check_values(n_col, sys::sqlite3changeset_new, "sqlite3changeset_new")?;
+        }
+        Ok(())
+    }
+
+    /// Asks for values `0..n` with `get`, as [`Self::values`] does, without reading them.
+    fn check_values(
+        &self,
+        n: c_int,
+        get: ValueGetter,
+        context: &'static str,
+    ) -> Result<(), RawError> {
+        for i in 0..n {
+            let mut value = ptr::null_mut();
+            // SAFETY: as in `values`.
+            let rc = unsafe { get(self.iter, i, &mut value) };
+            check(rc, context)?;
+        }
+        Ok(())
+    }
+
     /// The conflicting row of the target table (DATA and CONFLICT conflicts only).
     pub(crate) fn conflicting_row(&self, n_col: usize) -> Result<Vec<Value>, RawError> {
         let n = c_len(n_col)?;
