@@ -164,7 +164,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     show("replica accounts", &replica_db).await?;
     let same = dump(&replica_db).await? == dump(&app).await?;
     println!("\nreplica matches the app database: {same}");
-    println!("files are in {}", dir.display());
+    // (A temporary directory is gone when this returns: nothing to point at.)
+    if std::env::args().nth(1).is_some() {
+        println!("files are in {}", dir.display());
+    }
     Ok(())
 }
 
