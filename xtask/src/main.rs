@@ -467,7 +467,9 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
             report.steps[8] = runner.step("soak --seconds 30", || {
                 run_built(
                     root,
-                    &mut cell_cmd(&["build", "--workspace", "--bins"], &[]),
+                    // The examples' build exactly: without `--examples` the dev-dependencies'
+                    // features drop out and sqlx and its dependents would compile again.
+                    &mut cell_cmd(&["build", "--workspace", "--examples", "--bins"], &[]),
                     &[(PathBuf::from("liteorm-soak"), vec!["--seconds", "30"])],
                 )
             });
