@@ -13,7 +13,7 @@ use liteorm_sqlite::SqliteSession;
 use crate::migrations::state;
 use crate::support::{
     NatsServer, content, db_file, db_with_schema, follower, record, record_many, spawn_follower,
-    spawn_publisher, wait_progress, work,
+    spawn_publisher, stream_state, wait_progress, work,
 };
 
 /// Runs the worker with `args` until it exits 0, SIGKILLing it after a random delay below
@@ -324,14 +324,7 @@ async fn the_server_killed_and_restarted_mid_stream_loses_nothing() {
     let (_, followed) = following.stop().await;
     assert_eq!(followed.unwrap(), 300);
     assert_eq!(content(&replica_db).await, content(&primary).await);
-    let state = js
-        .get_stream(stream.name())
-        .await
-        .unwrap()
-        .cached_info()
-        .state
-        .clone();
-    assert_eq!((state.messages, state.last_sequence), (300, 300));
+    assert_eq!(stream_state(&js, &stream).await, (300, 300));
 }
 
 /// A follower waiting on its long poll when the server restarts does not sit out that pull's

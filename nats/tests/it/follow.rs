@@ -7,7 +7,7 @@ use liteorm_replication::{ChangeLog, ConflictPolicy, Meta};
 
 use crate::support::{
     NatsServer, content, db_with_schema, follower, record, record_many, spawn_follower,
-    spawn_publisher, wait_progress,
+    spawn_publisher, stream_state, wait_progress,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,14 +67,7 @@ async fn three_followers_converge_to_the_primary() {
     let (publisher, report) = publishing.stop().await;
     assert_eq!(report.unwrap().published_seq, last);
     assert_eq!(publisher.backlog().await.unwrap(), 0);
-    let state = js
-        .get_stream(stream.name())
-        .await
-        .unwrap()
-        .cached_info()
-        .state
-        .clone();
-    assert_eq!((state.messages, state.last_sequence), (last, last));
+    assert_eq!(stream_state(&js, &stream).await, (last, last));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use liteorm_nats::{ChangeStream, Error, Publisher, async_nats};
 use liteorm_replication::ChangeLog;
 use liteorm_sqlite::SqliteSession;
 
-use crate::support::{NatsServer, content, db_with_schema, follower, record_many};
+use crate::support::{NatsServer, content, db_with_schema, follower, record_many, stream_state};
 
 /// The outbox state a publisher leaves when it is killed after the server acknowledged
 /// entries up to the log's end but before it recorded more than `seq`.
@@ -55,14 +55,7 @@ async fn a_resend_after_a_crash_is_dropped_by_the_server() {
         (0, 8, 0)
     );
     assert_eq!(report.published_seq, 20);
-    let state = js
-        .get_stream(stream.name())
-        .await
-        .unwrap()
-        .cached_info()
-        .state
-        .clone();
-    assert_eq!((state.messages, state.last_sequence), (20, 20));
+    assert_eq!(stream_state(&js, &stream).await, (20, 20));
 
     record_many(&log, 5).await;
     assert_eq!(restarted.publish_pending().await.unwrap().published, 5);
@@ -105,14 +98,7 @@ async fn a_resend_after_the_duplicate_window_is_refused_by_the_sequence_check() 
         (0, 0, 6)
     );
     assert_eq!(report.published_seq, 10);
-    let state = js
-        .get_stream(stream.name())
-        .await
-        .unwrap()
-        .cached_info()
-        .state
-        .clone();
-    assert_eq!((state.messages, state.last_sequence), (10, 10));
+    assert_eq!(stream_state(&js, &stream).await, (10, 10));
     let (replica_db, _d2) = db_with_schema().await;
     let mut follower = follower(&js, &stream, &replica_db, "replica").await;
     assert_eq!(follower.catch_up().await.unwrap().last_seq, 10);
@@ -274,12 +260,5 @@ async fn run_writes_its_cursor_once_per_interval_and_a_crash_in_between_only_res
     let mut follower = follower(&js, &stream, &replica_db, "replica").await;
     assert_eq!(follower.catch_up().await.unwrap().last_seq, 10);
     assert_eq!(content(&replica_db).await, content(&primary).await);
-    let state = js
-        .get_stream(stream.name())
-        .await
-        .unwrap()
-        .cached_info()
-        .state
-        .clone();
-    assert_eq!((state.messages, state.last_sequence), (10, 10));
+    assert_eq!(stream_state(&js, &stream).await, (10, 10));
 }

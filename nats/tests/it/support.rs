@@ -233,6 +233,13 @@ pub(crate) async fn record_many(log: &ChangeLog, count: u64) {
     }
 }
 
+/// The stream's message count and last sequence, as the server has them now.
+pub(crate) async fn stream_state(js: &jetstream::Context, stream: &ChangeStream) -> (u64, u64) {
+    let handle = js.get_stream(stream.name()).await.expect("get the stream");
+    let state = &handle.cached_info().state;
+    (state.messages, state.last_sequence)
+}
+
 /// Every row of the data tables, ordered.
 pub(crate) async fn content(db: &dyn Session) -> Vec<Vec<Value>> {
     let mut rows = Vec::new();
