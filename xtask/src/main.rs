@@ -427,7 +427,7 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
         report.steps[3] = runner.step("examples", || {
             run_built(
                 root,
-                &mut cell_cmd(&["build", "--workspace", "--examples", "--bins"], &[]),
+                &mut cell_cmd(WORKSPACE_BUILD, &[]),
                 &EXAMPLES
                     .iter()
                     .map(|example| (Path::new("examples").join(example), Vec::new()))
@@ -467,9 +467,7 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
             report.steps[8] = runner.step("soak --seconds 30", || {
                 run_built(
                     root,
-                    // The examples' build exactly: without `--examples` the dev-dependencies'
-                    // features drop out and sqlx and its dependents would compile again.
-                    &mut cell_cmd(&["build", "--workspace", "--examples", "--bins"], &[]),
+                    &mut cell_cmd(WORKSPACE_BUILD, &[]),
                     &[(PathBuf::from("liteorm-soak"), vec!["--seconds", "30"])],
                 )
             });
@@ -492,6 +490,12 @@ fn test(root: &Path, opts: &TestOptions) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+/// The build before the examples and the soak run: the workspace's binaries and examples, with
+/// features unified as in the test build. Both steps use exactly this, so the second compiles
+/// nothing (without `--examples` the dev-dependencies' features drop out and sqlx and its
+/// dependents compile again).
+const WORKSPACE_BUILD: &[&str] = &["build", "--workspace", "--examples", "--bins"];
 
 /// Runs `build`, then each of `programs` (a path under the target dir's `debug`, and its
 /// arguments) in the workspace root; fails if any fails, after running them all.
