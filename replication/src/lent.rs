@@ -30,4 +30,13 @@ impl EntryWriter for Handle<'_> {
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         Ok(Handle::query(*self, sql, params)?)
     }
+
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        Handle::query(*self, sql, params)?;
+        let changes = Handle::query(*self, "SELECT changes()", &[])?;
+        Ok(changes
+            .first()
+            .map_or(Ok(0), |row| row.try_get::<i64>(0))
+            .map(|n| u64::try_from(n).unwrap_or(0))?)
+    }
 }

@@ -1,6 +1,7 @@
 //! The change log: recording units of work with their changesets, querying them, reverting.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use liteorm_changeset::{ApplyReport, Capability, Capture, Changeset, SchemaChangegroup, apply};
@@ -142,6 +143,12 @@ impl LogEntry {
         }
     }
 
+    /// Makes this the entry after `head` (its seq and chain hash): sets the seq and the hash.
+    fn link_to(&mut self, (seq, hash): (u64, EntryHash)) {
+        self.seq = seq + 1;
+        self.hash = chain::link(&hash, &self.fields());
+    }
+
     /// Whether this entry's hash is the link after `prev`: false when any field, the entry's
     /// position, or the previous entry differs from what was hashed when it was logged.
     pub fn follows(&self, prev: &EntryHash) -> bool {
@@ -222,11 +229,18 @@ fn stored(seq: u64) -> Value {
 pub(crate) trait EntryWriter {
     /// Runs one statement with positional parameters and returns its rows.
     fn query(&mut self, sql: &str, params: &[Value]) -> impl Future<Output = Result<Vec<Row>>>;
+
+    /// Runs one statement with positional parameters and returns the rows it changed.
+    fn execute(&mut self, sql: &str, params: &[Value]) -> impl Future<Output = Result<u64>>;
 }
 
 impl EntryWriter for &SqliteSession {
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         Ok(Session::query(*self, sql, params).await?)
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        Ok(Session::execute(*self, sql, params).await?)
     }
 }
 
@@ -346,6 +360,7 @@ pub struct ChangeLog {
     db: SqliteSession,
     tables: Option<Vec<String>>,
     publish: Option<mpsc::Sender<LogEntry>>,
+    head: HeadHint,
 }
 
 impl ChangeLog {
@@ -366,6 +381,7 @@ impl ChangeLog {
             db,
             tables: None,
             publish: None,
+            head: HeadHint::default(),
         })
     }
 
@@ -423,8 +439,12 @@ impl ChangeLog {
             tx.commit().await.map_err(Error::from)?;
             return Ok((value, None));
         }
-        let entry = append(&mut tx.session(), meta, kind, changes).await?;
+        let tables = changes.tables()?;
+        let hint = self.head.get();
+        let entry =
+            append_entry(&mut tx.session(), meta, kind, tables, changes, None, hint).await?;
         tx.commit().await.map_err(Error::from)?;
+        self.head.set(entry.seq, entry.hash);
         let seq = entry.seq;
         self.published(entry).await;
         Ok((value, Some(seq)))
@@ -705,7 +725,7 @@ pub(crate) async fn append(
     changeset: Changeset,
 ) -> Result<LogEntry> {
     let tables = changeset.tables()?;
-    append_entry(db, meta, kind, tables, changeset, None).await
+    append_entry(db, meta, kind, tables, changeset, None, None).await
 }
 
 /// Appends a [`EntryKind::Schema`] entry for `sql`, which touched `tables` (see [`append`]).
@@ -722,10 +742,13 @@ pub(crate) async fn append_schema(
         tables,
         Changeset::default(),
         Some(sql),
+        None,
     )
     .await
 }
 
+/// Appends the entry; with `hint`, the head the log is believed to have (see [`HeadHint`]),
+/// tried first without reading the head back.
 async fn append_entry(
     db: &mut impl EntryWriter,
     meta: Meta,
@@ -733,12 +756,11 @@ async fn append_entry(
     tables: Vec<String>,
     changeset: Changeset,
     ddl: Option<String>,
+    hint: Option<(u64, EntryHash)>,
 ) -> Result<LogEntry> {
-    let committed_at_ms = now_ms();
-    let (last, prev) = head(db).await?;
     let mut entry = LogEntry {
-        seq: last + 1,
-        committed_at_ms,
+        seq: 0,
+        committed_at_ms: now_ms(),
         actor: meta.actor,
         reason: meta.reason,
         kind,
@@ -747,25 +769,74 @@ async fn append_entry(
         ddl,
         hash: EntryHash::GENESIS,
     };
-    entry.hash = chain::link(&prev, &entry.fields());
-    let (kind_name, ref_seq) = chain::kind_parts(kind);
-    db.query(
-        "INSERT INTO liteorm_changes(seq, committed_at, actor, reason, tables, kind, ref_seq, blob, hash) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        &[
-            stored(entry.seq),
-            committed_at_ms.into(),
-            entry.actor.clone().into(),
-            entry.reason.clone().into(),
-            format!(",{},", entry.tables.join(",")).into(),
-            kind_name.into(),
-            ref_seq.map_or(Value::Null, stored),
-            entry.fields().payload.into(),
-            entry.hash.as_bytes().as_slice().into(),
-        ],
-    )
-    .await?;
+    if let Some(head) = hint {
+        entry.link_to(head);
+        if insert_entry(db, &entry, Some(head)).await? {
+            return Ok(entry);
+        }
+    }
+    entry.link_to(head(db).await?);
+    insert_entry(db, &entry, None).await?;
     Ok(entry)
+}
+
+/// Inserts `entry`; with `expected_head`, only if the newest row is exactly that seq and hash
+/// (returns whether it inserted).
+async fn insert_entry(
+    db: &mut impl EntryWriter,
+    entry: &LogEntry,
+    expected_head: Option<(u64, EntryHash)>,
+) -> Result<bool> {
+    const INSERT: &str = "INSERT INTO liteorm_changes(seq, committed_at, actor, reason, tables, kind, ref_seq, hash, blob) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    // One statement reads the head and inserts: the blob is NULL, so the row is not inserted
+    // (OR IGNORE), unless the newest row is the expected one (`ORDER BY seq DESC LIMIT 1` is
+    // one seek to the last rowid). An INSERT ... SELECT ... WHERE would copy its source
+    // through a temporary table, as it reads the table it inserts into.
+    const INSERT_ON_HEAD: &str = "INSERT OR IGNORE INTO liteorm_changes(seq, committed_at, actor, reason, tables, kind, ref_seq, hash, blob) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN \
+         (SELECT seq = ? AND hash = ? FROM liteorm_changes ORDER BY seq DESC LIMIT 1) THEN ? END)";
+    let (kind_name, ref_seq) = chain::kind_parts(entry.kind);
+    let mut params = vec![
+        stored(entry.seq),
+        entry.committed_at_ms.into(),
+        entry.actor.clone().into(),
+        entry.reason.clone().into(),
+        format!(",{},", entry.tables.join(",")).into(),
+        kind_name.into(),
+        ref_seq.map_or(Value::Null, stored),
+        entry.hash.as_bytes().as_slice().into(),
+    ];
+    let payload = entry.fields().payload.into();
+    let Some((seq, hash)) = expected_head else {
+        params.push(payload);
+        db.query(INSERT, &params).await?;
+        return Ok(true);
+    };
+    params.extend([stored(seq), hash.as_bytes().as_slice().into(), payload]);
+    Ok(db.execute(INSERT_ON_HEAD, &params).await? == 1)
+}
+
+/// The newest entry a [`ChangeLog`] appended, its seq and chain hash, shared by its clones.
+/// The next append tries to go on top of it without reading the head back first; the
+/// insert checks that the head is still exactly that entry (another writer, a prune of every
+/// entry or a restored file make it fall back to reading the head). So a stale hint costs
+/// one statement, never a wrong link.
+#[derive(Clone, Default)]
+struct HeadHint(Arc<Mutex<Option<(u64, EntryHash)>>>);
+
+impl HeadHint {
+    fn get(&self) -> Option<(u64, EntryHash)> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that the entry `seq`, hashed `hash`, was committed (a later one is kept).
+    fn set(&self, seq: u64, hash: EntryHash) {
+        let mut head = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if head.is_none_or(|(known, _)| known < seq) {
+            *head = Some((seq, hash));
+        }
+    }
 }
 
 /// The newest entry's seq and hash: of the pruned horizon when the log is empty after
