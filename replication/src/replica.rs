@@ -1,6 +1,6 @@
 //! The replica side: applying log entries in seq order, exactly once.
 
-use liteorm_changeset::apply;
+use liteorm_changeset::{Changeset, apply};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::{SqliteSession, SqliteTransaction};
 
@@ -8,6 +8,9 @@ use crate::log::sqlite;
 use crate::{
     ChainBreak, ChangeSource, ConflictPolicy, EntryHash, Error, LogEntry, Payload, Result,
 };
+
+/// Undoes a run applied as one changeset ([`Replica::apply_run`]).
+const UNDO_RUN: &str = "ROLLBACK TO liteorm_replica_run; RELEASE liteorm_replica_run";
 
 const CREATE_STATE: &str = "CREATE TABLE IF NOT EXISTS liteorm_replica(
     name TEXT PRIMARY KEY,
@@ -134,7 +137,9 @@ impl Replica {
         }
     }
 
-    /// Applies what it can; on error, returns the index of the failing entry.
+    /// Applies what it can; on error, returns the index of the failing entry. Every entry is
+    /// checked (seq, chain) in order; consecutive change entries are applied together as one
+    /// run ([`Self::apply_run`]), a schema entry between two runs.
     async fn apply_in(
         &self,
         tx: &SqliteTransaction,
@@ -143,6 +148,8 @@ impl Replica {
         let session = tx.session();
         let (mut last, mut last_hash) =
             read_cursor(session, &self.name).await.map_err(|e| (0, e))?;
+        // Checked change entries not applied yet: indices into `entries`.
+        let mut run = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
             if entry.seq <= last {
                 continue;
@@ -177,18 +184,11 @@ impl Replica {
                     },
                 ));
             }
-            let stopped = |source: liteorm_changeset::Error| {
-                (
-                    i,
-                    Error::Stopped {
-                        seq: entry.seq,
-                        source: Box::new(source),
-                    },
-                )
-            };
-            let changeset = match entry.payload() {
-                Payload::Changes(changeset) => changeset,
+            match entry.payload() {
+                Payload::Changes(_) => run.push(i),
                 Payload::Schema(sql) => {
+                    self.apply_run(session, entries, &run).await?;
+                    run.clear();
                     // DDL is transactional in SQLite: it commits with the cursor, or not at all.
                     session.execute_batch(sql).await.map_err(|source| {
                         (
@@ -200,28 +200,12 @@ impl Replica {
                         )
                     })?;
                     tracing::info!(replica = %self.name, seq = entry.seq, "schema migration applied");
-                    last = entry.seq;
-                    last_hash = Some(entry.hash);
-                    continue;
                 }
-            };
-            let report = apply(session, changeset)
-                .on_conflict(self.policy.handler())
-                .await
-                .map_err(stopped)?;
-            if !report.skipped_tables.is_empty() {
-                // SQLite skips incompatible tables silently; a replica must not diverge silently.
-                return Err((
-                    i,
-                    Error::SchemaMismatch {
-                        seq: entry.seq,
-                        tables: report.skipped_tables,
-                    },
-                ));
             }
             last = entry.seq;
             last_hash = Some(entry.hash);
         }
+        self.apply_run(session, entries, &run).await?;
         session
             .execute(
                 "UPDATE liteorm_replica SET last_seq = ?, last_hash = ? WHERE name = ?",
@@ -234,6 +218,75 @@ impl Replica {
             .await
             .map_err(|e| (entries.len(), e.into()))?;
         Ok(last)
+    }
+
+    /// Applies the change entries `entries[i]` for each `i` in `run` (checked, consecutive).
+    /// Several are applied as one changeset ([`Changeset::join`]), so SQLite prepares its
+    /// statements once per table for the whole run instead of once per entry. If that apply
+    /// fails or skips a table, its effects are undone and the run is applied entry by entry,
+    /// which names the entry at fault and stops right before it, as the policy decides.
+    async fn apply_run(
+        &self,
+        session: &SqliteSession,
+        entries: &[LogEntry],
+        run: &[usize],
+    ) -> Result<(), (usize, Error)> {
+        if let [_, _, ..] = run {
+            let joined = Changeset::join(run.iter().map(|&i| &entries[i].changeset));
+            let savepoint = |sql: &'static str| async move {
+                session
+                    .execute_batch(sql)
+                    .await
+                    .map_err(|e| (run[0], e.into()))
+            };
+            savepoint("SAVEPOINT liteorm_replica_run").await?;
+            let applied = apply(session, &joined)
+                .on_conflict(self.policy.handler())
+                .await;
+            match applied {
+                Ok(report) if report.skipped_tables.is_empty() => {
+                    return savepoint("RELEASE liteorm_replica_run").await;
+                }
+                Ok(_) => savepoint(UNDO_RUN).await?,
+                // Some errors (a full disk) roll the whole transaction back: then there is
+                // nothing to retry in it, and the apply's error is the one to report.
+                Err(err) => savepoint(UNDO_RUN).await.map_err(|_| {
+                    let seq = entries[run[0]].seq;
+                    (
+                        run[0],
+                        Error::Stopped {
+                            seq,
+                            source: Box::new(err),
+                        },
+                    )
+                })?,
+            }
+        }
+        for &i in run {
+            self.apply_one(session, &entries[i])
+                .await
+                .map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+
+    /// Applies one change entry.
+    async fn apply_one(&self, session: &SqliteSession, entry: &LogEntry) -> Result<()> {
+        let report = apply(session, &entry.changeset)
+            .on_conflict(self.policy.handler())
+            .await
+            .map_err(|source| Error::Stopped {
+                seq: entry.seq,
+                source: Box::new(source),
+            })?;
+        if !report.skipped_tables.is_empty() {
+            // SQLite skips incompatible tables silently; a replica must not diverge silently.
+            return Err(Error::SchemaMismatch {
+                seq: entry.seq,
+                tables: report.skipped_tables,
+            });
+        }
+        Ok(())
     }
 
     /// Applies every entry `source` has after the cursor, batch by batch, reporting progress as

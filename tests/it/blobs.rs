@@ -59,6 +59,36 @@ async fn concat_applied_equals_applying_both_in_order() {
 }
 
 #[tokio::test]
+async fn join_keeps_every_change_and_applied_equals_applying_each_in_order() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 3).await;
+    let (copy, _dir2) = file_db().await;
+    seed(&copy, 3).await;
+    let a = captured(
+        &db,
+        &["t"],
+        "UPDATE t SET name = 'a' WHERE id = 1; INSERT INTO t VALUES (9, 'nine', 0.0, NULL)",
+    )
+    .await;
+    let b = captured(
+        &db,
+        &["t"],
+        "UPDATE t SET name = 'b' WHERE id = 1; DELETE FROM t WHERE id = 9",
+    )
+    .await;
+    let joined = Changeset::join([&a, &b]);
+    // Nothing merges: both updates of row 1, the insert and the delete of row 9.
+    assert_eq!(joined.as_bytes(), [a.as_bytes(), b.as_bytes()].concat());
+    assert_eq!(Changeset::validate(joined.as_bytes()).unwrap(), 4);
+    let ops: Vec<ChangeOp> = joined.changes().unwrap().iter().map(|c| c.op).collect();
+    assert_eq!(ops.iter().filter(|&&op| op == ChangeOp::Update).count(), 2);
+    apply(&copy, &joined).await.unwrap();
+    assert_eq!(dump(&copy, "t").await, dump(&db, "t").await);
+    assert_eq!(Changeset::join([&a]), a);
+    assert!(Changeset::join([]).is_empty());
+}
+
+#[tokio::test]
 async fn changesets_are_owned_send_sync_and_cheap_to_clone() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<Changeset>();

@@ -642,3 +642,142 @@ async fn a_rollback_to_0_is_logged_readable_and_verifies() {
         dump(&primary, "item").await
     );
 }
+
+/// A log remembers the entry it appended last and appends the next one on top of it without
+/// reading the head back; whatever happened to the log in between (another writer's entries,
+/// a prune of every entry, the newest entry replaced), the new entry links to the real head.
+#[tokio::test]
+async fn appends_link_to_the_real_head_whatever_happened_since_the_last_one() {
+    let (primary, dir) = db_with_schema().await;
+    let path = dir.path().join("test.db");
+    let other = SqliteSession::open(path.to_str().unwrap()).await.unwrap();
+    let (a, b) = (
+        ChangeLog::open(&primary).await.unwrap(),
+        ChangeLog::open(&other).await.unwrap(),
+    );
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        // Two writers in turn: each one's remembered head is stale every time.
+        for log in [&a, &a, &b] {
+            let seq = record(log, "ada", "UPDATE counter SET n = n + 1 WHERE id = 1").await;
+            seqs.push(seq.unwrap());
+        }
+        assert_eq!(a.verify().await.unwrap().entries, 3 * (i + 1));
+    }
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
+
+    // Every entry pruned: the head is the horizon's.
+    b.force_prune(9).await.unwrap();
+    assert_eq!(
+        record(&a, "ada", "INSERT INTO item VALUES (1, 'pen', 3)").await,
+        Some(10)
+    );
+    assert_eq!(
+        record(&a, "ada", "INSERT INTO item VALUES (2, 'ink', 1)").await,
+        Some(11)
+    );
+
+    // The newest entry replaced (a file restored, say): same seq, another hash.
+    other
+        .execute_batch("DELETE FROM liteorm_changes WHERE seq = 11; DELETE FROM item WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(
+        record(&b, "bob", "INSERT INTO item VALUES (3, 'cap', 2)").await,
+        Some(11)
+    );
+    assert_eq!(
+        record(&a, "ada", "INSERT INTO item VALUES (4, 'nib', 9)").await,
+        Some(12)
+    );
+    let verified = a.verify().await.unwrap();
+    assert_eq!(verified.entries, 3);
+    assert_eq!(a.last_seq().await.unwrap(), 12);
+}
+
+/// A replica applies consecutive change entries together as one changeset; the result is the
+/// same as entry by entry, rows changed again and again and reverts included.
+#[tokio::test]
+async fn a_run_of_entries_applied_together_ends_as_entry_by_entry() {
+    let (primary, _d1) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    for i in 0..40_i64 {
+        let id = i % 7;
+        log.record(Meta::actor("ada"), move |s| async move {
+            s.execute(
+                "INSERT INTO item VALUES (?, 'x', 0) ON CONFLICT(id) DO UPDATE SET qty = qty + 1",
+                &[Value::Integer(id)],
+            )
+            .await?;
+            s.execute(
+                "UPDATE counter SET n = n + ? WHERE id = 1",
+                &[Value::Integer(i)],
+            )
+            .await?;
+            if i % 5 == 4 {
+                s.execute(
+                    "DELETE FROM item WHERE id = ?",
+                    &[Value::Integer((i + 3) % 7)],
+                )
+                .await?;
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    }
+    let seq = record(&log, "ada", "UPDATE counter SET n = 5 WHERE id = 2").await;
+    record(&log, "ada", "INSERT INTO item VALUES (100, 'cap', 1)").await;
+    log.revert(seq.unwrap(), ConflictPolicy::abort(), Meta::actor("ops"))
+        .await
+        .unwrap();
+    let last = log.last_seq().await.unwrap();
+    for batch in [1, 256] {
+        let (replica_db, _d2) = db_with_schema().await;
+        let replica = Replica::open(&replica_db).await.unwrap().batch_size(batch);
+        let caught_up = replica
+            .catch_up(&mut LogTableSource::new(&primary))
+            .await
+            .unwrap();
+        assert_eq!((caught_up.applied, caught_up.last_seq), (last, last));
+        for table in ["item", "counter"] {
+            assert_eq!(dump(&replica_db, table).await, dump(&primary, table).await);
+        }
+    }
+}
+
+/// An entry of a run that cannot apply (a table the replica lacks) stops the replica right
+/// before it: what the run had applied together is undone, the entries before it stay.
+#[tokio::test]
+async fn an_incompatible_entry_inside_a_run_stops_the_replica_right_before_it() {
+    let (primary, _d1) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record(&log, "ada", "UPDATE counter SET n = n + 1 WHERE id = 1").await;
+    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 1)").await;
+    record(&log, "ada", "UPDATE counter SET n = n + 1 WHERE id = 1").await;
+    let (replica_db, _d2) = file_db().await;
+    replica_db
+        .execute_batch(
+            "CREATE TABLE counter(id INTEGER PRIMARY KEY, n INTEGER NOT NULL); \
+             INSERT INTO counter VALUES (1, 0), (2, 0)",
+        )
+        .await
+        .unwrap();
+    let replica = Replica::open(&replica_db).await.unwrap();
+    let err = replica
+        .catch_up(&mut LogTableSource::new(&primary))
+        .await
+        .unwrap_err();
+    let Error::SchemaMismatch { seq: 2, tables } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(tables[0].table, "item");
+    assert_eq!(replica.last_applied().await.unwrap(), 1);
+    assert_eq!(
+        dump(&replica_db, "counter").await,
+        [
+            vec![Value::Integer(1), Value::Integer(1)],
+            vec![Value::Integer(2), Value::Integer(0)]
+        ]
+    );
+}
