@@ -125,18 +125,14 @@ macro_rules! blob_type {
             /// The names of the tables it changes, in stored order, each once. Reads only the
             /// table headers and skips the records (no value is decoded).
             pub fn tables(&self) -> Result<Vec<String>, Error> {
-                let mut checker = format::Checker::new(None).surveying();
-                checker
-                    .feed(&self.0)
-                    .and_then(|()| checker.finish().map(drop))
-                    .map_err(|m| Error::Invalid {
-                        kind: $kind,
-                        entry: m.entry,
-                        offset: Some(m.offset),
-                        reason: m.reason,
-                    })?;
+                let sections = format::checked_sections(&self.0).map_err(|m| Error::Invalid {
+                    kind: $kind,
+                    entry: m.entry,
+                    offset: Some(m.offset),
+                    reason: m.reason,
+                })?;
                 let mut tables: Vec<String> = Vec::new();
-                for section in checker.sections().iter().filter(|s| s.changes > 0) {
+                for section in sections.iter().filter(|s| s.changes > 0) {
                     if !tables.contains(&section.table) {
                         tables.push(section.table.clone());
                     }

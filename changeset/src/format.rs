@@ -524,6 +524,18 @@ pub(crate) fn sections(bytes: &[u8]) -> Option<Vec<Section>> {
     Some(sections)
 }
 
+/// The table sections of a whole blob of either kind (see [`sections`]), or why a surveying
+/// [`Checker`] refuses it.
+pub(crate) fn checked_sections(bytes: &[u8]) -> Result<Vec<Section>, Malformed> {
+    if let Some(sections) = sections(bytes) {
+        return Ok(sections);
+    }
+    let mut checker = Checker::new(None).surveying();
+    checker.feed(bytes)?;
+    checker.finish()?;
+    Ok(checker.sections().to_vec())
+}
+
 /// For [`sections`]: stores the changes of the section before (if any) and starts one. Kept out
 /// of line, so that the per-change step of the walk stays small.
 #[inline(never)]

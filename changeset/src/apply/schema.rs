@@ -51,23 +51,12 @@ fn same_run(run: &str, next: &str) -> bool {
 /// fails here: before anything is written for a small blob, alongside SQLite's apply (which is
 /// then undone) for a large one.
 pub(crate) fn survey(blob: &[u8], kind: BlobKind) -> Result<HashMap<String, TableInfo>, Error> {
-    // The fast walk accepts exactly what the checker accepts; only the checker says why not.
-    let mut sections = match format::sections(blob) {
-        Some(sections) => sections,
-        None => {
-            let mut checker = format::Checker::new(None).surveying();
-            checker
-                .feed(blob)
-                .and_then(|()| checker.finish().map(drop))
-                .map_err(|m| Error::Invalid {
-                    kind: kind.name(),
-                    entry: m.entry,
-                    offset: Some(m.offset),
-                    reason: m.reason,
-                })?;
-            checker.sections().to_vec()
-        }
-    };
+    let mut sections = format::checked_sections(blob).map_err(|m| Error::Invalid {
+        kind: kind.name(),
+        entry: m.entry,
+        offset: Some(m.offset),
+        reason: m.reason,
+    })?;
     // SQLite's iterator never stops on a header without changes, so neither does the survey.
     sections.retain(|s| s.changes > 0);
     Ok(stream_tables(&sections))
