@@ -63,6 +63,19 @@ async fn rep(mode: DbMode, rows: &[[Value; 5]]) -> BenchResult<Rep> {
     let log_bytes = primary
         .with_raw(|h| crate::common::query_i64(h, "SELECT sum(length(blob)) FROM liteorm_changes"))
         .await?;
+    // The raw side hashes exactly what liteorm hashes: its encoding gives liteorm's first hash.
+    let first = log.entry(1).await?;
+    let hash = chain_hash(
+        &[0; 32],
+        1,
+        first.committed_at_ms,
+        first.changeset.as_bytes(),
+    );
+    assert_eq!(
+        &hash,
+        first.hash.as_bytes(),
+        "content check failed: chain hash"
+    );
     primary.close().await;
     replica_db.close().await;
     Ok(Rep {
@@ -75,15 +88,42 @@ async fn rep(mode: DbMode, rows: &[[Value; 5]]) -> BenchResult<Rep> {
 /// The raw log table: the columns and values of liteorm's (`liteorm_changes`).
 const RAW_LOG: &str = "CREATE TABLE log(seq INTEGER PRIMARY KEY, committed_at INTEGER NOT NULL, \
      actor TEXT, reason TEXT, tables TEXT NOT NULL, kind TEXT NOT NULL, ref_seq INTEGER, \
-     blob BLOB NOT NULL)";
+     blob BLOB NOT NULL, hash BLOB)";
+
+/// The chain hash of a raw log entry: SHA-256 over the same fields in the same encoding as
+/// liteorm's (`liteorm_replication`'s chain module, version 1), for this workload's entries
+/// (kind `change`, no ref_seq, actor `bench`, no reason, table `t`). The primary computes it
+/// for every entry it appends, and the replica checks it before applying, as liteorm's do.
+fn chain_hash(prev: &[u8; 32], seq: i64, committed_at_ms: i64, changeset: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let bytes = |h: &mut Sha256, b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    bytes(&mut h, b"liteorm-changes/v1");
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    bytes(&mut h, b"change");
+    h.update([0]); // no ref_seq
+    h.update(committed_at_ms.to_be_bytes());
+    h.update([1]);
+    bytes(&mut h, b"bench");
+    h.update([0]); // no reason
+    h.update(1_u64.to_be_bytes());
+    bytes(&mut h, b"t");
+    bytes(&mut h, changeset);
+    h.finalize().into()
+}
 
 /// Entries a replica applies per transaction, as `Replica`'s default batch.
 const RAW_BATCH: i64 = 256;
 
 /// The same work without liteorm: per transaction `BEGIN IMMEDIATE`, a session on `t`, the
-/// insert, `sqlite3session_changeset`, the log row, `COMMIT`; then the replica reads the log in
-/// seq order and applies each changeset with `sqlite3changeset_apply` (conflicts abort), 256
-/// entries per transaction, each batch also writing the replica's cursor row.
+/// insert, `sqlite3session_changeset`, the log row with its chain hash (the previous one kept in
+/// memory), `COMMIT`; then the replica reads the log in seq order, checks each entry's chain
+/// hash and applies its changeset with `sqlite3changeset_apply` (conflicts abort), 256 entries
+/// per transaction, each batch also writing the replica's cursor row.
 fn raw_rep(mode: DbMode, rows: &[RowData]) -> BenchResult<Rep> {
     let expected = i64::try_from(rows.len())?;
     let primary = Db::open(mode)?;
@@ -96,11 +136,12 @@ fn raw_rep(mode: DbMode, rows: &[RowData]) -> BenchResult<Rep> {
     r.exec("INSERT INTO cursor VALUES ('bench', 0)")?;
     let mut insert = p.prepare(INSERT)?;
     let mut append = p.prepare(
-        "INSERT INTO log(committed_at, actor, reason, tables, kind, ref_seq, blob) \
-         VALUES (?, 'bench', NULL, ',t,', 'change', NULL, ?)",
+        "INSERT INTO log(seq, committed_at, actor, reason, tables, kind, ref_seq, blob, hash) \
+         VALUES (?, ?, 'bench', NULL, ',t,', 'change', NULL, ?, ?)",
     )?;
 
     let start = Timer::start();
+    let (mut head_seq, mut head_hash) = (0, [0; 32]);
     for row in rows {
         p.exec("BEGIN IMMEDIATE")?;
         let recording = p.session("t")?;
@@ -109,30 +150,50 @@ fn raw_rep(mode: DbMode, rows: &[RowData]) -> BenchResult<Rep> {
         let changeset = recording.changeset()?;
         drop(recording);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        append.bind_i64(1, i64::try_from(now.as_millis())?)?;
-        append.bind_blob(2, &changeset)?;
+        let now = i64::try_from(now.as_millis())?;
+        let hash = chain_hash(&head_hash, head_seq + 1, now, &changeset);
+        append.bind_i64(1, head_seq + 1)?;
+        append.bind_i64(2, now)?;
+        append.bind_blob(3, &changeset)?;
+        append.bind_blob(4, &hash)?;
         append.run()?;
         p.exec("COMMIT")?;
+        (head_seq, head_hash) = (head_seq + 1, hash);
     }
     let record_ms = start.stop(c"record_ms");
 
-    let mut fetch = p.prepare("SELECT seq, blob FROM log WHERE seq > ? ORDER BY seq LIMIT ?")?;
+    let mut fetch = p.prepare(
+        "SELECT seq, committed_at, blob, hash FROM log WHERE seq > ? ORDER BY seq LIMIT ?",
+    )?;
     let mut cursor = r.prepare("UPDATE cursor SET last_seq = ? WHERE name = 'bench'")?;
     let mut calls = 0;
     let start = Timer::start();
-    let mut last = 0;
+    let (mut last, mut last_hash) = (0, [0; 32]);
     loop {
         fetch.bind_i64(1, last)?;
         fetch.bind_i64(2, RAW_BATCH)?;
         let before = last;
         r.exec("BEGIN IMMEDIATE")?;
         while fetch.step()? {
-            let (raw::ValueRef::Integer(seq), raw::ValueRef::Blob(blob)) =
-                (fetch.column(0), fetch.column(1))
+            let (
+                raw::ValueRef::Integer(seq),
+                raw::ValueRef::Integer(at),
+                raw::ValueRef::Blob(blob),
+                raw::ValueRef::Blob(hash),
+            ) = (
+                fetch.column(0),
+                fetch.column(1),
+                fetch.column(2),
+                fetch.column(3),
+            )
             else {
-                return Err("content check failed: a log row is not (seq, blob)".into());
+                return Err("content check failed: a log row is not (seq, at, blob, hash)".into());
             };
+            if seq != last + 1 || chain_hash(&last_hash, seq, at, blob) != hash {
+                return Err(format!("content check failed: entry {seq} does not follow").into());
+            }
             r.apply(blob, raw::abort_counting, &mut calls)?;
+            last_hash.copy_from_slice(hash);
             last = seq;
         }
         fetch.reset()?;
