@@ -256,7 +256,7 @@ async fn lite_rep(mode: DbMode, n: i64, inserts: &[[Value; 5]]) -> BenchResult<R
     let changes = decode_lite(&cs)?;
     let replay_db = LiteDb::populated(mode, n).await?;
     let start = Timer::start();
-    let tx = replay_db.session.begin().await?;
+    let tx = replay_db.session.begin_immediate().await?;
     for (sql, params) in &changes {
         tx.execute(sql, params).await?;
     }

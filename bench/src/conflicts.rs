@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use liteorm_changeset::{ConflictAction, ConflictKind};
-use liteorm_core::Session;
 use tokio::runtime::Runtime;
 
 use crate::capture::count_ops;

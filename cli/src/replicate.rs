@@ -185,7 +185,6 @@ async fn publisher_lag(
     log: &ChangeLog,
     stream: &str,
 ) -> Result<(u64, u64), Failure> {
-    use liteorm_core::Session as _;
     let rows = db
         .query(
             "SELECT published_seq FROM liteorm_outbox WHERE stream = ?",

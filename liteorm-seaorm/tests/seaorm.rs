@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use liteorm_changeset::{Capture, ChangeOp, ColumnNames, live_session_objects};
-use liteorm_core::Session;
 use liteorm_replication::{ChangeLog, ConflictPolicy, LogTableSource, Meta, Replica};
 use liteorm_seaorm::{EntityColumns, Error, SeaSession, sqlite_session};
 use liteorm_sqlite::SqliteSession;

@@ -260,20 +260,41 @@ impl SqliteSession {
         }
     }
 
-    /// [`Session::execute`] as the trait's boxed future (see [`StatementFuture`]).
-    fn execute_boxed<'f>(
+    /// Runs one statement with positional (`?`) parameters and returns how many rows it
+    /// changed: [`Session::execute`], with its future unboxed (a call through `dyn Session`
+    /// boxes it). Like an `async fn`, nothing runs before the first poll; on a pinned
+    /// connection whose handle lock is held (every statement of a transaction after its first),
+    /// the first poll runs the statement and is ready.
+    pub fn execute<'f>(
         &'f self,
         sql: &'f str,
         params: &'f [Value],
-    ) -> BoxFuture<'f, Result<u64>> {
-        Box::pin(StatementFuture {
+    ) -> impl Future<Output = Result<u64>> + Send + 'f {
+        StatementFuture {
             session: self,
             sql,
             params,
             inline: RawLock::execute,
             general: |s, sql, params, inline| Box::pin(s.execute_general(sql, params, inline)),
             state: State::Start,
-        })
+        }
+    }
+
+    /// Runs one query with positional (`?`) parameters and returns its rows: [`Session::query`]
+    /// with its future unboxed, as [`Self::execute`].
+    pub fn query<'f>(
+        &'f self,
+        sql: &'f str,
+        params: &'f [Value],
+    ) -> impl Future<Output = Result<Vec<Row>>> + Send + 'f {
+        StatementFuture {
+            session: self,
+            sql,
+            params,
+            inline: RawLock::query,
+            general: |s, sql, params, inline| Box::pin(s.query_general(sql, params, inline)),
+            state: State::Start,
+        }
     }
 
     /// Runs one statement on a connection taken as [`Self::run`] does: inline unless `inline`
@@ -292,21 +313,6 @@ impl SqliteSession {
     }
 
     /// [`Session::query`] as the trait's boxed future (see [`StatementFuture`]).
-    fn query_boxed<'f>(
-        &'f self,
-        sql: &'f str,
-        params: &'f [Value],
-    ) -> BoxFuture<'f, Result<Vec<Row>>> {
-        Box::pin(StatementFuture {
-            session: self,
-            sql,
-            params,
-            inline: RawLock::query,
-            general: |s, sql, params, inline| Box::pin(s.query_general(sql, params, inline)),
-            state: State::Start,
-        })
-    }
-
     /// Runs one query as [`Self::execute_general`] runs a statement.
     async fn query_general(&self, sql: &str, params: &[Value], inline: bool) -> Result<Vec<Row>> {
         self.run(|mut guard| async move {
@@ -410,7 +416,8 @@ impl Session for SqliteSession {
     }
 
     // `execute` and `query` are written out (not `async fn`): their futures are built by
-    // `execute_boxed` and `query_boxed`, which run a statement at once when they can.
+    // the inherent `execute` and `query` (boxed here), which run a statement at once when they
+    // can.
     fn execute<'s, 'q, 'p, 'f>(
         &'s self,
         sql: &'q str,
@@ -422,7 +429,7 @@ impl Session for SqliteSession {
         'p: 'f,
         Self: 'f,
     {
-        self.execute_boxed(sql, params)
+        Box::pin(SqliteSession::execute(self, sql, params))
     }
 
     async fn execute_batch(&self, sql: &str) -> Result<()> {
@@ -441,7 +448,7 @@ impl Session for SqliteSession {
         'p: 'f,
         Self: 'f,
     {
-        self.query_boxed(sql, params)
+        Box::pin(SqliteSession::query(self, sql, params))
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
@@ -470,6 +477,24 @@ impl SqliteTransaction {
     /// The pinned session this transaction runs on (a clone shares the transaction).
     pub fn session(&self) -> &SqliteSession {
         &self.session
+    }
+
+    /// [`SqliteSession::execute`] in this transaction (the future unboxed).
+    pub fn execute<'f>(
+        &'f self,
+        sql: &'f str,
+        params: &'f [Value],
+    ) -> impl Future<Output = Result<u64>> + Send + 'f {
+        self.session.execute(sql, params)
+    }
+
+    /// [`SqliteSession::query`] in this transaction (the future unboxed).
+    pub fn query<'f>(
+        &'f self,
+        sql: &'f str,
+        params: &'f [Value],
+    ) -> impl Future<Output = Result<Vec<Row>>> + Send + 'f {
+        self.session.query(sql, params)
     }
 
     /// Makes the transaction's changes durable: [`Transaction::commit`] by value, for a
@@ -520,7 +545,7 @@ impl Session for SqliteTransaction {
         'p: 'f,
         Self: 'f,
     {
-        self.session.execute_boxed(sql, params)
+        Box::pin(self.session.execute(sql, params))
     }
     async fn execute_batch(&self, sql: &str) -> Result<()> {
         self.session.execute_batch(sql).await
@@ -536,7 +561,7 @@ impl Session for SqliteTransaction {
         'p: 'f,
         Self: 'f,
     {
-        self.session.query_boxed(sql, params)
+        Box::pin(self.session.query(sql, params))
     }
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         self.session.begin().await

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use liteorm_core::{Session as _, Value};
+use liteorm_core::Value;
 use liteorm_sqlite::SqliteSession;
 
 /// A session on a new database file in a temporary directory (kept while the `TempDir` lives).

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use liteorm_core::{Session, Value};
+use liteorm_core::Value;
 use liteorm_sqlite::SqliteSession;
 use tokio::sync::mpsc;
 

@@ -1,6 +1,5 @@
 //! Bootstrap: a replica made from a snapshot of the primary follows from the snapshot's seq + 1.
 
-use liteorm_core::Session;
 use liteorm_nats::{ChangeStream, Error, Follower, NatsSource, Publisher, snapshot_named};
 use liteorm_replication::{ChangeLog, Replica};
 use liteorm_sqlite::SqliteSession;

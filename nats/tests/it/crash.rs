@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use liteorm_core::Session as _;
 use liteorm_nats::{ChangeStream, Follower, NatsSource, Publisher};
 use liteorm_replication::{ChangeLog, Meta, Replica};
 use liteorm_sqlite::SqliteSession;

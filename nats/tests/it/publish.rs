@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use liteorm_core::Session;
 use liteorm_nats::{ChangeStream, Error, Publisher, async_nats};
 use liteorm_replication::ChangeLog;
 use liteorm_sqlite::SqliteSession;

@@ -5,7 +5,6 @@
 //!
 //! Usage: `log_writer DB ENTRIES`
 
-use liteorm_core::Session;
 use liteorm_replication::{ChangeLog, Error, Meta};
 use liteorm_sqlite::SqliteSession;
 
