@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use liteorm_changeset::{ChangeOp, ConflictAction};
-use liteorm_core::{Session, Value};
+use liteorm_core::Value;
 use tokio::runtime::Runtime;
 
 use crate::capture::{count_ops, raw_mix};
