@@ -9,6 +9,11 @@ use crate::{
     ChainBreak, ChangeSource, ConflictPolicy, EntryHash, Error, LogEntry, Payload, Result,
 };
 
+/// The most changeset bytes joined into one apply ([`Replica::apply_run`]): the joined copy
+/// is extra memory for the batch, and past a few megabytes the statements SQLite prepares once
+/// per run are a negligible part of the apply.
+const RUN_MAX_BYTES: usize = 4 << 20;
+
 /// Undoes a run applied as one changeset ([`Replica::apply_run`]).
 const UNDO_RUN: &str = "ROLLBACK TO liteorm_replica_run; RELEASE liteorm_replica_run";
 
@@ -148,8 +153,8 @@ impl Replica {
         let session = tx.session();
         let (mut last, mut last_hash) =
             read_cursor(session, &self.name).await.map_err(|e| (0, e))?;
-        // Checked change entries not applied yet: indices into `entries`.
-        let mut run = Vec::new();
+        // Checked change entries not applied yet (indices into `entries`), and their bytes.
+        let (mut run, mut run_bytes) = (Vec::new(), 0);
         for (i, entry) in entries.iter().enumerate() {
             if entry.seq <= last {
                 continue;
@@ -185,10 +190,17 @@ impl Replica {
                 ));
             }
             match entry.payload() {
-                Payload::Changes(_) => run.push(i),
+                Payload::Changes(changes) => {
+                    if run_bytes + changes.len() > RUN_MAX_BYTES {
+                        self.apply_run(session, entries, &run).await?;
+                        (run, run_bytes) = (Vec::new(), 0);
+                    }
+                    run.push(i);
+                    run_bytes += changes.len();
+                }
                 Payload::Schema(sql) => {
                     self.apply_run(session, entries, &run).await?;
-                    run.clear();
+                    (run, run_bytes) = (Vec::new(), 0);
                     // DDL is transactional in SQLite: it commits with the cursor, or not at all.
                     session.execute_batch(sql).await.map_err(|source| {
                         (

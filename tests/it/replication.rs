@@ -781,3 +781,35 @@ async fn an_incompatible_entry_inside_a_run_stops_the_replica_right_before_it() 
         ]
     );
 }
+
+/// Past a few megabytes a batch is joined in several runs; every entry still applies once.
+#[tokio::test]
+async fn large_entries_are_joined_in_several_runs_and_all_apply() {
+    let (primary, _d1) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    for id in 1..=4_i64 {
+        log.record(Meta::actor("ada"), move |s| async move {
+            let name = id.to_string().repeat(1_500_000);
+            s.execute(
+                "INSERT INTO item VALUES (?, ?, ?)",
+                &[Value::Integer(id), Value::Text(name), Value::Integer(id)],
+            )
+            .await?;
+            s.execute("UPDATE counter SET n = n + 1 WHERE id = 1", &[])
+                .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    }
+    let (replica_db, _d2) = db_with_schema().await;
+    let replica = Replica::open(&replica_db).await.unwrap();
+    let caught_up = replica
+        .catch_up(&mut LogTableSource::new(&primary))
+        .await
+        .unwrap();
+    assert_eq!((caught_up.applied, caught_up.last_seq), (4, 4));
+    for table in ["item", "counter"] {
+        assert_eq!(dump(&replica_db, table).await, dump(&primary, table).await);
+    }
+}
