@@ -369,28 +369,6 @@ async fn replica_stops_at_a_conflicting_entry_naming_its_seq() {
 }
 
 #[tokio::test]
-async fn replica_with_an_incompatible_schema_stops_instead_of_diverging() {
-    let (primary, _d1) = db_with_schema().await;
-    let log = ChangeLog::open(&primary).await.unwrap();
-    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 1)").await;
-    let (replica_db, _d2) = file_db().await;
-    replica_db
-        .execute_batch("CREATE TABLE counter(id INTEGER PRIMARY KEY, n INTEGER)")
-        .await
-        .unwrap();
-    let replica = Replica::open(&replica_db).await.unwrap();
-    let err = replica
-        .catch_up(&mut LogTableSource::new(&primary))
-        .await
-        .unwrap_err();
-    let Error::SchemaMismatch { seq: 1, tables } = &err else {
-        panic!("{err}")
-    };
-    assert_eq!(tables[0].table, "item");
-    assert_eq!(replica.last_applied().await.unwrap(), 0);
-}
-
-#[tokio::test]
 async fn replica_follows_an_in_process_channel_and_can_be_cancelled() {
     let (primary, _d1) = db_with_schema().await;
     let (sender, receiver) = tokio::sync::mpsc::channel(16);
@@ -746,10 +724,11 @@ async fn a_run_of_entries_applied_together_ends_as_entry_by_entry() {
     }
 }
 
-/// An entry of a run that cannot apply (a table the replica lacks) stops the replica right
-/// before it: what the run had applied together is undone, the entries before it stay.
+/// An entry that cannot apply (a table the replica lacks) stops the replica right before it
+/// instead of letting it diverge: what its batch had applied together is undone, the entries
+/// before it stay.
 #[tokio::test]
-async fn an_incompatible_entry_inside_a_run_stops_the_replica_right_before_it() {
+async fn replica_with_an_incompatible_schema_stops_instead_of_diverging() {
     let (primary, _d1) = db_with_schema().await;
     let log = ChangeLog::open(&primary).await.unwrap();
     record(&log, "ada", "UPDATE counter SET n = n + 1 WHERE id = 1").await;
