@@ -217,3 +217,74 @@ async fn a_wait_cut_short_loses_no_delivery() {
     assert_eq!(source.repositions(), 0);
     assert_eq!(source.redeliveries_skipped(), 0);
 }
+
+/// The acks a core subscriber on `$JS.ACK.<stream>.<consumer>.>` has seen within `settle`.
+async fn acks_seen(acks: &mut liteorm_nats::async_nats::Subscriber, settle: Duration) -> usize {
+    use futures::StreamExt as _;
+    let mut seen = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(settle, acks.next()).await {
+        seen += 1;
+    }
+    seen
+}
+
+/// One ack per committed batch (the consumer's policy is `All`), a consumer with explicit acks
+/// left by an earlier version replaced on first use, and a crash between a commit and its ack
+/// only re-delivering entries the replica already has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ack_covers_a_committed_batch() {
+    use liteorm_nats::async_nats::jetstream::consumer::{self, AckPolicy};
+
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("ackall").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 40).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    assert_eq!(publisher.publish_pending().await.unwrap().published, 40);
+    // What an earlier version made: explicit acks, stopped cleanly at the replica's cursor (0).
+    let handle = js.get_stream(stream.name()).await.unwrap();
+    handle
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("replica".into()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut acks = js
+        .client()
+        .subscribe(format!("$JS.ACK.{}.replica.>", stream.name()))
+        .await
+        .unwrap();
+    js.client().flush().await.unwrap();
+
+    let (db, _d2) = db_with_schema().await;
+    let replica = liteorm_replication::Replica::open(&db).await.unwrap();
+    let mut source = liteorm_nats::NatsSource::new(js.clone(), &stream, "replica").unwrap();
+    let first = source.next_batch(0, 16).await.unwrap();
+    assert_eq!(first.first().map(|e| e.seq), Some(1));
+    assert_eq!(replica.apply_entries(&first).await.unwrap(), 16);
+    // The process dies here: committed, not acked.
+    drop(source);
+    let info = handle.consumer_info("replica").await.unwrap();
+    assert_eq!(info.config.ack_policy, AckPolicy::All, "replaced");
+    assert_eq!(info.ack_floor.stream_sequence, 0);
+    assert_eq!(acks_seen(&mut acks, Duration::from_millis(50)).await, 0);
+
+    let mut follower = crate::support::follower(&js, &stream, &db, "replica")
+        .await
+        .batch_size(10);
+    assert_eq!(follower.catch_up().await.unwrap().last_seq, 40);
+    assert_eq!(content(&db).await, content(&primary).await);
+    // Entries 17..=40 in batches of 10, 10 and 4: an ack each, not one per entry.
+    assert_eq!(acks_seen(&mut acks, Duration::from_millis(200)).await, 3);
+    let info = handle.consumer_info("replica").await.unwrap();
+    assert_eq!(info.ack_floor.stream_sequence, 40);
+    assert_eq!(info.num_ack_pending, 0);
+    // Nothing was applied twice: the replica's cursor, not the consumer, positioned it.
+    assert_eq!(follower.source().redeliveries_skipped(), 0);
+}
