@@ -1,11 +1,15 @@
 //! The publisher: the primary's change log table is an outbox that it drains into JetStream.
 
-use std::future::Future;
+use std::collections::VecDeque;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
+use futures::future::MaybeDone;
 use futures::{FutureExt as _, StreamExt as _};
 use liteorm_core::{Session, Value};
 use liteorm_replication::{ChainBreak, ChangeLog, LogEntry, LogFilter};
@@ -47,11 +51,41 @@ impl PublishReport {
     }
 }
 
+/// An acknowledgement being waited for; it keeps its answer once it has arrived.
+///
+/// The mutex is never locked, only reached through `get_mut`: the client's boxed future is
+/// `Send` but not `Sync`, and this keeps the [`Publisher`] `Sync`.
+struct PendingAck(std::sync::Mutex<MaybeDone<<PublishAckFuture as IntoFuture>::IntoFuture>>);
+
+impl PendingAck {
+    fn new(ack: PublishAckFuture) -> Self {
+        PendingAck(std::sync::Mutex::new(MaybeDone::Future(ack.into_future())))
+    }
+
+    fn get(&mut self) -> &mut MaybeDone<<PublishAckFuture as IntoFuture>::IntoFuture> {
+        self.0.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How to collect acknowledgements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Collect {
+    /// Those that have arrived, without waiting.
+    Ready,
+    /// Until at most this many publishes are in flight.
+    DownTo(usize),
+}
+
 /// Publishes a primary's change log to its JetStream stream, in seq order, exactly once.
 ///
 /// Entry `seq` goes to [`ChangeStream::subject`] with `Nats-Msg-Id: seq` and
 /// `Nats-Expected-Last-Sequence: seq - 1`, its metadata in headers and its changeset as payload.
-/// After the server's acknowledgement the publisher records the published-up-to seq in the
+/// Publishing is pipelined: up to [`max_in_flight`](Publisher::max_in_flight) entries are sent
+/// before their acknowledgements return (one connection keeps them in order, and the sequence
+/// check makes the server store them in order or not at all), and the next batch is read from
+/// the log while they are pending. Acknowledgements are taken in seq order; at the first failure
+/// (a refused sequence, a timeout, a lost connection) everything after the last acknowledged
+/// entry is dropped and sent again from there. After the server's acknowledgement the publisher records the published-up-to seq in the
 /// primary database (table `liteorm_outbox`; [`Publisher::run`] at most once per
 /// [`cursor_interval`](Publisher::cursor_interval)). A crash anywhere makes the next publisher
 /// resend from that cursor, never skipping: a re-send within the duplicate window is dropped by the
@@ -67,6 +101,13 @@ pub struct Publisher {
     stream: ChangeStream,
     handle: Option<stream::Stream>,
     batch: usize,
+    /// Publishes sent and not acknowledged yet, oldest first, by seq; at most `window`.
+    in_flight: VecDeque<(u64, PendingAck)>,
+    window: usize,
+    /// The last seq sent (the last acknowledged one when nothing is in flight).
+    sent_seq: u64,
+    /// The connection the oldest publish in flight went out on.
+    sent_on: Option<ConnectionWatch>,
     poll: Duration,
     wake: Option<mpsc::Receiver<LogEntry>>,
     report_every: Duration,
@@ -107,6 +148,10 @@ impl Publisher {
             stream,
             handle: None,
             batch: 256,
+            in_flight: VecDeque::new(),
+            window: 1024,
+            sent_seq: 0,
+            sent_on: None,
             poll: Duration::from_millis(100),
             wake: None,
             report_every: Duration::from_secs(10),
@@ -119,10 +164,18 @@ impl Publisher {
         })
     }
 
-    /// How many entries to send before waiting for the server's acknowledgements and writing
-    /// the cursor (default 256; at least 1).
+    /// How many entries to read from the log at a time (default 256; at least 1).
     pub fn batch_size(mut self, entries: usize) -> Self {
         self.batch = entries.max(1);
+        self
+    }
+
+    /// How many entries may be sent before their acknowledgements return (default 1024; at
+    /// least 1). Keep it within the JetStream context's `max_ack_inflight` (async-nats's
+    /// default is 5000): the client holds a permit per publish until its acknowledgement is
+    /// taken.
+    pub fn max_in_flight(mut self, entries: usize) -> Self {
+        self.window = entries.max(1);
         self
     }
 
@@ -224,8 +277,15 @@ impl Publisher {
             ..PublishReport::default()
         };
         self.cursor_written(report.published_seq);
-        while self.step(&mut report).await? {}
-        Ok(report)
+        self.abandon_in_flight(report.published_seq);
+        let result = async {
+            while self.step(&mut report).await? > 0 {}
+            self.collect(&mut report, Collect::DownTo(0)).await
+        }
+        .await;
+        // What failed is sent again by the next call, from the cursor it reads.
+        self.abandon_in_flight(report.published_seq);
+        result.map(|()| report)
     }
 
     /// Publishes until `shutdown` completes, then returns what it did. Between batches it
@@ -266,6 +326,7 @@ impl Publisher {
             ..PublishReport::default()
         };
         self.cursor_written(total.published_seq);
+        self.abandon_in_flight(total.published_seq);
         // Read, not written: the first acknowledged batch is written at once.
         self.written_at = None;
         tracing::info!(published_seq = total.published_seq, "publisher started");
@@ -287,31 +348,35 @@ impl Publisher {
                 .reported_at
                 .is_none_or(|at| at.elapsed() >= self.report_every);
             let stepped = match self.step(&mut report).await {
-                Ok(more) if report_due => self.report_consumers().await.map(|_| more),
+                Ok(sent) if report_due => self.report_consumers().await.map(|_| sent),
                 other => other,
             };
-            match stepped {
-                Ok(more) => {
+            total.add(report);
+            let outcome = match stepped {
+                Ok(sent) => {
+                    backoff.reset();
                     // A batch shorter than the batch size was everything logged when it was
                     // read; with wake-ups, whatever committed since has queued one, so the
                     // publisher waits for it instead of reading the log again to find nothing.
-                    let short = report.published_seq.saturating_sub(total.published_seq)
-                        < self.batch as u64;
-                    total.add(report);
-                    backoff.reset();
-                    if !more || (short && self.wake.is_some()) {
-                        if self.cursor_due() {
-                            self.flush_cursor().await?;
+                    if sent == 0 || (sent < self.batch && self.wake.is_some()) {
+                        match self.idle(shutdown.as_mut(), &mut total).await {
+                            Ok(true) => Ok(()),
+                            Ok(false) => break,
+                            Err(err) => Err(err),
                         }
-                        if !self.idle(shutdown.as_mut()).await {
-                            break;
-                        }
+                    } else {
+                        Ok(())
                     }
                 }
+                Err(err) => Err(err),
+            };
+            match outcome {
+                Ok(()) => {}
                 Err(err) if err.is_transient() => {
-                    total.add(report);
-                    // The next attempt may need a fresh stream handle (the server restarted).
+                    // The next attempt may need a fresh stream handle (the server restarted),
+                    // and sends again everything after the last acknowledged entry.
                     self.handle = None;
+                    self.abandon_in_flight(total.published_seq);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %err, retry_in = ?delay, "publishing failed; retrying");
                     tokio::select! {
@@ -325,36 +390,89 @@ impl Publisher {
                 }
             }
         }
+        // Take the acknowledgements of what is in flight, so that the cursor covers it.
+        let mut report = PublishReport {
+            published_seq: total.published_seq,
+            ..PublishReport::default()
+        };
+        let settled = self.collect(&mut report, Collect::DownTo(0)).await;
+        total.add(report);
+        if let Err(err) = settled {
+            // Sent again by the next publisher; the server drops what it already has.
+            tracing::warn!(error = %err, "acknowledgements lost on shutdown");
+            self.abandon_in_flight(total.published_seq);
+        }
         tracing::info!(published_seq = total.published_seq, "publisher shut down");
         Ok(total)
     }
 
-    /// Waits for new entries (or until a deferred cursor write is due); `false` if `shutdown`
-    /// completed instead.
-    async fn idle(&mut self, mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
-        let wait = match self.written_at {
-            Some(at) if self.acked_seq > self.written_seq => self
-                .poll
-                .min(self.cursor_every.saturating_sub(at.elapsed())),
-            _ => self.poll,
-        };
-        let poll = tokio::time::sleep(wait);
-        let woken = match &mut self.wake {
-            Some(wake) => tokio::select! {
-                () = shutdown.as_mut() => return false,
-                () = poll => true,
-                entry = wake.recv() => entry.is_some(),
-            },
-            None => tokio::select! {
-                () = shutdown.as_mut() => return false,
-                () = poll => true,
-            },
-        };
-        if !woken {
-            // The writer side is gone; the log table is still polled.
-            self.wake = None;
+    /// Waits for new entries (or until a deferred cursor write is due), taking in
+    /// acknowledgements as they arrive; `false` if `shutdown` completed instead.
+    async fn idle(
+        &mut self,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+        total: &mut PublishReport,
+    ) -> Result<bool> {
+        loop {
+            if self.cursor_due() {
+                self.flush_cursor().await?;
+            }
+            let wait = match self.written_at {
+                Some(at) if self.acked_seq > self.written_seq => self
+                    .poll
+                    .min(self.cursor_every.saturating_sub(at.elapsed())),
+                _ => self.poll,
+            };
+            let poll = tokio::time::sleep(wait);
+            let Publisher {
+                in_flight,
+                sent_on,
+                wake,
+                ..
+            } = self;
+            // The oldest acknowledgement arriving, or the connection it waits on going down.
+            let acked = async {
+                match (in_flight.front_mut(), sent_on.as_ref()) {
+                    (Some((_, ack)), Some(connection)) => tokio::select! {
+                        () = ack.get() => {},
+                        () = connection.lost() => {},
+                    },
+                    (Some((_, ack)), None) => ack.get().await,
+                    (None, _) => std::future::pending().await,
+                }
+            };
+            let woken = match wake {
+                Some(wake) => tokio::select! {
+                    () = shutdown.as_mut() => return Ok(false),
+                    () = acked => None,
+                    () = poll => Some(true),
+                    entry = wake.recv() => Some(entry.is_some()),
+                },
+                None => tokio::select! {
+                    () = shutdown.as_mut() => return Ok(false),
+                    () = acked => None,
+                    () = poll => Some(true),
+                },
+            };
+            match woken {
+                Some(woken) => {
+                    if !woken {
+                        // The writer side is gone; the log table is still polled.
+                        self.wake = None;
+                    }
+                    return Ok(true);
+                }
+                None => {
+                    let mut report = PublishReport {
+                        published_seq: total.published_seq,
+                        ..PublishReport::default()
+                    };
+                    let collected = self.collect(&mut report, Collect::Ready).await;
+                    total.add(report);
+                    collected?;
+                }
+            }
         }
-        true
     }
 
     /// The stream, looked up (or created) on first use and after every NATS failure. A fresh
@@ -376,17 +494,28 @@ impl Publisher {
         Ok(handle)
     }
 
-    /// Publishes one batch after `report.published_seq`; `false` if there was nothing to send.
-    async fn step(&mut self, report: &mut PublishReport) -> Result<bool> {
-        let handle = self.stream_handle(report).await?;
-        let cursor = report.published_seq;
-        let last = cursor.saturating_add(self.batch as u64);
+    /// Sends the next batch after what was sent, taking in the acknowledgements that have
+    /// arrived (and waiting for the oldest ones while the window is full). Returns how many
+    /// entries it sent; 0 when the log has nothing after what was sent.
+    async fn step(&mut self, report: &mut PublishReport) -> Result<usize> {
+        self.stream_handle(report).await?;
+        self.collect(report, Collect::Ready).await?;
+        let count = self.batch.min(self.window);
+        if self.in_flight.len() + count > self.window {
+            self.collect(report, Collect::DownTo(self.window - count))
+                .await?;
+        }
+        if self.in_flight.is_empty() {
+            self.sent_seq = report.published_seq;
+        }
+        let cursor = self.sent_seq;
+        let last = cursor.saturating_add(count as u64);
         let entries = self
             .log
             .entries(&LogFilter::all().seqs(cursor + 1, last))
             .await?;
         if entries.is_empty() {
-            return Ok(false);
+            return Ok(0);
         }
         // The log has no gaps unless someone deleted an entry: publish up to the hole, then
         // stop naming it (a stream with a hole would only stop every replica there).
@@ -395,6 +524,9 @@ impl Publisher {
             .take_while(|(expected, entry)| entry.seq == *expected)
             .count();
         if run == 0 {
+            // Everything before the hole is acknowledged first: the error names the cursor.
+            self.collect(report, Collect::DownTo(0)).await?;
+            let cursor = report.published_seq;
             let horizon = self.log.horizon().await?;
             if horizon > cursor {
                 // Force-pruned past what this publisher sent: the stream cannot be completed.
@@ -414,24 +546,17 @@ impl Publisher {
         }
         let entries = &entries[..run];
         let span = tracing::debug_span!("publish_batch", from = cursor + 1, count = entries.len());
-        self.publish_batch(&handle, entries, report)
-            .instrument(span)
-            .await?;
-        Ok(true)
+        self.send(entries, report).instrument(span).await?;
+        Ok(run)
     }
 
-    async fn publish_batch(
-        &mut self,
-        handle: &stream::Stream,
-        entries: &[LogEntry],
-        report: &mut PublishReport,
-    ) -> Result<()> {
-        let cursor = report.published_seq;
-        // Send the whole batch before awaiting any acknowledgement: one connection keeps them in
-        // order, and the sequence check makes the server store them in order or not at all.
-        let mut sent: Vec<(u64, PublishAckFuture)> = Vec::with_capacity(entries.len());
-        let mut failure = None;
-        let connection = ConnectionWatch::new(&self.js);
+    /// Sends `entries` (the ones right after `sent_seq`) without waiting for their
+    /// acknowledgements. A publish the client refuses stops it: what was sent before is
+    /// acknowledged first, then the error is returned.
+    async fn send(&mut self, entries: &[LogEntry], report: &mut PublishReport) -> Result<()> {
+        if self.in_flight.is_empty() {
+            self.sent_on = Some(ConnectionWatch::new(&self.js));
+        }
         for entry in entries {
             let (headers, payload) = wire::encode(entry);
             let message = PublishMessage::build()
@@ -439,36 +564,74 @@ impl Publisher {
                 .payload(payload)
                 .message_id(entry.seq.to_string())
                 .expected_last_sequence(entry.seq.saturating_sub(1));
-            match self
+            let failure = match self
                 .js
                 .send_publish(self.stream.subject().to_owned(), message)
                 .await
             {
-                Ok(ack) => sent.push((entry.seq, ack)),
-                Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    failure = Some(Outcome::Fail(Error::TooLarge {
-                        seq: entry.seq,
-                        source: Box::new(err),
-                    }));
-                    break;
+                Ok(ack) => {
+                    self.in_flight.push_back((entry.seq, PendingAck::new(ack)));
+                    self.sent_seq = entry.seq;
+                    continue;
                 }
-                Err(err) => {
-                    failure = Some(Outcome::Fail(Error::nats("publish")(err)));
-                    break;
-                }
-            }
+                Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => Error::TooLarge {
+                    seq: entry.seq,
+                    source: Box::new(err),
+                },
+                Err(err) => Error::nats("publish")(err),
+            };
+            self.collect(report, Collect::DownTo(0)).await?;
+            return Err(failure);
         }
+        Ok(())
+    }
+
+    /// Takes in acknowledgements in seq order: those that arrived, or until `DownTo(n)` are left
+    /// in flight. Moves the cursor over the acknowledged entries. At the first failure
+    /// everything in flight is dropped (the next step sends it again from the cursor): a
+    /// refused sequence is reconciled with the stream, other failures are returned.
+    async fn collect(&mut self, report: &mut PublishReport, mode: Collect) -> Result<()> {
+        let cursor = report.published_seq;
         let mut acked = cursor;
-        let mut lost = std::pin::pin!(connection.lost());
-        for (seq, ack) in sent {
-            let ack = tokio::select! {
-                ack = ack => ack,
-                // A restarted server will not acknowledge what it got before: send again (the
-                // message id and expected sequence make a resend of a stored entry harmless).
-                () = lost.as_mut() => {
-                    failure = Some(Outcome::Fail(ConnectionWatch::error("publish acknowledgement")));
-                    break;
+        let mut failure = None;
+        loop {
+            let in_flight = self.in_flight.len();
+            let Some((_, ack)) = self.in_flight.front_mut() else {
+                break;
+            };
+            let ack = ack.get();
+            let wait = matches!(mode, Collect::DownTo(n) if in_flight > n);
+            let lost = self.sent_on.as_ref();
+            let arrived = if wait {
+                match lost {
+                    Some(connection) => tokio::select! {
+                        () = &mut *ack => true,
+                        () = connection.lost() => false,
+                    },
+                    None => {
+                        (&mut *ack).await;
+                        true
+                    }
                 }
+            } else {
+                (&mut *ack).now_or_never().is_some()
+            };
+            if !arrived {
+                if wait || lost.is_some_and(ConnectionWatch::is_lost) {
+                    // A restarted server will not acknowledge what it got before: send again
+                    // (the message id and expected sequence make a resend of a stored entry
+                    // harmless).
+                    failure = Some(Outcome::Fail(ConnectionWatch::error(
+                        "publish acknowledgement",
+                    )));
+                }
+                break;
+            }
+            let Some((seq, mut ack)) = self.in_flight.pop_front() else {
+                break;
+            };
+            let Some(ack) = Pin::new(ack.get()).take_output() else {
+                break;
             };
             match ack {
                 Ok(ack) if ack.sequence == seq => {
@@ -498,19 +661,37 @@ impl Publisher {
                 }
             }
         }
+        if self.in_flight.is_empty() {
+            self.sent_on = None;
+        }
         if acked > cursor {
             report.published_seq = acked;
             self.acked_seq = acked;
             if !self.defer_cursor || self.cursor_due() {
                 self.flush_cursor().await?;
             }
-            tracing::debug!(published_seq = acked, "batch acknowledged");
+            tracing::debug!(published_seq = acked, "acknowledged");
         }
+        let Some(failure) = failure else {
+            return Ok(());
+        };
+        self.abandon_in_flight(acked);
         match failure {
-            None => Ok(()),
-            Some(Outcome::Fail(err)) => Err(err),
-            Some(Outcome::Reconcile { at }) => self.reconcile(handle, at, report).await,
+            Outcome::Fail(err) => Err(err),
+            Outcome::Reconcile { at } => {
+                let handle = self.stream_handle(report).await?;
+                self.reconcile(&handle, at, report).await?;
+                self.abandon_in_flight(report.published_seq);
+                Ok(())
+            }
         }
+    }
+
+    /// Drops every publish in flight: the next step sends again from `acked`.
+    fn abandon_in_flight(&mut self, acked: u64) {
+        self.in_flight.clear();
+        self.sent_seq = acked;
+        self.sent_on = None;
     }
 
     /// The stream does not end at `at - 1` (the server refused entry `at`, or a fresh look

@@ -105,6 +105,52 @@ async fn a_resend_after_the_duplicate_window_is_refused_by_the_sequence_check() 
     assert_eq!(content(&replica_db).await, content(&primary).await);
 }
 
+/// A small window (7 in flight, batches of 3): the refusal of the first re-sent entry drops the
+/// six sent after it, the cursor moves over what the stream has, and new entries then go out
+/// pipelined over several batches, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_inside_the_window_drops_what_was_sent_after_it() {
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let window = Duration::from_millis(300);
+    let stream = ChangeStream::new("inflight")
+        .unwrap()
+        .duplicate_window(window);
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 40).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    assert_eq!(publisher.publish_pending().await.unwrap().published, 40);
+    tokio::time::sleep(window * 4).await;
+    crash_before_cursor_write(&primary, &stream, 10).await;
+    let mut restarted = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap()
+        .batch_size(3)
+        .max_in_flight(7);
+    let report = restarted.publish_pending().await.unwrap();
+    assert_eq!(
+        (
+            report.published,
+            report.duplicates,
+            report.already_in_stream,
+            report.published_seq
+        ),
+        (0, 0, 30, 40)
+    );
+    record_many(&log, 20).await;
+    let report = restarted.publish_pending().await.unwrap();
+    assert_eq!((report.published, report.published_seq), (20, 60));
+    assert_eq!(restarted.published_seq().await.unwrap(), 60);
+    assert_eq!(stream_state(&js, &stream).await, (60, 60));
+    let (replica_db, _d2) = db_with_schema().await;
+    let mut follower = follower(&js, &stream, &replica_db, "replica").await;
+    assert_eq!(follower.catch_up().await.unwrap().last_seq, 60);
+    assert_eq!(content(&replica_db).await, content(&primary).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_that_reach_the_stream_are_skipped_by_the_replica() {
     let server = NatsServer::start();
