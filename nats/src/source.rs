@@ -222,6 +222,10 @@ impl NatsSource {
                 return Ok(self.ready.values().take(limit).cloned().collect());
             }
         }
+        if !run.is_empty() {
+            // Prefetch: the next batch is delivered while the caller applies this one.
+            self.open_waiting().await?;
+        }
         Ok(run)
     }
 
@@ -234,24 +238,7 @@ impl NatsSource {
         // The request stays open after the first message (kept here, so a caller that stops
         // waiting loses nothing): the entries after it are delivered as they are published,
         // without a request each.
-        if self.waiting.is_none() {
-            let Some(consumer) = &self.consumer else {
-                return Ok(());
-            };
-            let connection = ConnectionWatch::new(&self.js);
-            let request = consumer
-                .batch()
-                .max_messages(self.limit.max(1))
-                .expires(self.long_poll)
-                .messages()
-                .await
-                .map_err(Error::nats("pull request"))?;
-            self.waiting = Some(Waiting {
-                request,
-                deadline: Instant::now() + self.long_poll + self.request_timeout,
-                connection,
-            });
-        }
+        self.open_waiting().await?;
         let Some(Waiting {
             request,
             deadline,
@@ -284,6 +271,32 @@ impl NatsSource {
                 self.take_delivered(after).await
             }
         }
+    }
+
+    /// Sends a waiting pull request (up to the largest batch asked for, open for the long-poll
+    /// time) unless one is open: the server delivers to it what is in the stream and what is
+    /// published meanwhile, and `take_delivered` takes it in without a round trip.
+    async fn open_waiting(&mut self) -> Result<()> {
+        if self.waiting.is_some() {
+            return Ok(());
+        }
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        let connection = ConnectionWatch::new(&self.js);
+        let request = consumer
+            .batch()
+            .max_messages(self.limit.max(1))
+            .expires(self.long_poll)
+            .messages()
+            .await
+            .map_err(Error::nats("pull request"))?;
+        self.waiting = Some(Waiting {
+            request,
+            deadline: Instant::now() + self.long_poll + self.request_timeout,
+            connection,
+        });
+        Ok(())
     }
 
     /// Takes in what the open waiting request has delivered so far, without waiting.
