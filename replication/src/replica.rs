@@ -1,6 +1,6 @@
 //! The replica side: applying log entries in seq order, exactly once.
 
-use liteorm_changeset::apply;
+use liteorm_changeset::{Changeset, apply};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::{SqliteSession, SqliteTransaction};
 
@@ -111,8 +111,25 @@ impl Replica {
     /// On failure, the entries before the failing one are committed and the error names it.
     /// Returns the last applied seq.
     pub async fn apply_entries(&self, entries: &[LogEntry]) -> Result<u64> {
+        if entries.len() > 1 {
+            // Consecutive changesets go to SQLite as one (their bytes one after the other: each
+            // change is still applied, and checked for conflicts, in order), which prepares its
+            // statements once per run instead of once per entry. Any failure is redone entry by
+            // entry below, which names the failing entry and commits what precedes it.
+            let tx = self.db.begin_immediate().await?;
+            match self.apply_in(&tx, entries, Grouping::Runs).await {
+                Ok(last) => {
+                    tx.commit().await?;
+                    return Ok(last);
+                }
+                Err(_) => {
+                    // Nothing to undo when SQLite rolled back already.
+                    let _ = tx.rollback().await;
+                }
+            }
+        }
         let tx = self.db.begin_immediate().await?;
-        match self.apply_in(&tx, entries).await {
+        match self.apply_in(&tx, entries, Grouping::Each).await {
             Ok(last) => {
                 tx.commit().await?;
                 Ok(last)
@@ -134,15 +151,19 @@ impl Replica {
         }
     }
 
-    /// Applies what it can; on error, returns the index of the failing entry.
+    /// Applies what it can; on error, returns the index of the failing entry (with
+    /// [`Grouping::Runs`], the first of the failing run).
     async fn apply_in(
         &self,
         tx: &SqliteTransaction,
         entries: &[LogEntry],
+        grouping: Grouping,
     ) -> Result<u64, (usize, Error)> {
         let session = tx.session();
         let (mut last, mut last_hash) =
             read_cursor(session, &self.name).await.map_err(|e| (0, e))?;
+        // The changesets not applied yet (with `Grouping::Runs`), from entry `run.0` on.
+        let mut run: (usize, Vec<u8>) = (0, Vec::new());
         for (i, entry) in entries.iter().enumerate() {
             if entry.seq <= last {
                 continue;
@@ -187,8 +208,18 @@ impl Replica {
                 )
             };
             let changeset = match entry.payload() {
+                Payload::Changes(changeset) if grouping == Grouping::Runs => {
+                    if run.1.is_empty() {
+                        run.0 = i;
+                    }
+                    run.1.extend_from_slice(changeset.as_bytes());
+                    last = entry.seq;
+                    last_hash = Some(entry.hash);
+                    continue;
+                }
                 Payload::Changes(changeset) => changeset,
                 Payload::Schema(sql) => {
+                    self.apply_run(session, entries, &mut run).await?;
                     // DDL is transactional in SQLite: it commits with the cursor, or not at all.
                     session.execute_batch(sql).await.map_err(|source| {
                         (
@@ -222,6 +253,7 @@ impl Replica {
             last = entry.seq;
             last_hash = Some(entry.hash);
         }
+        self.apply_run(session, entries, &mut run).await?;
         session
             .execute(
                 "UPDATE liteorm_replica SET last_seq = ?, last_hash = ? WHERE name = ?",
@@ -234,6 +266,44 @@ impl Replica {
             .await
             .map_err(|e| (entries.len(), e.into()))?;
         Ok(last)
+    }
+
+    /// Applies the changesets gathered in `run` (from entry `run.0` on) as one, and empties it.
+    async fn apply_run(
+        &self,
+        session: &dyn Session,
+        entries: &[LogEntry],
+        run: &mut (usize, Vec<u8>),
+    ) -> Result<(), (usize, Error)> {
+        if run.1.is_empty() {
+            return Ok(());
+        }
+        let first = run.0;
+        let seq = entries.get(first).map_or(0, |e| e.seq);
+        let stopped = |source: liteorm_changeset::Error| {
+            (
+                first,
+                Error::Stopped {
+                    seq,
+                    source: Box::new(source),
+                },
+            )
+        };
+        let changeset = Changeset::from_bytes(std::mem::take(&mut run.1)).map_err(stopped)?;
+        let report = apply(session, &changeset)
+            .on_conflict(self.policy.handler())
+            .await
+            .map_err(stopped)?;
+        if !report.skipped_tables.is_empty() {
+            return Err((
+                first,
+                Error::SchemaMismatch {
+                    seq,
+                    tables: report.skipped_tables,
+                },
+            ));
+        }
+        Ok(())
     }
 
     /// Applies every entry `source` has after the cursor, batch by batch, reporting progress as
@@ -264,6 +334,15 @@ impl Replica {
             source.wait(done.last_seq).await?;
         }
     }
+}
+
+/// How [`Replica::apply_in`] hands changesets to SQLite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Grouping {
+    /// Each consecutive run of changesets (up to a schema entry) as one.
+    Runs,
+    /// Entry by entry, each checked on its own (conflicts and skipped tables name it).
+    Each,
 }
 
 /// The last applied seq and its chain hash (`None`: unknown).
