@@ -288,3 +288,56 @@ async fn one_ack_covers_a_committed_batch() {
     // Nothing was applied twice: the replica's cursor, not the consumer, positioned it.
     assert_eq!(follower.source().redeliveries_skipped(), 0);
 }
+
+/// A stream that an earlier version wrote in the header format (versions 2 and 3, a schema
+/// entry included) is still followed, and a current publisher carries on after it in the
+/// framed format (version 4): re-sent old entries are dropped as duplicates, the follower reads
+/// both formats, and the stream's last seq is read from either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_written_in_the_header_format_is_still_followed() {
+    use liteorm_nats::async_nats::jetstream::message::PublishMessage;
+    use liteorm_replication::LogFilter;
+
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("oldwire").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 4).await;
+    log.migrate(Meta::actor("dba"), "ALTER TABLE item ADD COLUMN note TEXT")
+        .await
+        .unwrap();
+    record_many(&log, 3).await;
+    // What a publisher of the header format sent for entries 1..=6.
+    stream.ensure(&js).await.unwrap();
+    for entry in log.entries(&LogFilter::all().seqs(1, 6)).await.unwrap() {
+        let (headers, payload) = liteorm_nats::fuzzing::encode_headers(&entry);
+        let message = PublishMessage::build()
+            .headers(headers)
+            .payload(payload)
+            .message_id(entry.seq.to_string())
+            .expected_last_sequence(entry.seq - 1);
+        let ack = js
+            .send_publish(stream.subject().to_owned(), message)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(ack.sequence, entry.seq);
+    }
+    let (db, _d2) = db_with_schema().await;
+    let mut follower = follower(&js, &stream, &db, "replica").await;
+    assert_eq!(follower.lag().await.unwrap().stream_last_seq, 6);
+    assert_eq!(follower.catch_up().await.unwrap().last_seq, 6);
+
+    record_many(&log, 5).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    let report = publisher.publish_pending().await.unwrap();
+    assert_eq!((report.duplicates, report.published), (6, 7));
+    assert_eq!(follower.lag().await.unwrap().stream_last_seq, 13);
+    assert_eq!(follower.catch_up().await.unwrap().last_seq, 13);
+    assert_eq!(content(&db).await, content(&primary).await);
+    assert_eq!(stream_state(&js, &stream).await, (13, 13));
+}
