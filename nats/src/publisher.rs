@@ -67,6 +67,18 @@ impl PendingAck {
     }
 }
 
+/// What ended an idle wait.
+enum Woken {
+    /// The poll interval (or the cursor interval) passed.
+    Poll,
+    /// The writer committed this entry.
+    Entry(LogEntry),
+    /// The writer's side of the wake-up channel is gone.
+    Closed,
+    /// The oldest acknowledgement in flight arrived (or its connection went down).
+    Acknowledged,
+}
+
 /// How to collect acknowledgements.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Collect {
@@ -110,6 +122,8 @@ pub struct Publisher {
     sent_on: Option<ConnectionWatch>,
     poll: Duration,
     wake: Option<mpsc::Receiver<LogEntry>>,
+    /// Committed entries received on `wake`, in seq order, not sent yet (at most `batch`).
+    handed_over: VecDeque<LogEntry>,
     report_every: Duration,
     reported_at: Option<tokio::time::Instant>,
     cursor_every: Duration,
@@ -154,6 +168,7 @@ impl Publisher {
             sent_on: None,
             poll: Duration::from_millis(100),
             wake: None,
+            handed_over: VecDeque::new(),
             report_every: Duration::from_secs(10),
             reported_at: None,
             cursor_every: Duration::from_secs(1),
@@ -187,9 +202,11 @@ impl Publisher {
 
     /// Also wakes up [`Publisher::run`] as soon as an entry arrives on `receiver` (pass the
     /// receiving end of [`ChangeLog::publish_to`] when the publisher runs in the writer's
-    /// process). The entries are only a signal: the log table stays what is published. The
-    /// channel is drained before each batch; `ChangeLog::record` waits while it is full, so
-    /// give it room for the commits made during one batch (say 1024).
+    /// process). The log table stays the record of truth: an entry received is sent as it is
+    /// (it is the committed entry) only when it comes right after what was sent, which spares
+    /// reading it back; anything else is read from the table. The channel is drained before
+    /// each batch; `ChangeLog::record` waits while it is full, so give it room for the commits
+    /// made during one batch (say 1024).
     pub fn wake_on(mut self, receiver: mpsc::Receiver<LogEntry>) -> Self {
         self.wake = Some(receiver);
         self
@@ -335,10 +352,10 @@ impl Publisher {
             if shutdown.as_mut().now_or_never().is_some() {
                 break;
             }
-            // This pass publishes everything logged so far: drop the wake-ups it covers, so
+            // This pass publishes everything logged so far: take the wake-ups it covers, so
             // that the writer's `send` never waits for a full channel while entries are moving.
-            if let Some(wake) = &mut self.wake {
-                while wake.try_recv().is_ok() {}
+            while let Some(entry) = self.wake.as_mut().and_then(|wake| wake.try_recv().ok()) {
+                self.hand_over(entry);
             }
             let mut report = PublishReport {
                 published_seq: total.published_seq,
@@ -444,25 +461,31 @@ impl Publisher {
             let woken = match wake {
                 Some(wake) => tokio::select! {
                     () = shutdown.as_mut() => return Ok(false),
-                    () = acked => None,
-                    () = poll => Some(true),
-                    entry = wake.recv() => Some(entry.is_some()),
+                    () = acked => Woken::Acknowledged,
+                    () = poll => Woken::Poll,
+                    entry = wake.recv() => match entry {
+                        Some(entry) => Woken::Entry(entry),
+                        // The writer side is gone; the log table is still polled.
+                        None => Woken::Closed,
+                    },
                 },
                 None => tokio::select! {
                     () = shutdown.as_mut() => return Ok(false),
-                    () = acked => None,
-                    () = poll => Some(true),
+                    () = acked => Woken::Acknowledged,
+                    () = poll => Woken::Poll,
                 },
             };
             match woken {
-                Some(woken) => {
-                    if !woken {
-                        // The writer side is gone; the log table is still polled.
-                        self.wake = None;
-                    }
+                Woken::Poll => return Ok(true),
+                Woken::Entry(entry) => {
+                    self.hand_over(entry);
                     return Ok(true);
                 }
-                None => {
+                Woken::Closed => {
+                    self.wake = None;
+                    return Ok(true);
+                }
+                Woken::Acknowledged => {
                     let mut report = PublishReport {
                         published_seq: total.published_seq,
                         ..PublishReport::default()
@@ -509,11 +532,7 @@ impl Publisher {
             self.sent_seq = report.published_seq;
         }
         let cursor = self.sent_seq;
-        let last = cursor.saturating_add(count as u64);
-        let entries = self
-            .log
-            .entries(&LogFilter::all().seqs(cursor + 1, last))
-            .await?;
+        let entries = self.next_entries(cursor, count).await?;
         if entries.is_empty() {
             return Ok(0);
         }
@@ -687,6 +706,41 @@ impl Publisher {
         }
     }
 
+    /// Keeps a committed entry from the wake-up channel, to send without reading it back from
+    /// the log. Only a run that follows what was sent is ever used; entries beyond a full
+    /// batch are read from the log instead.
+    fn hand_over(&mut self, entry: LogEntry) {
+        let follows = self
+            .handed_over
+            .back()
+            .is_none_or(|last| last.seq + 1 == entry.seq);
+        if !follows || self.handed_over.len() >= self.batch {
+            self.handed_over.clear();
+        }
+        self.handed_over.push_back(entry);
+    }
+
+    /// The entries after `cursor`, at most `count`: those the writer handed over when they
+    /// start right after it, else read from the log.
+    async fn next_entries(&mut self, cursor: u64, count: usize) -> Result<Vec<LogEntry>> {
+        while self.handed_over.front().is_some_and(|e| e.seq <= cursor) {
+            self.handed_over.pop_front();
+        }
+        if self
+            .handed_over
+            .front()
+            .is_some_and(|e| e.seq == cursor + 1)
+        {
+            let n = count.min(self.handed_over.len());
+            return Ok(self.handed_over.drain(..n).collect());
+        }
+        let last = cursor.saturating_add(count as u64);
+        Ok(self
+            .log
+            .entries(&LogFilter::all().seqs(cursor + 1, last))
+            .await?)
+    }
+
     /// Drops every publish in flight: the next step sends again from `acked`.
     fn abandon_in_flight(&mut self, acked: u64) {
         self.in_flight.clear();
@@ -798,4 +852,70 @@ impl Publisher {
 enum Outcome {
     Fail(Error),
     Reconcile { at: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use liteorm_replication::Meta;
+
+    /// The entries' seqs and actors.
+    fn seen(entries: &[LogEntry]) -> Vec<(u64, Option<&str>)> {
+        entries
+            .iter()
+            .map(|e| (e.seq, e.actor.as_deref()))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handed_over_entries_are_used_only_right_after_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("primary.db");
+        let db = SqliteSession::open(path.to_str().unwrap()).await.unwrap();
+        db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
+            .await
+            .unwrap();
+        let log = ChangeLog::open(&db).await.unwrap();
+        for i in 0..6_i64 {
+            log.record(Meta::actor("table"), move |s| async move {
+                s.execute("INSERT INTO t VALUES (?, 0)", &[i.into()])
+                    .await?;
+                Ok::<_, liteorm_replication::Error>(())
+            })
+            .await
+            .unwrap();
+        }
+        // No server is needed to choose what to send.
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:1")
+            .await
+            .unwrap();
+        let stream = ChangeStream::new("unit").unwrap();
+        let mut publisher = Publisher::new(&db, jetstream::new(client), stream)
+            .await
+            .unwrap();
+        // What the writer handed over for 4..=6, marked to tell them from the table's rows.
+        for mut entry in log.entries(&LogFilter::all().seqs(4, 6)).await.unwrap() {
+            entry.actor = Some("handed".into());
+            publisher.hand_over(entry);
+        }
+        // Entry 3 was not handed over: everything after 2 comes from the table.
+        let read = publisher.next_entries(2, 10).await.unwrap();
+        let table = Some("table");
+        assert_eq!(
+            seen(&read),
+            [(3, table), (4, table), (5, table), (6, table)]
+        );
+        // After 3 they follow: used as they are, at most `count` at a time.
+        let handed = Some("handed");
+        let read = publisher.next_entries(3, 2).await.unwrap();
+        assert_eq!(seen(&read), [(4, handed), (5, handed)]);
+        // An entry that does not follow the ones kept replaces them, and kept entries at or
+        // below the cursor are dropped: 6 comes from the table.
+        publisher.hand_over(log.entries(&LogFilter::all().seqs(1, 1)).await.unwrap()[0].clone());
+        let read = publisher.next_entries(5, 10).await.unwrap();
+        assert_eq!(seen(&read), [(6, table)]);
+        assert!(publisher.next_entries(6, 10).await.unwrap().is_empty());
+    }
 }
