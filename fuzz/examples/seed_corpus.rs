@@ -196,7 +196,8 @@ async fn log_seed_data()
 }
 
 /// Writes the `log_row` seeds (one row each) and the `nats_message` seeds (each entry as the
-/// publisher sends it); returns how many entries.
+/// publisher sends it, `framed-entry-<seq>`, and in the header format that streams written
+/// before version 4 hold, `entry-<seq>`); returns how many entries.
 fn write_log_seeds(
     rows: &[liteorm_core::Row],
     entries: &[liteorm_replication::LogEntry],
@@ -219,13 +220,18 @@ fn write_log_seeds(
         write(log_rows, &format!("row-{}", i + 1), &seed)?;
     }
     for entry in entries {
-        let (headers, payload) = liteorm_nats::fuzzing::encode(entry);
-        let block = nats_message::header_block(&headers);
-        let seed = join_pair(false, &block, &payload).ok_or("seed too large")?;
-        // Byte 0 is the stream seq.
-        let seed = [&[u8::try_from(entry.seq).unwrap_or(1)][..], &seed[1..]].concat();
-        nats_message::check(&seed);
-        write(messages, &format!("entry-{}", entry.seq), &seed)?;
+        let formats = [
+            ("framed-entry", liteorm_nats::fuzzing::encode(entry)),
+            ("entry", liteorm_nats::fuzzing::encode_headers(entry)),
+        ];
+        for (name, (headers, payload)) in formats {
+            let block = nats_message::header_block(&headers);
+            let seed = join_pair(false, &block, &payload).ok_or("seed too large")?;
+            // Byte 0 is the stream seq.
+            let seed = [&[u8::try_from(entry.seq).unwrap_or(1)][..], &seed[1..]].concat();
+            nats_message::check(&seed);
+            write(messages, &format!("{name}-{}", entry.seq), &seed)?;
+        }
     }
     Ok(entries.len())
 }

@@ -107,9 +107,10 @@ pub use snapshot::{snapshot, snapshot_named};
 pub use source::NatsSource;
 pub use stream::{ChangeStream, DEFAULT_DUPLICATE_WINDOW};
 
-/// The wire format's decoder and encoder, for liteorm's fuzz targets (`fuzz/`). Not a stable
+/// The wire format's decoder and encoders (the current one, and the header format that streams
+/// written before version 4 hold), for liteorm's fuzz targets (`fuzz/`) and tests. Not a stable
 /// API: use [`NatsSource`], [`Follower`] and [`Publisher`].
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::wire::{decode, encode};
+    pub use crate::wire::{decode, encode, encode_headers};
 }

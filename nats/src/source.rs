@@ -24,7 +24,10 @@ use crate::{ChangeStream, Error, Result, wire};
 /// [`ChangeSource::fetch`]`(after, ..)` with its seq `<= after`: the replica passes its
 /// committed cursor as `after`, so a message is acked only once the transaction that applied it
 /// (and moved the cursor) committed. A crash before that makes the server deliver it again; the
-/// replica skips seqs at or below its cursor, so it is applied exactly once.
+/// replica skips seqs at or below its cursor, so it is applied exactly once. The consumer's ack
+/// policy is `All`: one ack, of the last committed delivery, covers the whole batch (a consumer
+/// with explicit acks, made by an earlier version, is replaced on first use, from the replica's
+/// cursor).
 ///
 /// **Positioning.** The consumer (named after the replica, durable) is set up on first use from
 /// the replica's cursor: it starts at stream sequence `cursor + 1`, which is log seq
@@ -51,7 +54,7 @@ pub struct NatsSource {
     request_timeout: Duration,
     handle: Option<stream::Stream>,
     consumer: Option<PullConsumer>,
-    /// Delivered, not yet acknowledged, with their log seq.
+    /// Delivered, not yet acknowledged, with their stream sequence.
     held: Vec<(u64, jetstream::Message)>,
     /// Entries after the last `after` seen, by seq (a redelivery replaces nothing).
     ready: BTreeMap<u64, LogEntry>,
@@ -219,6 +222,10 @@ impl NatsSource {
                 return Ok(self.ready.values().take(limit).cloned().collect());
             }
         }
+        if !run.is_empty() {
+            // Prefetch: the next batch is delivered while the caller applies this one.
+            self.open_waiting().await?;
+        }
         Ok(run)
     }
 
@@ -231,24 +238,7 @@ impl NatsSource {
         // The request stays open after the first message (kept here, so a caller that stops
         // waiting loses nothing): the entries after it are delivered as they are published,
         // without a request each.
-        if self.waiting.is_none() {
-            let Some(consumer) = &self.consumer else {
-                return Ok(());
-            };
-            let connection = ConnectionWatch::new(&self.js);
-            let request = consumer
-                .batch()
-                .max_messages(self.limit.max(1))
-                .expires(self.long_poll)
-                .messages()
-                .await
-                .map_err(Error::nats("pull request"))?;
-            self.waiting = Some(Waiting {
-                request,
-                deadline: Instant::now() + self.long_poll + self.request_timeout,
-                connection,
-            });
-        }
+        self.open_waiting().await?;
         let Some(Waiting {
             request,
             deadline,
@@ -283,6 +273,32 @@ impl NatsSource {
         }
     }
 
+    /// Sends a waiting pull request (up to the largest batch asked for, open for the long-poll
+    /// time) unless one is open: the server delivers to it what is in the stream and what is
+    /// published meanwhile, and `take_delivered` takes it in without a round trip.
+    async fn open_waiting(&mut self) -> Result<()> {
+        if self.waiting.is_some() {
+            return Ok(());
+        }
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        let connection = ConnectionWatch::new(&self.js);
+        let request = consumer
+            .batch()
+            .max_messages(self.limit.max(1))
+            .expires(self.long_poll)
+            .messages()
+            .await
+            .map_err(Error::nats("pull request"))?;
+        self.waiting = Some(Waiting {
+            request,
+            deadline: Instant::now() + self.long_poll + self.request_timeout,
+            connection,
+        });
+        Ok(())
+    }
+
     /// Takes in what the open waiting request has delivered so far, without waiting.
     async fn take_delivered(&mut self, after: u64) -> Result<()> {
         loop {
@@ -314,14 +330,22 @@ impl NatsSource {
             .collect()
     }
 
+    /// Acknowledges the deliveries at stream sequences up to `after` with one ack (the
+    /// consumer's policy is `All`: an ack covers every sequence up to its own). Every stream
+    /// position up to `after` holds a seq up to `after` (`take` refuses an entry at a position
+    /// below its seq), so all of them are committed.
     async fn ack_committed(&mut self, after: u64) {
-        let held = std::mem::take(&mut self.held);
-        for (seq, message) in held {
-            if seq <= after {
-                ack(&message, seq).await;
-            } else {
-                self.held.push((seq, message));
-            }
+        let last = self
+            .held
+            .iter()
+            .enumerate()
+            .filter(|(_, (stream_seq, _))| *stream_seq <= after)
+            .max_by_key(|(_, (stream_seq, _))| *stream_seq)
+            .map(|(i, _)| i);
+        if let Some(i) = last {
+            let (stream_seq, message) = self.held.swap_remove(i);
+            ack(&message, stream_seq).await;
+            self.held.retain(|(stream_seq, _)| *stream_seq > after);
         }
         self.ready = self.ready.split_off(&(after + 1));
     }
@@ -346,7 +370,7 @@ impl NatsSource {
                 info.num_ack_pending == 0
                     && info.num_waiting == 0
                     && info.delivered.stream_sequence == after
-                    && info.config.ack_policy == AckPolicy::Explicit
+                    && info.config.ack_policy == AckPolicy::All
                     && info.config.deliver_subject.is_none()
             }
             Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => false,
@@ -412,7 +436,7 @@ impl NatsSource {
                 durable_name: Some(self.durable.clone()),
                 description: Some(format!("liteorm replica {}", self.durable)),
                 deliver_policy,
-                ack_policy: AckPolicy::Explicit,
+                ack_policy: AckPolicy::All,
                 ack_wait: self.ack_wait,
                 ..Default::default()
             })
@@ -472,19 +496,23 @@ impl NatsSource {
         }
         if entry.seq <= after {
             // Already applied and committed: a redelivery, or a duplicate that reached the
-            // stream. The replica would skip it too; ack it so it is not delivered again.
+            // stream. The replica would skip it too; it is acked with the next committed batch
+            // (at once when its position is committed too), so it is not delivered again.
             tracing::debug!(
                 seq = entry.seq,
                 stream_seq,
                 "skipping an entry the replica has"
             );
             self.skipped += 1;
-            ack(&message, entry.seq).await;
+            if stream_seq <= after {
+                ack(&message, stream_seq).await;
+            } else {
+                self.held.push((stream_seq, message));
+            }
             return Ok(());
         }
-        let seq = entry.seq;
-        self.ready.entry(seq).or_insert(entry);
-        self.held.push((seq, message));
+        self.ready.entry(entry.seq).or_insert(entry);
+        self.held.push((stream_seq, message));
         Ok(())
     }
 }
@@ -509,10 +537,11 @@ fn pull_timed_out() -> Error {
     }
 }
 
-/// Acks one delivery. A lost ack only means one more redelivery, which the replica skips.
-async fn ack(message: &jetstream::Message, seq: u64) {
+/// Acks one delivery and, the policy being `All`, every one before it. A lost ack only means
+/// more redeliveries, which the replica skips.
+async fn ack(message: &jetstream::Message, stream_seq: u64) {
     if let Err(err) = message.ack().await {
-        tracing::warn!(seq, error = %err, "ack failed; the entry will be delivered again and skipped");
+        tracing::warn!(stream_seq, error = %err, "ack failed; the entries will be delivered again and skipped");
     }
 }
 

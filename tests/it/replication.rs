@@ -368,6 +368,95 @@ async fn replica_stops_at_a_conflicting_entry_naming_its_seq() {
     );
 }
 
+/// One batch of entries that change the same rows one after the other, with a migration in
+/// the middle, conflicts resolved by the policy, and then a conflict it aborts on and a table
+/// the replica lacks: the result is the one of applying the entries one by one, and each
+/// failure names its own entry with everything before it committed.
+#[tokio::test]
+async fn a_batch_applies_as_its_entries_one_by_one() {
+    let (primary, _d1) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record(&log, "ada", "INSERT INTO item VALUES (1, 'pen', 1)").await;
+    record(
+        &log,
+        "ada",
+        "UPDATE item SET qty = 2 WHERE id = 1; UPDATE counter SET n = 5 WHERE id = 1",
+    )
+    .await;
+    record(&log, "ada", "INSERT INTO item VALUES (2, 'ink', 1)").await;
+    log.migrate(Meta::actor("ada"), "ALTER TABLE item ADD COLUMN note TEXT")
+        .await
+        .unwrap();
+    record(
+        &log,
+        "ada",
+        "UPDATE item SET note = 'n', qty = 3 WHERE id = 1",
+    )
+    .await;
+    record(&log, "ada", "DELETE FROM item WHERE id = 2").await;
+    record(&log, "ada", "INSERT INTO item VALUES (3, 'cap', 1, NULL)").await;
+    let entries = log.entries(&LogFilter::all()).await.unwrap();
+    assert_eq!(entries.len(), 7);
+
+    // Row 3 exists on the replica with other values: a conflict the policy resolves.
+    let (replica_db, _d2) = db_with_schema().await;
+    replica_db
+        .execute("INSERT INTO item VALUES (3, 'local', 9)", &[])
+        .await
+        .unwrap();
+    let replica = Replica::open(&replica_db)
+        .await
+        .unwrap()
+        .policy(ConflictPolicy::abort().on(ConflictKind::Conflict, ConflictAction::Replace));
+    assert_eq!(replica.apply_entries(&entries).await.unwrap(), 7);
+    for table in ["item", "counter"] {
+        assert_eq!(
+            dump(&replica_db, table).await,
+            dump(&primary, table).await,
+            "{table}"
+        );
+    }
+
+    // Under the abort policy the same conflict stops the batch at its entry (seq 7), with the
+    // six before it, migration included, committed.
+    let (strict_db, _d3) = db_with_schema().await;
+    strict_db
+        .execute("INSERT INTO item VALUES (3, 'local', 9)", &[])
+        .await
+        .unwrap();
+    let strict = Replica::open(&strict_db).await.unwrap();
+    let err = strict.apply_entries(&entries).await.unwrap_err();
+    assert!(matches!(err, Error::Stopped { seq: 7, .. }), "{err}");
+    assert_eq!(strict.last_applied().await.unwrap(), 6);
+    assert_eq!(
+        dump(&strict_db, "counter").await,
+        dump(&primary, "counter").await
+    );
+    let rows = strict_db
+        .query("SELECT id, name, qty, note FROM item ORDER BY id", &[])
+        .await
+        .unwrap();
+    let rows: Vec<Vec<Value>> = rows.iter().map(|r| r.values().to_vec()).collect();
+    assert_eq!(
+        rows,
+        [
+            vec![1.into(), "pen".into(), 3.into(), "n".into()],
+            vec![3.into(), "local".into(), 9.into(), Value::Null],
+        ]
+    );
+
+    // A replica without `counter`: the entry that touches it (seq 2) is named, not skipped.
+    let (bare_db, _d4) = file_db().await;
+    bare_db
+        .execute_batch("CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)")
+        .await
+        .unwrap();
+    let bare = Replica::open(&bare_db).await.unwrap();
+    let err = bare.apply_entries(&entries).await.unwrap_err();
+    assert!(matches!(err, Error::SchemaMismatch { seq: 2, .. }), "{err}");
+    assert_eq!(bare.last_applied().await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn replica_follows_an_in_process_channel_and_can_be_cancelled() {
     let (primary, _d1) = db_with_schema().await;

@@ -114,7 +114,15 @@ pub(crate) async fn scenario(
         publisher = publisher.wake_on(woken);
         log.publish_to(wake)
     };
-    let source = NatsSource::new(js.clone(), &stream, "bench")?;
+    // Set up before the timer, as raw's stream and consumer are: the stream, the durable
+    // consumer (a first pull, which finds nothing yet), and the publisher's first report of
+    // the consumers' ack floors (then every 10 s).
+    stream.ensure(js).await?;
+    let mut source = NatsSource::new(js.clone(), &stream, "bench")?;
+    if !source.next_batch(0, 1).await?.is_empty() {
+        return Err("a fresh stream had entries".into());
+    }
+    publisher.report_consumers().await?;
     let mut follower = Follower::new(Replica::open(&replica_db).await?, source).await?;
 
     // Commit time on the primary and on the replica, per seq.

@@ -5,7 +5,8 @@
 //!
 //! Run with `cargo run --release -p liteorm-nats --example nats_bench -- [--txns N]
 //! [--rounds R] [--rate PER_SEC] [--impl liteorm|raw|both] [--synchronous normal|full]
-//! [--url nats://127.0.0.1:4222]`. Without `--url` it starts its own `nats-server -js` on a free
+//! [--only record_only|drain|burst|paced] [--url nats://127.0.0.1:4222]`. `--only` runs one
+//! scenario (to profile it; `paced` then needs `--rate`). Without `--url` it starts its own `nats-server -js` on a free
 //! 127.0.0.1 port with a temporary store, and stops it at the end.
 //!
 //! Implementations (`liteorm.rs`, `raw.rs`): liteorm records each transaction with
@@ -15,7 +16,8 @@
 //!
 //! Scenarios: `record_only` (liteorm only) records N transactions with nothing replicating them;
 //! `drain` (liteorm only) records them before its publisher and follower start, and times the
-//! transport and the replica alone, as raw's `burst` does; `burst` sends N back to back (throughput; the lag includes the queue that builds up);
+//! transport and the replica alone, as raw's `burst` does (the headline ratio is `drain` over
+//! raw's `burst`); `burst` sends N back to back (throughput; the lag includes the queue that builds up);
 //! `paced` sends N at a fixed rate, by default half of liteorm's median burst rate of this run
 //! (the lag of one transaction on its own). Rounds are interleaved: every burst round runs both
 //! implementations (alternating which goes first), then every paced round does.
@@ -82,8 +84,12 @@ struct Options {
     rate: Option<f64>,
     impls: Impls,
     synchronous: Synchronous,
+    only: Option<&'static str>,
     url: Option<String>,
 }
+
+/// The scenarios, in the order they run.
+const MODES: [&str; 4] = ["record_only", "drain", "burst", "paced"];
 
 fn options() -> Result<Options, BoxError> {
     let mut opts = Options {
@@ -92,6 +98,7 @@ fn options() -> Result<Options, BoxError> {
         rate: None,
         impls: Impls::Both,
         synchronous: Synchronous::Normal,
+        only: None,
         url: None,
     };
     let mut args = std::env::args().skip(1);
@@ -116,6 +123,15 @@ fn options() -> Result<Options, BoxError> {
                     other => return Err(format!("--synchronous {other}: normal or full").into()),
                 }
             }
+            "--only" => {
+                let mode = value()?;
+                opts.only = Some(
+                    MODES
+                        .into_iter()
+                        .find(|m| *m == mode)
+                        .ok_or(format!("--only {mode}: one of {MODES:?}"))?,
+                );
+            }
             "--url" => opts.url = Some(value()?),
             other => return Err(format!("unknown option {other}").into()),
         }
@@ -125,6 +141,9 @@ fn options() -> Result<Options, BoxError> {
     }
     if opts.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err("--rate must be positive".into());
+    }
+    if opts.only == Some("paced") && opts.rate.is_none() {
+        return Err("--only paced needs --rate (there is no burst to take it from)".into());
     }
     Ok(opts)
 }
@@ -373,12 +392,19 @@ impl Context<'_> {
     }
 }
 
-/// liteorm/raw of the two figures: burst end-to-end rate (target ≥ 0.80) and paced lag
-/// p99 (target ≤ 2): of the medians, of the bests, and the median of the per-round ratios.
+/// liteorm/raw of the two figures: the end-to-end rate (target ≥ 0.80) and paced lag
+/// p99 (target ≤ 2), each of the medians, of the bests, and the median of the per-round ratios.
+///
+/// The rate's headline is liteorm's `drain` over raw's `burst`: raw's changesets exist before
+/// its timer, and so do liteorm's log entries in `drain`, so both time the transport and the
+/// replica alone. liteorm's `burst` also records its transactions on the same two cores while
+/// they are replicated, which raw never does: it stays as a secondary figure.
 fn ratio_line(ctx: &Context<'_>, results: &Results, rate: Option<f64>) -> Json {
     let pair = |mode: &str, get: &dyn Fn(&Figures) -> Option<f64>, higher: bool| {
+        // liteorm's `drain` is measured against raw's `burst` (see above).
+        let raw_mode = if mode == "drain" { "burst" } else { mode };
         let lite: Vec<f64> = results.of("liteorm", mode).iter().filter_map(get).collect();
-        let raw: Vec<f64> = results.of("raw", mode).iter().filter_map(get).collect();
+        let raw: Vec<f64> = results.of("raw", raw_mode).iter().filter_map(get).collect();
         let best = |v: &[f64]| {
             v.iter()
                 .copied()
@@ -393,35 +419,26 @@ fn ratio_line(ctx: &Context<'_>, results: &Results, rate: Option<f64>) -> Json {
         )
     };
     let burst = pair("burst", &|f| f.end_to_end_tps, true);
-    // liteorm's transport alone (its log recorded before the timer) against raw's burst, whose
-    // changesets also exist before the timer.
-    let drain = {
-        let lite: Vec<f64> = results
-            .of("liteorm", "drain")
-            .iter()
-            .filter_map(|f| f.end_to_end_tps)
-            .collect();
-        let raw: Vec<f64> = results
-            .of("raw", "burst")
-            .iter()
-            .filter_map(|f| f.end_to_end_tps)
-            .collect();
-        median(&lite).zip(median(&raw)).map(|(l, r)| l / r)
-    };
+    let drain = pair("drain", &|f| f.end_to_end_tps, true);
     let p99 = pair("paced", &|f| f.lag_p99_ms, false);
     let p50 = pair("paced", &|f| f.lag_p50_ms, false);
     let mut line = ctx.line("liteorm/raw", "ratio");
     line.insert("paced_rate_tps".into(), json!(rate));
+    line.insert("drain_over_raw_burst_tps_median".into(), json!(drain.0));
+    line.insert("drain_over_raw_burst_tps_best".into(), json!(drain.1));
+    line.insert(
+        "drain_over_raw_burst_tps_paired_median".into(),
+        json!(drain.2),
+    );
     line.insert("burst_end_to_end_tps_median".into(), json!(burst.0));
     line.insert("burst_end_to_end_tps_best".into(), json!(burst.1));
     line.insert("burst_end_to_end_tps_paired_median".into(), json!(burst.2));
-    line.insert("drain_over_raw_burst_tps_median".into(), json!(drain));
     line.insert("paced_lag_p99_median".into(), json!(p99.0));
     line.insert("paced_lag_p99_best".into(), json!(p99.1));
     line.insert("paced_lag_p99_paired_median".into(), json!(p99.2));
     line.insert("paced_lag_p50_median".into(), json!(p50.0));
     line.insert("paced_lag_p50_best".into(), json!(p50.1));
-    line.insert("burst_target_met".into(), json!(burst.0.map(|r| r >= 0.80)));
+    line.insert("rate_target_met".into(), json!(drain.0.map(|r| r >= 0.80)));
     line.insert("paced_target_met".into(), json!(p99.0.map(|r| r <= 2.0)));
     Json::Object(line)
 }
@@ -464,14 +481,15 @@ async fn main() -> Result<(), BoxError> {
         }
         order
     };
+    let runs = |mode: &str| opts.only.is_none_or(|only| only == mode);
     for round in 0..opts.rounds {
         if impls.contains(&"liteorm") {
-            ctx.run(&mut results, "liteorm", "record_only", round, None, &[])
-                .await?;
-            ctx.run(&mut results, "liteorm", "drain", round, None, &[])
-                .await?;
+            for mode in ["record_only", "drain"].into_iter().filter(|m| runs(m)) {
+                ctx.run(&mut results, "liteorm", mode, round, None, &[])
+                    .await?;
+            }
         }
-        for imp in order(round) {
+        for imp in order(round).into_iter().filter(|_| runs("burst")) {
             ctx.run(&mut results, imp, "burst", round, None, &changesets)
                 .await?;
         }
@@ -493,14 +511,14 @@ async fn main() -> Result<(), BoxError> {
             median(&bursts).map(|tps| tps / 2.0)
         }
     };
-    for round in 0..opts.rounds {
+    for round in (0..opts.rounds).filter(|_| runs("paced")) {
         for imp in order(round) {
             ctx.run(&mut results, imp, "paced", round, rate, &changesets)
                 .await?;
         }
     }
     for imp in impls {
-        for mode in ["record_only", "drain", "burst", "paced"] {
+        for mode in MODES {
             if let Some(line) = ctx.summary(&results, imp, mode, rate) {
                 println!("{line}");
             }

@@ -4,7 +4,8 @@
 //! Usage:
 //! - `nats_worker follow NATS_URL DB REPLICA_DB CONSUMER BATCH`: catches the replica up with the
 //!   stream of database DB.
-//! - `nats_worker publish NATS_URL DB PRIMARY_DB BATCH`: publishes the primary's whole log.
+//! - `nats_worker publish NATS_URL DB PRIMARY_DB BATCH`: publishes the primary's whole log,
+//!   BATCH entries read at a time and twice that in flight.
 
 use std::time::Duration;
 
@@ -43,9 +44,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         ("publish", [primary_db, batch]) => {
             let primary = SqliteSession::open(primary_db).await?;
+            let batch: usize = batch.parse()?;
+            // Two batches in flight: kills land between sends, acknowledgements and cursor
+            // writes, with publishes pending across batches.
             let mut publisher = Publisher::new(&primary, js, stream)
                 .await?
-                .batch_size(batch.parse()?);
+                .batch_size(batch)
+                .max_in_flight(batch * 2);
             let report = publisher.publish_pending().await?;
             println!("{report:?}");
         }

@@ -272,8 +272,9 @@ async fn a_publisher_killed_mid_stream_publishes_every_entry_once() {
     );
     for seq in [1, 2, PUBLISHED / 2, PUBLISHED - 1, PUBLISHED] {
         let message = handle.get_raw_message(seq).await.unwrap();
-        let header = message.headers.get("Liteorm-Seq").unwrap().as_str();
-        assert_eq!(header, seq.to_string());
+        let entry =
+            liteorm_nats::fuzzing::decode(Some(&message.headers), &message.payload, seq).unwrap();
+        assert_eq!(entry.seq, seq);
     }
     let publisher = Publisher::new(&primary, js.clone(), stream.clone())
         .await

@@ -217,3 +217,127 @@ async fn a_wait_cut_short_loses_no_delivery() {
     assert_eq!(source.repositions(), 0);
     assert_eq!(source.redeliveries_skipped(), 0);
 }
+
+/// The acks a core subscriber on `$JS.ACK.<stream>.<consumer>.>` has seen within `settle`.
+async fn acks_seen(acks: &mut liteorm_nats::async_nats::Subscriber, settle: Duration) -> usize {
+    use futures::StreamExt as _;
+    let mut seen = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(settle, acks.next()).await {
+        seen += 1;
+    }
+    seen
+}
+
+/// One ack per committed batch (the consumer's policy is `All`), a consumer with explicit acks
+/// left by an earlier version replaced on first use, and a crash between a commit and its ack
+/// only re-delivering entries the replica already has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ack_covers_a_committed_batch() {
+    use liteorm_nats::async_nats::jetstream::consumer::{self, AckPolicy};
+
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("ackall").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 40).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    assert_eq!(publisher.publish_pending().await.unwrap().published, 40);
+    // What an earlier version made: explicit acks, stopped cleanly at the replica's cursor (0).
+    let handle = js.get_stream(stream.name()).await.unwrap();
+    handle
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("replica".into()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut acks = js
+        .client()
+        .subscribe(format!("$JS.ACK.{}.replica.>", stream.name()))
+        .await
+        .unwrap();
+    js.client().flush().await.unwrap();
+
+    let (db, _d2) = db_with_schema().await;
+    let replica = liteorm_replication::Replica::open(&db).await.unwrap();
+    let mut source = liteorm_nats::NatsSource::new(js.clone(), &stream, "replica").unwrap();
+    let first = source.next_batch(0, 16).await.unwrap();
+    assert_eq!(first.first().map(|e| e.seq), Some(1));
+    assert_eq!(replica.apply_entries(&first).await.unwrap(), 16);
+    // The process dies here: committed, not acked.
+    drop(source);
+    let info = handle.consumer_info("replica").await.unwrap();
+    assert_eq!(info.config.ack_policy, AckPolicy::All, "replaced");
+    assert_eq!(info.ack_floor.stream_sequence, 0);
+    assert_eq!(acks_seen(&mut acks, Duration::from_millis(50)).await, 0);
+
+    let mut follower = crate::support::follower(&js, &stream, &db, "replica")
+        .await
+        .batch_size(10);
+    assert_eq!(follower.catch_up().await.unwrap().last_seq, 40);
+    assert_eq!(content(&db).await, content(&primary).await);
+    // Entries 17..=40 in batches of 10, 10 and 4: an ack each, not one per entry.
+    assert_eq!(acks_seen(&mut acks, Duration::from_millis(200)).await, 3);
+    let info = handle.consumer_info("replica").await.unwrap();
+    assert_eq!(info.ack_floor.stream_sequence, 40);
+    assert_eq!(info.num_ack_pending, 0);
+    // Nothing was applied twice: the replica's cursor, not the consumer, positioned it.
+    assert_eq!(follower.source().redeliveries_skipped(), 0);
+}
+
+/// A stream that an earlier version wrote in the header format (versions 2 and 3, a schema
+/// entry included) is still followed, and a current publisher carries on after it in the
+/// framed format (version 4): re-sent old entries are dropped as duplicates, the follower reads
+/// both formats, and the stream's last seq is read from either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_written_in_the_header_format_is_still_followed() {
+    use liteorm_nats::async_nats::jetstream::message::PublishMessage;
+    use liteorm_replication::LogFilter;
+
+    let server = NatsServer::start();
+    let js = server.js().await;
+    let stream = ChangeStream::new("oldwire").unwrap();
+    let (primary, _d) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.unwrap();
+    record_many(&log, 4).await;
+    log.migrate(Meta::actor("dba"), "ALTER TABLE item ADD COLUMN note TEXT")
+        .await
+        .unwrap();
+    record_many(&log, 3).await;
+    // What a publisher of the header format sent for entries 1..=6.
+    stream.ensure(&js).await.unwrap();
+    for entry in log.entries(&LogFilter::all().seqs(1, 6)).await.unwrap() {
+        let (headers, payload) = liteorm_nats::fuzzing::encode_headers(&entry);
+        let message = PublishMessage::build()
+            .headers(headers)
+            .payload(payload)
+            .message_id(entry.seq.to_string())
+            .expected_last_sequence(entry.seq - 1);
+        let ack = js
+            .send_publish(stream.subject().to_owned(), message)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(ack.sequence, entry.seq);
+    }
+    let (db, _d2) = db_with_schema().await;
+    let mut follower = follower(&js, &stream, &db, "replica").await;
+    assert_eq!(follower.lag().await.unwrap().stream_last_seq, 6);
+    assert_eq!(follower.catch_up().await.unwrap().last_seq, 6);
+
+    record_many(&log, 5).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .unwrap();
+    let report = publisher.publish_pending().await.unwrap();
+    assert_eq!((report.duplicates, report.published), (6, 7));
+    assert_eq!(follower.lag().await.unwrap().stream_last_seq, 13);
+    assert_eq!(follower.catch_up().await.unwrap().last_seq, 13);
+    assert_eq!(content(&db).await, content(&primary).await);
+    assert_eq!(stream_state(&js, &stream).await, (13, 13));
+}
