@@ -430,7 +430,8 @@ impl ChangeLog {
         E: From<Error> + From<liteorm_changeset::Error>,
     {
         let tx = self.db.begin_immediate().await.map_err(Error::from)?;
-        let mut capture = Capture::new(tx.session());
+        // `tx` rolls back whenever the capture fails (it is dropped): no savepoint needed.
+        let mut capture = Capture::new(tx.session()).within_transaction();
         if let Some(tables) = &self.tables {
             capture = capture.tables(tables.iter().cloned());
         }

@@ -329,3 +329,84 @@ async fn implicit_primary_key_records_tables_without_one() {
     assert_eq!((report.applied, report.skipped_tables.len()), (2, 0));
     assert_eq!(dump(&replica, "log").await, dump(&db, "log").await);
 }
+
+/// `within_transaction`: inside its owner's transaction a capture records there (the owner's
+/// commit or rollback decides), a failed one leaves its writes for the owner to roll back, a
+/// closure that ends the owner's transaction fails the capture, and outside a transaction the
+/// option changes nothing.
+#[tokio::test]
+async fn within_transaction_records_in_the_owners_transaction() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 2).await;
+    let before = dump(&db, "t").await;
+    let path = db_path(&db).await;
+
+    // Recorded in the owner's transaction, which its rollback undoes.
+    let tx = db.begin_immediate().await.unwrap();
+    let cs = Capture::new(tx.session())
+        .within_transaction()
+        .changeset(|s| async move {
+            s.execute("UPDATE t SET name = 'x' WHERE id = 1", &[])
+                .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(summary(&cs), [(1, ChangeOp::Update, false)]);
+    let inside = tx
+        .session()
+        .query("SELECT name FROM t WHERE id = 1", &[])
+        .await;
+    assert_eq!(inside.unwrap()[0].values()[0], Value::Text("x".into()));
+    tx.rollback().await.unwrap();
+    assert_eq!(dump(&db, "t").await, before);
+
+    // A failed capture leaves its writes in the owner's transaction, session object deleted.
+    let tx = db.begin_immediate().await.unwrap();
+    let err = Capture::new(tx.session())
+        .within_transaction()
+        .changeset(|s| async move {
+            s.execute("DELETE FROM t WHERE id = 2", &[]).await?;
+            Err::<(), _>(Error::TransactionEnded)
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TransactionEnded), "{err}");
+    assert_eq!(live_session_objects(&path), 0);
+    let left = tx.session().query("SELECT count(*) FROM t", &[]).await;
+    assert_eq!(left.unwrap()[0].values()[0], Value::Integer(1));
+    tx.rollback().await.unwrap();
+    assert_eq!(dump(&db, "t").await, before);
+
+    // The closure may not end the owner's transaction.
+    let tx = db.begin_immediate().await.unwrap();
+    let err = Capture::new(tx.session())
+        .within_transaction()
+        .changeset(|s| async move {
+            s.execute_batch("UPDATE t SET name = 'y' WHERE id = 1; COMMIT")
+                .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TransactionEnded), "{err}");
+    drop(tx);
+    assert_eq!(live_session_objects(&path), 0);
+
+    // Outside a transaction, capture opens and commits its own.
+    let cs = Capture::new(&db)
+        .within_transaction()
+        .changeset(|s| async move {
+            s.execute("UPDATE t SET name = 'z' WHERE id = 2", &[])
+                .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(summary(&cs), [(2, ChangeOp::Update, false)]);
+    let after = db
+        .query("SELECT name FROM t WHERE id = 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(after[0].values()[0], Value::Text("z".into()));
+}
