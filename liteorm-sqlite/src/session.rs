@@ -499,16 +499,16 @@ impl SqliteTransaction {
 
     /// Makes the transaction's changes durable: [`Transaction::commit`] by value, for a
     /// transaction that is not boxed.
-    pub async fn commit(self) -> Result<()> {
-        Box::new(self).finish(true).await
+    pub async fn commit(mut self) -> Result<()> {
+        self.finish(true).await
     }
 
     /// Discards the transaction's changes: [`Transaction::rollback`] by value.
-    pub async fn rollback(self) -> Result<()> {
-        Box::new(self).finish(false).await
+    pub async fn rollback(mut self) -> Result<()> {
+        self.finish(false).await
     }
 
-    async fn finish(mut self: Box<Self>, commit: bool) -> Result<()> {
+    async fn finish(&mut self, commit: bool) -> Result<()> {
         let mut guard = self.pinned.lock().await?;
         let depth = guard.transaction_depth();
         if depth != self.depth {
@@ -570,10 +570,10 @@ impl Session for SqliteTransaction {
 
 #[async_trait]
 impl Transaction for SqliteTransaction {
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>) -> Result<()> {
         self.finish(true).await
     }
-    async fn rollback(self: Box<Self>) -> Result<()> {
+    async fn rollback(mut self: Box<Self>) -> Result<()> {
         self.finish(false).await
     }
     fn as_session(&self) -> &dyn Session {

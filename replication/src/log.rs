@@ -798,16 +798,24 @@ async fn insert_entry(
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN \
          (SELECT seq = ? AND hash = ? FROM liteorm_changes ORDER BY seq DESC LIMIT 1) THEN ? END)";
     let (kind_name, ref_seq) = chain::kind_parts(entry.kind);
-    let mut params = vec![
+    let mut tables =
+        String::with_capacity(entry.tables.iter().map(|t| t.len() + 1).sum::<usize>() + 1);
+    tables.push(',');
+    for table in &entry.tables {
+        tables.push_str(table);
+        tables.push(',');
+    }
+    let mut params = Vec::with_capacity(11);
+    params.extend([
         stored(entry.seq),
         entry.committed_at_ms.into(),
         entry.actor.clone().into(),
         entry.reason.clone().into(),
-        format!(",{},", entry.tables.join(",")).into(),
+        tables.into(),
         kind_name.into(),
         ref_seq.map_or(Value::Null, stored),
         entry.hash.as_bytes().as_slice().into(),
-    ];
+    ]);
     let payload = entry.fields().payload.into();
     let Some((seq, hash)) = expected_head else {
         params.push(payload);
