@@ -118,6 +118,13 @@ impl Replica {
     /// or below the cursor are skipped (already applied); an entry beyond `cursor + 1` is a gap.
     /// On failure, the entries before the failing one are committed and the error names it.
     /// Returns the last applied seq.
+    ///
+    /// Consecutive change entries go to SQLite as one joined changeset ([`Changeset::join`],
+    /// up to 4 MiB a run), so SQLite prepares its statements once per table and run instead of
+    /// once per entry; a run that fails or skips a table is undone and applied entry by entry.
+    /// On a replica that has already diverged, SQLite then retries a change that failed on a
+    /// constraint at the end of the run of its table, and checks foreign keys at the end of the
+    /// run, rather than at the end of its entry.
     pub async fn apply_entries(&self, entries: &[LogEntry]) -> Result<u64> {
         let tx = self.db.begin_immediate().await?;
         match self.apply_in(&tx, entries).await {
