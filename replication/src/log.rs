@@ -798,11 +798,15 @@ async fn insert_entry(
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN \
          (SELECT seq = ? AND hash = ? FROM liteorm_changes ORDER BY seq DESC LIMIT 1) THEN ? END)";
     let (kind_name, ref_seq) = chain::kind_parts(entry.kind);
+    // `,a,b,` (`,,` for none), as `LogFilter` matches it.
     let mut tables =
-        String::with_capacity(entry.tables.iter().map(|t| t.len() + 1).sum::<usize>() + 1);
+        String::with_capacity(entry.tables.iter().map(|t| t.len() + 1).sum::<usize>() + 2);
     tables.push(',');
     for table in &entry.tables {
         tables.push_str(table);
+        tables.push(',');
+    }
+    if entry.tables.is_empty() {
         tables.push(',');
     }
     let mut params = Vec::with_capacity(11);

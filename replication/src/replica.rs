@@ -250,26 +250,27 @@ impl Replica {
         entries: &[LogEntry],
         run: &[usize],
     ) -> Result<(), (usize, Error)> {
+        // A single entry goes straight to `apply_one`.
         if let [_, _, ..] = run {
             let joined = Changeset::join(run.iter().map(|&i| &entries[i].changeset));
-            let savepoint = |sql: &'static str| async move {
+            let exec = |sql: &'static str| async move {
                 session
                     .execute_batch(sql)
                     .await
                     .map_err(|e| (run[0], e.into()))
             };
-            savepoint("SAVEPOINT liteorm_replica_run").await?;
+            exec("SAVEPOINT liteorm_replica_run").await?;
             let applied = apply(session, &joined)
                 .on_conflict(self.policy.handler())
                 .await;
             match applied {
                 Ok(report) if report.skipped_tables.is_empty() => {
-                    return savepoint("RELEASE liteorm_replica_run").await;
+                    return exec("RELEASE liteorm_replica_run").await;
                 }
-                Ok(_) => savepoint(UNDO_RUN).await?,
+                Ok(_) => exec(UNDO_RUN).await?,
                 // Some errors (a full disk) roll the whole transaction back: then there is
                 // nothing to retry in it, and the apply's error is the one to report.
-                Err(err) => savepoint(UNDO_RUN).await.map_err(|_| {
+                Err(err) => exec(UNDO_RUN).await.map_err(|_| {
                     let seq = entries[run[0]].seq;
                     (
                         run[0],
