@@ -5,21 +5,21 @@ use liteorm_replication::{ChangeLog, Replica};
 use liteorm_sqlite::SqliteSession;
 
 use crate::support::{
-    NatsServer, content, db_with_schema, follower, record_many, spawn_follower, wait_progress,
+    NatsServer, Published, content, db_with_schema, follower, published, record_many,
+    spawn_follower, wait_progress,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_bootstraps_a_replica_that_follows_from_the_next_seq() {
     let server = NatsServer::start();
-    let js = server.js().await;
     let stream = ChangeStream::new("bootstrap").unwrap();
-    let (primary, _d) = db_with_schema().await;
-    let log = ChangeLog::open(&primary).await.unwrap();
-    record_many(&log, 40).await;
-    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
-        .await
-        .unwrap();
-    assert_eq!(publisher.publish_pending().await.unwrap().published, 40);
+    let Published {
+        js,
+        primary,
+        log,
+        mut publisher,
+        dir: _d,
+    } = published(&server, &stream, 40).await;
     // Not yet published when the snapshot is taken: the snapshot does not depend on the stream.
     record_many(&log, 10).await;
 

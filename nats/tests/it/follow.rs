@@ -6,8 +6,8 @@ use liteorm_nats::{ChangeStream, Error, Lag, Publisher};
 use liteorm_replication::{ChangeLog, ConflictPolicy, Meta};
 
 use crate::support::{
-    NatsServer, content, db_with_schema, follower, record, record_many, spawn_follower,
-    spawn_publisher, stream_state, wait_progress,
+    NatsServer, Published, content, db_with_schema, follower, published, record, record_many,
+    spawn_follower, spawn_publisher, stream_state, wait_progress,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,15 +139,14 @@ async fn record_free(db: &liteorm_sqlite::SqliteSession, sql: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_the_stream_is_refused_with_both_seqs() {
     let server = NatsServer::start();
-    let js = server.js().await;
     let stream = ChangeStream::new("gap").unwrap();
-    let (primary, _d) = db_with_schema().await;
-    let log = ChangeLog::open(&primary).await.unwrap();
-    record_many(&log, 10).await;
-    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
-        .await
-        .unwrap();
-    assert_eq!(publisher.publish_pending().await.unwrap().published, 10);
+    let Published {
+        js,
+        primary: _primary,
+        log: _log,
+        publisher: _publisher,
+        dir: _d,
+    } = published(&server, &stream, 10).await;
     // Entry 5 disappears from the stream (an operator deleted it, or it expired).
     let handle = js.get_stream(stream.name()).await.unwrap();
     assert!(handle.delete_message(5).await.unwrap());
@@ -236,15 +235,14 @@ async fn one_ack_covers_a_committed_batch() {
     use liteorm_nats::async_nats::jetstream::consumer::{self, AckPolicy};
 
     let server = NatsServer::start();
-    let js = server.js().await;
     let stream = ChangeStream::new("ackall").unwrap();
-    let (primary, _d) = db_with_schema().await;
-    let log = ChangeLog::open(&primary).await.unwrap();
-    record_many(&log, 40).await;
-    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
-        .await
-        .unwrap();
-    assert_eq!(publisher.publish_pending().await.unwrap().published, 40);
+    let Published {
+        js,
+        primary,
+        log: _log,
+        publisher: _publisher,
+        dir: _d,
+    } = published(&server, &stream, 40).await;
     // What an earlier version made: explicit acks, stopped cleanly at the replica's cursor (0).
     let handle = js.get_stream(stream.name()).await.unwrap();
     handle

@@ -7,7 +7,9 @@ use liteorm_nats::{ChangeStream, Error, Publisher, async_nats};
 use liteorm_replication::ChangeLog;
 use liteorm_sqlite::SqliteSession;
 
-use crate::support::{NatsServer, content, db_with_schema, follower, record_many, stream_state};
+use crate::support::{
+    NatsServer, Published, content, db_with_schema, follower, published, record_many, stream_state,
+};
 
 /// The outbox state a publisher leaves when it is killed after the server acknowledged
 /// entries up to the log's end but before it recorded more than `seq`.
@@ -24,15 +26,14 @@ async fn crash_before_cursor_write(primary: &SqliteSession, stream: &ChangeStrea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_after_a_crash_is_dropped_by_the_server() {
     let server = NatsServer::start();
-    let js = server.js().await;
     let stream = ChangeStream::new("dedup").unwrap();
-    let (primary, _d) = db_with_schema().await;
-    let log = ChangeLog::open(&primary).await.unwrap();
-    record_many(&log, 20).await;
-    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
-        .await
-        .unwrap();
-    assert_eq!(publisher.publish_pending().await.unwrap().published, 20);
+    let Published {
+        js,
+        primary,
+        log,
+        publisher,
+        dir: _d,
+    } = published(&server, &stream, 20).await;
     let (replica_db, _d2) = db_with_schema().await;
     let mut follower = follower(&js, &stream, &replica_db, "replica").await;
     assert_eq!(follower.catch_up().await.unwrap().last_seq, 20);
@@ -110,18 +111,17 @@ async fn a_resend_after_the_duplicate_window_is_refused_by_the_sequence_check() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_inside_the_window_drops_what_was_sent_after_it() {
     let server = NatsServer::start();
-    let js = server.js().await;
     let window = Duration::from_millis(300);
     let stream = ChangeStream::new("inflight")
         .unwrap()
         .duplicate_window(window);
-    let (primary, _d) = db_with_schema().await;
-    let log = ChangeLog::open(&primary).await.unwrap();
-    record_many(&log, 40).await;
-    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
-        .await
-        .unwrap();
-    assert_eq!(publisher.publish_pending().await.unwrap().published, 40);
+    let Published {
+        js,
+        primary,
+        log,
+        publisher: _publisher,
+        dir: _d,
+    } = published(&server, &stream, 40).await;
     tokio::time::sleep(window * 4).await;
     crash_before_cursor_write(&primary, &stream, 10).await;
     let mut restarted = Publisher::new(&primary, js.clone(), stream.clone())

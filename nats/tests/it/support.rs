@@ -195,6 +195,37 @@ pub(crate) fn db_file(dir: &Path) -> PathBuf {
     dir.join("test.db")
 }
 
+/// A primary whose first entries were recorded and published by [`published`].
+pub(crate) struct Published {
+    pub(crate) js: jetstream::Context,
+    pub(crate) primary: SqliteSession,
+    pub(crate) log: ChangeLog,
+    pub(crate) publisher: Publisher,
+    /// Keeps the primary's file.
+    pub(crate) dir: TempDir,
+}
+
+/// A primary with the test schema, `count` entries recorded, and a publisher that published
+/// them all to `stream` on `server`.
+pub(crate) async fn published(server: &NatsServer, stream: &ChangeStream, count: u64) -> Published {
+    let js = server.js().await;
+    let (primary, dir) = db_with_schema().await;
+    let log = ChangeLog::open(&primary).await.expect("open the log");
+    record_many(&log, count).await;
+    let mut publisher = Publisher::new(&primary, js.clone(), stream.clone())
+        .await
+        .expect("publisher");
+    let report = publisher.publish_pending().await.expect("publish");
+    assert_eq!(report.published, count);
+    Published {
+        js,
+        primary,
+        log,
+        publisher,
+        dir,
+    }
+}
+
 /// Records `sql` as one unit of work.
 pub(crate) async fn record(log: &ChangeLog, sql: &str) -> u64 {
     let sql = sql.to_owned();
