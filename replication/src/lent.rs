@@ -22,7 +22,13 @@ pub fn create_log(conn: &mut impl RawConnection) -> Result<()> {
 pub fn append(conn: &mut impl RawConnection, meta: Meta, changeset: Changeset) -> Result<LogEntry> {
     conn.with_handle(|mut db| {
         // Every statement of a lent handle runs synchronously: the future is ready at once.
-        futures::executor::block_on(append_entry(&mut db, meta, EntryKind::Change, changeset))
+        futures::executor::block_on(append_entry(
+            &mut db,
+            meta,
+            EntryKind::Change,
+            changeset,
+            None,
+        ))
     })
 }
 

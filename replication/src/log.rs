@@ -440,10 +440,7 @@ impl ChangeLog {
             tx.commit().await.map_err(Error::from)?;
             return Ok((value, None));
         }
-        let tables = changes.tables()?;
-        let hint = self.head.get();
-        let entry =
-            append_entry(&mut tx.session(), meta, kind, tables, changes, None, hint).await?;
+        let entry = append(&mut tx.session(), meta, kind, changes, self.head.get()).await?;
         tx.commit().await.map_err(Error::from)?;
         self.head.set(entry.seq, entry.hash);
         let seq = entry.seq;
@@ -718,15 +715,16 @@ const VERIFY_PAGE: usize = 512;
 /// Appends one entry, chained to the newest one, through `db`, in the caller's immediate
 /// transaction (so no other writer appends in between): the only INSERT into the log table, for
 /// every way of recording (a liteorm session, or a connection lent by another driver through
-/// [`crate::lent`]).
+/// [`crate::lent`]). `hint`: the head the caller believes the log has (see [`HeadHint`]).
 pub(crate) async fn append(
     db: &mut impl EntryWriter,
     meta: Meta,
     kind: EntryKind,
     changeset: Changeset,
+    hint: Option<(u64, EntryHash)>,
 ) -> Result<LogEntry> {
     let tables = changeset.tables()?;
-    append_entry(db, meta, kind, tables, changeset, None, None).await
+    append_entry(db, meta, kind, tables, changeset, None, hint).await
 }
 
 /// Appends a [`EntryKind::Schema`] entry for `sql`, which touched `tables` (see [`append`]).
