@@ -561,7 +561,7 @@ impl Recording {
             )?;
         }
         let session = guard
-            .with_raw(|db| open_session(db, tables, options))
+            .with_raw_same_settings(|db| open_session(db, tables, options))
             .await??;
         *lock(&recording.session) = Some(session);
         // The write lock from the start: a write through another connection meanwhile waits
@@ -598,7 +598,7 @@ impl Recording {
         let (blob, mut guard) = if used <= INLINE_GENERATE_MAX {
             let shared = Arc::clone(&self.session);
             let blob = guard
-                .with_raw(move |db| {
+                .with_raw_same_settings(move |db| {
                     let session = lock(&shared).take().ok_or(Error::TransactionEnded)?;
                     generate_and_delete(db, session, patchset)
                 })
@@ -607,7 +607,9 @@ impl Recording {
         } else {
             let session = lock(&self.session).take().ok_or(Error::TransactionEnded)?;
             let task = tokio::task::spawn_blocking(move || {
-                let blob = guard.with_raw_blocking(|db| generate_and_delete(db, session, patchset));
+                let blob = guard.with_raw_same_settings_blocking(|db| {
+                    generate_and_delete(db, session, patchset)
+                });
                 (blob, guard)
             });
             task.await
@@ -631,7 +633,7 @@ impl Recording {
         let session = lock(&self.session).take().ok_or(Error::TransactionEnded)?;
         let task = tokio::task::spawn_blocking(move || {
             let mut output = Output::new(output);
-            let written = guard.with_raw_blocking(|db| {
+            let written = guard.with_raw_same_settings_blocking(|db| {
                 let result = if ffi::in_transaction(db) {
                     session
                         .generate_strm(db, patchset, &mut output)
@@ -669,7 +671,7 @@ impl Recording {
         }
         let shared = Arc::clone(&self.session);
         let used = guard
-            .with_raw(move |db| {
+            .with_raw_same_settings(move |db| {
                 let session = lock(&shared);
                 let session = session.as_ref().ok_or(Error::TransactionEnded)?;
                 check_filter(session)?;
@@ -809,7 +811,7 @@ impl Recorder {
         let mut guard = self.pinned.lock().await?;
         let session = Arc::clone(&self.session);
         guard
-            .with_raw(move |db| lock(&session).as_ref().map(|s| f(s, db)))
+            .with_raw_same_settings(move |db| lock(&session).as_ref().map(|s| f(s, db)))
             .await?
             .ok_or(OVER)
     }
@@ -926,6 +928,6 @@ fn undo(guard: &mut PinnedGuard, session: Option<RawSession>, depth: Option<usiz
         let _ = guard.rollback_levels_blocking(depth);
     }
     if let Some(session) = session {
-        let _ = guard.with_raw_blocking(|db| session.delete(db));
+        let _ = guard.with_raw_same_settings_blocking(|db| session.delete(db));
     }
 }

@@ -53,6 +53,9 @@ pub(crate) struct RawLock {
     /// Whether the main database is a file (read once: only `sqlite3_deserialize` could change
     /// it, into an in-memory database).
     file: bool,
+    /// The connection's busy timeout as `PRAGMA busy_timeout` last read it, while nothing that
+    /// could have changed it has run since (see [`Self::busy_timeout`]).
+    busy: Option<c_int>,
     _handle: LockedSqliteHandle<'static>,
 }
 
@@ -97,12 +100,22 @@ impl RawLock {
             db,
             // SAFETY: the handle is locked for us (the caller's promise).
             file: unsafe { is_file(db) },
+            busy: None,
             _handle: handle,
         }
     }
 
     /// The locked connection's handle: valid, and used by nobody else, while `self` lives.
-    pub(crate) fn db(&self) -> NonNull<ffi::sqlite3> {
+    /// Whoever gets it may change the connection's busy timeout, so the copy kept of it is
+    /// dropped (see [`Self::db_same_settings`]).
+    pub(crate) fn db(&mut self) -> NonNull<ffi::sqlite3> {
+        self.busy = None;
+        self.db
+    }
+
+    /// [`Self::db`] for a caller that changes none of the connection's settings (its busy
+    /// timeout and busy handler in particular): the copy of the busy timeout stays.
+    pub(crate) fn db_same_settings(&self) -> NonNull<ffi::sqlite3> {
         self.db
     }
 
@@ -125,13 +138,20 @@ impl RawLock {
     pub(crate) fn exec(&mut self, sql: &str) -> Result<(), Error> {
         let db = self.db;
         if let Some(statement) = self.cached(sql).filter(|s| s.n_params == 0) {
+            let pragma = statement.pragma;
             // SAFETY: `db` is locked for us and `statement` is one of its statements. `None`
             // (a shared-cache lock met before anything ran) falls through to `sqlite3_exec`,
             // which reports it.
-            if let Some(result) = unsafe { statement.run(db, &[], None, false) } {
+            let result = unsafe { statement.run(db, &[], None, false) };
+            if pragma {
+                self.busy = None;
+            }
+            if let Some(result) = result {
                 return result.map(drop);
             }
         }
+        // Any of the statements may be a pragma.
+        self.busy = None;
         // SAFETY: `self.db` is locked for us.
         unsafe { exec_once(self.db, sql) }
     }
@@ -197,11 +217,20 @@ impl RawLock {
         let run = |lock: &mut Self, busy_to_sqlx| {
             let db = lock.db;
             let statement = lock.cached(sql).filter(|s| s.n_params == params.len())?;
+            let pragma = statement.pragma;
             // SAFETY: `db` is locked for us and `statement` is one of its statements.
-            unsafe { statement.run(db, params, rows, busy_to_sqlx) }
+            let result = unsafe { statement.run(db, params, rows, busy_to_sqlx) };
+            if pragma {
+                lock.busy = None;
+            }
+            result
         };
         // SAFETY: `self.db` is valid and locked for us.
         if self.file && unsafe { may_wait(self.db) } {
+            // A pragma would read or set the busy timeout while it is zero: sqlx runs it.
+            if self.cached(sql)?.pragma {
+                return None;
+            }
             let timeout = self.busy_timeout()?;
             self.without_waiting(timeout, |lock| run(lock, true))
         } else {
@@ -209,15 +238,29 @@ impl RawLock {
         }
     }
 
-    /// The connection's busy timeout in milliseconds (`PRAGMA busy_timeout`, from the statement
-    /// cache); `None` if it could not be read or is zero: no busy handler, or one set by
-    /// `sqlite3_busy_handler` (which may wait).
+    /// The connection's busy timeout in milliseconds; `None` if it could not be read or is
+    /// zero: no busy handler, or one set by `sqlite3_busy_handler` (which may wait).
+    ///
+    /// SQLite has no call that returns it, and `PRAGMA busy_timeout` is prepared anew on every
+    /// run (SQLite expires every pragma statement once it has run), which costs more than a
+    /// one-row transaction's own statements. So the value read is kept until something could
+    /// have changed it: a pragma run through this lock ([`Statement::pragma`]), SQL run with
+    /// `sqlite3_exec`, or the handle handed out ([`Self::db`]). Nothing else reaches the
+    /// connection while the lock lives (sqlx's worker is locked out, and dropping the lock
+    /// drops the copy).
     fn busy_timeout(&mut self) -> Option<c_int> {
-        let stmt = self.cached("PRAGMA busy_timeout")?.stmt.as_ptr();
-        // SAFETY: `stmt` is a live statement of `self.db`, which is locked for us. The pragma
-        // touches no file.
-        let timeout = unsafe { pragma_value(stmt) }?;
-        c_int::try_from(timeout).ok().filter(|&t| t > 0)
+        let timeout = match self.busy {
+            Some(timeout) => timeout,
+            None => {
+                let stmt = self.cached("PRAGMA busy_timeout")?.stmt.as_ptr();
+                // SAFETY: `stmt` is a live statement of `self.db`, which is locked for us. The
+                // pragma touches no file.
+                let timeout = c_int::try_from(unsafe { pragma_value(stmt) }?).ok()?;
+                self.busy = Some(timeout);
+                timeout
+            }
+        };
+        Some(timeout).filter(|&t| t > 0)
     }
 
     /// What `read` returns for `key` in `namespace`: kept from an earlier call if the schema
@@ -242,6 +285,8 @@ impl RawLock {
         {
             return Ok(value.clone());
         }
+        // `read` is the caller's code with the handle: it could change the busy timeout.
+        self.busy = None;
         let value = read(self.db)?;
         if current {
             let values = self.schema.values.entry(namespace).or_default();
@@ -264,6 +309,8 @@ impl RawLock {
         } else {
             None
         };
+        // `f` is the caller's code with the handle: it could change the busy timeout.
+        self.busy = None;
         let result = f(self.db);
         if let Some((cookie, _)) = before {
             let after = self.watch_step();
@@ -448,6 +495,27 @@ unsafe fn pragma_value(stmt: *mut ffi::sqlite3_stmt) -> Option<i64> {
     }
 }
 
+/// Whether `sql` starts with the keyword `PRAGMA`, after any whitespace and comments.
+fn is_pragma(sql: &str) -> bool {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(comment) = rest.strip_prefix("--") {
+            rest = comment.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(comment) = rest.strip_prefix("/*") {
+            rest = comment.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            break;
+        }
+    }
+    rest.get(..6)
+        .is_some_and(|word| word.eq_ignore_ascii_case("pragma"))
+        && !rest[6..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}
+
 /// Whether `main` of `db` is a file database.
 ///
 /// # Safety
@@ -464,6 +532,9 @@ unsafe fn is_file(db: NonNull<ffi::sqlite3>) -> bool {
 struct Statement {
     stmt: NonNull<ffi::sqlite3_stmt>,
     n_params: usize,
+    /// Whether it is a `PRAGMA`, which may change the busy timeout (see
+    /// [`RawLock::busy_timeout`]).
+    pragma: bool,
     /// The result column names, shared by the rows of every run, with the statement's
     /// re-prepare count when they were read: SQLite sets a statement's column names when it
     /// prepares it, so they stay valid until it is prepared again (after a schema change).
@@ -494,6 +565,7 @@ impl Statement {
         let statement = Statement {
             stmt: NonNull::new(stmt)?,
             n_params: 0,
+            pragma: is_pragma(sql),
             columns: None,
         };
         if rc != ffi::SQLITE_OK || tail.is_null() {

@@ -111,7 +111,7 @@ impl Held {
         let raw = if raw_blocking {
             self.raw_blocking()?
         } else {
-            self.raw.as_mut().ok_or(RELEASED)?
+            self.raw.as_mut().map_or_else(released, Ok)?
         };
         let result = raw.exec(&rollback_sql(depth));
         if result.is_ok() {
@@ -132,23 +132,23 @@ impl Held {
     /// still be queued) unless already held.
     async fn raw(&mut self) -> Result<&mut RawLock> {
         if self.raw.is_none() {
-            let conn = self.conn.as_deref_mut().ok_or(RELEASED)?;
+            let conn = self.conn.as_deref_mut().map_or_else(released, Ok)?;
             let handle = sqlx_compat::lock_handle(conn, &mut self.unlock_queued).await?;
             // SAFETY: see `Held::keep`.
             self.raw = Some(unsafe { Self::keep(handle) });
         }
-        self.raw.as_mut().ok_or(RELEASED)
+        self.raw.as_mut().map_or_else(released, Ok)
     }
 
     /// Like [`Self::raw`], waiting synchronously for the worker (on a thread that may block).
     fn raw_blocking(&mut self) -> Result<&mut RawLock> {
         if self.raw.is_none() {
-            let conn = self.conn.as_deref_mut().ok_or(RELEASED)?;
+            let conn = self.conn.as_deref_mut().map_or_else(released, Ok)?;
             let handle = sqlx_compat::lock_handle_blocking(conn, &mut self.unlock_queued)?;
             // SAFETY: see `Held::keep`.
             self.raw = Some(unsafe { Self::keep(handle) });
         }
-        self.raw.as_mut().ok_or(RELEASED)
+        self.raw.as_mut().map_or_else(released, Ok)
     }
 
     /// Keeps a handle lock on `self.conn` in `self.raw`, its lifetime erased.
@@ -183,6 +183,12 @@ impl Drop for Held {
 }
 
 const RELEASED: Error = Error::Closed("the pinned connection was released");
+
+/// [`RELEASED`], built only when needed: `ok_or(RELEASED)` builds and drops an `Error` on every
+/// call, a cost on the path of every statement.
+fn released<T>() -> Result<T> {
+    Err(RELEASED)
+}
 
 /// The savepoint of transaction level `depth + 1` (level 1 is `BEGIN`).
 fn savepoint(depth: usize) -> String {

@@ -190,6 +190,34 @@ impl PinnedGuard {
         Ok(f(Handle::new(raw.db())))
     }
 
+    /// Like [`Self::with_raw`], for an `f` that changes none of the connection's settings: not
+    /// its busy timeout or busy handler (`sqlite3_busy_timeout`, `sqlite3_busy_handler`, `PRAGMA
+    /// busy_timeout`), nor any other pragma. Calls into the session extension, reads, and
+    /// statements that change rows qualify.
+    ///
+    /// liteorm keeps a copy of the busy timeout while the guard's handle lock lives (SQLite has
+    /// no call that returns it, and reading it with its pragma costs about as much as a
+    /// one-row transaction): [`Self::with_raw`] drops that copy, since `f` could have changed
+    /// the timeout, and this keeps it. An `f` that does change the timeout here leaves liteorm
+    /// putting back the old one after its next statement that must not wait for a lock.
+    pub async fn with_raw_same_settings<R>(
+        &mut self,
+        f: impl FnOnce(Handle<'_>) -> R,
+    ) -> Result<R> {
+        let raw = self.raw_lock().await?;
+        Ok(f(Handle::new(raw.db_same_settings())))
+    }
+
+    /// [`Self::with_raw_same_settings`] for a thread that may block (see
+    /// [`Self::with_raw_blocking`]).
+    pub fn with_raw_same_settings_blocking<R>(
+        &mut self,
+        f: impl FnOnce(Handle<'_>) -> R,
+    ) -> Result<R> {
+        let raw = self.raw_lock_blocking()?;
+        Ok(f(Handle::new(raw.db_same_settings())))
+    }
+
     /// What `read` (given the handle, inside sqlx's handle lock as [`Self::with_raw`]) returns
     /// for `item` under `key`, kept per connection while the schema of `main` does not change:
     /// for facts about tables (their columns, keys) that are read often and change rarely.

@@ -396,7 +396,7 @@ impl Apply<'_> {
         // the FFI call, where it could starve the task that holds the lock. (A deferred
         // transaction would also fail at once with SQLITE_BUSY_SNAPSHOT in WAL mode when
         // another connection writes between SQLite's schema reads and its first write.)
-        let in_transaction = guard.with_raw(ffi::in_transaction).await?;
+        let in_transaction = guard.with_raw_same_settings(ffi::in_transaction).await?;
         if !in_transaction {
             guard.begin_immediate().await?;
         }
