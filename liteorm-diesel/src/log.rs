@@ -41,7 +41,10 @@ pub struct ChangeLog {
 }
 
 impl ChangeLog {
-    /// The log of `conn`'s database, creating the log table if needed.
+    /// The log of `conn`'s database, creating the log table if needed. A log created before
+    /// tamper evidence (without chain hashes) is upgraded as
+    /// [`liteorm_replication::ChangeLog::open`] upgrades it, in a transaction of its own or, inside
+    /// a Diesel transaction, in a savepoint of it.
     pub fn open(conn: &mut SqliteConnection) -> Result<Self> {
         lent::create_log(&mut Lent(conn))?;
         Ok(ChangeLog::default())

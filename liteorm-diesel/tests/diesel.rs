@@ -862,4 +862,108 @@ mod change_log {
             .unwrap();
         assert_eq!(entry.changeset.changes().unwrap().len(), 2);
     }
+
+    /// Records two entries through a liteorm session's log, then drops the hash column: the log
+    /// as versions before tamper evidence made it. Returns the chain head the two had.
+    async fn log_from_before_the_chain(dir: &Path, name: &str) -> liteorm_replication::EntryHash {
+        let primary = session_on(dir, name).await;
+        primary.execute_batch(SCHEMA).await.unwrap();
+        let log = SessionLog::open(&primary).await.unwrap();
+        for id in [1, 2] {
+            log.record(Meta::actor("old"), |s| async move {
+                s.execute("INSERT INTO account VALUES (?, 'old', 1)", &[id.into()])
+                    .await?;
+                Ok::<_, liteorm_replication::Error>(())
+            })
+            .await
+            .unwrap();
+        }
+        let head = log.verify().await.unwrap().head;
+        primary
+            .execute_batch("ALTER TABLE liteorm_changes DROP COLUMN hash")
+            .await
+            .unwrap();
+        primary.close().await;
+        head
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_from_before_the_chain_is_upgraded_when_a_diesel_app_opens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_head = log_from_before_the_chain(dir.path(), "old.db").await;
+        let mut app =
+            SqliteConnection::establish(dir.path().join("old.db").to_str().unwrap()).unwrap();
+        let log = ChangeLog::open(&mut app).unwrap();
+        let seq = log
+            .record(&mut app, Meta::actor("ada"), |conn| {
+                diesel::insert_into(account::table)
+                    .values(&acct(3, "ada", 5))
+                    .execute(conn)?;
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+        assert_eq!(seq, Some(3));
+        // Opening again changes nothing.
+        ChangeLog::open(&mut app).unwrap();
+
+        let session = session_on(dir.path(), "old.db").await;
+        let verified = SessionLog::open(&session)
+            .await
+            .unwrap()
+            .verify()
+            .await
+            .unwrap();
+        assert_eq!((verified.entries, verified.upgraded_through), (3, Some(2)));
+        let first_two = SessionLog::open(&session)
+            .await
+            .unwrap()
+            .entries(&LogFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            first_two[1].hash, old_head,
+            "the same chain as if hashed at commit"
+        );
+        let upgrades = session
+            .query("SELECT count(*) FROM liteorm_chain_upgrade", &[])
+            .await
+            .unwrap();
+        assert_eq!(upgrades[0].try_get::<i64>(0).unwrap(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upgrade_inside_a_diesel_transaction_is_a_savepoint_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        log_from_before_the_chain(dir.path(), "old.db").await;
+        let mut app =
+            SqliteConnection::establish(dir.path().join("old.db").to_str().unwrap()).unwrap();
+        // Opened inside a transaction that then rolls back: the upgrade goes with it.
+        let rolled_back = app.transaction(|conn| {
+            ChangeLog::open(conn).unwrap();
+            let upgraded = sql_query("SELECT hash FROM liteorm_changes").execute(conn);
+            assert!(upgraded.is_ok(), "upgraded inside the transaction");
+            Err::<(), _>(DieselError::RollbackTransaction)
+        });
+        assert!(matches!(rolled_back, Err(DieselError::RollbackTransaction)));
+        assert!(
+            sql_query("SELECT hash FROM liteorm_changes")
+                .execute(&mut app)
+                .is_err(),
+            "the upgrade was rolled back with the transaction"
+        );
+        // Inside one that commits, it stays.
+        app.transaction(|conn| {
+            ChangeLog::open(conn).unwrap();
+            Ok::<_, DieselError>(())
+        })
+        .unwrap();
+        let session = session_on(dir.path(), "old.db").await;
+        let verified = SessionLog::open(&session)
+            .await
+            .unwrap()
+            .verify()
+            .await
+            .unwrap();
+        assert_eq!((verified.entries, verified.upgraded_through), (2, Some(2)));
+    }
 }

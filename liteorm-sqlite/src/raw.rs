@@ -125,6 +125,12 @@ impl<'a> Handle<'a> {
         // SAFETY: as above.
         unsafe { crate::inline::exec_once(self.db, sql) }
     }
+
+    /// Whether the connection is in autocommit mode: no transaction is open on it.
+    pub fn autocommit(self) -> bool {
+        // SAFETY: as above.
+        unsafe { libsqlite3_sys::sqlite3_get_autocommit(self.db.as_ptr()) != 0 }
+    }
 }
 
 /// The key of a value read from the schema and kept per connection (see

@@ -8,12 +8,39 @@ use liteorm_changeset::Changeset;
 use liteorm_changeset::driver::{Handle, RawConnection};
 use liteorm_core::{Row, Value};
 
-use crate::log::{CREATE_LOG, EntryWriter, append as append_entry};
+use crate::log::{CREATE_LOG, EntryWriter, append as append_entry, has_hash, upgrade_in};
 use crate::{EntryKind, LogEntry, Meta, Result};
 
-/// Creates the log table on the lent connection's database if it does not exist yet.
+/// Creates the log table on the lent connection's database if it does not exist yet, and
+/// upgrades a log created before tamper evidence as [`ChangeLog::open`](crate::ChangeLog::open)
+/// does: in a transaction of its own that takes the write lock (`BEGIN IMMEDIATE`, which may
+/// wait up to the connection's busy timeout), or in a savepoint of the driver's open
+/// transaction; nothing changes if it fails.
 pub fn create_log(conn: &mut impl RawConnection) -> Result<()> {
-    conn.with_handle(|db| Ok(db.execute_batch(CREATE_LOG)?))
+    conn.with_handle(|mut db| {
+        db.execute_batch(CREATE_LOG)?;
+        // Every statement of a lent handle runs synchronously: the futures are ready at once.
+        if futures::executor::block_on(has_hash(&mut db))? {
+            return Ok(());
+        }
+        let (begin, commit, rollback) = if db.autocommit() {
+            ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+        } else {
+            (
+                "SAVEPOINT liteorm_chain_upgrade",
+                "RELEASE liteorm_chain_upgrade",
+                "ROLLBACK TO liteorm_chain_upgrade; RELEASE liteorm_chain_upgrade",
+            )
+        };
+        db.execute_batch(begin)?;
+        let upgraded = futures::executor::block_on(upgrade_in(&mut db))
+            .and_then(|()| Ok(db.execute_batch(commit)?));
+        if upgraded.is_err() {
+            // Fails only if SQLite already rolled the transaction back.
+            let _ = db.execute_batch(rollback);
+        }
+        upgraded
+    })
 }
 
 /// Appends `changeset` as a [`EntryKind::Change`] entry, on the calling thread. Call it inside

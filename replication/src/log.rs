@@ -904,31 +904,44 @@ pub(crate) async fn horizon(db: &mut impl EntryWriter) -> Result<Option<(u64, En
     Ok(Some((seq, hash)))
 }
 
+/// Whether the log table has the hash column (logs created before tamper evidence do not).
+pub(crate) async fn has_hash(db: &mut impl EntryWriter) -> Result<bool> {
+    const HAS_HASH: &str = "SELECT 1 FROM pragma_table_info('liteorm_changes') WHERE name = 'hash'";
+    Ok(!db.query(HAS_HASH, &[]).await?.is_empty())
+}
+
 /// Adds the hash column to a log created before tamper evidence and chains its entries (see
 /// [`ChangeLog::open`]). Idempotent; concurrent openers serialize on the immediate transaction.
 async fn upgrade(db: &SqliteSession) -> Result<()> {
-    const HAS_HASH: &str = "SELECT 1 FROM pragma_table_info('liteorm_changes') WHERE name = 'hash'";
-    if !db.query(HAS_HASH, &[]).await?.is_empty() {
+    if has_hash(&mut &*db).await? {
         return Ok(());
     }
     let tx = db.begin_immediate().await?;
-    let s = tx.session();
-    if !s.query(HAS_HASH, &[]).await?.is_empty() {
+    upgrade_in(&mut tx.session()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The work of [`upgrade`], in a transaction the caller opened with the write lock (so that the
+/// check that the hash column is missing still holds when it is added), and commits.
+pub(crate) async fn upgrade_in(db: &mut impl EntryWriter) -> Result<()> {
+    if has_hash(db).await? {
         return Ok(());
     }
     // A placeholder first, so that the one row decoder reads the old rows.
-    s.execute_batch(
-        "ALTER TABLE liteorm_changes ADD COLUMN hash BLOB;
-         UPDATE liteorm_changes SET hash = zeroblob(32);
-         CREATE TABLE IF NOT EXISTS liteorm_chain_upgrade(
+    for sql in [
+        "ALTER TABLE liteorm_changes ADD COLUMN hash BLOB",
+        "UPDATE liteorm_changes SET hash = zeroblob(32)",
+        "CREATE TABLE IF NOT EXISTS liteorm_chain_upgrade(
              upgraded_at INTEGER NOT NULL, -- Unix time in milliseconds
              through_seq INTEGER NOT NULL  -- entries up to here were chained by the upgrade
          )",
-    )
-    .await?;
+    ] {
+        db.execute(sql, &[]).await?;
+    }
     let (mut prev, mut last) = (EntryHash::GENESIS, i64::MIN);
     loop {
-        let page = s
+        let page = db
             .query(
                 &format!("{SELECT_ENTRY} WHERE seq > ? ORDER BY seq LIMIT {VERIFY_PAGE}"),
                 &[last.into()],
@@ -941,7 +954,7 @@ async fn upgrade(db: &SqliteSession) -> Result<()> {
             let entry = LogEntry::from_row(row)?;
             prev = chain::link(&prev, &entry.fields());
             last = row.try_get("seq")?;
-            s.execute(
+            db.execute(
                 "UPDATE liteorm_changes SET hash = ? WHERE seq = ?",
                 &[prev.as_bytes().as_slice().into(), last.into()],
             )
@@ -949,12 +962,11 @@ async fn upgrade(db: &SqliteSession) -> Result<()> {
         }
     }
     let through = last.max(0);
-    s.execute(
+    db.execute(
         "INSERT INTO liteorm_chain_upgrade(upgraded_at, through_seq) VALUES (?, ?)",
         &[now_ms().into(), through.into()],
     )
     .await?;
-    tx.commit().await?;
     tracing::warn!(
         through_seq = through,
         "change log upgraded to a hash chain; entries up to through_seq were chained now, not \
