@@ -125,6 +125,10 @@ macro_rules! blob_type {
             /// The names of the tables it changes, in stored order, each once. Reads only the
             /// table headers and skips the records (no value is decoded).
             pub fn tables(&self) -> Result<Vec<String>, Error> {
+                if let Some(tables) = format::changed_tables(&self.0) {
+                    return Ok(tables);
+                }
+                // Refused by the walk: the checker names what is wrong.
                 let sections = format::checked_sections(&self.0).map_err(|m| Error::Invalid {
                     kind: $kind,
                     entry: m.entry,

@@ -505,6 +505,27 @@ fn varint_step(value: u64, read: u8, b: u8) -> Varint {
     }
 }
 
+/// The tables with at least one change in a whole blob of either kind, each once, in the order
+/// of their first changes; `None` if a [`Checker`] would refuse the blob. [`sections`] without
+/// the sections: what a log entry lists, with no allocation beyond the names.
+pub(crate) fn changed_tables(bytes: &[u8]) -> Option<Vec<String>> {
+    let mut tables: Vec<String> = Vec::new();
+    // The name of the last header, until its section's first change.
+    let mut pending: Option<&[u8]> = None;
+    walk(bytes, |item| match item {
+        Item::Header { name, .. } => pending = Some(name),
+        Item::Change(_) => {
+            if let Some(name) = pending.take() {
+                let name = String::from_utf8_lossy(name);
+                if !tables.iter().any(|t| *t == name) {
+                    tables.push(name.into_owned());
+                }
+            }
+        }
+    })?;
+    Some(tables)
+}
+
 /// The table sections of a whole blob of either kind, as a surveying [`Checker`] fed `bytes`
 /// lists them (sections without changes included), or `None` if that checker would refuse the
 /// blob. The same checks as the checker's, as one tight loop over one slice instead of a state
@@ -584,7 +605,7 @@ pub(crate) enum Item<'a> {
 /// Walks a whole blob of either kind with the checks of [`Checker`], handing every table header
 /// and change to `visit`; `None` if the checker would refuse the blob (after visiting the items
 /// before the problem).
-pub(crate) fn walk(bytes: &[u8], mut visit: impl FnMut(Item<'_>)) -> Option<()> {
+pub(crate) fn walk<'a>(bytes: &'a [u8], mut visit: impl FnMut(Item<'a>)) -> Option<()> {
     let marker = match bytes.first() {
         None => return Some(()),
         Some(&b) if b == CHANGESET || b == PATCHSET => b,

@@ -236,11 +236,12 @@ pub(crate) trait EntryWriter {
 
 impl EntryWriter for &SqliteSession {
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        Ok(Session::query(*self, sql, params).await?)
+        // The inherent method: its future is not boxed.
+        Ok(SqliteSession::query(self, sql, params).await?)
     }
 
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        Ok(Session::execute(*self, sql, params).await?)
+        Ok(SqliteSession::execute(self, sql, params).await?)
     }
 }
 
@@ -807,8 +808,8 @@ async fn insert_entry(
     if entry.tables.is_empty() {
         tables.push(',');
     }
-    let mut params = Vec::with_capacity(11);
-    params.extend([
+    // The row's values, in an array (no allocation but the values' own).
+    let [seq, at, actor, reason, tables, kind, ref_seq, hash] = [
         stored(entry.seq),
         entry.committed_at_ms.into(),
         entry.actor.clone().into(),
@@ -817,14 +818,26 @@ async fn insert_entry(
         kind_name.into(),
         ref_seq.map_or(Value::Null, stored),
         entry.hash.as_bytes().as_slice().into(),
-    ]);
+    ];
     let payload = entry.fields().payload.into();
-    let Some((seq, hash)) = expected_head else {
-        params.push(payload);
+    let Some((head_seq, head_hash)) = expected_head else {
+        let params = [seq, at, actor, reason, tables, kind, ref_seq, hash, payload];
         db.query(INSERT, &params).await?;
         return Ok(true);
     };
-    params.extend([stored(seq), hash.as_bytes().as_slice().into(), payload]);
+    let params = [
+        seq,
+        at,
+        actor,
+        reason,
+        tables,
+        kind,
+        ref_seq,
+        hash,
+        stored(head_seq),
+        head_hash.as_bytes().as_slice().into(),
+        payload,
+    ];
     Ok(db.execute(INSERT_ON_HEAD, &params).await? == 1)
 }
 

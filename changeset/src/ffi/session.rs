@@ -1,5 +1,6 @@
 //! `sqlite3_session`: recording the changes made on a connection, and diffing tables.
 
+use std::borrow::Cow;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -12,17 +13,38 @@ use super::stream::{Output, output_trampoline};
 use super::{Handle, RawError, check, check_on, code_error, db_error, panic_message, take_output};
 
 /// How many `sqlite3_session` objects exist per database file (for tests and diagnostics).
-static LIVE_SESSIONS: std::sync::Mutex<std::collections::BTreeMap<String, usize>> =
+/// A file's entry stays at 0 when its last session goes (so that the next one allocates
+/// nothing); entries at 0 are dropped once there are more than [`LIVE_FILES_KEPT`] files.
+static LIVE_SESSIONS: std::sync::Mutex<std::collections::BTreeMap<Arc<str>, usize>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-fn count_session(file: &str, delta: isize) {
+/// How many files [`LIVE_SESSIONS`] keeps an entry for before it drops those at 0.
+const LIVE_FILES_KEPT: usize = 64;
+
+/// Counts a new session on `file`; returns the key to give back to [`session_deleted`].
+fn session_created(file: &str) -> Arc<str> {
     let mut live = LIVE_SESSIONS
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
-    let count = live.entry(file.to_owned()).or_default();
-    *count = count.saturating_add_signed(delta);
-    if *count == 0 {
-        live.remove(file);
+    let key = match live.get_key_value(file) {
+        Some((key, _)) => Arc::clone(key),
+        None => Arc::from(file),
+    };
+    let count = live.entry(Arc::clone(&key)).or_default();
+    *count = count.saturating_add(1);
+    key
+}
+
+/// Counts a session on `file` gone.
+fn session_deleted(file: &str) {
+    let mut live = LIVE_SESSIONS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    if let Some(count) = live.get_mut(file) {
+        *count = count.saturating_sub(1);
+    }
+    if live.len() > LIVE_FILES_KEPT {
+        live.retain(|_, count| *count > 0);
     }
 }
 
@@ -43,8 +65,9 @@ pub(crate) struct RawSession {
     ptr: NonNull<sys::sqlite3_session>,
     /// The connection the session records.
     db: NonNull<sys::sqlite3>,
-    /// The database file it records (`""` for in-memory databases).
-    file: String,
+    /// The database file it records (`""` for in-memory databases), as counted in
+    /// [`LIVE_SESSIONS`].
+    file: Arc<str>,
     /// The table filter SQLite calls back, owned here so that it outlives the session.
     filter: Option<Box<TableFilter>>,
 }
@@ -97,12 +120,12 @@ impl RawSession {
         let file = unsafe {
             let name = sys::sqlite3_db_filename(db.as_ptr(), c"main".as_ptr());
             if name.is_null() {
-                String::new()
+                Cow::Borrowed("")
             } else {
-                CStr::from_ptr(name).to_string_lossy().into_owned()
+                CStr::from_ptr(name).to_string_lossy()
             }
         };
-        count_session(&file, 1);
+        let file = session_created(&file);
         Ok(RawSession {
             ptr,
             db: db.as_non_null(),
@@ -310,6 +333,32 @@ impl RawSession {
         // SAFETY: the session is live, its connection locked (`on` checked the handle), and
         // `self` is consumed so it is never used again.
         unsafe { sys::sqlite3session_delete(session) };
-        count_session(&self.file, -1);
+        session_deleted(&self.file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_without_sessions_are_forgotten_past_the_kept_count_and_live_ones_never() {
+        let live = session_created("/liteorm-test/live.db");
+        for i in 0..(LIVE_FILES_KEPT * 2) {
+            let file = session_created(&format!("/liteorm-test/{i}.db"));
+            assert_eq!(live_sessions(&file), 1);
+            session_deleted(&file);
+            assert_eq!(live_sessions(&file), 0);
+        }
+        let kept = LIVE_SESSIONS
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .keys()
+            .filter(|file| file.starts_with("/liteorm-test/") && !file.ends_with("/live.db"))
+            .count();
+        assert!(kept <= LIVE_FILES_KEPT, "{kept} files at 0 kept");
+        assert_eq!(live_sessions("/liteorm-test/live.db"), 1);
+        session_deleted(&live);
+        assert_eq!(live_sessions("/liteorm-test/live.db"), 0);
     }
 }
