@@ -1,10 +1,14 @@
 //! Changesets as streams: apply, invert, concatenate, merge and inspect changesets (or
 //! patchsets) read from a [`Read`] and written to a [`Write`], with SQLite's `_strm` APIs.
 //!
-//! SQLite pulls the input in small chunks, so [`apply`], [`invert`] and [`changes`] work in
-//! memory bounded by the largest single change, whatever the size of the stream. [`concat()`] and
-//! [`merge`] stream their input and output, but merging needs every distinct changed row in
-//! memory (SQLite's changegroup is an in-memory hash), as the blob versions do.
+//! SQLite pulls the input in small chunks, so [`apply`] and [`changes`] work in memory bounded
+//! by the largest single change, whatever the size of the stream. [`invert`] writes its output
+//! as it goes, but SQLite keeps the input it has read (`sqlite3changeset_invert_strm` never
+//! discards it), so it holds about the size of the input. [`concat()`] and [`merge`] stream
+//! their input and output, but merging needs every distinct changed row in memory (SQLite's
+//! changegroup is an in-memory hash), as the blob versions do. A
+//! [`Rebaser::rebase_stream`](crate::Rebaser::rebase_stream) is bounded by the largest change
+//! too (plus the resolutions it was configured with).
 //!
 //! The async functions run on a blocking thread (`spawn_blocking`), so the reader and writer
 //! may block; they must be `Send + 'static` and are handed back (the writer) when done.
@@ -75,7 +79,8 @@ pub fn apply<'a, R: Read + Send + 'static>(session: &'a dyn Session, input: R) -
 
 /// Writes the inverse of the changeset `input` reads to `output` (see
 /// [`Changeset::invert`](crate::Changeset::invert)), and returns `output`. A patchset cannot be
-/// inverted ([`Error::Misuse`]).
+/// inverted ([`Error::Misuse`]). The output is written as it is produced, but SQLite keeps
+/// what it has read of the input until the end: memory grows with the input's size.
 pub async fn invert<R, W>(input: R, output: W) -> Result<W, Error>
 where
     R: Read + Send + 'static,

@@ -16,6 +16,7 @@ use liteorm_sqlite::SqliteSession;
 use sqlx::sqlite::SqlitePoolOptions;
 
 use crate::failure::Failure;
+use crate::streamed;
 use crate::{
     Action, ApplyArgs, BuildArgs, CaptureArgs, ConcatArgs, DiffArgs, InspectArgs, InvertArgs,
     RebaseArgs, ValidateArgs, VerifyArgs,
@@ -417,26 +418,42 @@ pub(crate) fn build(args: BuildArgs) -> Result<(), Failure> {
     write_output(args.output.as_deref(), &blob)
 }
 
-pub(crate) fn invert(args: InvertArgs) -> Result<(), Failure> {
-    match read_blob(&args.blob)? {
-        Blob::Changeset(c) => write_output(args.output.as_deref(), c.invert()?.as_bytes()),
-        Blob::Patchset(_) => Err(Failure::InvalidBlob(format!(
+pub(crate) async fn invert(args: InvertArgs) -> Result<(), Failure> {
+    let (input, source) = streamed::open(&args.blob)?;
+    let (output, target) = streamed::create(args.output.as_deref())?;
+    match changeset::stream::invert(input, output).await {
+        Ok(output) => target.commit(output),
+        Err(changeset::Error::Misuse(_)) => Err(Failure::InvalidBlob(format!(
             "{}: a patchset cannot be inverted (it lacks the old values)",
             args.blob.display()
         ))),
+        Err(err) => Err(target.failure(err, &[source])),
     }
 }
 
 pub(crate) async fn concat(args: ConcatArgs) -> Result<(), Failure> {
+    let Some(schema) = &args.schema else {
+        // Without a schema the merge streams, whatever the size of the inputs.
+        let (inputs, sources): (Vec<_>, Vec<_>) = args
+            .blobs
+            .iter()
+            .map(|path| streamed::open(path))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
+        let (output, target) = streamed::create(Some(&args.output))?;
+        return match changeset::stream::merge(inputs, output).await {
+            Ok(output) => target.commit(output),
+            Err(changeset::Error::Misuse(message)) => Err(Failure::InvalidBlob(message.into())),
+            Err(err) => Err(target.failure(err, &sources)),
+        };
+    };
     let blobs = args
         .blobs
         .iter()
         .map(|p| read_blob(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let schema = match &args.schema {
-        Some(path) => Some(open_db(path).await?),
-        None => None,
-    };
+    let db = open_db(schema).await?;
     // The same merge for either kind; every input must be of the first one's.
     macro_rules! merge {
         ($variant:ident) => {{
@@ -449,11 +466,10 @@ pub(crate) async fn concat(args: ConcatArgs) -> Result<(), Failure> {
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let merged = match &schema {
-                Some(db) => Changegroup::merge_with_schema(db, inputs).await?,
-                None => Changegroup::merge(&inputs)?,
-            };
-            merged.as_bytes().to_vec()
+            Changegroup::merge_with_schema(&db, inputs)
+                .await?
+                .as_bytes()
+                .to_vec()
         }};
     }
     let merged = if matches!(blobs.first(), Some(Blob::Patchset(_))) {
@@ -465,19 +481,22 @@ pub(crate) async fn concat(args: ConcatArgs) -> Result<(), Failure> {
 }
 
 pub(crate) fn rebase(args: RebaseArgs) -> Result<(), Failure> {
-    let Blob::Changeset(local) = read_blob(&args.blob)? else {
-        return Err(Failure::InvalidBlob(format!(
-            "{}: only a changeset can be rebased",
-            args.blob.display()
-        )));
-    };
     let mut rebaser = Rebaser::new()?;
     for path in &args.buffers {
         let buffer = RebaseBuffer::from_bytes(read_input(path)?)
             .map_err(|e| Failure::InvalidBlob(format!("{}: {e}", path.display())))?;
         rebaser.configure(&buffer)?;
     }
-    write_output(args.output.as_deref(), rebaser.rebase(&local)?.as_bytes())
+    let (input, source) = streamed::open(&args.blob)?;
+    let (output, target) = streamed::create(args.output.as_deref())?;
+    match rebaser.rebase_stream(input, output) {
+        Ok(output) => target.commit(output),
+        Err(changeset::Error::Misuse(_)) => Err(Failure::InvalidBlob(format!(
+            "{}: only a changeset can be rebased",
+            args.blob.display()
+        ))),
+        Err(err) => Err(target.failure(err, &[source])),
+    }
 }
 
 pub(crate) fn validate(args: ValidateArgs) -> Result<(), Failure> {

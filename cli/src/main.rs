@@ -10,6 +10,7 @@ mod failure;
 mod log_admin;
 mod log_commands;
 mod replicate;
+mod streamed;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -431,7 +432,7 @@ async fn main() -> ExitCode {
         Command::Capture(args) => commands::capture(args).await,
         Command::Inspect(args) => commands::inspect(args).await,
         Command::Apply(args) => commands::apply(args).await,
-        Command::Invert(args) => commands::invert(args),
+        Command::Invert(args) => commands::invert(args).await,
         Command::Concat(args) => commands::concat(args).await,
         Command::Rebase(args) => commands::rebase(args),
         Command::Validate(args) => commands::validate(args),

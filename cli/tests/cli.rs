@@ -879,3 +879,144 @@ fn group_conforms_changes_from_before_a_new_column_to_the_schema() {
         "every change has the four columns: {json}"
     );
 }
+
+/// A changeset of `rows` INSERTs into `t(id INTEGER PRIMARY KEY, v BLOB)`, each with a 100-byte
+/// blob, written by hand in SQLite's format (about 115 bytes a row).
+fn big_changeset(rows: i64) -> Vec<u8> {
+    let mut blob = vec![b'T', 2, 1, 0, b't', 0];
+    for id in 0..rows {
+        blob.extend_from_slice(&[0x12, 0, 0x01]);
+        blob.extend_from_slice(&id.to_be_bytes());
+        blob.extend_from_slice(&[0x04, 100]);
+        blob.extend_from_slice(&[u8::try_from(id % 251).expect("small"); 100]);
+    }
+    blob
+}
+
+/// Runs the binary with `args`, its heap limited to `mib` MiB (`RLIMIT_DATA`: `brk` and private
+/// mappings, so an allocation beyond it fails), and returns its exit code. (A peak resident size
+/// read by the parent would include the test process's own: the child starts as a copy of it.)
+fn run_limited(args: &[&str], mib: u64) -> Option<i32> {
+    use std::os::unix::process::CommandExt as _;
+    let limit = libc::rlimit {
+        rlim_cur: mib * 1024 * 1024,
+        rlim_max: mib * 1024 * 1024,
+    };
+    let mut command = bin();
+    command
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: `setrlimit` is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_DATA, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    command.status().expect("run liteorm-changeset").code()
+}
+
+/// `invert`, `concat` and `rebase` stream their files instead of reading them whole and then
+/// writing the result (more than twice the blob's size, three times for `invert`). `rebase`
+/// runs in a few MB whatever the size of the changeset; `invert` holds about its input
+/// (SQLite's `invert_strm` keeps what it has read); `concat` holds the distinct rows it merges
+/// (SQLite's changegroup).
+#[test]
+fn invert_concat_and_rebase_stream_large_blobs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [big, inverted, back, merged, rebased, buffer] = [
+        "big.bin",
+        "inv.bin",
+        "back.bin",
+        "merged.bin",
+        "rebased.bin",
+        "buffer.bin",
+    ]
+    .map(|f| dir.path().join(f));
+    // 46 MB.
+    let original = big_changeset(400_000);
+    std::fs::write(&big, &original).expect("write");
+
+    assert_eq!(
+        run_limited(&["invert", s(&big), "-o", s(&inverted)], 112),
+        Some(0)
+    );
+    assert_eq!(
+        run_limited(&["invert", s(&inverted), "-o", s(&back)], 112),
+        Some(0)
+    );
+    assert!(
+        std::fs::read(&back).expect("read") == original,
+        "inverted twice is the original"
+    );
+
+    // The inverse cancels every row.
+    let out = run(&["concat", s(&big), s(&inverted), "-o", s(&merged)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&merged).expect("read"), b"", "nothing left");
+
+    // An empty rebase buffer: the changeset comes out as it went in.
+    std::fs::write(&buffer, b"").expect("write");
+    let rebase = ["rebase", s(&big), "--buffer", s(&buffer), "-o", s(&rebased)];
+    assert_eq!(run_limited(&rebase, 32), Some(0));
+    assert!(std::fs::read(&rebased).expect("read") == original);
+    // The limit bites: half the changeset's size is too little for a copy of it.
+    let copy = ["validate", s(&big)];
+    assert_ne!(
+        run_limited(&copy, 32),
+        Some(0),
+        "validate reads the file whole"
+    );
+}
+
+/// A transform that fails part way (here on input that turns bad after valid changes) names
+/// the input at fault and leaves the output path as it was, with no temporary file behind.
+#[test]
+fn a_failed_transform_leaves_the_output_file_as_it_was() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [good, bad, out] = ["good.bin", "bad.bin", "out.bin"].map(|f| dir.path().join(f));
+    let valid = big_changeset(1000);
+    std::fs::write(&good, &valid).expect("write");
+    let mut corrupt = valid.clone();
+    corrupt.extend_from_slice(&[0x12, 0, 0x07, 1, 2, 3]);
+    std::fs::write(&bad, &corrupt).expect("write");
+    std::fs::write(&out, b"kept").expect("write");
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = files();
+
+    let failed = run(&["invert", s(&bad), "-o", s(&out)]);
+    assert_one_line_error(&failed, 4);
+    assert!(stderr(&failed).contains("bad.bin: "), "{}", stderr(&failed));
+    let failed = run(&["concat", s(&good), s(&bad), "-o", s(&out)]);
+    assert_one_line_error(&failed, 4);
+    assert!(stderr(&failed).contains("bad.bin: "), "{}", stderr(&failed));
+    let failed = run(&["invert", s(&dir.path().join("missing.bin")), "-o", s(&out)]);
+    assert_one_line_error(&failed, 3);
+    assert!(
+        stderr(&failed).contains("missing.bin: "),
+        "{}",
+        stderr(&failed)
+    );
+    assert_eq!(std::fs::read(&out).expect("read"), b"kept");
+    assert_eq!(files(), before, "no temporary file left");
+
+    // Standard input and output stream too.
+    let piped = bin()
+        .args(["invert", "-"])
+        .stdin(std::fs::File::open(&good).expect("open"))
+        .output()
+        .expect("run");
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    assert_eq!(piped.stdout.len(), valid.len());
+}
