@@ -433,17 +433,6 @@ impl Apply<'_> {
             let result = guard.guard.with_raw_same_schema(|db| job.run(db)).await?;
             return guard.end(result).await;
         }
-        if std::env::var_os("EXP_BIP").is_some() {
-            let result = tokio::task::block_in_place(|| {
-                match guard.guard.with_raw_same_schema_blocking(|db| job.run(db)) {
-                    Ok(result) => futures::executor::block_on(guard.end(result)),
-                    Err(err) => Err(err.into()),
-                }
-            });
-            drop(guard);
-            drop(pinned);
-            return result;
-        }
         let task = tokio::task::spawn_blocking(move || {
             // The guard (and with it the connection) lives on this thread until the apply is
             // over, whatever happens to the future that spawned it.
