@@ -637,7 +637,7 @@ impl ChangeLog {
             .record_as(meta, kind, move |s| async move {
                 let mut reports = Vec::with_capacity(inverses.len());
                 for (seq, inverse) in inverses {
-                    let report = apply(&s, &inverse)
+                    let report = mirrored(apply(&s, &inverse))
                         .on_conflict(policy.handler())
                         .log_conflicts()
                         .await?;
@@ -986,6 +986,19 @@ pub(crate) async fn upgrade_in(db: &mut impl EntryWriter) -> Result<()> {
          when they were committed"
     );
     Ok(())
+}
+
+/// `apply` with the target's foreign key actions off (`ON DELETE CASCADE` and the like act as
+/// `NO ACTION`; constraints are still checked) where SQLite can (3.44+,
+/// [`Capability::FkNoAction`]): a logged changeset already holds every row its actions changed
+/// (as indirect changes), so running them again would change those rows twice (a cascaded
+/// delete then finds its row gone: a `NotFound` conflict).
+pub(crate) fn mirrored(apply: liteorm_changeset::Apply<'_>) -> liteorm_changeset::Apply<'_> {
+    if Capability::FkNoAction.is_available() {
+        apply.fk_no_action()
+    } else {
+        apply
+    }
 }
 
 /// The SQLite session behind `session`, or the typed capability error (the changeset crate's

@@ -4,7 +4,7 @@ use liteorm_changeset::{Changeset, apply};
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::{SqliteSession, SqliteTransaction};
 
-use crate::log::sqlite;
+use crate::log::{mirrored, sqlite};
 use crate::{
     ChainBreak, ChangeSource, ConflictPolicy, EntryHash, Error, LogEntry, Payload, Result,
 };
@@ -260,7 +260,7 @@ impl Replica {
                     .map_err(|e| (run[0], e.into()))
             };
             exec("SAVEPOINT liteorm_replica_run").await?;
-            let applied = apply(session, &joined)
+            let applied = mirrored(apply(session, &joined))
                 .on_conflict(self.policy.handler())
                 .await;
             match applied {
@@ -292,7 +292,7 @@ impl Replica {
 
     /// Applies one change entry.
     async fn apply_one(&self, session: &SqliteSession, entry: &LogEntry) -> Result<()> {
-        let report = apply(session, &entry.changeset)
+        let report = mirrored(apply(session, &entry.changeset))
             .on_conflict(self.policy.handler())
             .await
             .map_err(|source| Error::Stopped {
