@@ -13,6 +13,18 @@ use tracing::Instrument as _;
 use crate::backoff::Backoff;
 use crate::{ChangeStream, Error, NatsSource, Result};
 
+/// A commit of the follower: the replica's last applied seq, and when that commit returned.
+/// With the primary's commit time of an entry (`LogEntry::committed_at_ms`, or a time the
+/// application keeps) it gives the entry's replication lag without the delay of waking a task
+/// to look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The replica's last applied (committed) seq.
+    pub seq: u64,
+    /// When the commit that applied it returned (`None` for the value a follower starts with).
+    pub at: Option<std::time::Instant>,
+}
+
 /// How far a replica is behind its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lag {
@@ -57,6 +69,7 @@ pub struct Follower {
     batch: usize,
     stall: Duration,
     progress: watch::Sender<u64>,
+    applied: watch::Sender<Applied>,
 }
 
 impl Follower {
@@ -69,6 +82,11 @@ impl Follower {
             batch: 256,
             stall: Duration::from_secs(30),
             progress: watch::channel(applied).0,
+            applied: watch::channel(Applied {
+                seq: applied,
+                at: None,
+            })
+            .0,
         })
     }
 
@@ -88,6 +106,18 @@ impl Follower {
     /// The replica's last applied seq, updated after every commit.
     pub fn progress(&self) -> watch::Receiver<u64> {
         self.progress.subscribe()
+    }
+
+    /// [`Follower::progress`] with the time of each commit, taken as it returned.
+    pub fn applied(&self) -> watch::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    /// Publishes that the replica has applied everything up to `seq` (committed just now).
+    fn committed(&self, seq: u64) {
+        let at = Some(std::time::Instant::now());
+        self.applied.send_replace(Applied { seq, at });
+        self.progress.send_replace(seq);
     }
 
     /// The replica.
@@ -195,7 +225,7 @@ impl Follower {
                 Err(err) => {
                     // What committed before the failing entry stays; ack it on the way out.
                     if let Ok(applied) = self.replica.last_applied().await {
-                        self.progress.send_replace(applied);
+                        self.committed(applied);
                         let _ = self.source.ack_through(applied).await;
                     }
                     tracing::error!(error = %err, "follower stopped");
@@ -219,7 +249,7 @@ impl Follower {
             return Ok(after);
         }
         let last = self.replica.apply_entries(&batch).await?;
-        self.progress.send_replace(last);
+        self.committed(last);
         tracing::debug!(last_seq = last, entries = batch.len(), "batch applied");
         Ok(last)
     }

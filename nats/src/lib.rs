@@ -101,7 +101,7 @@ mod wire;
 pub use async_nats;
 pub use connect::{Auth, Connection, NatsConnect, Secret, SecretSource, SecretValue, redact_url};
 pub use error::{Error, Result};
-pub use follower::{Follower, Lag};
+pub use follower::{Applied, Follower, Lag};
 pub use publisher::{PublishReport, Publisher};
 pub use snapshot::{snapshot, snapshot_named};
 pub use source::NatsSource;

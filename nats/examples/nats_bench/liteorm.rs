@@ -125,19 +125,22 @@ pub(crate) async fn scenario(
     publisher.report_consumers().await?;
     let mut follower = Follower::new(Replica::open(&replica_db).await?, source).await?;
 
-    // Commit time on the primary and on the replica, per seq.
+    // Commit time on the primary and on the replica, per seq. The follower times each of its
+    // commits as it returns (as raw's follower does after its COMMIT); this task only copies
+    // the times, so its own wake-ups do not count in the lag.
     let applied = Stamps::new(txns)?;
-    let mut progress = follower.progress();
+    let mut progress = follower.applied();
     let stamper = tokio::spawn({
         let applied = applied.clone();
         async move {
             let mut seen = 0;
             while progress.changed().await.is_ok() {
-                let now = Instant::now();
-                let upto = *progress.borrow_and_update();
-                applied.stamp(seen + 1, upto, now);
-                seen = upto;
-                if upto >= txns {
+                let commit = *progress.borrow_and_update();
+                if let Some(at) = commit.at {
+                    applied.stamp(seen + 1, commit.seq, at);
+                    seen = commit.seq;
+                }
+                if commit.seq >= txns {
                     break;
                 }
             }

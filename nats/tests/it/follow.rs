@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use liteorm_nats::{ChangeStream, Error, Lag, Publisher};
+use liteorm_nats::{Applied, ChangeStream, Error, Lag, Publisher};
 use liteorm_replication::{ChangeLog, ConflictPolicy, Meta};
 
 use crate::support::{
@@ -31,9 +31,12 @@ async fn three_followers_converge_to_the_primary() {
         let (db, dir) = db_with_schema().await;
         let follower = follower(&js, &stream, &db, &format!("replica-{i}")).await;
         let progress = follower.progress();
-        replicas.push((db, dir, progress, spawn_follower(follower)));
+        let applied = follower.applied();
+        assert_eq!(*applied.borrow(), Applied { seq: 0, at: None });
+        replicas.push((db, dir, progress, applied, spawn_follower(follower)));
     }
 
+    let started = std::time::Instant::now();
     record_many(&log, 150).await;
     // Reverts and rollbacks travel too (their kind and reference are headers).
     log.revert(150, ConflictPolicy::abort(), Meta::actor("auditor"))
@@ -47,9 +50,15 @@ async fn three_followers_converge_to_the_primary() {
     assert_eq!(last, 202);
 
     let expected = content(&primary).await;
-    for (i, (db, _dir, progress, running)) in replicas.into_iter().enumerate() {
+    for (i, (db, _dir, progress, applied, running)) in replicas.into_iter().enumerate() {
         let mut progress = progress;
         wait_progress(&mut progress, last, &format!("replica-{i}")).await;
+        // The last commit, timed when it returned: after the first entry was recorded, and
+        // no later than now.
+        let commit = *applied.borrow();
+        assert_eq!(commit.seq, last);
+        let at = commit.at.expect("a commit time");
+        assert!(started < at && at <= std::time::Instant::now());
         let (follower, result) = running.stop().await;
         assert_eq!(
             result.unwrap(),
