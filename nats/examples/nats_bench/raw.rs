@@ -2,6 +2,8 @@
 //! client (publishes pipelined, acknowledgements awaited in batches by another task) and applied
 //! by a raw follower (a pull consumer's message stream, each fetched batch applied with plain
 //! `sqlite3changeset_apply` in one transaction, then acknowledged once with `AckPolicy::All`).
+//! The changesets are captured before the timer, or ([`Source::Recorded`], as liteorm records
+//! its transactions while they are replicated) recorded live on a raw primary.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use liteorm_nats::ChangeStream;
 use liteorm_nats::async_nats::jetstream::{self, consumer};
 use liteorm_sqlite::SqliteSession;
 
-use crate::ffi::RawDb;
+use crate::ffi::{Param, RawDb};
 use crate::{BoxError, Run, SCHEMA, Stamps, Synchronous, row};
 
 /// Messages per pull request and per replica transaction, as liteorm's `Follower` default.
@@ -41,26 +43,70 @@ pub(crate) async fn capture(txns: u64) -> Result<Vec<Bytes>, BoxError> {
     Ok(changesets)
 }
 
-/// Runs one scenario on a fresh replica and a fresh stream `LITEORM_<name>` (liteorm's stream
-/// settings): every changeset back to back, or at `rate` per second.
-pub(crate) async fn scenario(
-    js: &jetstream::Context,
-    name: &str,
-    changesets: &[Bytes],
-    rate: Option<f64>,
-    synchronous: Synchronous,
-) -> Result<Run, BoxError> {
-    let txns = u64::try_from(changesets.len())?;
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("replica.db").display().to_string();
-    let replica = RawDb::open(&path)?;
-    replica.exec(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; PRAGMA foreign_keys=ON; {SCHEMA}",
+/// Where the raw side's changesets come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Captured before the timer: the transport and the replica alone.
+    Captured,
+    /// Recorded live, each on its turn, on a raw primary: `BEGIN IMMEDIATE`, a session object
+    /// on `t`, the insert, `sqlite3session_changeset`, the log row, `COMMIT`, all with
+    /// statements prepared once (the SQLite work of liteorm's `ChangeLog::record`, less its
+    /// chain hash, about 0.2 µs), then published. The lag then runs from that commit, as
+    /// liteorm's does.
+    Recorded,
+}
+
+/// The raw primary's change log (the columns of liteorm's `liteorm_changes`).
+const LOG: &str = "CREATE TABLE log(seq INTEGER PRIMARY KEY, committed_at INTEGER NOT NULL, \
+     actor TEXT, reason TEXT, tables TEXT NOT NULL, kind TEXT NOT NULL, ref_seq INTEGER, \
+     blob BLOB NOT NULL)";
+
+/// Opens a raw database at `path` with liteorm's settings and the table.
+fn open(path: &str, synchronous: Synchronous, extra: &str) -> Result<RawDb, BoxError> {
+    let db = RawDb::open(path)?;
+    db.exec(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; PRAGMA foreign_keys=ON; {SCHEMA}; {extra}",
         match synchronous {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
         }
     ))?;
+    Ok(db)
+}
+
+/// Runs one scenario on a fresh replica and a fresh stream `LITEORM_<name>` (liteorm's stream
+/// settings): every changeset back to back, or at `rate` per second; `source` says whether the
+/// changesets are `changesets` or recorded live.
+pub(crate) async fn scenario(
+    js: &jetstream::Context,
+    name: &str,
+    changesets: &[Bytes],
+    rate: Option<f64>,
+    source: Source,
+    synchronous: Synchronous,
+) -> Result<Run, BoxError> {
+    let txns = u64::try_from(changesets.len())?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("replica.db").display().to_string();
+    let replica = open(&path, synchronous, "")?;
+    let primary = match source {
+        Source::Captured => None,
+        Source::Recorded => Some(open(
+            &dir.path().join("primary.db").display().to_string(),
+            synchronous,
+            LOG,
+        )?),
+    };
+    let mut statements = match &primary {
+        None => None,
+        Some(db) => Some((
+            db.prepare("INSERT INTO t VALUES (?, ?)")?,
+            db.prepare(
+                "INSERT INTO log(seq, committed_at, actor, reason, tables, kind, ref_seq, blob) \
+                 VALUES (?, ?, 'bench', NULL, ',t,', 'change', NULL, ?)",
+            )?,
+        )),
+    };
     let stream = ChangeStream::new(name)?;
     let handle = js.get_or_create_stream(stream.config()).await?;
     let consumer: jetstream::consumer::PullConsumer = handle
@@ -131,10 +177,25 @@ pub(crate) async fn scenario(
             let due = start + interval.mul_f64(i as f64);
             tokio::time::sleep_until(due.into()).await;
         }
+        let changeset = match (&primary, &mut statements) {
+            (Some(db), Some((insert, append))) => {
+                let (id, v) = row(i)?;
+                db.exec("BEGIN IMMEDIATE")?;
+                let recorded = db.capture("t", || insert.run(&[Param::Int(id), Param::Int(v)]))?;
+                let at = i64::try_from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)?
+                        .as_millis(),
+                )?;
+                let seq = i64::try_from(i + 1)?;
+                append.run(&[Param::Int(seq), Param::Int(at), Param::Blob(&recorded)])?;
+                db.exec("COMMIT")?;
+                Bytes::from(recorded)
+            }
+            _ => changeset.clone(),
+        };
         published.stamp(i + 1, i + 1, Instant::now());
-        let ack = js
-            .publish(stream.subject().to_owned(), changeset.clone())
-            .await?;
+        let ack = js.publish(stream.subject().to_owned(), changeset).await?;
         acks.send(ack).await?;
     }
     let published_in = start.elapsed();
@@ -145,6 +206,8 @@ pub(crate) async fn scenario(
     let total = start.elapsed();
     acking.await??;
     drop(replica);
+    drop(statements);
+    drop(primary);
     // Untimed: the replica holds every row, checked through liteorm.
     let check = SqliteSession::open(&path).await?;
     crate::liteorm::check_content(&check, txns).await?;
