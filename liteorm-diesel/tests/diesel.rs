@@ -887,6 +887,17 @@ mod change_log {
         head
     }
 
+    /// A liteorm session on `name` and its log's verified chain.
+    async fn verified(
+        dir: &Path,
+        name: &str,
+    ) -> (SqliteSession, liteorm_replication::VerifiedChain) {
+        let session = session_on(dir, name).await;
+        let log = SessionLog::open(&session).await.unwrap();
+        let verified = log.verify().await.unwrap();
+        (session, verified)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_from_before_the_chain_is_upgraded_when_a_diesel_app_opens_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -906,13 +917,7 @@ mod change_log {
         // Opening again changes nothing.
         ChangeLog::open(&mut app).unwrap();
 
-        let session = session_on(dir.path(), "old.db").await;
-        let verified = SessionLog::open(&session)
-            .await
-            .unwrap()
-            .verify()
-            .await
-            .unwrap();
+        let (session, verified) = verified(dir.path(), "old.db").await;
         assert_eq!((verified.entries, verified.upgraded_through), (3, Some(2)));
         let first_two = SessionLog::open(&session)
             .await
@@ -957,13 +962,7 @@ mod change_log {
             Ok::<_, DieselError>(())
         })
         .unwrap();
-        let session = session_on(dir.path(), "old.db").await;
-        let verified = SessionLog::open(&session)
-            .await
-            .unwrap()
-            .verify()
-            .await
-            .unwrap();
+        let (_, verified) = verified(dir.path(), "old.db").await;
         assert_eq!((verified.entries, verified.upgraded_through), (2, Some(2)));
     }
 }
