@@ -407,8 +407,14 @@ impl PinnedGuard {
         self.guard.raw().await?.query(sql, params).transpose()
     }
 
-    /// Runs one or more statements (no parameters) on the connection.
+    /// Runs one or more statements (no parameters) on the connection. While the handle lock is
+    /// held, a single statement runs inline as [`SqliteSession::execute`] runs it; anything else
+    /// goes through sqlx's worker (which takes the handle lock back: the next inline statement
+    /// takes it again, a round trip to the worker).
     pub async fn execute_batch(&mut self, sql: &str) -> Result<()> {
+        if self.guard.raw.is_some() && self.execute_inline(sql, &[]).await?.is_some() {
+            return Ok(());
+        }
         self.through_sqlx(sql).await
     }
 

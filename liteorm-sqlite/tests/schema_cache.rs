@@ -87,3 +87,65 @@ async fn cached_values_outlive_an_expiry_that_changes_no_schema() {
     assert_eq!(reads_after_lookup(&mut guard, &reads).await, 3, "forgotten");
     assert_eq!(reads_after_lookup(&mut guard, &reads).await, 3, "kept");
 }
+
+/// A batch of one statement runs inline while the handle lock is held, and the lock is kept
+/// with what it holds (the values read from the schema among them); a batch of several goes
+/// through sqlx's worker, which takes the lock back. (Checked inside a transaction with a
+/// statement that reads no table: SQLite also prepares the watch statement again after a
+/// statement that reads or writes a table there.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_one_statement_keeps_the_handle_lock_and_a_longer_one_gives_it_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = SqliteSession::open(&dir.path().join("batch.db").display().to_string())
+        .await
+        .expect("open");
+    db.execute_batch("CREATE TABLE t(x)").await.expect("schema");
+    let pinned = db.pin().await.expect("pin");
+    let mut guard = pinned.lock().await.expect("lock");
+    let reads = AtomicUsize::new(0);
+    guard.begin_immediate().await.expect("begin");
+    assert_eq!(reads_after_lookup(&mut guard, &reads).await, 1);
+    guard
+        .execute_batch("SELECT 1")
+        .await
+        .expect("one statement");
+    assert_eq!(reads_after_lookup(&mut guard, &reads).await, 1, "kept");
+    guard
+        .execute_batch("SELECT 1; SELECT 2")
+        .await
+        .expect("two statements");
+    assert_eq!(
+        reads_after_lookup(&mut guard, &reads).await,
+        2,
+        "read again"
+    );
+
+    // Writes, in the transaction and outside one (on a file, where it could wait for a lock),
+    // and an error.
+    guard
+        .execute_batch("INSERT INTO t VALUES (1)")
+        .await
+        .expect("one insert");
+    guard
+        .execute_batch("INSERT INTO t VALUES (2); INSERT INTO t VALUES (3)")
+        .await
+        .expect("two inserts");
+    guard.commit().await.expect("commit");
+    guard
+        .execute_batch("INSERT INTO t VALUES (4)")
+        .await
+        .expect("autocommit");
+    let err = guard
+        .execute_batch("INSERT INTO nosuch VALUES (1)")
+        .await
+        .expect_err("no such table");
+    assert!(err.to_string().contains("no such table"), "{err}");
+    drop(guard);
+    let rows = pinned
+        .session()
+        .query("SELECT count(*) FROM t", &[])
+        .await
+        .expect("count");
+    assert_eq!(rows[0].try_get::<i64>(0).expect("integer"), 4);
+    pinned.release().await;
+}
