@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use libsqlite3_sys as ffi;
 use liteorm_core::Session as _;
 use liteorm_sqlite::raw::{Handle, MemoKey};
-use liteorm_sqlite::{PinnedGuard, SqliteSession};
+use liteorm_sqlite::{PinnedConnection, PinnedGuard, SqliteSession};
 
 /// Runs `sql` on a raw handle.
 fn exec(db: Handle<'_>, sql: &CStr) {
@@ -41,14 +41,21 @@ async fn reads_after_lookup(guard: &mut PinnedGuard, reads: &AtomicUsize) -> usi
     reads.load(Ordering::SeqCst)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cached_values_outlive_an_expiry_that_changes_no_schema() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// A session on a new file database in `dir` with a table `t`, and one of its connections
+/// pinned.
+async fn pinned_with_t(dir: &tempfile::TempDir) -> (SqliteSession, PinnedConnection) {
     let db = SqliteSession::open(&dir.path().join("cache.db").display().to_string())
         .await
         .expect("open");
     db.execute_batch("CREATE TABLE t(x)").await.expect("schema");
     let pinned = db.pin().await.expect("pin");
+    (db, pinned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_values_outlive_an_expiry_that_changes_no_schema() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_db, pinned) = pinned_with_t(&dir).await;
     let mut guard = pinned.lock().await.expect("lock");
     let reads = AtomicUsize::new(0);
 
@@ -96,11 +103,7 @@ async fn cached_values_outlive_an_expiry_that_changes_no_schema() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_one_statement_keeps_the_handle_lock_and_a_longer_one_gives_it_up() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = SqliteSession::open(&dir.path().join("batch.db").display().to_string())
-        .await
-        .expect("open");
-    db.execute_batch("CREATE TABLE t(x)").await.expect("schema");
-    let pinned = db.pin().await.expect("pin");
+    let (_db, pinned) = pinned_with_t(&dir).await;
     let mut guard = pinned.lock().await.expect("lock");
     let reads = AtomicUsize::new(0);
     guard.begin_immediate().await.expect("begin");
