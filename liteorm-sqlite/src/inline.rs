@@ -136,19 +136,10 @@ impl RawLock {
     /// prepared statements (`BEGIN`, `COMMIT` and the like run on every transaction), anything
     /// else with `sqlite3_exec`.
     pub(crate) fn exec(&mut self, sql: &str) -> Result<(), Error> {
-        let db = self.db;
-        if let Some(statement) = self.cached(sql).filter(|s| s.n_params == 0) {
-            let pragma = statement.pragma;
-            // SAFETY: `db` is locked for us and `statement` is one of its statements. `None`
-            // (a shared-cache lock met before anything ran) falls through to `sqlite3_exec`,
-            // which reports it.
-            let result = unsafe { statement.run(db, &[], None, false) };
-            if pragma {
-                self.busy = None;
-            }
-            if let Some(result) = result {
-                return result.map(drop);
-            }
+        // `None` (not one statement, or a shared-cache lock met before anything ran) falls
+        // through to `sqlite3_exec`, which runs or reports it.
+        if let Some(result) = self.run_cached(sql, &[], None, false) {
+            return result.map(drop);
         }
         // Any of the statements may be a pragma.
         self.busy = None;
@@ -214,17 +205,7 @@ impl RawLock {
         params: &[Value],
         rows: Option<&mut Vec<Row>>,
     ) -> Option<Result<u64, Error>> {
-        let run = |lock: &mut Self, busy_to_sqlx| {
-            let db = lock.db;
-            let statement = lock.cached(sql).filter(|s| s.n_params == params.len())?;
-            let pragma = statement.pragma;
-            // SAFETY: `db` is locked for us and `statement` is one of its statements.
-            let result = unsafe { statement.run(db, params, rows, busy_to_sqlx) };
-            if pragma {
-                lock.busy = None;
-            }
-            result
-        };
+        let run = |lock: &mut Self, busy_to_sqlx| lock.run_cached(sql, params, rows, busy_to_sqlx);
         // SAFETY: `self.db` is valid and locked for us.
         if self.file && unsafe { may_wait(self.db) } {
             // A pragma would read or set the busy timeout while it is zero: sqlx runs it.
@@ -236,6 +217,27 @@ impl RawLock {
         } else {
             run(self, false)
         }
+    }
+
+    /// Runs the cached statement for `sql` ([`Statement::run`]); `None` if there is none with
+    /// `params.len()` parameters, or it did not run. After a pragma, the copy of the busy timeout
+    /// is forgotten: the pragma may have set it.
+    fn run_cached(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        rows: Option<&mut Vec<Row>>,
+        busy_to_sqlx: bool,
+    ) -> Option<Result<u64, Error>> {
+        let db = self.db;
+        let statement = self.cached(sql).filter(|s| s.n_params == params.len())?;
+        let pragma = statement.pragma;
+        // SAFETY: `db` is locked for us and `statement` is one of its statements.
+        let result = unsafe { statement.run(db, params, rows, busy_to_sqlx) };
+        if pragma {
+            self.busy = None;
+        }
+        result
     }
 
     /// The connection's busy timeout in milliseconds; `None` if it could not be read or is

@@ -637,10 +637,7 @@ impl ChangeLog {
             .record_as(meta, kind, move |s| async move {
                 let mut reports = Vec::with_capacity(inverses.len());
                 for (seq, inverse) in inverses {
-                    let report = mirrored(apply(&s, &inverse))
-                        .on_conflict(policy.handler())
-                        .log_conflicts()
-                        .await?;
+                    let report = apply_logged(&s, &inverse, policy).log_conflicts().await?;
                     reports.push((seq, report));
                 }
                 Ok::<_, Error>(reports)
@@ -935,8 +932,8 @@ async fn upgrade(db: &SqliteSession) -> Result<()> {
     Ok(())
 }
 
-/// The work of [`upgrade`], in a transaction the caller opened with the write lock (so that the
-/// check that the hash column is missing still holds when it is added), and commits.
+/// The work of [`upgrade`], inside a transaction that the caller opened with the write lock (so
+/// that the check that the hash column is missing still holds when it is added) and commits.
 pub(crate) async fn upgrade_in(db: &mut impl EntryWriter) -> Result<()> {
     if has_hash(db).await? {
         return Ok(());
@@ -988,12 +985,19 @@ pub(crate) async fn upgrade_in(db: &mut impl EntryWriter) -> Result<()> {
     Ok(())
 }
 
-/// `apply` with the target's foreign key actions off (`ON DELETE CASCADE` and the like act as
-/// `NO ACTION`; constraints are still checked) where SQLite can (3.44+,
-/// [`Capability::FkNoAction`]): a logged changeset already holds every row its actions changed
-/// (as indirect changes), so running them again would change those rows twice (a cascaded
-/// delete then finds its row gone: a `NotFound` conflict).
-pub(crate) fn mirrored(apply: liteorm_changeset::Apply<'_>) -> liteorm_changeset::Apply<'_> {
+/// The apply of a logged changeset under `policy`: with the target's foreign key actions off
+/// (`ON DELETE CASCADE` and the like act as `NO ACTION`; constraints are still checked) where
+/// SQLite can (3.44+, [`Capability::FkNoAction`]), and otherwise with the policy's handler
+/// omitting what the actions, run again, already made ([`ConflictPolicy::handler`]). A logged
+/// changeset already holds every row its actions changed (as indirect changes), so running them
+/// again would change those rows twice (a cascaded delete then finds its row gone: a `NotFound`
+/// conflict).
+pub(crate) fn apply_logged<'a>(
+    session: &'a SqliteSession,
+    changeset: &Changeset,
+    policy: ConflictPolicy,
+) -> liteorm_changeset::Apply<'a> {
+    let apply = apply(session, changeset).on_conflict(policy.handler());
     if Capability::FkNoAction.is_available() {
         apply.fk_no_action()
     } else {

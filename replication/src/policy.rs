@@ -55,7 +55,7 @@ impl ConflictPolicy {
     /// The policy as a conflict handler for applying logged entries.
     ///
     /// Where SQLite cannot turn the target's foreign key actions off for the apply (before
-    /// 3.44, see [`crate::log::mirrored`]), they run again, and a change they made on the
+    /// 3.44, see [`crate::log::apply_logged`]), they run again, and a change they made on the
     /// source (recorded as indirect) finds its row already as it should be: a cascaded delete's
     /// row is gone, a cascaded `SET NULL` is already null. Such a conflict is omitted, whatever
     /// the policy; any other goes to the policy.

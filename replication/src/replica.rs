@@ -1,10 +1,10 @@
 //! The replica side: applying log entries in seq order, exactly once.
 
-use liteorm_changeset::{Changeset, apply};
+use liteorm_changeset::Changeset;
 use liteorm_core::{Session, Value};
 use liteorm_sqlite::{SqliteSession, SqliteTransaction};
 
-use crate::log::{mirrored, sqlite};
+use crate::log::{apply_logged, sqlite};
 use crate::{
     ChainBreak, ChangeSource, ConflictPolicy, EntryHash, Error, LogEntry, Payload, Result,
 };
@@ -271,9 +271,7 @@ impl Replica {
                     .map_err(|e| (run[0], e.into()))
             };
             exec("SAVEPOINT liteorm_replica_run").await?;
-            let applied = mirrored(apply(session, &joined))
-                .on_conflict(self.policy.handler())
-                .await;
+            let applied = apply_logged(session, &joined, self.policy).await;
             match applied {
                 Ok(report) if report.skipped_tables.is_empty() => {
                     return exec("RELEASE liteorm_replica_run").await;
@@ -303,8 +301,7 @@ impl Replica {
 
     /// Applies one change entry.
     async fn apply_one(&self, session: &SqliteSession, entry: &LogEntry) -> Result<()> {
-        let report = mirrored(apply(session, &entry.changeset))
-            .on_conflict(self.policy.handler())
+        let report = apply_logged(session, &entry.changeset, self.policy)
             .await
             .map_err(|source| Error::Stopped {
                 seq: entry.seq,
