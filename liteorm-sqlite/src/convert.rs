@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use liteorm_core::{Error, Row, SqliteCode, Value};
+use liteorm_core::{Error, Row, SqliteCode, Value, ValueRef as Borrowed};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Column, Row as _, TypeInfo, ValueRef};
 
@@ -24,17 +24,39 @@ pub fn error(err: sqlx::Error) -> Error {
     }
 }
 
-/// Builds sqlx arguments from positional liteorm values.
-pub(crate) fn arguments(params: &[Value]) -> Result<SqliteArguments, Error> {
+/// A positional statement parameter: an owned [`Value`], or a borrowed
+/// [`liteorm_core::ValueRef`] whose text or bytes the inline path binds without a copy.
+pub(crate) trait Param: Sync {
+    /// The parameter's value, borrowed.
+    fn value(&self) -> Borrowed<'_>;
+}
+
+impl Param for Value {
+    #[inline]
+    fn value(&self) -> Borrowed<'_> {
+        self.as_ref()
+    }
+}
+
+impl Param for Borrowed<'_> {
+    #[inline]
+    fn value(&self) -> Borrowed<'_> {
+        *self
+    }
+}
+
+/// Builds sqlx arguments from positional liteorm values (sqlx owns its arguments: text and
+/// bytes are copied).
+pub(crate) fn arguments<P: Param>(params: &[P]) -> Result<SqliteArguments, Error> {
     use sqlx::Arguments as _;
     let mut args = SqliteArguments::default();
     for param in params {
-        let added = match param {
-            Value::Null => args.add(None::<i64>),
-            Value::Integer(i) => args.add(*i),
-            Value::Real(f) => args.add(*f),
-            Value::Text(s) => args.add(s.clone()),
-            Value::Blob(b) => args.add(b.clone()),
+        let added = match param.value() {
+            Borrowed::Null => args.add(None::<i64>),
+            Borrowed::Integer(i) => args.add(i),
+            Borrowed::Real(f) => args.add(f),
+            Borrowed::Text(s) => args.add(s.to_owned()),
+            Borrowed::Blob(b) => args.add(b.to_vec()),
         };
         added.map_err(Error::Driver)?;
     }

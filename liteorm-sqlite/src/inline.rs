@@ -19,11 +19,12 @@ use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 use libsqlite3_sys as ffi;
-use liteorm_core::{Error, Row, Value};
+use liteorm_core::{Error, Row, Value, ValueRef};
 use rustc_hash::FxHashMap;
 use sqlx::sqlite::LockedSqliteHandle;
 
 use crate::DIALECT;
+use crate::convert::Param;
 
 /// `SQLITE_UTF8` as `sqlite3_bind_text64` takes it.
 const UTF8: u8 = 1;
@@ -138,7 +139,7 @@ impl RawLock {
     pub(crate) fn exec(&mut self, sql: &str) -> Result<(), Error> {
         // `None` (not one statement, or a shared-cache lock met before anything ran) falls
         // through to `sqlite3_exec`, which runs or reports it.
-        if let Some(result) = self.run_cached(sql, &[], None, false) {
+        if let Some(result) = self.run_cached::<Value>(sql, &[], None, false) {
             return result.map(drop);
         }
         // Any of the statements may be a pragma.
@@ -182,12 +183,20 @@ impl RawLock {
 
     /// Runs `sql` for its effect and returns the rows it changed (`sqlite3_changes`, as sqlx
     /// reports it); `None` if the statement has to go through sqlx (nothing was run).
-    pub(crate) fn execute(&mut self, sql: &str, params: &[Value]) -> Option<Result<u64, Error>> {
+    pub(crate) fn execute<P: Param>(
+        &mut self,
+        sql: &str,
+        params: &[P],
+    ) -> Option<Result<u64, Error>> {
         self.run_inline(sql, params, None)
     }
 
     /// Runs `sql` and returns its rows; `None` if it has to go through sqlx (nothing was run).
-    pub(crate) fn query(&mut self, sql: &str, params: &[Value]) -> Option<Result<Vec<Row>, Error>> {
+    pub(crate) fn query<P: Param>(
+        &mut self,
+        sql: &str,
+        params: &[P],
+    ) -> Option<Result<Vec<Row>, Error>> {
         let mut rows = Vec::new();
         self.run_inline(sql, params, Some(&mut rows))
             .map(|run| run.map(|_| rows))
@@ -199,10 +208,10 @@ impl RawLock {
     /// lock is taken (it then has done nothing, see [`Statement::run`]) it goes to sqlx, whose
     /// worker thread waits up to the timeout. Without a busy timeout (a custom busy handler,
     /// which could wait too) such a statement goes to sqlx at once.
-    fn run_inline(
+    fn run_inline<P: Param>(
         &mut self,
         sql: &str,
-        params: &[Value],
+        params: &[P],
         rows: Option<&mut Vec<Row>>,
     ) -> Option<Result<u64, Error>> {
         let run = |lock: &mut Self, busy_to_sqlx| lock.run_cached(sql, params, rows, busy_to_sqlx);
@@ -222,10 +231,10 @@ impl RawLock {
     /// Runs the cached statement for `sql` ([`Statement::run`]); `None` if there is none with
     /// `params.len()` parameters, or it did not run. After a pragma, the copy of the busy timeout
     /// is forgotten: the pragma may have set it.
-    fn run_cached(
+    fn run_cached<P: Param>(
         &mut self,
         sql: &str,
-        params: &[Value],
+        params: &[P],
         rows: Option<&mut Vec<Row>>,
         busy_to_sqlx: bool,
     ) -> Option<Result<u64, Error>> {
@@ -407,10 +416,10 @@ impl RawLock {
 ///
 /// # Safety
 /// `db` is valid and used by nobody else for the call.
-pub(crate) unsafe fn query_once(
+pub(crate) unsafe fn query_once<P: Param>(
     db: NonNull<ffi::sqlite3>,
     sql: &str,
-    params: &[Value],
+    params: &[P],
 ) -> Result<Vec<Row>, Error> {
     // SAFETY: the caller's promise.
     let statement = unsafe { Statement::prepare(db, sql) };
@@ -602,10 +611,10 @@ impl Statement {
     ///
     /// # Safety
     /// `db` is valid and locked, and owns this statement.
-    unsafe fn run(
+    unsafe fn run<P: Param>(
         &mut self,
         db: NonNull<ffi::sqlite3>,
-        params: &[Value],
+        params: &[P],
         rows: Option<&mut Vec<Row>>,
         busy_to_sqlx: bool,
     ) -> Option<Result<u64, Error>> {
@@ -627,22 +636,24 @@ impl Statement {
                 }
             }
         }
-        let borrows = params
-            .iter()
-            .any(|p| matches!(p, Value::Text(_) | Value::Blob(_)));
-        let _reset = Reset(self.stmt.as_ptr(), borrows);
+        // Binding sets `clear` when it binds text or a blob.
+        let mut reset = Reset(self.stmt.as_ptr(), false);
         // SAFETY: the caller's promise.
-        unsafe { self.bind_and_step(db, params, rows, busy_to_sqlx) }
+        unsafe { self.bind_and_step(db, params, rows, busy_to_sqlx, &mut reset.1) }
     }
 
+    /// Binds, steps and reads as [`Self::run`] says; sets `borrows` once it has bound text or
+    /// a blob (then the bindings point into `params`).
+    ///
     /// # Safety
     /// As [`Self::run`].
-    unsafe fn bind_and_step(
+    unsafe fn bind_and_step<P: Param>(
         &mut self,
         db: NonNull<ffi::sqlite3>,
-        params: &[Value],
+        params: &[P],
         mut rows: Option<&mut Vec<Row>>,
         busy_to_sqlx: bool,
+        borrows: &mut bool,
     ) -> Option<Result<u64, Error>> {
         let stmt = self.stmt.as_ptr();
         for (i, param) in params.iter().enumerate() {
@@ -652,25 +663,31 @@ impl Statement {
             // (SQLITE_STATIC): `params` outlives `run`, which clears the bindings before it
             // returns. An empty one is copied, so that SQLite never keeps a dangling pointer.
             let rc = unsafe {
-                match param {
-                    Value::Null => ffi::sqlite3_bind_null(stmt, index),
-                    Value::Integer(v) => ffi::sqlite3_bind_int64(stmt, index, *v),
-                    Value::Real(v) => ffi::sqlite3_bind_double(stmt, index, *v),
-                    Value::Text(v) => ffi::sqlite3_bind_text64(
-                        stmt,
-                        index,
-                        v.as_ptr().cast(),
-                        v.len() as u64,
-                        borrowed(v.len()),
-                        UTF8,
-                    ),
-                    Value::Blob(v) => ffi::sqlite3_bind_blob64(
-                        stmt,
-                        index,
-                        v.as_ptr().cast(),
-                        v.len() as u64,
-                        borrowed(v.len()),
-                    ),
+                match param.value() {
+                    ValueRef::Null => ffi::sqlite3_bind_null(stmt, index),
+                    ValueRef::Integer(v) => ffi::sqlite3_bind_int64(stmt, index, v),
+                    ValueRef::Real(v) => ffi::sqlite3_bind_double(stmt, index, v),
+                    ValueRef::Text(v) => {
+                        *borrows = true;
+                        ffi::sqlite3_bind_text64(
+                            stmt,
+                            index,
+                            v.as_ptr().cast(),
+                            v.len() as u64,
+                            borrowed(v.len()),
+                            UTF8,
+                        )
+                    }
+                    ValueRef::Blob(v) => {
+                        *borrows = true;
+                        ffi::sqlite3_bind_blob64(
+                            stmt,
+                            index,
+                            v.as_ptr().cast(),
+                            v.len() as u64,
+                            borrowed(v.len()),
+                        )
+                    }
                 }
             };
             if rc != ffi::SQLITE_OK {

@@ -9,6 +9,7 @@ use sqlx::sqlite::{LockedSqliteHandle, Sqlite, SqliteConnection};
 use sqlx::{AssertSqlSafe, Executor as _};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::convert::Param;
 use crate::inline::RawLock;
 use crate::parking::Parking;
 use crate::sqlx_compat::PoolId;
@@ -390,19 +391,19 @@ impl PinnedGuard {
 
     /// Runs one statement inline on the connection (see [`crate::inline`]); `None` if it has to
     /// go through sqlx instead (nothing was run).
-    pub(crate) async fn execute_inline(
+    pub(crate) async fn execute_inline<P: Param>(
         &mut self,
         sql: &str,
-        params: &[Value],
+        params: &[P],
     ) -> Result<Option<u64>> {
         self.guard.raw().await?.execute(sql, params).transpose()
     }
 
     /// Runs one query inline on the connection; `None` if it has to go through sqlx.
-    pub(crate) async fn query_inline(
+    pub(crate) async fn query_inline<P: Param>(
         &mut self,
         sql: &str,
-        params: &[Value],
+        params: &[P],
     ) -> Result<Option<Vec<Row>>> {
         self.guard.raw().await?.query(sql, params).transpose()
     }
@@ -412,7 +413,7 @@ impl PinnedGuard {
     /// goes through sqlx's worker (which takes the handle lock back: the next inline statement
     /// takes it again, a round trip to the worker).
     pub async fn execute_batch(&mut self, sql: &str) -> Result<()> {
-        if self.guard.raw.is_some() && self.execute_inline(sql, &[]).await?.is_some() {
+        if self.guard.raw.is_some() && self.execute_inline::<Value>(sql, &[]).await?.is_some() {
             return Ok(());
         }
         self.through_sqlx(sql).await

@@ -11,7 +11,7 @@ use std::any::Any;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
-use liteorm_core::{Result, Row, Value};
+use liteorm_core::{Result, Row, Value, ValueRef};
 
 use crate::PinnedGuard;
 
@@ -116,6 +116,13 @@ impl<'a> Handle<'a> {
     /// timeout): for a driver's blocking thread, not an async task.
     pub fn query(self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         // SAFETY: a `Handle` is valid and unshared for its lifetime (its type invariant).
+        unsafe { crate::inline::query_once(self.db, sql, params) }
+    }
+
+    /// [`Handle::query`] with borrowed parameters: text and blobs are bound where they are,
+    /// without a copy.
+    pub fn query_refs(self, sql: &str, params: &[ValueRef<'_>]) -> Result<Vec<Row>> {
+        // SAFETY: as above.
         unsafe { crate::inline::query_once(self.db, sql, params) }
     }
 

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use liteorm_core::{Dialect, Error, Result, Row, Session, Transaction, Value};
+use liteorm_core::{Dialect, Error, Result, Row, Session, Transaction, Value, ValueRef};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Executor as _};
 
+use crate::convert::Param;
 use crate::inline::RawLock;
 use crate::parking::{DEFAULT_LINGER, Parking};
 use crate::pinned::{self, Slot};
@@ -270,6 +271,46 @@ impl SqliteSession {
         sql: &'f str,
         params: &'f [Value],
     ) -> impl Future<Output = Result<u64>> + Send + 'f {
+        self.execute_with(sql, params)
+    }
+
+    /// Runs one query with positional (`?`) parameters and returns its rows: [`Session::query`]
+    /// with its future unboxed, as [`Self::execute`].
+    pub fn query<'f>(
+        &'f self,
+        sql: &'f str,
+        params: &'f [Value],
+    ) -> impl Future<Output = Result<Vec<Row>>> + Send + 'f {
+        self.query_with(sql, params)
+    }
+
+    /// [`Self::execute`] with borrowed parameters. Where the statement runs inline (see
+    /// [`Self::execute`]), text and blobs are bound where they are, without a copy: a large
+    /// blob written this way is never duplicated in memory. Through sqlx they are copied, as
+    /// sqlx owns its arguments.
+    pub fn execute_refs<'f>(
+        &'f self,
+        sql: &'f str,
+        params: &'f [ValueRef<'f>],
+    ) -> impl Future<Output = Result<u64>> + Send + 'f {
+        self.execute_with(sql, params)
+    }
+
+    /// [`Self::query`] with borrowed parameters, bound as [`Self::execute_refs`] binds them.
+    pub fn query_refs<'f>(
+        &'f self,
+        sql: &'f str,
+        params: &'f [ValueRef<'f>],
+    ) -> impl Future<Output = Result<Vec<Row>>> + Send + 'f {
+        self.query_with(sql, params)
+    }
+
+    /// [`Self::execute`] for owned or borrowed parameters.
+    fn execute_with<'f, P: Param>(
+        &'f self,
+        sql: &'f str,
+        params: &'f [P],
+    ) -> StatementFuture<'f, P, u64> {
         StatementFuture {
             session: self,
             sql,
@@ -280,13 +321,12 @@ impl SqliteSession {
         }
     }
 
-    /// Runs one query with positional (`?`) parameters and returns its rows: [`Session::query`]
-    /// with its future unboxed, as [`Self::execute`].
-    pub fn query<'f>(
+    /// [`Self::query`] for owned or borrowed parameters.
+    fn query_with<'f, P: Param>(
         &'f self,
         sql: &'f str,
-        params: &'f [Value],
-    ) -> impl Future<Output = Result<Vec<Row>>> + Send + 'f {
+        params: &'f [P],
+    ) -> StatementFuture<'f, P, Vec<Row>> {
         StatementFuture {
             session: self,
             sql,
@@ -299,7 +339,12 @@ impl SqliteSession {
 
     /// Runs one statement on a connection taken as [`Self::run`] does: inline unless `inline`
     /// is false (the statement is known to need sqlx), else through sqlx.
-    async fn execute_general(&self, sql: &str, params: &[Value], inline: bool) -> Result<u64> {
+    async fn execute_general<P: Param>(
+        &self,
+        sql: &str,
+        params: &[P],
+        inline: bool,
+    ) -> Result<u64> {
         self.run(|mut guard| async move {
             if inline && let Some(changes) = guard.execute_inline(sql, params).await? {
                 return Ok(changes);
@@ -314,7 +359,12 @@ impl SqliteSession {
 
     /// [`Session::query`] as the trait's boxed future (see [`StatementFuture`]).
     /// Runs one query as [`Self::execute_general`] runs a statement.
-    async fn query_general(&self, sql: &str, params: &[Value], inline: bool) -> Result<Vec<Row>> {
+    async fn query_general<P: Param>(
+        &self,
+        sql: &str,
+        params: &[P],
+        inline: bool,
+    ) -> Result<Vec<Row>> {
         self.run(|mut guard| async move {
             if inline && let Some(rows) = guard.query_inline(sql, params).await? {
                 return Ok(rows);
@@ -333,20 +383,20 @@ impl SqliteSession {
 /// result, with no state machine to step and no connection future to build; otherwise it
 /// starts the general path (a second, boxed future) and polls that. Nothing runs before the
 /// first poll, as with an `async fn`.
-struct StatementFuture<'f, R> {
+struct StatementFuture<'f, P, R> {
     session: &'f SqliteSession,
     sql: &'f str,
-    params: &'f [Value],
+    params: &'f [P],
     /// The inline run ([`RawLock::execute`] or [`RawLock::query`]).
-    inline: fn(&mut RawLock, &str, &[Value]) -> Option<Result<R>>,
+    inline: fn(&mut RawLock, &str, &[P]) -> Option<Result<R>>,
     /// The general path, told whether to try inline first.
-    general: General<'f, R>,
+    general: General<'f, P, R>,
     state: State<'f, R>,
 }
 
 /// The general path of a [`StatementFuture`]: session, SQL, parameters, and whether to try
 /// inline first.
-type General<'f, R> = fn(&'f SqliteSession, &'f str, &'f [Value], bool) -> BoxFuture<'f, Result<R>>;
+type General<'f, P, R> = fn(&'f SqliteSession, &'f str, &'f [P], bool) -> BoxFuture<'f, Result<R>>;
 
 /// Where a [`StatementFuture`] is.
 enum State<'f, R> {
@@ -358,7 +408,7 @@ enum State<'f, R> {
     Finished,
 }
 
-impl<R> Future for StatementFuture<'_, R> {
+impl<P, R> Future for StatementFuture<'_, P, R> {
     type Output = Result<R>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
@@ -495,6 +545,24 @@ impl SqliteTransaction {
         params: &'f [Value],
     ) -> impl Future<Output = Result<Vec<Row>>> + Send + 'f {
         self.session.query(sql, params)
+    }
+
+    /// [`SqliteSession::execute_refs`] in this transaction: borrowed parameters.
+    pub fn execute_refs<'f>(
+        &'f self,
+        sql: &'f str,
+        params: &'f [ValueRef<'f>],
+    ) -> impl Future<Output = Result<u64>> + Send + 'f {
+        self.session.execute_refs(sql, params)
+    }
+
+    /// [`SqliteSession::query_refs`] in this transaction: borrowed parameters.
+    pub fn query_refs<'f>(
+        &'f self,
+        sql: &'f str,
+        params: &'f [ValueRef<'f>],
+    ) -> impl Future<Output = Result<Vec<Row>>> + Send + 'f {
+        self.session.query_refs(sql, params)
     }
 
     /// Makes the transaction's changes durable: [`Transaction::commit`] by value, for a

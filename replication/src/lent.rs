@@ -6,7 +6,7 @@
 
 use liteorm_changeset::Changeset;
 use liteorm_changeset::driver::{Handle, RawConnection};
-use liteorm_core::{Row, Value};
+use liteorm_core::{Row, ValueRef};
 
 use crate::log::{CREATE_LOG, EntryWriter, append as append_entry, has_hash, upgrade_in};
 use crate::{EntryKind, LogEntry, Meta, Result};
@@ -60,12 +60,12 @@ pub fn append(conn: &mut impl RawConnection, meta: Meta, changeset: Changeset) -
 }
 
 impl EntryWriter for Handle<'_> {
-    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        Ok(Handle::query(*self, sql, params)?)
+    async fn query(&mut self, sql: &str, params: &[ValueRef<'_>]) -> Result<Vec<Row>> {
+        Ok(Handle::query_refs(*self, sql, params)?)
     }
 
-    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        Handle::query(*self, sql, params)?;
+    async fn execute(&mut self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64> {
+        Handle::query_refs(*self, sql, params)?;
         let changes = Handle::query(*self, "SELECT changes()", &[])?;
         Ok(changes
             .first()

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use liteorm_changeset::{ApplyReport, Capability, Capture, Changeset, SchemaChangegroup, apply};
-use liteorm_core::{Row, Session, Value};
+use liteorm_core::{Row, Session, Value, ValueRef};
 use liteorm_sqlite::SqliteSession;
 use tokio::sync::mpsc;
 
@@ -221,27 +221,37 @@ fn seq_of(stored: i64) -> u64 {
 }
 
 fn stored(seq: u64) -> Value {
-    Value::Integer(i64::try_from(seq).unwrap_or(i64::MAX))
+    Value::Integer(stored_int(seq))
+}
+
+fn stored_int(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
 /// Where a log entry is written: the connection of the unit of work's transaction, a liteorm
 /// session there or a connection lent by another driver ([`crate::lent`]).
+///
+/// Parameters are borrowed: an entry's changeset is bound where it is, not copied.
 pub(crate) trait EntryWriter {
     /// Runs one statement with positional parameters and returns its rows.
-    fn query(&mut self, sql: &str, params: &[Value]) -> impl Future<Output = Result<Vec<Row>>>;
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[ValueRef<'_>],
+    ) -> impl Future<Output = Result<Vec<Row>>>;
 
     /// Runs one statement with positional parameters and returns the rows it changed.
-    fn execute(&mut self, sql: &str, params: &[Value]) -> impl Future<Output = Result<u64>>;
+    fn execute(&mut self, sql: &str, params: &[ValueRef<'_>]) -> impl Future<Output = Result<u64>>;
 }
 
 impl EntryWriter for &SqliteSession {
-    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+    async fn query(&mut self, sql: &str, params: &[ValueRef<'_>]) -> Result<Vec<Row>> {
         // The inherent method: its future is not boxed.
-        Ok(SqliteSession::query(self, sql, params).await?)
+        Ok(SqliteSession::query_refs(self, sql, params).await?)
     }
 
-    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        Ok(SqliteSession::execute(self, sql, params).await?)
+    async fn execute(&mut self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64> {
+        Ok(SqliteSession::execute_refs(self, sql, params).await?)
     }
 }
 
@@ -805,18 +815,18 @@ async fn insert_entry(
     if entry.tables.is_empty() {
         tables.push(',');
     }
-    // The row's values, in an array (no allocation but the values' own).
+    // The row's values, borrowed, in an array: nothing is copied, the changeset included.
     let [seq, at, actor, reason, tables, kind, ref_seq, hash] = [
-        stored(entry.seq),
-        entry.committed_at_ms.into(),
-        entry.actor.clone().into(),
-        entry.reason.clone().into(),
-        tables.into(),
-        kind_name.into(),
-        ref_seq.map_or(Value::Null, stored),
-        entry.hash.as_bytes().as_slice().into(),
+        ValueRef::Integer(stored_int(entry.seq)),
+        ValueRef::Integer(entry.committed_at_ms),
+        optional_text(entry.actor.as_deref()),
+        optional_text(entry.reason.as_deref()),
+        ValueRef::Text(&tables),
+        ValueRef::Text(kind_name),
+        ref_seq.map_or(ValueRef::Null, |seq| ValueRef::Integer(stored_int(seq))),
+        ValueRef::Blob(entry.hash.as_bytes()),
     ];
-    let payload = entry.fields().payload.into();
+    let payload = ValueRef::Blob(entry.fields().payload);
     let Some((head_seq, head_hash)) = expected_head else {
         let params = [seq, at, actor, reason, tables, kind, ref_seq, hash, payload];
         db.query(INSERT, &params).await?;
@@ -831,11 +841,16 @@ async fn insert_entry(
         kind,
         ref_seq,
         hash,
-        stored(head_seq),
-        head_hash.as_bytes().as_slice().into(),
+        ValueRef::Integer(stored_int(head_seq)),
+        ValueRef::Blob(head_hash.as_bytes()),
         payload,
     ];
     Ok(db.execute(INSERT_ON_HEAD, &params).await? == 1)
+}
+
+/// `text` as a parameter, NULL for none.
+fn optional_text(text: Option<&str>) -> ValueRef<'_> {
+    text.map_or(ValueRef::Null, ValueRef::Text)
 }
 
 /// The newest entry a [`ChangeLog`] appended, its seq and chain hash, shared by its clones.
@@ -954,7 +969,7 @@ pub(crate) async fn upgrade_in(db: &mut impl EntryWriter) -> Result<()> {
         let page = db
             .query(
                 &format!("{SELECT_ENTRY} WHERE seq > ? ORDER BY seq LIMIT {VERIFY_PAGE}"),
-                &[last.into()],
+                &[ValueRef::Integer(last)],
             )
             .await?;
         if page.is_empty() {
@@ -966,7 +981,7 @@ pub(crate) async fn upgrade_in(db: &mut impl EntryWriter) -> Result<()> {
             last = row.try_get("seq")?;
             db.execute(
                 "UPDATE liteorm_changes SET hash = ? WHERE seq = ?",
-                &[prev.as_bytes().as_slice().into(), last.into()],
+                &[ValueRef::Blob(prev.as_bytes()), ValueRef::Integer(last)],
             )
             .await?;
         }
@@ -974,7 +989,7 @@ pub(crate) async fn upgrade_in(db: &mut impl EntryWriter) -> Result<()> {
     let through = last.max(0);
     db.execute(
         "INSERT INTO liteorm_chain_upgrade(upgraded_at, through_seq) VALUES (?, ?)",
-        &[now_ms().into(), through.into()],
+        &[ValueRef::Integer(now_ms()), ValueRef::Integer(through)],
     )
     .await?;
     tracing::warn!(
