@@ -11,7 +11,7 @@ use tokio::runtime::Runtime;
 use crate::capture::{count_ops, raw_mix};
 use crate::common::{
     BenchResult, Common, DELETE_ID, DbMode, Fingerprint, INSERT, Line, RowData, UPDATE_B,
-    fingerprint, line_if, median, mix_inserts, per_s, populate,
+    fingerprint, median, mix_inserts, per_s, populate,
 };
 use crate::instr::Timer;
 use crate::lite::{self, LiteDb};
@@ -345,8 +345,8 @@ pub(crate) fn run(rt: &Runtime, common: &Common, n: i64) -> BenchResult<()> {
     common.print(
         "apply",
         ("rows", n_u),
-        line_if(&lite, |reps| line(common, "liteorm", n_u, reps)),
-        line_if(&raw, |reps| line(common, "raw", n_u, reps)),
+        &lite,
+        &raw,
         &[
             "apply_ms",
             "apply_rows_per_s",
@@ -356,6 +356,7 @@ pub(crate) fn run(rt: &Runtime, common: &Common, n: i64) -> BenchResult<()> {
             "replay_sql_ms",
             "replay_sql_rows_per_s",
         ],
+        |imp, reps| line(common, imp, n_u, reps),
     );
     Ok(())
 }

@@ -9,7 +9,7 @@ use liteorm_core::{Session, Value};
 use tokio::runtime::Runtime;
 
 use crate::common::{
-    BenchResult, Common, DbMode, INSERT, Line, MIX_DELETE, MIX_UPDATE, RowData, line_if, median,
+    BenchResult, Common, DbMode, INSERT, Line, MIX_DELETE, MIX_UPDATE, RowData, median,
     mix_inserts, ms, populate,
 };
 use crate::lite::{self, LiteDb};
@@ -216,9 +216,10 @@ pub(crate) fn run(rt: &Runtime, common: &Common, n: i64) -> BenchResult<()> {
     common.print(
         "capture",
         ("rows", n_u),
-        line_if(&lite, |reps| line(common, "liteorm", n_u, expected, reps)),
-        line_if(&raw, |reps| line(common, "raw", n_u, expected, reps)),
+        &lite,
+        &raw,
         &["mix_without_ms", "capture_ms", "capture_patchset_ms"],
+        |imp, reps| line(common, imp, n_u, expected, reps),
     );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! What both implementations share: options, the table's deterministic rows, statistics
-//! (median, nearest-rank percentiles), the content fingerprint and the JSON line writer.
+//! (median, nearest-rank percentiles), the content fingerprint, the JSON line writer and the
+//! ratio lines (of the medians, of the bests, and paired repetition by repetition).
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -248,6 +249,7 @@ fn round(x: f64, digits: i32) -> f64 {
 }
 
 /// One output line: an ordered list of fields, printed as a JSON object.
+#[derive(Clone)]
 pub(crate) struct Line {
     fields: Vec<(String, Json)>,
 }
@@ -379,6 +381,20 @@ impl Baseline {
         }
     }
 
+    /// The line of all repetitions and the line of each, if any ran.
+    fn side(&self) -> Option<Side> {
+        let median = self.median_line()?;
+        let reps = self
+            .lines
+            .borrow()
+            .iter()
+            .map(|fields| Line {
+                fields: fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            })
+            .collect();
+        Some(Side { median, reps })
+    }
+
     /// The line of all repetitions: every numeric field the median over them, `reps` their
     /// count, the other fields as the first repetition printed them.
     fn median_line(&self) -> Option<Line> {
@@ -437,46 +453,324 @@ impl Common {
         Ok((lites, raws))
     }
 
-    /// Prints the liteorm and raw lines that were run, then (when both were) the ratio line
-    /// with liteorm/raw for each of `keys`; with `--baseline`, then the rusqlite line (medians
-    /// over its repetitions) and the raw/rusqlite and liteorm/rusqlite ratios of `keys`. `size` is `("rows", N)` or `("iters", K)`.
-    pub(crate) fn print(
+    /// Prints a workload's lines. `lite` and `raw` are the repetitions of each side that ran
+    /// (empty for a side excluded by `--impl`), in the order they ran; `line` builds a side's
+    /// line (`impl` as given) from some of its repetitions, medians over them. `size` is
+    /// `("rows", N)` or `("iters", K)`; `keys` are the figures compared, each a time (`_ms`,
+    /// `_us`) or a rate (`_per_s`). See [`Common::lines`] for what is printed.
+    pub(crate) fn print<R>(
         &self,
         cmd: &str,
         size: (&'static str, u64),
-        lite: Option<Line>,
-        raw: Option<Line>,
+        lite: &[R],
+        raw: &[R],
         keys: &[&'static str],
+        line: impl Fn(&str, &[R]) -> Line,
     ) {
-        for line in lite.iter().chain(&raw) {
+        for line in self.lines(cmd, size, lite, raw, keys, line) {
             line.print();
         }
+    }
+
+    /// The lines [`Common::print`] prints, in order: the liteorm and raw lines that were run;
+    /// when both were, the three ratio lines of liteorm against raw (`ratio`, `ratio_best`,
+    /// `ratio_paired`, see [`Common::ratio_lines`]); with `--baseline`, the rusqlite line
+    /// (medians over its repetitions), then the same three lines of raw against rusqlite
+    /// (`raw/rusqlite`, `raw/rusqlite_best`, `raw/rusqlite_paired`) and of liteorm against
+    /// rusqlite, for the sides that were run. All come from the same repetitions.
+    fn lines<R>(
+        &self,
+        cmd: &str,
+        size: (&'static str, u64),
+        lite: &[R],
+        raw: &[R],
+        keys: &[&'static str],
+        line: impl Fn(&str, &[R]) -> Line,
+    ) -> Vec<Line> {
+        let lite = Side::of("liteorm", lite, &line);
+        let raw = Side::of("raw", raw, &line);
+        let mut out: Vec<Line> = [&lite, &raw]
+            .into_iter()
+            .flatten()
+            .map(|side| side.median.clone())
+            .collect();
         if let (Some(lite), Some(raw)) = (&lite, &raw) {
-            let mut ratio = Line::new(cmd, "ratio", self);
-            ratio.int(size.0, size.1);
-            for key in keys {
-                ratio.ratio(key, lite.get(key) / raw.get(key));
-            }
-            ratio.print();
+            out.extend(self.ratio_lines(cmd, "ratio", size, lite, raw, keys));
         }
-        let Some(baseline) = self.baseline.as_ref().and_then(Baseline::median_line) else {
-            return;
+        let Some(rusqlite) = self.baseline.as_ref().and_then(Baseline::side) else {
+            return out;
         };
-        baseline.print();
-        for (side, line) in [("raw", &raw), ("liteorm", &lite)] {
-            if let Some(line) = line {
-                let mut ratio = Line::new(cmd, &format!("{side}/rusqlite"), self);
-                ratio.int(size.0, size.1);
-                for key in keys {
-                    ratio.ratio(key, line.get(key) / baseline.get(key));
-                }
-                ratio.print();
+        out.push(rusqlite.median.clone());
+        for (imp, side) in [("raw", &raw), ("liteorm", &lite)] {
+            if let Some(side) = side {
+                let name = format!("{imp}/rusqlite");
+                out.extend(self.ratio_lines(cmd, &name, size, side, &rusqlite, keys));
             }
         }
+        out
+    }
+
+    /// The three lines comparing side `a` with side `b` on each of `keys`, all from the same
+    /// interleaved repetitions: `name` has a's median over b's median; `name_best` a's best
+    /// over b's best (the lowest time, the highest rate: the run least disturbed by the
+    /// machine's noise); `name_paired` the median over repetitions i of a_i / b_i (repetition
+    /// i of each side ran back to back, so a burst of noise mostly hits one pair).
+    fn ratio_lines(
+        &self,
+        cmd: &str,
+        name: &str,
+        size: (&'static str, u64),
+        a: &Side,
+        b: &Side,
+        keys: &[&'static str],
+    ) -> [Line; 3] {
+        let mut lines = [
+            name.to_owned(),
+            format!("{name}_best"),
+            format!("{name}_paired"),
+        ]
+        .map(|imp| {
+            let mut line = Line::new(cmd, &imp, self);
+            line.int(size.0, size.1);
+            line
+        });
+        let [median, best_of, paired_of] = &mut lines;
+        for &key in keys {
+            median.ratio(key, a.median.get(key) / b.median.get(key));
+            best_of.ratio(key, best(key, &a.reps) / best(key, &b.reps));
+            paired_of.ratio(key, paired(key, &a.reps, &b.reps));
+        }
+        lines
     }
 }
 
-/// A line for the repetitions of one side, if it ran.
-pub(crate) fn line_if<R>(reps: &[R], line: impl FnOnce(&[R]) -> Line) -> Option<Line> {
-    (!reps.is_empty()).then(|| line(reps))
+/// One implementation's figures: the line of the medians over its repetitions, and one line
+/// per repetition (each built by the same code from that repetition alone), in run order.
+struct Side {
+    median: Line,
+    reps: Vec<Line>,
+}
+
+impl Side {
+    /// The lines of `imp`'s repetitions, if it ran.
+    fn of<R>(imp: &str, reps: &[R], line: &impl Fn(&str, &[R]) -> Line) -> Option<Side> {
+        (!reps.is_empty()).then(|| Side {
+            median: line(imp, reps),
+            reps: reps.chunks(1).map(|rep| line(imp, rep)).collect(),
+        })
+    }
+}
+
+/// Whether a higher value of the compared figure `key` is better: a rate (`_per_s`) is, a time
+/// (`_ms`, `_us`: durations and latency percentiles) is not.
+///
+/// # Panics
+///
+/// For any other key: the keys are literals of the workloads, and the smoke test runs each
+/// workload, so a new key without a known unit fails there.
+fn higher_is_better(key: &str) -> bool {
+    if key.ends_with("_per_s") {
+        true
+    } else if key.ends_with("_ms") || key.ends_with("_us") {
+        false
+    } else {
+        panic!("compared figure `{key}` is neither a time (_ms, _us) nor a rate (_per_s)")
+    }
+}
+
+/// The best value of `key` over the repetitions that measured it: the lowest time or the
+/// highest rate. NaN if none did.
+fn best(key: &str, reps: &[Line]) -> f64 {
+    let values = reps
+        .iter()
+        .map(|rep| rep.get(key))
+        .filter(|v| v.is_finite());
+    // `f64::max` and `f64::min` return the other operand when one is NaN.
+    if higher_is_better(key) {
+        values.fold(f64::NAN, f64::max)
+    } else {
+        values.fold(f64::NAN, f64::min)
+    }
+}
+
+/// The median over repetitions i of `a_i / b_i` for `key`, over the pairs where both sides
+/// measured it. NaN if none did.
+fn paired(key: &str, a: &[Line], b: &[Line]) -> f64 {
+    let ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| a.get(key) / b.get(key))
+        .filter(|ratio| ratio.is_finite())
+        .collect();
+    median(&ratios)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A common with `baseline`'s repetitions already run, as if by `--baseline`.
+    fn common(baseline: Option<&[f64]>) -> Common {
+        Common {
+            db: DbMode::Mem,
+            reps: 4,
+            sqlite: "3.51.3".to_owned(),
+            only: None,
+            baseline: baseline.map(|times| Baseline {
+                program: PathBuf::from("rusqlite-baseline"),
+                args: Vec::new(),
+                lines: RefCell::new(
+                    times
+                        .iter()
+                        .map(|&ms| {
+                            let rep = serde_json::json!({
+                                "cmd": "t", "impl": "rusqlite", "reps": 1,
+                                "apply_ms": ms, "rows_per_s": per_s(1000, ms),
+                            });
+                            match rep {
+                                Json::Object(fields) => fields,
+                                _ => unreachable!("a JSON object literal"),
+                            }
+                        })
+                        .collect(),
+                ),
+            }),
+        }
+    }
+
+    /// A workload's lines for repetitions that took `lite` and `raw` ms for 1000 rows: the
+    /// median time, and rows/s derived from it as the workloads derive theirs.
+    fn lines(common: &Common, lite: &[f64], raw: &[f64]) -> Vec<Line> {
+        common.lines("t", ("rows", 1000), lite, raw, &KEYS, |imp, reps| {
+            let ms = median(reps);
+            let mut line = Line::new("t", imp, common);
+            line.ms("apply_ms", ms).rate("rows_per_s", per_s(1000, ms));
+            line
+        })
+    }
+
+    const KEYS: [&str; 2] = ["apply_ms", "rows_per_s"];
+
+    fn imps(lines: &[Line]) -> Vec<&str> {
+        lines
+            .iter()
+            .map(|line| {
+                line.fields
+                    .iter()
+                    .find(|(key, _)| key == "impl")
+                    .and_then(|(_, value)| value.as_str())
+                    .unwrap_or("?")
+            })
+            .collect()
+    }
+
+    /// `(apply_ms, rows_per_s)` of a line.
+    fn figures(line: &Line) -> (f64, f64) {
+        (line.get("apply_ms"), line.get("rows_per_s"))
+    }
+
+    #[test]
+    fn best_and_paired_ratios_of_an_even_count() {
+        let lines = lines(
+            &common(None),
+            &[10.0, 12.0, 11.0, 30.0],
+            &[9.0, 10.0, 12.0, 8.0],
+        );
+        assert_eq!(
+            imps(&lines),
+            ["liteorm", "raw", "ratio", "ratio_best", "ratio_paired"]
+        );
+        // Medians 11.5 and 9.5 ms (the mean of the two middle ones).
+        assert_eq!(figures(&lines[2]), (1.2105, 0.8261));
+        // The lowest times, 10 and 8 ms; the highest rates are derived from them.
+        assert_eq!(figures(&lines[3]), (1.25, 0.8));
+        // Times 10/9, 12/10, 11/12, 30/8: the mean of 1.1111 and 1.2. Rates 0.9, 0.8333,
+        // 1.0909, 0.2667: the mean of 0.8333 and 0.9 (not the inverse of the time's median).
+        assert_eq!(figures(&lines[4]), (1.1556, 0.8667));
+        for line in &lines[2..] {
+            assert_eq!(line.get("rows"), 1000.0);
+        }
+    }
+
+    #[test]
+    fn paired_ratio_of_an_odd_count_is_the_middle_pair() {
+        let lines = lines(&common(None), &[10.0, 12.0, 11.0], &[9.0, 10.0, 12.0]);
+        // 10/9, 12/10, 11/12: the middle one is 10/9; rates 0.9, 0.8333, 1.0909.
+        assert_eq!(figures(&lines[4]), (1.1111, 0.9));
+        assert_eq!(figures(&lines[3]), (1.1111, 0.9));
+    }
+
+    #[test]
+    fn one_side_prints_no_ratio_lines() {
+        let common = common(None);
+        assert_eq!(imps(&lines(&common, &[], &[9.0, 10.0])), ["raw"]);
+        assert_eq!(imps(&lines(&common, &[9.0, 10.0], &[])), ["liteorm"]);
+    }
+
+    #[test]
+    fn a_figure_a_side_cannot_measure_is_null_in_every_ratio_line() {
+        let common = common(None);
+        let lines = common.lines(
+            "t",
+            ("rows", 1000),
+            &[1.0, 2.0],
+            &[1.0, 2.0],
+            &KEYS,
+            |imp, reps| {
+                let mut line = Line::new("t", imp, &common);
+                // liteorm cannot split the time: its figure is NaN, printed as null.
+                let ms = if imp == "liteorm" {
+                    f64::NAN
+                } else {
+                    median(reps)
+                };
+                line.ms("apply_ms", ms)
+                    .rate("rows_per_s", per_s(1000, median(reps)));
+                line
+            },
+        );
+        for line in &lines[2..] {
+            assert!(line.get("apply_ms").is_nan());
+            assert_eq!(line.get("rows_per_s"), 1.0);
+        }
+    }
+
+    #[test]
+    fn baseline_ratios_pair_each_side_with_rusqlite() {
+        let common = common(Some(&[8.0, 9.0, 16.0, 10.0]));
+        let lines = lines(&common, &[10.0, 12.0, 11.0, 30.0], &[9.0, 10.0, 12.0, 8.0]);
+        assert_eq!(
+            imps(&lines),
+            [
+                "liteorm",
+                "raw",
+                "ratio",
+                "ratio_best",
+                "ratio_paired",
+                "rusqlite",
+                "raw/rusqlite",
+                "raw/rusqlite_best",
+                "raw/rusqlite_paired",
+                "liteorm/rusqlite",
+                "liteorm/rusqlite_best",
+                "liteorm/rusqlite_paired",
+            ]
+        );
+        // raw against rusqlite: medians 9.5 and 9.5 ms; bests 8 and 8; pairs 9/8, 10/9, 12/16,
+        // 8/10, of which the mean of 0.8 and 1.1111. The rusqlite line's rate is the median of
+        // its repetitions' rates (it only has their lines), not the rate of its median time:
+        // for an even count the two differ.
+        assert_eq!(figures(&lines[6]), (1.0, 0.9972));
+        assert_eq!(figures(&lines[7]), (1.0, 1.0));
+        assert_eq!(lines[8].get("apply_ms"), 0.9556);
+        // liteorm against rusqlite: bests 10 and 8; pairs 10/8, 12/9, 11/16, 30/10.
+        assert_eq!(figures(&lines[10]), (1.25, 0.8));
+        assert_eq!(lines[11].get("apply_ms"), 1.2917);
+    }
+
+    #[test]
+    #[should_panic(expected = "neither a time")]
+    fn a_figure_without_a_unit_has_no_best() {
+        let _ = best("overhead_ratio", &[]);
+    }
 }

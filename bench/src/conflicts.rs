@@ -9,8 +9,8 @@ use tokio::runtime::Runtime;
 
 use crate::capture::count_ops;
 use crate::common::{
-    BenchResult, CONFLICT_SETUP, Common, DbMode, Line, MIX_UPDATE, check_conflicts_content,
-    line_if, median, per_s, populate,
+    BenchResult, CONFLICT_SETUP, Common, DbMode, Line, MIX_UPDATE, check_conflicts_content, median,
+    per_s, populate,
 };
 use crate::instr::Timer;
 use crate::lite::LiteDb;
@@ -168,14 +168,15 @@ pub(crate) fn run(rt: &Runtime, common: &Common, n: i64) -> BenchResult<()> {
     common.print(
         "conflicts",
         ("rows", n_u),
-        line_if(&lite, |reps| line(common, "liteorm", n_u, reps)),
-        line_if(&raw, |reps| line(common, "raw", n_u, reps)),
+        &lite,
+        &raw,
         &[
             "apply_ms",
             "rows_per_s",
             "clean_apply_ms",
             "clean_rows_per_s",
         ],
+        |imp, reps| line(common, imp, n_u, reps),
     );
     Ok(())
 }

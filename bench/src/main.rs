@@ -2,7 +2,8 @@
 //! `replication`), each run for
 //! liteorm (async, through the `Session` trait and the `liteorm_changeset` API on a multi-thread tokio
 //! runtime) and for a raw baseline (synchronous libsqlite3-sys calls on one connection) in the
-//! same process, printing one JSON line per implementation and one with the liteorm/raw ratios.
+//! same process, printing one JSON line per implementation and three with the liteorm/raw ratios
+//! (of the medians, of the bests, and the median of the per-repetition ratios).
 //!
 //! ```text
 //! liteorm-bench capture|apply|conflicts|stall [--rows N] [--reps R] [--db mem|file]
@@ -52,14 +53,17 @@ workloads (WORKLOADS.md, plus stall and replication):
                                           writes with no capture (liteorm only)
 
 options:
-  --reps R        repetitions; every timed figure is the median (default 5)
+  --reps R        repetitions, liteorm's and raw's interleaved; every timed figure is the
+                  median (default 5); the ratio line (medians) is followed by ratio_best
+                  (best over best) and ratio_paired (median of the per-repetition ratios)
   --db mem|file   private :memory: databases, or temp files with WAL + synchronous=NORMAL
                   (default mem)
   --impl both|liteorm|raw
-                  run only one side, for profiling it (no ratio line); default both
+                  run only one side, for profiling it (no ratio lines); default both
   --baseline PATH the rusqlite-baseline binary (bench/rusqlite-baseline): for capture, apply,
                   small and conflicts, run it once per repetition after liteorm and raw, and
-                  print its line and the raw/rusqlite and liteorm/rusqlite ratios
+                  print its line and the raw/rusqlite and liteorm/rusqlite ratios (each
+                  with its _best and _paired lines)
 ";
 
 /// The parsed command line.

@@ -9,8 +9,8 @@ use liteorm_replication::{ChangeLog, LogTableSource, Meta, Replica};
 use tokio::runtime::Runtime;
 
 use crate::common::{
-    BenchResult, CREATE_TABLE, Common, DbMode, INSERT, Line, RowData, fingerprint, line_if, median,
-    per_s, query_i64,
+    BenchResult, CREATE_TABLE, Common, DbMode, INSERT, Line, RowData, fingerprint, median, per_s,
+    query_i64,
 };
 use crate::instr::Timer;
 use crate::lite::{self, LiteDb};
@@ -239,8 +239,8 @@ pub(crate) fn run(rt: &Runtime, common: &Common, iters: usize) -> BenchResult<()
     common.print(
         "replication",
         ("iters", iters as u64),
-        line_if(&lite, |reps| line(common, "liteorm", iters, reps)),
-        line_if(&raw, |reps| line(common, "raw", iters, reps)),
+        &lite,
+        &raw,
         &[
             "record_ms",
             "record_tx_per_s",
@@ -248,6 +248,7 @@ pub(crate) fn run(rt: &Runtime, common: &Common, iters: usize) -> BenchResult<()
             "apply_tx_per_s",
             "total_tx_per_s",
         ],
+        |imp, reps| line(common, imp, iters, reps),
     );
     Ok(())
 }

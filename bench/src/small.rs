@@ -8,7 +8,7 @@ use tokio::runtime::Runtime;
 
 use crate::capture::count_ops;
 use crate::common::{
-    BenchResult, CREATE_TABLE, Common, DbMode, INSERT, Line, RowData, line_if, median, percentile,
+    BenchResult, CREATE_TABLE, Common, DbMode, INSERT, Line, RowData, median, percentile,
     query_i64, us,
 };
 use crate::instr;
@@ -169,14 +169,15 @@ pub(crate) fn run(rt: &Runtime, common: &Common, iters: usize) -> BenchResult<()
     common.print(
         "small",
         ("iters", iters as u64),
-        line_if(&lite, |reps| line(common, "liteorm", iters, size, reps)),
-        line_if(&raw, |reps| line(common, "raw", iters, size, reps)),
+        &lite,
+        &raw,
         &[
             "plain_p50_us",
             "plain_p99_us",
             "session_p50_us",
             "session_p99_us",
         ],
+        |imp, reps| line(common, imp, iters, size, reps),
     );
     Ok(())
 }

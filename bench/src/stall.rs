@@ -10,8 +10,8 @@ use tokio::task::JoinHandle;
 
 use crate::capture::count_ops;
 use crate::common::{
-    BenchResult, Common, DbMode, Line, check_conflicts_content, line_if, median, ms, per_s,
-    percentile, populate,
+    BenchResult, Common, DbMode, Line, check_conflicts_content, median, ms, per_s, percentile,
+    populate,
 };
 use crate::conflicts::{lite_updates, raw_updates};
 use crate::lite::LiteDb;
@@ -122,8 +122,8 @@ pub(crate) fn run(rt: &Runtime, common: &Common, n: i64) -> BenchResult<()> {
     common.print(
         "stall",
         ("rows", n_u),
-        line_if(&lite, |reps| line(common, "liteorm", n_u, workers, reps)),
-        line_if(&raw, |reps| line(common, "raw", n_u, workers, reps)),
+        &lite,
+        &raw,
         &[
             "apply_ms",
             "rows_per_s",
@@ -131,6 +131,7 @@ pub(crate) fn run(rt: &Runtime, common: &Common, n: i64) -> BenchResult<()> {
             "tick_p99_ms",
             "tick_max_ms",
         ],
+        |imp, reps| line(common, imp, n_u, workers, reps),
     );
     Ok(())
 }

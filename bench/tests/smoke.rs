@@ -1,5 +1,6 @@
 //! CI smoke test of the benchmark binary: every workload runs once with tiny sizes, prints its
-//! liteorm, raw and ratio lines as JSON, and passes its content checks. No timing is asserted.
+//! liteorm, raw and ratio lines (of the medians, the bests and the pairs) as JSON, and passes its
+//! content checks. No timing is asserted.
 
 use std::process::Command;
 
@@ -24,14 +25,23 @@ fn run(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-/// Checks the three lines of one workload: the implementations in order, the common fields, a
-/// number for every listed figure on both implementations and on the ratio line.
-fn check(lines: &[Value], cmd: &str, db: &str, figures: &[&str], ratios: &[&str]) {
-    let impls: Vec<&str> = lines
+/// The `impl` of each line.
+fn impls(lines: &[Value]) -> Vec<&str> {
+    lines
         .iter()
         .map(|l| l["impl"].as_str().unwrap_or("?"))
-        .collect();
-    assert_eq!(impls, ["liteorm", "raw", "ratio"], "{lines:?}");
+        .collect()
+}
+
+/// Checks the five lines of one workload: the implementations in order, the common fields, a
+/// number for every listed figure on both implementations and on the three ratio lines, and
+/// the same keys on the three ratio lines.
+fn check(lines: &[Value], cmd: &str, db: &str, figures: &[&str], ratios: &[&str]) {
+    assert_eq!(
+        impls(lines),
+        ["liteorm", "raw", "ratio", "ratio_best", "ratio_paired"],
+        "{lines:?}"
+    );
     for line in lines {
         assert_eq!(line["cmd"], cmd, "{line}");
         assert_eq!(line["db"], db, "{line}");
@@ -49,8 +59,19 @@ fn check(lines: &[Value], cmd: &str, db: &str, figures: &[&str], ratios: &[&str]
             assert_eq!(line["content_checks"], "passed", "{line}");
         }
     }
-    for field in ratios {
-        assert!(lines[2][field].is_number(), "{field} in {}", lines[2]);
+    let keys = |line: &Value| -> Vec<String> {
+        let fields = line.as_object().expect("a JSON object");
+        fields.keys().filter(|k| *k != "impl").cloned().collect()
+    };
+    for line in &lines[2..] {
+        for field in ratios {
+            assert!(line[field].is_number(), "{field} in {line}");
+        }
+        assert_eq!(keys(line), keys(&lines[2]), "{line}");
+        // One repetition: its best is the median, and its only pair gives the same ratio.
+        for key in keys(line) {
+            assert_eq!(line[&key], lines[2][&key], "{key} in {line}");
+        }
     }
 }
 
@@ -93,6 +114,13 @@ fn apply_runs() {
         &["apply_ms", "apply_rows_per_s"],
     );
     assert_eq!(lines[0]["conflict_handler_calls"], 0);
+}
+
+#[test]
+fn one_side_prints_no_ratio_lines() {
+    let lines = run(&["conflicts", "--rows", "200", "--reps", "2", "--impl", "raw"]);
+    assert_eq!(impls(&lines), ["raw"], "{lines:?}");
+    assert_eq!(lines[0]["reps"], 2);
 }
 
 #[test]
@@ -178,11 +206,7 @@ fn bad_options_are_usage_errors() {
 #[test]
 fn diesel_runs() {
     let lines = run(&["diesel", "--rows", "200", "--reps", "1", "--db", "file"]);
-    let impls: Vec<&str> = lines
-        .iter()
-        .map(|l| l["impl"].as_str().unwrap_or("?"))
-        .collect();
-    assert_eq!(impls, ["diesel", "ratio"], "{lines:?}");
+    assert_eq!(impls(&lines), ["diesel", "ratio"], "{lines:?}");
     assert_eq!(lines[0]["content_checks"], "passed");
     for field in ["plain_ms", "captured_ms"] {
         assert!(lines[0][field].is_number(), "{field} in {}", lines[0]);

@@ -14,11 +14,14 @@ usage: cargo xtask bench [--rows N] [--iters K] [--mb M] [--reps R] [--db mem|fi
   capture capture_stream apply small conflicts stall replication orm diesel nats) with WORKLOADS.md's defaults
   (rows 100000, iters 10000, reps 5, db mem; stall: rows 1000000). --rows applies to every row-based
   workload, stall too; --iters to small and replication. Prints one JSON line per
-  implementation (liteorm, raw) and one of ratios per workload.
+  implementation (liteorm, raw) and three of liteorm/raw ratios per workload, all from the same
+  interleaved repetitions: \"ratio\" (of the medians), \"ratio_best\" (best over best: lowest
+  time, highest rate) and \"ratio_paired\" (the median of the per-repetition ratios).
 
   capture, apply, small and conflicts also run the rusqlite baseline (bench/rusqlite-baseline,
   its own workspace, built into target/rusqlite-baseline), once per repetition after liteorm
-  and raw: one more line (\"impl\":\"rusqlite\") and the raw/rusqlite and liteorm/rusqlite ratios.
+  and raw: one more line (\"impl\":\"rusqlite\") and the raw/rusqlite and liteorm/rusqlite ratios,
+  each with its _best and _paired line.
 
   --callgrind: instead of timing, runs each side of each workload (default: capture apply small
   conflicts replication) once under `valgrind --tool=callgrind` at a small fixed size (defaults:
