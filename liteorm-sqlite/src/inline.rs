@@ -79,7 +79,7 @@ const SCHEMA_MEMO_MAX: usize = 256;
 
 // SAFETY: the connection is opened by sqlx in SQLite's multi-thread mode, in which a connection
 // may be used from any thread as long as no two threads use it at once. `RawLock` is only
-// reachable through the pinned connection's `tokio::sync::Mutex` (one user at a time), and sqlx's
+// reachable through the pinned connection's lock (`slot::Lock`, one user at a time), and sqlx's
 // worker makes no call on the connection while the handle lock is held. The handle lock itself
 // is a `futures_intrusive` mutex guard, which may be released from any thread.
 unsafe impl Send for RawLock {}

@@ -59,6 +59,7 @@ mod pinned;
 pub mod raw;
 mod routing;
 mod session;
+mod slot;
 mod sqlx_compat;
 
 pub use convert::error as from_sqlx_error;

@@ -7,16 +7,16 @@ use liteorm_core::{Error, Result, Row, Value};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{LockedSqliteHandle, Sqlite, SqliteConnection};
 use sqlx::{AssertSqlSafe, Executor as _};
-use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::convert::Param;
 use crate::inline::RawLock;
 use crate::parking::Parking;
+use crate::slot::{Lock, OwnedGuard};
 use crate::sqlx_compat::PoolId;
 use crate::{SqliteInfo, SqliteSession, convert, routing, sqlx_compat};
 
 /// The shared home of a pinned connection.
-pub(crate) type Slot = Arc<Mutex<Held>>;
+pub(crate) type Slot = Arc<Lock<Held>>;
 
 /// A pinned connection (`None` once the owner released it) and, while statements run inline on
 /// it, sqlx's handle lock on it.
@@ -172,7 +172,7 @@ impl Held {
 /// calling `f`, if the slot is taken, the connection was released, or the handle lock is not held
 /// (taking it is a trip to sqlx's worker): the caller then takes the general, awaiting path.
 pub(crate) fn with_held_raw<R>(slot: &Slot, f: impl FnOnce(&mut RawLock) -> R) -> Option<R> {
-    let mut held = slot.try_lock().ok()?;
+    let mut held = slot.try_lock()?;
     // `raw` is only ever set while `conn` is (see `Held::keep`).
     held.raw.as_mut().map(f)
 }
@@ -264,7 +264,7 @@ pub struct PinnedConnection {
 impl PinnedConnection {
     pub(crate) fn acquired(held: Held, info: Arc<SqliteInfo>, home: Arc<Parking>) -> Self {
         PinnedConnection {
-            slot: Arc::new(Mutex::new(held)),
+            slot: Arc::new(Lock::new(held)),
             info,
             pool: Some(home.pool_id()),
             owner: true,
@@ -326,7 +326,7 @@ impl PinnedConnection {
 
     /// Exclusive access if nobody holds it right now (for cleanup in `Drop`).
     pub fn try_lock(&self) -> Option<PinnedGuard> {
-        let guard = Arc::clone(&self.slot).try_lock_owned().ok()?;
+        let guard = self.slot.try_lock_owned()?;
         PinnedGuard::new(guard).ok()
     }
 
@@ -345,7 +345,7 @@ impl PinnedConnection {
 impl Drop for PinnedConnection {
     fn drop(&mut self) {
         if self.owner
-            && let Ok(mut slot) = self.slot.try_lock()
+            && let Some(mut slot) = self.slot.try_lock()
         {
             slot.leave(self.home.as_ref());
         }
@@ -356,15 +356,15 @@ impl Drop for PinnedConnection {
 /// it while the guard lives, and dropping the future that holds it cannot free the connection
 /// under a running FFI call when the guard was moved into `spawn_blocking`.
 pub struct PinnedGuard {
-    guard: OwnedMutexGuard<Held>,
+    guard: OwnedGuard<Held>,
 }
 
 impl PinnedGuard {
-    pub(crate) fn new_from(guard: OwnedMutexGuard<Held>) -> Result<Self> {
+    pub(crate) fn new_from(guard: OwnedGuard<Held>) -> Result<Self> {
         Self::new(guard)
     }
 
-    fn new(guard: OwnedMutexGuard<Held>) -> Result<Self> {
+    fn new(guard: OwnedGuard<Held>) -> Result<Self> {
         if guard.conn.is_none() {
             return Err(RELEASED);
         }

@@ -218,9 +218,9 @@ impl SqliteSession {
     ) -> Result<(PinnedGuard, Option<PinnedConnection>)> {
         match &self.target {
             Target::Pinned(slot, _) => {
-                let held = match Arc::clone(slot).try_lock_owned() {
-                    Ok(held) => held,
-                    Err(_) => Arc::clone(slot).lock_owned().await,
+                let held = match slot.try_lock_owned() {
+                    Some(held) => held,
+                    None => Arc::clone(slot).lock_owned().await,
                 };
                 Ok((PinnedGuard::new_from(held)?, None))
             }
