@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::executor::block_on as futures_lite_block_on;
 use liteorm_core::Session;
 use liteorm_sqlite::raw::MemoKey;
-use liteorm_sqlite::{PinnedConnection, PinnedGuard, SqliteSession};
+use liteorm_sqlite::{PinnedConnection, PinnedGuard, SqliteSession, blocking};
 
 use crate::driver::RawConnection;
 use crate::ffi::{self, Handle, Output, RawSession, TableFilter, TableFilterFn};
@@ -606,14 +606,14 @@ impl Recording {
             (blob, guard)
         } else {
             let session = lock(&self.session).take().ok_or(Error::TransactionEnded)?;
-            let task = tokio::task::spawn_blocking(move || {
+            let task = blocking::spawn(move || {
                 let blob = guard.with_raw_same_settings_blocking(|db| {
                     generate_and_delete(db, session, patchset)
                 });
                 (blob, guard)
             });
             task.await
-                .map_err(|join| Error::task_failed("changeset generating task", join))?
+                .map_err(|panic| Error::task_failed("changeset generating task", panic))?
         };
         let blob = blob??;
         if self.depth.is_some() {
@@ -631,7 +631,7 @@ impl Recording {
     ) -> Result<W, Error> {
         let (mut guard, _) = self.ready().await?;
         let session = lock(&self.session).take().ok_or(Error::TransactionEnded)?;
-        let task = tokio::task::spawn_blocking(move || {
+        let task = blocking::spawn(move || {
             let mut output = Output::new(output);
             let written = guard.with_raw_same_settings_blocking(|db| {
                 let result = if ffi::in_transaction(db) {
@@ -652,7 +652,7 @@ impl Recording {
         });
         let (written, mut guard) = task
             .await
-            .map_err(|join| Error::task_failed("changeset writing task", join))?;
+            .map_err(|panic| Error::task_failed("changeset writing task", panic))?;
         let writer = written?;
         if self.depth.is_some() {
             guard.commit().await?;
@@ -903,9 +903,7 @@ impl Drop for Recording {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     if let Ok(mut guard) = pinned.lock().await {
-                        let _ =
-                            tokio::task::spawn_blocking(move || undo(&mut guard, session, depth))
-                                .await;
+                        let _ = blocking::spawn(move || undo(&mut guard, session, depth)).await;
                     }
                 });
             }

@@ -130,14 +130,14 @@ impl<'s> Diff<'s> {
         let pinned = sqlite.pin().await?;
         let mut guard = pinned.lock().await?;
         // Diffing reads both tables whole: off the executor.
-        let task = tokio::task::spawn_blocking(move || {
+        let task = liteorm_sqlite::blocking::spawn(move || {
             let diffed = guard.with_raw_blocking(|db| target.diff(db));
             drop(guard);
             drop(pinned);
             diffed
         });
         task.await
-            .map_err(|join| Error::task_failed("diff task", join))??
+            .map_err(|panic| Error::task_failed("diff task", panic))??
     }
 }
 

@@ -86,7 +86,7 @@ pub enum Error {
         message: String,
     },
     /// A background task of the operation (the blocking thread an apply, capture, diff, merge
-    /// or stream runs on) panicked or was cancelled; nothing was applied.
+    /// or stream runs on) panicked, or no thread could be started; nothing was applied.
     #[error("the {task} failed: {message}; nothing was applied")]
     TaskFailed {
         /// Which task.
@@ -201,12 +201,8 @@ impl From<liteorm_core::Error> for Error {
 
 impl Error {
     /// The failure of a background task (see [`Error::TaskFailed`]).
-    pub(crate) fn task_failed(task: &'static str, join: tokio::task::JoinError) -> Self {
-        let message = if join.is_panic() {
-            crate::ffi::panic_message(join.into_panic().as_ref())
-        } else {
-            join.to_string()
-        };
+    pub(crate) fn task_failed(task: &'static str, panic: Box<dyn std::any::Any + Send>) -> Self {
+        let message = crate::ffi::panic_message(panic.as_ref());
         Error::TaskFailed { task, message }
     }
 }

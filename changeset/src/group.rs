@@ -196,7 +196,7 @@ impl<C: Changes> Changegroup<C> {
         let blobs: Vec<Arc<[u8]>> = inputs.into_iter().map(|c| c.blob()).collect();
         let pinned = sqlite.pin().await?;
         let mut guard = pinned.lock().await?;
-        let task = tokio::task::spawn_blocking(move || {
+        let task = liteorm_sqlite::blocking::spawn(move || {
             let merged = guard.with_raw_blocking(|db| merge_to_schema::<C>(db, &blobs));
             drop(guard);
             drop(pinned);
@@ -204,7 +204,7 @@ impl<C: Changes> Changegroup<C> {
         });
         let merged = task
             .await
-            .map_err(|join| Error::task_failed("changegroup task", join))???;
+            .map_err(|panic| Error::task_failed("changegroup task", panic))???;
         Ok(C::from_trusted(merged))
     }
 

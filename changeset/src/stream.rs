@@ -10,7 +10,7 @@
 //! [`Rebaser::rebase_stream`](crate::Rebaser::rebase_stream) is bounded by the largest change
 //! too (plus the resolutions it was configured with).
 //!
-//! The async functions run on a blocking thread (`spawn_blocking`), so the reader and writer
+//! The async functions run on a blocking thread (`liteorm_sqlite::blocking`), so the reader and writer
 //! may block; they must be `Send + 'static` and are handed back (the writer) when done.
 //!
 //! Stream input is untrusted: every byte is checked for structure on its way to SQLite, and an
@@ -61,9 +61,9 @@ use crate::iter::invalid;
 async fn blocking<T: Send + 'static>(
     job: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(job)
+    liteorm_sqlite::blocking::spawn(job)
         .await
-        .map_err(|join| Error::task_failed("stream task", join))?
+        .map_err(|panic| Error::task_failed("stream task", panic))?
 }
 
 /// Applies the changeset or patchset `input` reads to the `main` database of `session`.

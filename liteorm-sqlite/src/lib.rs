@@ -50,6 +50,7 @@
 //! # }
 //! ```
 
+pub mod blocking;
 mod convert;
 mod executor;
 mod info;

@@ -354,7 +354,7 @@ impl Drop for PinnedConnection {
 
 /// Exclusive, owned (`'static`, `Send`) access to a pinned connection: no other statement runs on
 /// it while the guard lives, and dropping the future that holds it cannot free the connection
-/// under a running FFI call when the guard was moved into `spawn_blocking`.
+/// under a running FFI call when the guard was moved to a blocking thread ([`crate::blocking`]).
 pub struct PinnedGuard {
     guard: OwnedGuard<Held>,
 }

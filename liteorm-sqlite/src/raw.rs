@@ -196,7 +196,7 @@ impl PinnedGuard {
         Ok(f(Handle::new(raw.db())))
     }
 
-    /// Like [`Self::with_raw`], for a thread that may block (`spawn_blocking`, or `Drop` cleanup):
+    /// Like [`Self::with_raw`], for a thread that may block ([`crate::blocking`], or `Drop` cleanup):
     /// waits synchronously for the worker to hand over the handle, which it does between commands.
     pub fn with_raw_blocking<R>(&mut self, f: impl FnOnce(Handle<'_>) -> R) -> Result<R> {
         let raw = self.raw_lock_blocking()?;

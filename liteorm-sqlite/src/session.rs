@@ -19,7 +19,7 @@ use crate::inline::RawLock;
 use crate::parking::{DEFAULT_LINGER, Parking};
 use crate::pinned::{self, Slot};
 use crate::sqlx_compat::PoolId;
-use crate::{DIALECT, PinnedConnection, PinnedGuard, SqliteInfo, convert, routing};
+use crate::{DIALECT, PinnedConnection, PinnedGuard, SqliteInfo, blocking, convert, routing};
 
 /// A liteorm [`Session`] on SQLite.
 ///
@@ -669,8 +669,7 @@ impl Drop for SqliteTransaction {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 if let Ok(mut guard) = pinned.lock().await {
-                    let undone =
-                        tokio::task::spawn_blocking(move || guard.rollback_levels_blocking(depth));
+                    let undone = blocking::spawn(move || guard.rollback_levels_blocking(depth));
                     if let Ok(Err(err)) = undone.await {
                         tracing::warn!(%err, "rolling back a dropped transaction failed");
                     }

@@ -26,7 +26,7 @@
 //!    queued. Canary: `sqlx_compat::connections_come_back_from_the_pool_drained`.
 //! 4. **The handle-lock guard may be released from any thread**, and sqlx opens connections in
 //!    SQLite's multi-thread mode (one user at a time, any thread). liteorm moves a locked
-//!    connection into `spawn_blocking` and back. Canary: the compile-time check that
+//!    connection onto a blocking thread (`blocking::spawn`) and back. Canary: the compile-time check that
 //!    `LockedSqliteHandle<'static>` is `Send` below, and
 //!    `sqlx_compat::a_handle_lock_is_released_from_another_thread`.
 //! 5. **A pool and its clones share one `Arc` of connect options** ([`pool_id`]), which

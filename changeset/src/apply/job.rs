@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::task::JoinHandle;
+use futures::channel::oneshot;
 
 use crate::ffi::{self, ApplyFlags, ApplyInput, Handle, Input};
 use crate::format::{self, Checked};
@@ -38,7 +38,7 @@ pub(super) enum Tables {
     Checked(HashMap<String, TableInfo>),
     /// A large blob, being listed on another thread meanwhile. SQLite skips incompatible tables
     /// itself; the report names them afterwards.
-    Listing(JoinHandle<Result<HashMap<String, TableInfo>, Error>>),
+    Listing(oneshot::Receiver<Result<HashMap<String, TableInfo>, Error>>),
     /// A stream, listed as SQLite reads it (and then as for `Listing`).
     Streamed,
 }
@@ -117,7 +117,7 @@ impl Job {
         let (listed, listing_error) = match tables {
             Tables::Checked(tables) => (Some(tables), None),
             Tables::Listing(listing) => {
-                // The task did not run only if the runtime is shutting down: list here then.
+                // The listing did not finish only if its thread could not start: list here then.
                 let listed = futures::executor::block_on(listing).unwrap_or_else(|_| {
                     let kind = kind.unwrap_or(BlobKind::Changeset);
                     survey(blob.as_deref().unwrap_or_default(), kind)

@@ -16,8 +16,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures::channel::oneshot;
 use liteorm_core::Session;
-use liteorm_sqlite::PinnedGuard;
+use liteorm_sqlite::{PinnedGuard, blocking};
 
 use crate::change::Change;
 use crate::conflict::{Conflict, ConflictAction};
@@ -381,13 +382,19 @@ impl Apply<'_> {
         let flags = this.flags.checked(this.kind)?;
         let inline = matches!(&this.source, Source::Blob(blob) if blob.len() <= INLINE_APPLY_MAX);
         // A large blob is listed on another thread while SQLite applies it: the listing reads
-        // every byte (about 1 ms per 4 MB), and only the report needs it.
-        let listing = match &this.source {
+        // every byte (about 1 ms per 4 MB), and only the report needs it. It starts after the
+        // apply, so that the apply gets the thread the last apply ran on (see `blocking`).
+        let (list, listing) = match &this.source {
             Source::Blob(blob) if !inline => {
                 let (blob, kind) = (Arc::clone(blob), this.kind.unwrap_or(BlobKind::Changeset));
-                Some(tokio::task::spawn_blocking(move || survey(&blob, kind)))
+                let (listed, listing) = oneshot::channel();
+                let list = move || {
+                    // The apply may have failed and gone: then nobody wants the listing.
+                    let _ = listed.send(survey(&blob, kind));
+                };
+                (Some(list), Some(listing))
             }
-            _ => None,
+            _ => (None, None),
         };
         let pinned = sqlite.pin().await?;
         let mut guard = pinned.lock().await?;
@@ -433,7 +440,7 @@ impl Apply<'_> {
             let result = guard.guard.with_raw_same_schema(|db| job.run(db)).await?;
             return guard.end(result).await;
         }
-        let task = tokio::task::spawn_blocking(move || {
+        let task = blocking::spawn(move || {
             // The guard (and with it the connection) lives on this thread until the apply is
             // over, whatever happens to the future that spawned it.
             let result = match guard.guard.with_raw_same_schema_blocking(|db| job.run(db)) {
@@ -444,9 +451,13 @@ impl Apply<'_> {
             drop(pinned);
             result
         });
+        if let Some(list) = list {
+            // The listing runs to its end without its task: the apply receives it.
+            drop(blocking::spawn(list));
+        }
         match task.await {
             Ok(result) => result,
-            Err(join) => Err(Error::task_failed("apply task", join)),
+            Err(panic) => Err(Error::task_failed("apply task", panic)),
         }
     }
 }
