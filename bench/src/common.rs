@@ -3,6 +3,7 @@
 //! ratio lines (of the medians, of the bests, and paired repetition by repetition).
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
@@ -349,6 +350,12 @@ pub(crate) struct Baseline {
     pub(crate) program: PathBuf,
     /// Its arguments: the workload, the size, `--db`, `--reps 1`.
     pub(crate) args: Vec<String>,
+    /// The version and the compile-time options (`PRAGMA compile_options`) of this process's
+    /// SQLite: every line of the baseline must report the same, or its ratios would compare
+    /// two SQLite builds (sqlx turns on `SQLITE_ENABLE_UNLOCK_NOTIFY`, which a plain
+    /// rusqlite build leaves out).
+    pub(crate) sqlite: String,
+    pub(crate) sqlite_options: String,
     /// The JSON line of each repetition run so far.
     pub(crate) lines: RefCell<Vec<serde_json::Map<String, Json>>>,
 }
@@ -373,12 +380,38 @@ impl Baseline {
             .next()
             .ok_or("the baseline printed nothing")?;
         match serde_json::from_str(line)? {
-            Json::Object(fields) => {
+            Json::Object(mut fields) => {
+                self.check_build(fields.remove("sqlite_options"), fields.get("sqlite"))?;
                 self.lines.borrow_mut().push(fields);
                 Ok(())
             }
             other => Err(format!("the baseline printed {other}, not an object").into()),
         }
+    }
+
+    /// Fails unless the baseline's SQLite (`sqlite`, `sqlite_options` of its line) is this
+    /// process's.
+    fn check_build(&self, options: Option<Json>, version: Option<&Json>) -> BenchResult<()> {
+        if version.and_then(Json::as_str) != Some(self.sqlite.as_str()) {
+            return Err(format!(
+                "the rusqlite baseline runs SQLite {version:?}, liteorm-bench {}",
+                self.sqlite
+            )
+            .into());
+        }
+        let options = options.as_ref().and_then(Json::as_str).unwrap_or_default();
+        if options != self.sqlite_options {
+            let set = |s: &str| s.split(',').map(str::to_owned).collect::<BTreeSet<_>>();
+            let (theirs, ours) = (set(options), set(&self.sqlite_options));
+            return Err(format!(
+                "the rusqlite baseline's SQLite is built otherwise: only it has {:?}, only \
+                 liteorm-bench's has {:?}",
+                theirs.difference(&ours).collect::<Vec<_>>(),
+                ours.difference(&theirs).collect::<Vec<_>>()
+            )
+            .into());
+        }
+        Ok(())
     }
 
     /// The line of all repetitions and the line of each, if any ran.
@@ -619,6 +652,8 @@ mod tests {
             baseline: baseline.map(|times| Baseline {
                 program: PathBuf::from("rusqlite-baseline"),
                 args: Vec::new(),
+                sqlite: "3.51.3".to_owned(),
+                sqlite_options: "ENABLE_SESSION,THREADSAFE=1".to_owned(),
                 lines: RefCell::new(
                     times
                         .iter()
@@ -772,5 +807,38 @@ mod tests {
     #[should_panic(expected = "neither a time")]
     fn a_figure_without_a_unit_has_no_best() {
         let _ = best("overhead_ratio", &[]);
+    }
+
+    #[test]
+    fn a_baseline_on_another_sqlite_build_is_refused() {
+        let common = common(Some(&[]));
+        let baseline = common.baseline.as_ref().expect("a baseline");
+        let options = |s: &str| Some(Json::from(s));
+        let version = Json::from("3.51.3");
+        assert!(
+            baseline
+                .check_build(options("ENABLE_SESSION,THREADSAFE=1"), Some(&version))
+                .is_ok()
+        );
+        let err = baseline
+            .check_build(
+                options("ENABLE_SESSION,ENABLE_UNLOCK_NOTIFY,THREADSAFE=1"),
+                Some(&version),
+            )
+            .expect_err("another build")
+            .to_string();
+        assert!(
+            err.contains("only it has [\"ENABLE_UNLOCK_NOTIFY\"]"),
+            "{err}"
+        );
+        assert!(
+            baseline
+                .check_build(
+                    options("ENABLE_SESSION,THREADSAFE=1"),
+                    Some(&Json::from("3.50.0"))
+                )
+                .is_err()
+        );
+        assert!(baseline.check_build(None, Some(&version)).is_err());
     }
 }

@@ -37,6 +37,21 @@ pub(crate) fn libversion() -> String {
         .into_owned()
 }
 
+/// The compile-time options of the SQLite library linked into this process
+/// (`PRAGMA compile_options`), comma-separated in SQLite's order.
+pub(crate) fn compile_options() -> BenchResult<String> {
+    let db = Db::open(DbMode::Mem)?;
+    let mut stmt = db.handle().prepare("PRAGMA compile_options")?;
+    let mut options = Vec::new();
+    while stmt.step()? {
+        match stmt.column(0) {
+            ValueRef::Text(option) => options.push(String::from_utf8_lossy(option).into_owned()),
+            other => return Err(format!("compile_options: {other:?}").into()),
+        }
+    }
+    Ok(options.join(","))
+}
+
 /// A borrowed, valid connection handle: from an owned [`Db`], or from liteorm's
 /// `PinnedGuard::with_raw` for the untimed setup and checks on liteorm's databases.
 #[derive(Clone, Copy)]

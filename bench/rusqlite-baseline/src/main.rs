@@ -325,11 +325,22 @@ fn percentile(values: &[f64], p: usize) -> f64 {
     sorted[(n * p).div_ceil(100).clamp(1, n) - 1]
 }
 
+/// The compile-time options of the linked SQLite (`PRAGMA compile_options`), comma-separated in
+/// SQLite's order.
+fn compile_options() -> BenchResult<String> {
+    let conn = Connection::open_in_memory()?;
+    let mut stmt = conn.prepare("PRAGMA compile_options")?;
+    let options = stmt
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(options.join(","))
+}
+
 /// One output line: ordered fields printed as a JSON object.
 struct Line(Vec<(&'static str, Json)>);
 
 impl Line {
-    fn new(cmd: &str, args: &Args) -> Line {
+    fn new(cmd: &str, args: &Args) -> BenchResult<Line> {
         let mut line = Line(Vec::new());
         line.push("cmd", Json::from(cmd));
         line.push("impl", Json::from("rusqlite"));
@@ -341,8 +352,10 @@ impl Line {
             }),
         );
         line.push("sqlite", Json::from(rusqlite::version()));
+        // liteorm-bench refuses a baseline whose SQLite is built otherwise than its own.
+        line.push("sqlite_options", Json::from(compile_options()?));
         line.push("reps", Json::from(args.reps as u64));
-        line
+        Ok(line)
     }
 
     fn push(&mut self, key: &'static str, value: Json) -> &mut Line {
@@ -447,7 +460,7 @@ fn capture(args: &Args) -> BenchResult<()> {
     let med = |i: usize| median(&reps.iter().map(|r| r[i]).collect::<Vec<_>>());
     let (inserts, updates, deletes) = counts.ok_or("no repetition")?;
     let nu = u64::try_from(n)?;
-    let mut line = Line::new("capture", args);
+    let mut line = Line::new("capture", args)?;
     line.int("rows", nu)
         .int("row_ops", nu + 2 * (nu / 10))
         .int("changeset_ops", inserts + updates + deletes)
@@ -591,7 +604,7 @@ fn apply(args: &Args) -> BenchResult<()> {
         "content check failed: the conflict handler was called"
     );
     let med = |i: usize| median(&reps.iter().map(|r| r[i]).collect::<Vec<_>>());
-    let mut line = Line::new("apply", args);
+    let mut line = Line::new("apply", args)?;
     line.int("rows", u64::try_from(n)?)
         .int("changeset_ops", ops)
         .num("apply_ms", med(0), 3)
@@ -676,7 +689,7 @@ fn conflicts(args: &Args) -> BenchResult<()> {
     }
     let med = |i: usize| median(&reps.iter().map(|r| r[i]).collect::<Vec<_>>());
     let nu = u64::try_from(n)?;
-    let mut line = Line::new("conflicts", args);
+    let mut line = Line::new("conflicts", args)?;
     line.int("rows", nu)
         .int("changeset_ops", nu)
         .int("conflicting_rows", nu / 2)
@@ -756,7 +769,7 @@ fn small(args: &Args) -> BenchResult<()> {
     let med = |f: &dyn Fn(&Latencies) -> f64| median(&reps.iter().map(f).collect::<Vec<_>>());
     let plain_p50 = med(&|r| percentile(&r.0, 50));
     let session_p50 = med(&|r| percentile(&r.1, 50));
-    let mut line = Line::new("small", args);
+    let mut line = Line::new("small", args)?;
     line.int("iters", args.iters as u64)
         .num("plain_p50_us", plain_p50, 2)
         .num("plain_p99_us", med(&|r| percentile(&r.0, 99)), 2)
