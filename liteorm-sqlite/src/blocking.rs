@@ -10,7 +10,11 @@
 //!
 //! A thread that has been idle for [`KEEP_ALIVE`] ends. A job runs inside the tokio runtime
 //! of the task that spawned it, if any (as under `spawn_blocking`), and a panic in it is caught
-//! and handed to the task's awaiter, like [`std::thread::JoinHandle::join`]'s.
+//! and handed to the task's awaiter, like [`std::thread::JoinHandle::join`]'s. Unlike tokio's
+//! pool, these threads are not waited for when a runtime shuts down: a job still running when
+//! the process exits is cut off, as by a crash: SQLite leaves a database that a job was writing
+//! (always inside a transaction or a savepoint) as it was before the job, and a writer that a
+//! stream function was filling keeps what it had been given.
 
 use std::any::Any;
 use std::future::Future;
