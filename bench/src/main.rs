@@ -169,6 +169,9 @@ fn baseline(args: &Args) -> Option<common::Baseline> {
     }
     cmd.extend(["--db".to_owned(), args.db.name().to_owned()]);
     cmd.extend(["--reps".to_owned(), "1".to_owned()]);
+    // A multi-threaded process, as this one is (and as every process that runs liteorm is):
+    // glibc's malloc and free skip their arena lock while a process has one thread.
+    cmd.extend(["--threads".to_owned(), "2".to_owned()]);
     Some(common::Baseline {
         program,
         args: cmd,

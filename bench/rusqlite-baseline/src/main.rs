@@ -5,8 +5,8 @@
 //! `liteorm-bench --baseline <this binary>` can print raw/rusqlite and liteorm/rusqlite ratios.
 //!
 //! ```text
-//! rusqlite-baseline capture|apply|conflicts [--rows N] [--reps R] [--db mem|file]
-//! rusqlite-baseline small [--iters K] [--reps R] [--db mem|file]
+//! rusqlite-baseline capture|apply|conflicts [--rows N] [--reps R] [--db mem|file] [--threads 1|2]
+//! rusqlite-baseline small [--iters K] [--reps R] [--db mem|file] [--threads 1|2]
 //! ```
 //!
 //! Connections are rusqlite's defaults (`Connection::open`/`open_in_memory`: read-write,
@@ -48,7 +48,11 @@ const MIX_DELETE: &str = "DELETE FROM t WHERE id % 10 = 0";
 const CONFLICT_SETUP: &str = "UPDATE t SET b = b + 1000000 WHERE id % 2 = 0";
 
 const USAGE: &str = "\
-usage: rusqlite-baseline <capture|apply|small|conflicts> [--rows N] [--iters K] [--reps R] [--db mem|file]
+usage: rusqlite-baseline <capture|apply|small|conflicts> [--rows N] [--iters K] [--reps R] [--db mem|file] [--threads 1|2]
+
+  --threads 2 starts an idle second thread first, so that the process is multi-threaded like
+  liteorm-bench's (which passes it): glibc's malloc and free skip their arena lock in a
+  single-threaded process, which made rusqlite's apply 4-7 % faster here. Default 1.
 ";
 
 /// `--db mem|file`.
@@ -65,6 +69,8 @@ struct Args {
     iters: usize,
     reps: usize,
     db: DbMode,
+    /// `--threads`: 1, or 2 for an idle second thread.
+    threads: u64,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -76,6 +82,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         iters: 10_000,
         reps: 5,
         db: DbMode::Mem,
+        threads: 1,
     };
     while let Some(arg) = it.next() {
         let v = it.next().ok_or(format!("`{arg}` needs a value"))?;
@@ -103,6 +110,13 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     "mem" => DbMode::Mem,
                     "file" => DbMode::File,
                     other => return Err(format!("--db {other}: expected mem or file")),
+                }
+            }
+            "--threads" => {
+                parsed.threads = match v.as_str() {
+                    "1" => 1,
+                    "2" => 2,
+                    other => return Err(format!("--threads {other}: expected 1 or 2")),
                 }
             }
             other => return Err(format!("unknown option `{other}`")),
@@ -355,6 +369,7 @@ impl Line {
         // liteorm-bench refuses a baseline whose SQLite is built otherwise than its own.
         line.push("sqlite_options", Json::from(compile_options()?));
         line.push("reps", Json::from(args.reps as u64));
+        line.push("threads", Json::from(args.threads));
         Ok(line)
     }
 
@@ -798,6 +813,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.threads == 2 {
+        // Parked for good: it only makes the process multi-threaded (see `--threads`).
+        std::thread::spawn(|| {
+            loop {
+                std::thread::park();
+            }
+        });
+    }
     let result = match args.workload.as_str() {
         "capture" => capture(&args),
         "apply" => apply(&args),
