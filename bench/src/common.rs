@@ -350,19 +350,18 @@ pub(crate) struct Baseline {
     pub(crate) program: PathBuf,
     /// Its arguments: the workload, the size, `--db`, `--reps 1`.
     pub(crate) args: Vec<String>,
-    /// The version and the compile-time options (`PRAGMA compile_options`) of this process's
-    /// SQLite: every line of the baseline must report the same, or its ratios would compare
-    /// two SQLite builds (sqlx turns on `SQLITE_ENABLE_UNLOCK_NOTIFY`, which a plain
+    /// The compile-time options (`PRAGMA compile_options`) of this process's SQLite: every
+    /// line of the baseline must report the same, and the same version, or its ratios would
+    /// compare two SQLite builds (sqlx turns on `SQLITE_ENABLE_UNLOCK_NOTIFY`, which a plain
     /// rusqlite build leaves out).
-    pub(crate) sqlite: String,
     pub(crate) sqlite_options: String,
     /// The JSON line of each repetition run so far.
     pub(crate) lines: RefCell<Vec<serde_json::Map<String, Json>>>,
 }
 
 impl Baseline {
-    /// Runs one repetition and keeps its line.
-    fn run_rep(&self) -> BenchResult<()> {
+    /// Runs one repetition and keeps its line; `sqlite` is this process's SQLite version.
+    fn run_rep(&self, sqlite: &str) -> BenchResult<()> {
         let out = Command::new(&self.program).args(&self.args).output()?;
         if !out.status.success() {
             return Err(format!(
@@ -381,7 +380,11 @@ impl Baseline {
             .ok_or("the baseline printed nothing")?;
         match serde_json::from_str(line)? {
             Json::Object(mut fields) => {
-                self.check_build(fields.remove("sqlite_options"), fields.get("sqlite"))?;
+                self.check_build(
+                    sqlite,
+                    fields.remove("sqlite_options"),
+                    fields.get("sqlite"),
+                )?;
                 self.lines.borrow_mut().push(fields);
                 Ok(())
             }
@@ -390,12 +393,16 @@ impl Baseline {
     }
 
     /// Fails unless the baseline's SQLite (`sqlite`, `sqlite_options` of its line) is this
-    /// process's.
-    fn check_build(&self, options: Option<Json>, version: Option<&Json>) -> BenchResult<()> {
-        if version.and_then(Json::as_str) != Some(self.sqlite.as_str()) {
+    /// process's (version `sqlite`).
+    fn check_build(
+        &self,
+        sqlite: &str,
+        options: Option<Json>,
+        version: Option<&Json>,
+    ) -> BenchResult<()> {
+        if version.and_then(Json::as_str) != Some(sqlite) {
             return Err(format!(
-                "the rusqlite baseline runs SQLite {version:?}, liteorm-bench {}",
-                self.sqlite
+                "the rusqlite baseline runs SQLite {version:?}, liteorm-bench {sqlite}"
             )
             .into());
         }
@@ -480,7 +487,7 @@ impl Common {
                 raws.push(raw()?);
             }
             if let Some(baseline) = &self.baseline {
-                baseline.run_rep()?;
+                baseline.run_rep(&self.sqlite)?;
             }
         }
         Ok((lites, raws))
@@ -652,7 +659,6 @@ mod tests {
             baseline: baseline.map(|times| Baseline {
                 program: PathBuf::from("rusqlite-baseline"),
                 args: Vec::new(),
-                sqlite: "3.51.3".to_owned(),
                 sqlite_options: "ENABLE_SESSION,THREADSAFE=1".to_owned(),
                 lines: RefCell::new(
                     times
@@ -817,11 +823,16 @@ mod tests {
         let version = Json::from("3.51.3");
         assert!(
             baseline
-                .check_build(options("ENABLE_SESSION,THREADSAFE=1"), Some(&version))
+                .check_build(
+                    "3.51.3",
+                    options("ENABLE_SESSION,THREADSAFE=1"),
+                    Some(&version)
+                )
                 .is_ok()
         );
         let err = baseline
             .check_build(
+                "3.51.3",
                 options("ENABLE_SESSION,ENABLE_UNLOCK_NOTIFY,THREADSAFE=1"),
                 Some(&version),
             )
@@ -834,11 +845,16 @@ mod tests {
         assert!(
             baseline
                 .check_build(
+                    "3.51.3",
                     options("ENABLE_SESSION,THREADSAFE=1"),
                     Some(&Json::from("3.50.0"))
                 )
                 .is_err()
         );
-        assert!(baseline.check_build(None, Some(&version)).is_err());
+        assert!(
+            baseline
+                .check_build("3.51.3", None, Some(&version))
+                .is_err()
+        );
     }
 }

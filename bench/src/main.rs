@@ -175,7 +175,6 @@ fn baseline(args: &Args) -> Option<common::Baseline> {
     Some(common::Baseline {
         program,
         args: cmd,
-        sqlite: raw::libversion(),
         sqlite_options: raw::compile_options().ok()?,
         lines: std::cell::RefCell::new(Vec::new()),
     })
