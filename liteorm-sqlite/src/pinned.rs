@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use liteorm_core::{Error, Result, Row, Value};
+use liteorm_core::{Error, Result, Row, Value, ValueRef};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{LockedSqliteHandle, Sqlite, SqliteConnection};
 use sqlx::{AssertSqlSafe, Executor as _};
@@ -133,12 +133,20 @@ impl Held {
     /// still be queued) unless already held.
     async fn raw(&mut self) -> Result<&mut RawLock> {
         if self.raw.is_none() {
-            let conn = self.conn.as_deref_mut().map_or_else(released, Ok)?;
-            let handle = sqlx_compat::lock_handle(conn, &mut self.unlock_queued).await?;
-            // SAFETY: see `Held::keep`.
-            self.raw = Some(unsafe { Self::keep(handle) });
+            // Boxed: the trip is rare once the lock is kept, and its future is large; the future
+            // of every statement and raw call would otherwise make room for it and move it.
+            Box::pin(self.take_raw()).await?;
         }
         self.raw.as_mut().map_or_else(released, Ok)
+    }
+
+    /// Takes the handle lock (see [`Self::raw`]).
+    async fn take_raw(&mut self) -> Result<()> {
+        let conn = self.conn.as_deref_mut().map_or_else(released, Ok)?;
+        let handle = sqlx_compat::lock_handle(conn, &mut self.unlock_queued).await?;
+        // SAFETY: see `Held::keep`.
+        self.raw = Some(unsafe { Self::keep(handle) });
+        Ok(())
     }
 
     /// Like [`Self::raw`], waiting synchronously for the worker (on a thread that may block).
@@ -408,6 +416,52 @@ impl PinnedGuard {
         self.guard.raw().await?.query(sql, params).transpose()
     }
 
+    /// Runs one statement with borrowed positional (`?`) parameters on the locked connection and
+    /// returns how many rows it changed: [`SqliteSession::execute_refs`] for code that already
+    /// holds the guard (a statement through a session on this connection would wait for it).
+    pub async fn execute_refs(&mut self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64> {
+        self.execute_params(sql, params, true).await
+    }
+
+    /// Runs one query with borrowed positional parameters on the locked connection and returns
+    /// its rows: [`SqliteSession::query_refs`] for code that holds the guard.
+    pub async fn query_refs(&mut self, sql: &str, params: &[ValueRef<'_>]) -> Result<Vec<Row>> {
+        self.query_params(sql, params, true).await
+    }
+
+    /// Runs one statement inline unless `inline` is false (it is known to need sqlx) or it turns
+    /// out to need sqlx, else through sqlx.
+    pub(crate) async fn execute_params<P: Param>(
+        &mut self,
+        sql: &str,
+        params: &[P],
+        inline: bool,
+    ) -> Result<u64> {
+        if inline && let Some(changes) = self.execute_inline(sql, params).await? {
+            return Ok(changes);
+        }
+        let query = sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
+        // sqlx's futures are boxed here and below: they are large, and only the rare statement
+        // that cannot run inline awaits one, but every caller's future would make room for it.
+        let done = Box::pin(self.conn().execute(query)).await;
+        self.sqlx_result(done).map(|done| done.rows_affected())
+    }
+
+    /// Runs one query as [`Self::execute_params`] runs a statement.
+    pub(crate) async fn query_params<P: Param>(
+        &mut self,
+        sql: &str,
+        params: &[P],
+        inline: bool,
+    ) -> Result<Vec<Row>> {
+        if inline && let Some(rows) = self.query_inline(sql, params).await? {
+            return Ok(rows);
+        }
+        let query = sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
+        let rows = Box::pin(self.conn().fetch_all(query)).await;
+        convert::rows(self.sqlx_result(rows)?)
+    }
+
     /// Runs one or more statements (no parameters) on the connection. While the handle lock is
     /// held, a single statement runs inline as [`SqliteSession::execute`] runs it; anything else
     /// goes through sqlx's worker (which takes the handle lock back: the next inline statement
@@ -422,9 +476,7 @@ impl PinnedGuard {
     /// Runs `sql` (no parameters) through sqlx's worker thread.
     async fn through_sqlx(&mut self, sql: &str) -> Result<()> {
         let conn = self.conn();
-        let result = conn
-            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
-            .await;
+        let result = Box::pin(conn.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))).await;
         self.sqlx_result(result).map(drop)
     }
 

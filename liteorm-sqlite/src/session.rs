@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use liteorm_core::{Dialect, Error, Result, Row, Session, Transaction, Value, ValueRef};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Executor as _};
 
 use crate::convert::Param;
 use crate::inline::RawLock;
@@ -345,16 +344,8 @@ impl SqliteSession {
         params: &[P],
         inline: bool,
     ) -> Result<u64> {
-        self.run(|mut guard| async move {
-            if inline && let Some(changes) = guard.execute_inline(sql, params).await? {
-                return Ok(changes);
-            }
-            let query =
-                sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
-            let done = guard.connection().execute(query).await;
-            guard.sqlx_result(done).map(|done| done.rows_affected())
-        })
-        .await
+        self.run(|mut guard| async move { guard.execute_params(sql, params, inline).await })
+            .await
     }
 
     /// [`Session::query`] as the trait's boxed future (see [`StatementFuture`]).
@@ -365,16 +356,8 @@ impl SqliteSession {
         params: &[P],
         inline: bool,
     ) -> Result<Vec<Row>> {
-        self.run(|mut guard| async move {
-            if inline && let Some(rows) = guard.query_inline(sql, params).await? {
-                return Ok(rows);
-            }
-            let query =
-                sqlx::query_with(AssertSqlSafe(sql.to_owned()), convert::arguments(params)?);
-            let rows = guard.connection().fetch_all(query).await;
-            convert::rows(guard.sqlx_result(rows)?)
-        })
-        .await
+        self.run(|mut guard| async move { guard.query_params(sql, params, inline).await })
+            .await
     }
 }
 
