@@ -25,7 +25,8 @@ use sqlx::sqlite::SqlitePool;
 use tokio::time::Instant;
 
 use crate::convert;
-use crate::pinned::Held;
+use crate::pinned::{Held, Slot};
+use crate::slot::Lock;
 use crate::sqlx_compat::{self, PoolId};
 
 /// How long a connection stays parked without use, unless the session says otherwise.
@@ -41,8 +42,9 @@ pub(crate) struct Parking {
 
 #[derive(Default)]
 struct State {
-    /// Parked connections with the time each was parked, oldest first.
-    idle: Vec<(Held, Instant)>,
+    /// Parked connections, each in the slot it was pinned in (which nothing else refers to), with
+    /// the time each was parked, oldest first.
+    idle: Vec<(Slot, Instant)>,
     /// Whether a task is running that returns expired connections to the pool (there is one
     /// whenever `idle` is not empty).
     reaper: bool,
@@ -77,8 +79,8 @@ impl Parking {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// The most recently parked connection, or one from the pool.
-    pub(crate) async fn acquire(&self) -> Result<Held> {
+    /// The most recently parked connection, or one from the pool (in a new slot).
+    pub(crate) async fn acquire(&self) -> Result<Slot> {
         let waiting = match self.take_or_wait() {
             Ok(held) => return Ok(held),
             Err(waiting) => waiting,
@@ -88,12 +90,12 @@ impl Parking {
         // otherwise move and allocate room for it on each call.
         let conn = Box::pin(self.pool.acquire()).await.map_err(convert::error);
         drop(waiting);
-        Ok(Held::new(conn?))
+        Ok(Arc::new(Lock::new(Held::new(conn?))))
     }
 
     /// The most recently parked connection, or else this operation counted as waiting for the
     /// pool (`None` once the pool is closed: the pool then reports it).
-    fn take_or_wait(&self) -> std::result::Result<Held, Option<Waiting<'_>>> {
+    fn take_or_wait(&self) -> std::result::Result<Slot, Option<Waiting<'_>>> {
         let mut state = self.state();
         if self.pool.is_closed() {
             // Returned (and so closed) outside the lock.
@@ -102,8 +104,8 @@ impl Parking {
             drop(idle);
             return Err(None);
         }
-        if let Some((held, _)) = state.idle.pop() {
-            return Ok(held);
+        if let Some((slot, _)) = state.idle.pop() {
+            return Ok(slot);
         }
         // Counted under the same lock as the check above, so that a connection released from
         // now on goes to the pool, where this operation waits, and is not parked.
@@ -111,20 +113,21 @@ impl Parking {
         Err(Some(Waiting(self)))
     }
 
-    /// Parks `held` (a connection in autocommit mode whose handle lock is held), or returns it
-    /// to the pool if parking is off, the pool is closed, another operation of this session is
-    /// waiting for a connection, or there is no Tokio runtime to return it later.
-    pub(crate) fn park(self: &Arc<Self>, held: Held) {
+    /// Parks the connection in `slot` (unlocked, referred to by nothing else, in autocommit
+    /// mode with its handle lock held), or returns it to the pool if parking is off, the pool
+    /// is closed, another operation of this session is waiting for a connection, or there is
+    /// no Tokio runtime to return it later.
+    pub(crate) fn park(self: &Arc<Self>, slot: Slot) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return drop(held);
+            return drop(slot);
         };
         let mut state = self.state();
         if self.linger.is_zero() || state.waiting > 0 || self.pool.is_closed() {
             drop(state);
-            return drop(held);
+            return drop(slot);
         }
         let now = Instant::now();
-        state.idle.push((held, now));
+        state.idle.push((slot, now));
         state.last_park = Some(now);
         if !state.reaper {
             state.reaper = true;

@@ -78,14 +78,17 @@ impl Held {
         self.conn.take()
     }
 
-    /// Gives up the connection: parks it in `home` if it can be reused as it is (out of any
-    /// transaction, handle lock held), or else returns it to the pool as [`Self::take`] does.
+    /// Whether the connection can be parked and reused as it is: out of any transaction, with
+    /// the handle lock held.
+    fn parkable(&self) -> bool {
+        self.depth == 0 && self.conn.is_some() && self.raw.as_ref().is_some_and(RawLock::autocommit)
+    }
+
+    /// Gives up the connection: parks it in `home` (in a slot of its own) if it is
+    /// [`Self::parkable`], or else returns it to the pool as [`Self::take`] does.
     fn leave(&mut self, home: Option<&Arc<Parking>>) {
         if let Some(home) = home
-            && self.depth == 0
-            && self.conn.is_some()
-            && let Some(raw) = &self.raw
-            && raw.autocommit()
+            && self.parkable()
         {
             // Moving the handle lock along with the connection is sound: the lock lives in the
             // connection's shared worker state on the heap, not in the `PoolConnection` value.
@@ -95,7 +98,7 @@ impl Held {
                 depth: 0,
                 unlock_queued: self.unlock_queued,
             };
-            home.park(parked);
+            home.park(Arc::new(Lock::new(parked)));
             return;
         }
         drop(self.take());
@@ -270,9 +273,10 @@ pub struct PinnedConnection {
 }
 
 impl PinnedConnection {
-    pub(crate) fn acquired(held: Held, info: Arc<SqliteInfo>, home: Arc<Parking>) -> Self {
+    /// The pin of a connection taken from `home` (parked in `slot`, or new from the pool).
+    pub(crate) fn acquired(slot: Slot, info: Arc<SqliteInfo>, home: Arc<Parking>) -> Self {
         PinnedConnection {
-            slot: Arc::new(Lock::new(held)),
+            slot,
             info,
             pool: Some(home.pool_id()),
             owner: true,
@@ -343,19 +347,42 @@ impl PinnedConnection {
     /// Sessions made by [`Self::session`] that outlive this call get [`Error::Closed`] instead of
     /// running on a connection that someone else may now use. For a shared pin this only drops
     /// the handle.
-    pub async fn release(self) {
+    pub async fn release(mut self) {
         if self.owner {
-            self.slot.lock().await.leave(self.home.as_ref());
+            let held = self.slot.lock().await;
+            if self.give_back(held) {
+                self.owner = false;
+            }
         }
+    }
+
+    /// Gives the owned connection, locked as `held`, back: when nothing but this pin refers to
+    /// its slot (no session or share of the pin outlived it), the slot is parked whole, for the
+    /// next pin to reuse as it is; otherwise the connection leaves the slot (see
+    /// [`Held::leave`]), so that what still refers to it finds it released. Returns whether the
+    /// slot was parked (this pin must then leave it alone).
+    fn give_back<H: std::ops::DerefMut<Target = Held>>(&self, mut held: H) -> bool {
+        if let Some(home) = &self.home
+            && Arc::strong_count(&self.slot) == 1
+            && Arc::weak_count(&self.slot) == 0
+            && held.parkable()
+        {
+            // Unlocked first: whoever takes the slot from the parking lot finds it free.
+            drop(held);
+            home.park(Arc::clone(&self.slot));
+            return true;
+        }
+        held.leave(self.home.as_ref());
+        false
     }
 }
 
 impl Drop for PinnedConnection {
     fn drop(&mut self) {
         if self.owner
-            && let Some(mut slot) = self.slot.try_lock()
+            && let Some(held) = self.slot.try_lock()
         {
-            slot.leave(self.home.as_ref());
+            self.give_back(held);
         }
     }
 }

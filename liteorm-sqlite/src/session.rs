@@ -180,9 +180,9 @@ impl SqliteSession {
                         Some(parking.pool_id()),
                     ));
                 }
-                let held = parking.acquire().await?;
+                let slot = parking.acquire().await?;
                 Ok(PinnedConnection::acquired(
-                    held,
+                    slot,
                     Arc::clone(&self.info),
                     Arc::clone(parking),
                 ))

@@ -156,3 +156,47 @@ async fn a_connection_inside_a_transaction_is_never_parked() {
     pinned.release().await;
     idle_becomes(&db, 1).await;
 }
+
+/// A pin that nothing else refers to parks its connection in the same slot, for the next pin to
+/// reuse; a session made by a pin that outlives it must not follow the connection there. Both
+/// ways of giving a pin up are checked: dropping it and `release`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_outliving_its_pin_is_closed_while_the_connection_is_reused() {
+    let db = one_connection(Duration::from_secs(60)).await;
+    for release in [false, true] {
+        let pinned = db.pin().await.unwrap();
+        pinned
+            .session()
+            .execute("CREATE TEMP TABLE IF NOT EXISTS mark(x)", &[])
+            .await
+            .unwrap();
+        let leaked = pinned.session();
+        if release {
+            pinned.release().await;
+        } else {
+            drop(pinned);
+        }
+        // The one connection, parked (a temp table lives with its connection) and pinned again.
+        let again = db.pin().await.unwrap();
+        let marks = again
+            .session()
+            .query("SELECT count(*) FROM temp.mark", &[])
+            .await
+            .unwrap();
+        assert_eq!(marks[0].try_get::<i64>(0).unwrap(), 0);
+        let err = leaked.execute("SELECT 1", &[]).await.unwrap_err();
+        assert!(
+            matches!(err, liteorm_core::Error::Closed(_)),
+            "release {release}: {err}"
+        );
+        drop(leaked);
+        // Unshared now: given up whole, and reused whole by the next pin.
+        drop(again);
+        let third = db.pin().await.unwrap();
+        third
+            .session()
+            .query("SELECT count(*) FROM temp.mark", &[])
+            .await
+            .unwrap();
+    }
+}
