@@ -14,9 +14,10 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::ffi::{CStr, c_char, c_int};
+use std::ffi::{CStr, c_char, c_int, c_uint};
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use libsqlite3_sys as ffi;
 use liteorm_core::{Error, Row, Value, ValueRef};
@@ -25,6 +26,7 @@ use sqlx::sqlite::LockedSqliteHandle;
 
 use crate::DIALECT;
 use crate::convert::Param;
+use crate::raw::DataVersion;
 
 /// `SQLITE_UTF8` as `sqlite3_bind_text64` takes it.
 const UTF8: u8 = 1;
@@ -57,8 +59,15 @@ pub(crate) struct RawLock {
     /// The connection's busy timeout as `PRAGMA busy_timeout` last read it, while nothing that
     /// could have changed it has run since (see [`Self::busy_timeout`]).
     busy: Option<c_int>,
+    /// This lock's number in the process (never reused), and how many times the handle was
+    /// handed to code that could do anything with it: what a [`DataVersion`] is comparable by.
+    serial: u64,
+    handouts: u64,
     _handle: LockedSqliteHandle<'static>,
 }
+
+/// The serial of the next [`RawLock`].
+static SERIALS: AtomicU64 = AtomicU64::new(0);
 
 /// How many recently used texts [`RawLock::cached`] compares before it hashes.
 const RECENT: usize = 8;
@@ -102,16 +111,37 @@ impl RawLock {
             // SAFETY: the handle is locked for us (the caller's promise).
             file: unsafe { is_file(db) },
             busy: None,
+            serial: SERIALS.fetch_add(1, Ordering::Relaxed),
+            handouts: 0,
             _handle: handle,
         }
     }
 
     /// The locked connection's handle: valid, and used by nobody else, while `self` lives.
     /// Whoever gets it may change the connection's busy timeout, so the copy kept of it is
-    /// dropped (see [`Self::db_same_settings`]).
+    /// dropped (see [`Self::db_same_settings`]), or replace the database (`sqlite3_deserialize`),
+    /// so earlier [`DataVersion`]s stop being comparable.
     pub(crate) fn db(&mut self) -> NonNull<ffi::sqlite3> {
         self.busy = None;
+        self.handouts += 1;
         self.db
+    }
+
+    /// The data version of the main database now (`SQLITE_FCNTL_DATA_VERSION`); `None` if
+    /// SQLite does not answer it.
+    pub(crate) fn data_version(&self) -> Option<DataVersion> {
+        let mut version: c_uint = 0;
+        // SAFETY: `self.db` is valid and locked for us; "main" is NUL-terminated; this file
+        // control writes one unsigned int through the pointer, which is valid for the call.
+        let rc = unsafe {
+            ffi::sqlite3_file_control(
+                self.db.as_ptr(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_DATA_VERSION,
+                (&raw mut version).cast(),
+            )
+        };
+        (rc == ffi::SQLITE_OK).then(|| DataVersion::new(self.serial, self.handouts, version))
     }
 
     /// [`Self::db`] for a caller that changes none of the connection's settings (its busy
@@ -296,9 +326,7 @@ impl RawLock {
         {
             return Ok(value.clone());
         }
-        // `read` is the caller's code with the handle: it could change the busy timeout.
-        self.busy = None;
-        let value = read(self.db)?;
+        let value = read(self.db())?;
         if current {
             let values = self.schema.values.entry(namespace).or_default();
             if values.len() >= SCHEMA_MEMO_MAX {
@@ -320,9 +348,8 @@ impl RawLock {
         } else {
             None
         };
-        // `f` is the caller's code with the handle: it could change the busy timeout.
-        self.busy = None;
-        let result = f(self.db);
+        // `f` is the caller's code with the handle.
+        let result = f(self.db());
         if let Some((cookie, _)) = before {
             let after = self.watch_step();
             if after.is_some_and(|(now, _)| now == cookie) {

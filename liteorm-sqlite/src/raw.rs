@@ -183,7 +183,58 @@ impl<T> std::fmt::Debug for MemoKey<T> {
     }
 }
 
+/// A reading of the main database's *data version* on one connection
+/// (`SQLITE_FCNTL_DATA_VERSION`): SQLite moves it whenever a transaction commits to the
+/// database, through this connection or any other (another connection's commit is seen when
+/// this one next reads the database, at the latest when it starts a transaction). Two readings
+/// tell whether anything committed in between without reading the database: for keeping facts
+/// about its content (the newest row of a table, say) across transactions.
+///
+/// Readings compare only when taken on the same connection while liteorm kept sqlx's handle
+/// lock on it throughout, with no raw access to the handle in between that could have replaced
+/// the database ([`PinnedGuard::with_raw`] and its blocking variant, `schema_cached`'s reader;
+/// the `_same_settings` variants do not count, as they must not do that). Otherwise
+/// [`Self::moves_since`] says `None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataVersion {
+    lock: u64,
+    handouts: u64,
+    version: u32,
+}
+
+impl DataVersion {
+    pub(crate) fn new(lock: u64, handouts: u64, version: u32) -> Self {
+        DataVersion {
+            lock,
+            handouts,
+            version,
+        }
+    }
+
+    /// How many times the data version moved between `earlier` and this reading, or `None` if
+    /// the two do not compare (see above). 0: nothing committed. A commit through this
+    /// connection moves it by exactly one; commits through other connections move it by at
+    /// least one however many they were. So after a commit of one's own, 1 means that no one
+    /// else committed. (The count is of SQLite's pager, which this relies on and a test checks
+    /// against the linked SQLite; it wraps after 2^32 moves.)
+    pub fn moves_since(&self, earlier: &DataVersion) -> Option<u32> {
+        (self.lock == earlier.lock && self.handouts == earlier.handouts)
+            .then(|| self.version.wrapping_sub(earlier.version))
+    }
+}
+
 impl PinnedGuard {
+    /// The [`DataVersion`] of the main database now. Needs sqlx's handle lock, which a pinned
+    /// connection keeps across statements, so usually costs no trip to sqlx's worker.
+    pub async fn data_version(&mut self) -> Result<DataVersion> {
+        let version = self.raw_lock().await?.data_version();
+        version.ok_or_else(|| liteorm_core::Error::Database {
+            dialect: crate::DIALECT,
+            code: None,
+            message: "SQLITE_FCNTL_DATA_VERSION failed on the main database".into(),
+        })
+    }
+
     /// Runs `f` with the connection's [`Handle`] inside sqlx's `lock_handle()` guard, so that
     /// sqlx's worker thread makes no FFI call on the connection meanwhile. The handle is only
     /// valid inside `f`.
