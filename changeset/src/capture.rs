@@ -350,7 +350,7 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        let ((), blob) = self.run(false, |s, _| f(s)).await?;
+        let ((), blob) = self.run(false, |r| f(r.session())).await?;
         Ok(Changeset::trusted(blob))
     }
 
@@ -383,7 +383,7 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<T, E>> + Send,
         E: From<Error>,
     {
-        let (value, blob) = self.run(false, |s, _| f(s)).await?;
+        let (value, blob) = self.run(false, |r| f(r.session())).await?;
         Ok((value, Changeset::trusted(blob)))
     }
 
@@ -395,7 +395,7 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<T, E>> + Send,
         E: From<Error>,
     {
-        let (value, blob) = self.run(true, |s, _| f(s)).await?;
+        let (value, blob) = self.run(true, |r| f(r.session())).await?;
         Ok((value, Patchset::trusted(blob)))
     }
 
@@ -406,7 +406,7 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        let ((), blob) = self.run(true, |s, _| f(s)).await?;
+        let ((), blob) = self.run(true, |r| f(r.session())).await?;
         Ok(Patchset::trusted(blob))
     }
 
@@ -418,7 +418,7 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        let ((), blob) = self.run(false, f).await?;
+        let ((), blob) = self.run(false, |r| f(r.session(), r.recorder())).await?;
         Ok(Changeset::trusted(blob))
     }
 
@@ -430,7 +430,7 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        let ((), blob) = self.run(true, f).await?;
+        let ((), blob) = self.run(true, |r| f(r.session(), r.recorder())).await?;
         Ok(Patchset::trusted(blob))
     }
 
@@ -473,7 +473,7 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        let ((), recording) = self.record(|s, _| f(s)).await?;
+        let ((), recording) = self.record(|r| f(r.session())).await?;
         Ok(recording.finish_to(false, output).await?)
     }
 
@@ -485,13 +485,68 @@ impl<'s> Capture<'s> {
         Fut: Future<Output = Result<(), E>> + Send,
         E: From<Error>,
     {
-        let ((), recording) = self.record(|s, _| f(s)).await?;
+        let ((), recording) = self.record(|r| f(r.session())).await?;
         Ok(recording.finish_to(true, output).await?)
+    }
+
+    /// Runs `f` and, once it returns, `then` with its changeset and capture's connection, still
+    /// inside capture's transaction: what `then` writes there commits together with the
+    /// captured changes, or not at all. For keeping the changes in the same database as they
+    /// are made (an outbox, an audit table), without a second transaction. Returns `f`'s value
+    /// and `then`'s.
+    ///
+    /// `then` gets the connection locked ([`PinnedGuard`]: run its statements with
+    /// [`PinnedGuard::execute_refs`] and [`PinnedGuard::query_refs`]) and hands it back for the
+    /// commit. Its writes are not recorded: the session object is already deleted. If `then`
+    /// fails (or drops the guard and fails), the transaction is rolled back as when `f` fails,
+    /// and its error returned.
+    ///
+    /// ```
+    /// use liteorm_changeset::Capture;
+    /// use liteorm_core::{Session, ValueRef};
+    /// use liteorm_sqlite::SqliteSession;
+    ///
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> Result<(), liteorm_changeset::Error> {
+    /// let db = SqliteSession::open_in_memory().await?;
+    /// db.execute_batch(
+    ///     "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE outbox(blob BLOB)",
+    /// )
+    /// .await?;
+    /// let ((), stored) = Capture::new(&db)
+    ///     .tables(["t"])
+    ///     .changeset_then(
+    ///         |s| async move {
+    ///             s.execute("INSERT INTO t VALUES (1, 'one')", &[]).await?;
+    ///             Ok::<_, liteorm_changeset::Error>(())
+    ///         },
+    ///         |mut guard, changes| async move {
+    ///             let blob = [ValueRef::Blob(changes.as_bytes())];
+    ///             let stored = guard.execute_refs("INSERT INTO outbox VALUES (?)", &blob).await?;
+    ///             Ok((guard, stored))
+    ///         },
+    ///     )
+    ///     .await?;
+    /// assert_eq!(stored, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn changeset_then<F, Fut, T, G, GFut, U, E>(self, f: F, then: G) -> Result<(T, U), E>
+    where
+        F: FnOnce(SqliteSession) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send,
+        G: FnOnce(PinnedGuard, Changeset) -> GFut,
+        GFut: Future<Output = Result<(PinnedGuard, U), E>>,
+        E: From<Error>,
+    {
+        let (value, recording) = self.record(|r| f(r.session())).await?;
+        let then = |guard, blob| then(guard, Changeset::trusted(blob));
+        Ok((value, recording.finish_then(false, then).await?))
     }
 
     async fn run<F, Fut, T, E>(self, patchset: bool, f: F) -> Result<(T, Arc<[u8]>), E>
     where
-        F: FnOnce(SqliteSession, Recorder) -> Fut,
+        F: FnOnce(&Recording) -> Fut,
         Fut: Future<Output = Result<T, E>> + Send,
         E: From<Error>,
     {
@@ -502,7 +557,7 @@ impl<'s> Capture<'s> {
     /// Starts the recording and runs `f` on it; the recording is then ready to be finished.
     async fn record<F, Fut, T, E>(self, f: F) -> Result<(T, Recording), E>
     where
-        F: FnOnce(SqliteSession, Recorder) -> Fut,
+        F: FnOnce(&Recording) -> Fut,
         Fut: Future<Output = Result<T, E>> + Send,
         E: From<Error>,
     {
@@ -514,7 +569,7 @@ impl<'s> Capture<'s> {
         let recording = Recording::start(pinned, self.options).await?;
         // Writes the closure makes through a pool-backed session on the same pool are routed to
         // the recording connection (and so recorded), on this task.
-        let work = f(recording.pinned.session(), recording.recorder());
+        let work = f(&recording);
         let value = recording.pinned.route(work).await?;
         Ok((value, recording))
     }
@@ -579,6 +634,11 @@ impl Recording {
         Ok(recording)
     }
 
+    /// A session on the recording connection, for the closure.
+    fn session(&self) -> SqliteSession {
+        self.pinned.session()
+    }
+
     fn recorder(&self) -> Recorder {
         Recorder {
             pinned: self.pinned.share(),
@@ -589,38 +649,60 @@ impl Recording {
 
     /// Produces the blob, commits capture's transaction and deletes the session object. On any
     /// error, `Drop` rolls back and deletes what is left.
+    async fn finish(self, patchset: bool) -> Result<Arc<[u8]>, Error> {
+        self.finish_then(patchset, |guard, blob| async move { Ok((guard, blob)) })
+            .await
+    }
+
+    /// Produces the blob and deletes the session object, runs `then` with the connection and
+    /// the blob inside capture's transaction, and commits. On any error (`then`'s included),
+    /// `Drop` rolls back and deletes what is left.
     ///
     /// The session object stays in `self.session` until a synchronous step deletes it or hands
     /// it to the blocking task that will: if this future is dropped at an await in between,
     /// `Drop` still finds it.
-    async fn finish(mut self, patchset: bool) -> Result<Arc<[u8]>, Error> {
-        let (mut guard, used) = self.ready().await?;
-        let (blob, mut guard) = if used <= INLINE_GENERATE_MAX {
-            let shared = Arc::clone(&self.session);
-            let blob = guard
-                .with_raw_same_settings(move |db| {
-                    let session = lock(&shared).take().ok_or(Error::TransactionEnded)?;
-                    generate_and_delete(db, session, patchset)
-                })
-                .await;
-            (blob, guard)
-        } else {
-            let session = lock(&self.session).take().ok_or(Error::TransactionEnded)?;
-            let task = blocking::spawn(move || {
-                let blob = guard.with_raw_same_settings_blocking(|db| {
-                    generate_and_delete(db, session, patchset)
+    async fn finish_then<G, GFut, U, E>(mut self, patchset: bool, then: G) -> Result<U, E>
+    where
+        G: FnOnce(PinnedGuard, Arc<[u8]>) -> GFut,
+        GFut: Future<Output = Result<(PinnedGuard, U), E>>,
+        E: From<Error>,
+    {
+        let mut guard = self.locked_in_transaction().await?;
+        // One raw call checks the session and, when it is small, generates and deletes it.
+        let inline = guard
+            .with_raw_same_settings(|db| {
+                let mut session = lock(&self.session);
+                let used = check_session(db, session.as_ref())?;
+                if used > INLINE_GENERATE_MAX {
+                    return Ok(None);
+                }
+                let session = session.take().ok_or(Error::TransactionEnded)?;
+                generate_and_delete(db, session, patchset).map(Some)
+            })
+            .await
+            .map_err(Error::from)??;
+        let (blob, guard) = match inline {
+            Some(blob) => (blob, guard),
+            None => {
+                let session = lock(&self.session).take().ok_or(Error::TransactionEnded)?;
+                let task = blocking::spawn(move || {
+                    let blob = guard.with_raw_same_settings_blocking(|db| {
+                        generate_and_delete(db, session, patchset)
+                    });
+                    (blob, guard)
                 });
-                (blob, guard)
-            });
-            task.await
-                .map_err(|panic| Error::task_failed("changeset generating task", panic))?
+                let (blob, guard) = task
+                    .await
+                    .map_err(|panic| Error::task_failed("changeset generating task", panic))?;
+                (blob.map_err(Error::from)??, guard)
+            }
         };
-        let blob = blob??;
+        let (mut guard, value) = then(guard, blob).await?;
         if self.depth.is_some() {
-            guard.commit().await?;
+            guard.commit().await.map_err(Error::from)?;
         }
         self.depth = None;
-        Ok(blob)
+        Ok(value)
     }
 
     /// As [`Recording::finish`], writing the blob to `output` on a blocking thread.
@@ -629,7 +711,7 @@ impl Recording {
         patchset: bool,
         output: W,
     ) -> Result<W, Error> {
-        let (mut guard, _) = self.ready().await?;
+        let mut guard = self.ready().await?;
         let session = lock(&self.session).take().ok_or(Error::TransactionEnded)?;
         let task = blocking::spawn(move || {
             let mut output = Output::new(output);
@@ -661,25 +743,33 @@ impl Recording {
         Ok(writer)
     }
 
-    /// The locked connection, once capture's transaction is known to be open and the table
-    /// filter not to have panicked; and the session's memory use. On failure, `Drop` deletes
-    /// the session and rolls back.
-    async fn ready(&mut self) -> Result<(PinnedGuard, i64), Error> {
+    /// The locked connection, once capture's transaction is known to be still open at the
+    /// closure's level.
+    async fn locked_in_transaction(&self) -> Result<PinnedGuard, Error> {
         let mut guard = self.pinned.lock().await?;
         if guard.transaction_depth() != self.level {
             return Err(Error::TransactionEnded);
         }
-        let shared = Arc::clone(&self.session);
-        let used = guard
-            .with_raw_same_settings(move |db| {
-                let session = lock(&shared);
-                let session = session.as_ref().ok_or(Error::TransactionEnded)?;
-                check_filter(session)?;
-                Ok::<_, Error>(session.memory_used(db))
-            })
-            .await??;
-        Ok((guard, used))
+        Ok(guard)
     }
+
+    /// The locked connection, once capture's transaction is known to be open and the table
+    /// filter not to have panicked. On failure, `Drop` deletes the session and rolls back.
+    async fn ready(&self) -> Result<PinnedGuard, Error> {
+        let mut guard = self.locked_in_transaction().await?;
+        guard
+            .with_raw_same_settings(|db| check_session(db, lock(&self.session).as_ref()))
+            .await??;
+        Ok(guard)
+    }
+}
+
+/// The memory `session` uses, once it is known to be there and its table filter not to have
+/// panicked.
+fn check_session(db: Handle<'_>, session: Option<&RawSession>) -> Result<i64, Error> {
+    let session = session.ok_or(Error::TransactionEnded)?;
+    check_filter(session)?;
+    Ok(session.memory_used(db))
 }
 
 /// Key layouts by table name, kept on the connection (see [`table_pk`]).

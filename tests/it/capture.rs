@@ -524,3 +524,75 @@ async fn a_failing_or_panicking_writer_rolls_the_capture_back() {
         .unwrap();
     assert_eq!(cs.changes().unwrap().len(), 1);
 }
+
+/// `changeset_then`: what the continuation writes commits with the captured changes, is not in
+/// the changeset, and a failing continuation rolls back both (and leaves no session object).
+#[tokio::test]
+async fn changeset_then_writes_in_the_capture_transaction_or_not_at_all() {
+    let (db, _dir) = file_db().await;
+    seed(&db, 1).await;
+    db.execute_batch("CREATE TABLE outbox(id INTEGER PRIMARY KEY, blob BLOB NOT NULL)")
+        .await
+        .unwrap();
+    let session = &db;
+    let insert = |id: i64| async move {
+        let (inserted, stored) = Capture::new(session)
+            .changeset_then(
+                move |s| async move {
+                    s.execute(
+                        "INSERT INTO t VALUES (?, 'new', 1.0, NULL)",
+                        &[Value::Integer(id)],
+                    )
+                    .await?;
+                    Ok::<_, Error>(id)
+                },
+                |mut guard, changes| async move {
+                    let blob = [liteorm_core::ValueRef::Blob(changes.as_bytes())];
+                    let n = guard
+                        .execute_refs("INSERT INTO outbox(blob) VALUES (?)", &blob)
+                        .await?;
+                    // A blob of an earlier unit of work fails the second insert.
+                    if id == 3 {
+                        guard
+                            .execute_refs("INSERT INTO outbox(id, blob) VALUES (1, x'00')", &[])
+                            .await?;
+                    }
+                    Ok((guard, (n, changes)))
+                },
+            )
+            .await?;
+        Ok::<_, Error>((inserted, stored))
+    };
+    let (id, (n, changes)) = insert(2).await.unwrap();
+    assert_eq!((id, n), (2, 1));
+    let ops: Vec<_> = changes
+        .changes()
+        .unwrap()
+        .iter()
+        .map(|c| (c.table.to_string(), c.op))
+        .collect();
+    assert_eq!(
+        ops,
+        [("t".to_owned(), ChangeOp::Insert)],
+        "the outbox row is not recorded"
+    );
+    let stored = db.query("SELECT blob FROM outbox", &[]).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].try_get::<Vec<u8>>(0).unwrap(),
+        changes.as_bytes(),
+        "the continuation stored the changeset it was given"
+    );
+
+    let before = (dump(&db, "t").await, dump(&db, "outbox").await);
+    let err = insert(3).await.unwrap_err();
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    assert_eq!(
+        (dump(&db, "t").await, dump(&db, "outbox").await),
+        before,
+        "data and outbox rolled back together"
+    );
+    let outbox = db.query("SELECT count(*) FROM outbox", &[]).await.unwrap();
+    assert_eq!(outbox[0].try_get::<i64>(0).unwrap(), 1);
+    assert_eq!(live_session_objects(&db_path(&db).await), 0);
+}
