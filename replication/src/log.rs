@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use liteorm_changeset::{ApplyReport, Capability, Capture, Changeset, SchemaChangegroup, apply};
 use liteorm_core::{Row, Session, Value, ValueRef};
-use liteorm_sqlite::SqliteSession;
+use liteorm_sqlite::raw::DataVersion;
+use liteorm_sqlite::{PinnedGuard, SqliteSession};
 use tokio::sync::mpsc;
 
 use crate::chain::{self, EntryHash, Fields};
@@ -255,6 +256,16 @@ impl EntryWriter for &SqliteSession {
     }
 }
 
+impl EntryWriter for PinnedGuard {
+    async fn query(&mut self, sql: &str, params: &[ValueRef<'_>]) -> Result<Vec<Row>> {
+        Ok(self.query_refs(sql, params).await?)
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64> {
+        Ok(self.execute_refs(sql, params).await?)
+    }
+}
+
 /// Which entries [`ChangeLog::entries`] returns; all conditions must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogFilter {
@@ -440,20 +451,30 @@ impl ChangeLog {
         Fut: Future<Output = Result<T, E>> + Send,
         E: From<Error> + From<liteorm_changeset::Error>,
     {
-        let tx = self.db.begin_immediate().await.map_err(Error::from)?;
-        // `tx` rolls back whenever the capture fails (it is dropped): no savepoint needed.
-        let mut capture = Capture::new(tx.session()).within_transaction();
+        let mut capture = Capture::new(&self.db);
         if let Some(tables) = &self.tables {
             capture = capture.tables(tables.iter().cloned());
         }
-        let (value, changes) = capture.changeset_returning(f).await?;
-        if changes.is_empty() {
-            tx.commit().await.map_err(Error::from)?;
+        let hint = self.head.get();
+        // The entry is appended in capture's transaction, on the connection it still holds.
+        let (value, appended) = capture
+            .changeset_then(f, |mut guard, changes| async move {
+                if changes.is_empty() {
+                    return Ok((guard, None));
+                }
+                // Without it (unreadable), the insert checks the hint, and the next is not proven.
+                let version = guard.data_version().await.ok();
+                let head = hint.map(|hint| hint.head(version));
+                let entry = append(&mut guard, meta, kind, changes, head).await?;
+                // Only the outermost transaction's commit makes the entry the head for good.
+                let version = version.filter(|_| guard.transaction_depth() == 1);
+                Ok((guard, Some((entry, version))))
+            })
+            .await?;
+        let Some((entry, version)) = appended else {
             return Ok((value, None));
-        }
-        let entry = append(&mut tx.session(), meta, kind, changes, self.head.get()).await?;
-        tx.commit().await.map_err(Error::from)?;
-        self.head.set(entry.seq, entry.hash);
+        };
+        self.head.set(entry.seq, entry.hash, version);
         let seq = entry.seq;
         self.published(entry).await;
         Ok((value, Some(seq)))
@@ -729,7 +750,7 @@ pub(crate) async fn append(
     meta: Meta,
     kind: EntryKind,
     changeset: Changeset,
-    hint: Option<(u64, EntryHash)>,
+    hint: Option<Head>,
 ) -> Result<LogEntry> {
     let tables = changeset.tables()?;
     append_entry(db, meta, kind, tables, changeset, None, hint).await
@@ -763,7 +784,7 @@ async fn append_entry(
     tables: Vec<String>,
     changeset: Changeset,
     ddl: Option<String>,
-    hint: Option<(u64, EntryHash)>,
+    hint: Option<Head>,
 ) -> Result<LogEntry> {
     let mut entry = LogEntry {
         seq: 0,
@@ -776,25 +797,44 @@ async fn append_entry(
         ddl,
         hash: EntryHash::GENESIS,
     };
-    if let Some(head) = hint {
-        entry.link_to(head);
-        if insert_entry(db, &entry, Some(head)).await? {
+    if let Some(hint) = hint {
+        entry.link_to((hint.seq, hint.hash));
+        let on = if hint.proven {
+            Expected::Proven
+        } else {
+            Expected::Head(hint.seq, hint.hash)
+        };
+        if insert_entry(db, &entry, on).await? {
             return Ok(entry);
         }
     }
     entry.link_to(head(db).await?);
-    insert_entry(db, &entry, None).await?;
+    insert_entry(db, &entry, Expected::Read).await?;
     Ok(entry)
 }
 
-/// Inserts `entry`; with `expected_head`, only if the newest row is exactly that seq and hash
-/// (returns whether it inserted).
+/// What [`insert_entry`] knows of the newest entry before it inserts.
+#[derive(Clone, Copy)]
+enum Expected {
+    /// Just read in this transaction: the insert fails on a conflict.
+    Read,
+    /// Proven from the last append through this connection (see [`HeadHint`]); an insert
+    /// that finds its seq taken anyway (by an uncommitted write of the transaction it is
+    /// nested in) inserts nothing.
+    Proven,
+    /// Believed to be this seq and hash, checked by the insert, which inserts nothing if not.
+    Head(u64, EntryHash),
+}
+
+/// Inserts `entry` as [`Expected`] says; returns whether it inserted.
 async fn insert_entry(
     db: &mut impl EntryWriter,
     entry: &LogEntry,
-    expected_head: Option<(u64, EntryHash)>,
+    expected: Expected,
 ) -> Result<bool> {
     const INSERT: &str = "INSERT INTO liteorm_changes(seq, committed_at, actor, reason, tables, kind, ref_seq, hash, blob) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    const INSERT_NEW: &str = "INSERT OR IGNORE INTO liteorm_changes(seq, committed_at, actor, reason, tables, kind, ref_seq, hash, blob) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
     // One statement reads the head and inserts: the blob is NULL, so the row is not inserted
     // (OR IGNORE), unless the newest row is the expected one (`ORDER BY seq DESC LIMIT 1` is
@@ -827,10 +867,17 @@ async fn insert_entry(
         ValueRef::Blob(entry.hash.as_bytes()),
     ];
     let payload = ValueRef::Blob(entry.fields().payload);
-    let Some((head_seq, head_hash)) = expected_head else {
-        let params = [seq, at, actor, reason, tables, kind, ref_seq, hash, payload];
-        db.query(INSERT, &params).await?;
-        return Ok(true);
+    let (head_seq, head_hash) = match expected {
+        Expected::Read => {
+            let params = [seq, at, actor, reason, tables, kind, ref_seq, hash, payload];
+            db.query(INSERT, &params).await?;
+            return Ok(true);
+        }
+        Expected::Proven => {
+            let params = [seq, at, actor, reason, tables, kind, ref_seq, hash, payload];
+            return Ok(db.execute(INSERT_NEW, &params).await? == 1);
+        }
+        Expected::Head(seq, hash) => (seq, hash),
     };
     let params = [
         seq,
@@ -858,19 +905,61 @@ fn optional_text(text: Option<&str>) -> ValueRef<'_> {
 /// insert checks that the head is still exactly that entry (another writer, a prune of every
 /// entry or a restored file make it fall back to reading the head). So a stale hint costs
 /// one statement, never a wrong link.
+///
+/// The check itself (a read of the newest row inside the insert) costs about a tenth of a
+/// one-row unit of work, so it is skipped when the hint is proven: the hint keeps the
+/// [`DataVersion`] that the connection read in the transaction of that append, and SQLite moves
+/// it by one for that commit and by at least one more for any other commit to the database,
+/// through any connection. So if the next append, on the same connection, reads it exactly one
+/// move later, nothing but that commit happened in between: the newest committed entry is the
+/// hint. (What the transaction it is in wrote itself, uncommitted, is the caller's own: an
+/// entry appended there takes the seq, and the insert then falls back; an entry deleted there
+/// shows as missing in [`ChangeLog::verify`], as it is.)
 #[derive(Clone, Default)]
-struct HeadHint(Arc<Mutex<Option<(u64, EntryHash)>>>);
+struct HeadHint(Arc<Mutex<Option<Hint>>>);
+
+#[derive(Clone, Copy)]
+struct Hint {
+    seq: u64,
+    hash: EntryHash,
+    /// Read in the transaction that appended the entry, before its commit (`None`: that commit
+    /// was not the outermost, or the version could not be read).
+    version: Option<DataVersion>,
+}
+
+impl Hint {
+    /// The head to append on, proven or not by the connection's data version `now`.
+    fn head(self, now: Option<DataVersion>) -> Head {
+        let moves = now
+            .zip(self.version)
+            .and_then(|(now, then)| now.moves_since(&then));
+        Head {
+            seq: self.seq,
+            hash: self.hash,
+            proven: moves == Some(1),
+        }
+    }
+}
+
+/// The head an append expects: its seq and hash, and whether that is proven (see [`HeadHint`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Head {
+    seq: u64,
+    hash: EntryHash,
+    proven: bool,
+}
 
 impl HeadHint {
-    fn get(&self) -> Option<(u64, EntryHash)> {
+    fn get(&self) -> Option<Hint> {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records that the entry `seq`, hashed `hash`, was committed (a later one is kept).
-    fn set(&self, seq: u64, hash: EntryHash) {
+    /// Records that the entry `seq`, hashed `hash`, was committed, the data version read in its
+    /// transaction (a later entry is kept).
+    fn set(&self, seq: u64, hash: EntryHash, version: Option<DataVersion>) {
         let mut head = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if head.is_none_or(|(known, _)| known < seq) {
-            *head = Some((seq, hash));
+        if head.is_none_or(|known| known.seq < seq) {
+            *head = Some(Hint { seq, hash, version });
         }
     }
 }

@@ -762,6 +762,52 @@ async fn appends_link_to_the_real_head_whatever_happened_since_the_last_one() {
     assert_eq!(a.last_seq().await.unwrap(), 12);
 }
 
+/// On one connection, an append skips the head check when the connection's data version shows
+/// that nothing but the last append committed since. Whatever else happens in between (a write
+/// to the log outside it, committed through the same connection; another log's uncommitted
+/// append in the transaction both are nested in), the next entry still links to the real head.
+#[tokio::test]
+async fn appends_on_one_connection_link_to_the_real_head_after_its_other_writes() {
+    let (db, _dir) = db_with_schema().await;
+    let pinned = db.pin().await.unwrap();
+    let session = pinned.session();
+    let (log, other) = (
+        ChangeLog::open(&session).await.unwrap(),
+        ChangeLog::open(&session).await.unwrap(),
+    );
+    const BUMP: &str = "UPDATE counter SET n = n + 1 WHERE id = 1";
+    for seq in 1..=3 {
+        assert_eq!(record(&log, "ada", BUMP).await, Some(seq));
+    }
+    // The newest entry deleted through the same connection (a restore, say): the next append
+    // takes its seq again, on top of entry 2.
+    session
+        .execute_batch("DELETE FROM liteorm_changes WHERE seq = 3")
+        .await
+        .unwrap();
+    assert_eq!(record(&log, "ada", BUMP).await, Some(3));
+    assert_eq!(record(&log, "ada", BUMP).await, Some(4));
+
+    // Both nested in one transaction of the caller's: `other` appends entry 5, uncommitted;
+    // `log`'s head (4) is still proven by the data version, so its insert finds seq 5 taken
+    // and goes on top of the real head instead.
+    let tx = session.begin().await.unwrap();
+    assert_eq!(record(&other, "bob", BUMP).await, Some(5));
+    assert_eq!(record(&log, "ada", BUMP).await, Some(6));
+    tx.commit().await.unwrap();
+    assert_eq!(record(&log, "ada", BUMP).await, Some(7));
+
+    let verified = log.verify().await.unwrap();
+    assert_eq!(verified.entries, 7);
+    let n = session
+        .query("SELECT n FROM counter WHERE id = 1", &[])
+        .await
+        .unwrap()[0]
+        .try_get::<i64>(0)
+        .unwrap();
+    assert_eq!(n, 8, "every recorded unit of work committed once");
+}
+
 /// A replica applies consecutive change entries together as one changeset; the result is the
 /// same as entry by entry, rows changed again and again and reverts included.
 #[tokio::test]
