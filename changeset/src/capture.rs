@@ -497,9 +497,9 @@ impl<'s> Capture<'s> {
     ///
     /// `then` gets the connection locked ([`PinnedGuard`]: run its statements with
     /// [`PinnedGuard::execute_refs`] and [`PinnedGuard::query_refs`]) and hands it back for the
-    /// commit. Its writes are not recorded: the session object is already deleted. If `then`
-    /// fails (or drops the guard and fails), the transaction is rolled back as when `f` fails,
-    /// and its error returned.
+    /// commit (the guard of another connection fails the capture with [`Error::Misuse`]). Its
+    /// writes are not recorded: the session object is already deleted. If `then` fails, the
+    /// transaction is rolled back as when `f` fails, and its error returned.
     ///
     /// ```
     /// use liteorm_changeset::Capture;
@@ -698,6 +698,13 @@ impl Recording {
             }
         };
         let (mut guard, value) = then(guard, blob).await?;
+        if !self.pinned.is_locked_by(&guard) {
+            // Committing on it would commit someone else's transaction; `Drop` rolls back ours.
+            return Err(Error::Misuse(
+                "the continuation of changeset_then returned the guard of another connection",
+            )
+            .into());
+        }
         if self.depth.is_some() {
             guard.commit().await.map_err(Error::from)?;
         }

@@ -336,6 +336,11 @@ impl PinnedConnection {
         PinnedGuard::new(guard)
     }
 
+    /// Whether `guard` locks this connection (taken through this pin or any share of it).
+    pub fn is_locked_by(&self, guard: &PinnedGuard) -> bool {
+        guard.guard.is_of(&self.slot)
+    }
+
     /// Exclusive access if nobody holds it right now (for cleanup in `Drop`).
     pub fn try_lock(&self) -> Option<PinnedGuard> {
         let guard = self.slot.try_lock_owned()?;

@@ -161,6 +161,13 @@ pub(crate) struct Guard<L: Deref<Target = Lock<T>>, T> {
 /// A [`Guard`] that owns a reference to its lock (`'static`, and `Send` when `T` is).
 pub(crate) type OwnedGuard<T> = Guard<Arc<Lock<T>>, T>;
 
+impl<T> OwnedGuard<T> {
+    /// Whether this guard holds `lock`.
+    pub(crate) fn is_of(&self, lock: &Arc<Lock<T>>) -> bool {
+        Arc::ptr_eq(&self.lock, lock)
+    }
+}
+
 const HELD: &str = "a guard holds its value until it is dropped";
 
 impl<L: Deref<Target = Lock<T>>, T> Deref for Guard<L, T> {

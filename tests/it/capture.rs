@@ -594,5 +594,25 @@ async fn changeset_then_writes_in_the_capture_transaction_or_not_at_all() {
     );
     let outbox = db.query("SELECT count(*) FROM outbox", &[]).await.unwrap();
     assert_eq!(outbox[0].try_get::<i64>(0).unwrap(), 1);
+
+    // The guard of another connection handed back for the commit: refused, nothing committed.
+    let other = db.pin().await.unwrap();
+    let other = &other;
+    let err = Capture::new(&db)
+        .changeset_then(
+            |s| async move {
+                s.execute("INSERT INTO t VALUES (4, 'new', 1.0, NULL)", &[])
+                    .await?;
+                Ok::<_, Error>(())
+            },
+            |guard, _| async move {
+                drop(guard);
+                Ok((other.lock().await?, ()))
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Misuse(_)), "{err}");
+    assert_eq!(dump(&db, "t").await, before.0);
     assert_eq!(live_session_objects(&db_path(&db).await), 0);
 }
