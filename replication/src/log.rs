@@ -832,17 +832,30 @@ async fn insert_entry(
     entry: &LogEntry,
     expected: Expected,
 ) -> Result<bool> {
-    const INSERT: &str = "INSERT INTO liteorm_changes(seq, committed_at, actor, reason, tables, kind, ref_seq, hash, blob) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
-    const INSERT_NEW: &str = "INSERT OR IGNORE INTO liteorm_changes(seq, committed_at, actor, reason, tables, kind, ref_seq, hash, blob) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    /// The log row's INSERT: `$or` after `INSERT`, and `$blob` as the last value.
+    macro_rules! insert {
+        ($or:literal, $blob:literal) => {
+            concat!(
+                "INSERT ",
+                $or,
+                "INTO liteorm_changes(seq, committed_at, actor, reason, tables, kind, ref_seq, \
+                 hash, blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ",
+                $blob,
+                ")"
+            )
+        };
+    }
+    const INSERT: &str = insert!("", "?");
+    const INSERT_NEW: &str = insert!("OR IGNORE ", "?");
     // One statement reads the head and inserts: the blob is NULL, so the row is not inserted
     // (OR IGNORE), unless the newest row is the expected one (`ORDER BY seq DESC LIMIT 1` is
     // one seek to the last rowid). An INSERT ... SELECT ... WHERE would copy its source
     // through a temporary table, as it reads the table it inserts into.
-    const INSERT_ON_HEAD: &str = "INSERT OR IGNORE INTO liteorm_changes(seq, committed_at, actor, reason, tables, kind, ref_seq, hash, blob) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN \
-         (SELECT seq = ? AND hash = ? FROM liteorm_changes ORDER BY seq DESC LIMIT 1) THEN ? END)";
+    const INSERT_ON_HEAD: &str = insert!(
+        "OR IGNORE ",
+        "CASE WHEN (SELECT seq = ? AND hash = ? FROM liteorm_changes ORDER BY seq DESC LIMIT 1) \
+         THEN ? END"
+    );
     let (kind_name, ref_seq) = chain::kind_parts(entry.kind);
     // `,a,b,` (`,,` for none), as `LogFilter` matches it.
     let mut tables =
@@ -867,32 +880,30 @@ async fn insert_entry(
         ValueRef::Blob(entry.hash.as_bytes()),
     ];
     let payload = ValueRef::Blob(entry.fields().payload);
-    let (head_seq, head_hash) = match expected {
+    let row = [seq, at, actor, reason, tables, kind, ref_seq, hash, payload];
+    match expected {
         Expected::Read => {
-            let params = [seq, at, actor, reason, tables, kind, ref_seq, hash, payload];
-            db.query(INSERT, &params).await?;
-            return Ok(true);
+            db.query(INSERT, &row).await?;
+            Ok(true)
         }
-        Expected::Proven => {
-            let params = [seq, at, actor, reason, tables, kind, ref_seq, hash, payload];
-            return Ok(db.execute(INSERT_NEW, &params).await? == 1);
+        Expected::Proven => Ok(db.execute(INSERT_NEW, &row).await? == 1),
+        Expected::Head(head_seq, head_hash) => {
+            let params = [
+                seq,
+                at,
+                actor,
+                reason,
+                tables,
+                kind,
+                ref_seq,
+                hash,
+                ValueRef::Integer(stored_int(head_seq)),
+                ValueRef::Blob(head_hash.as_bytes()),
+                payload,
+            ];
+            Ok(db.execute(INSERT_ON_HEAD, &params).await? == 1)
         }
-        Expected::Head(seq, hash) => (seq, hash),
-    };
-    let params = [
-        seq,
-        at,
-        actor,
-        reason,
-        tables,
-        kind,
-        ref_seq,
-        hash,
-        ValueRef::Integer(stored_int(head_seq)),
-        ValueRef::Blob(head_hash.as_bytes()),
-        payload,
-    ];
-    Ok(db.execute(INSERT_ON_HEAD, &params).await? == 1)
+    }
 }
 
 /// `text` as a parameter, NULL for none.
